@@ -1,0 +1,66 @@
+"""``lego-studio`` command line: every core capability, headless.
+
+Each sub-command lives in ``lego_studio/commands/<name>.py`` and exposes
+``register(subparsers)`` which adds its parser and sets ``func=run``. Imports of torch and
+friends happen inside ``run`` so that ``lego-studio --help`` is instant.
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import sys
+
+from lego_studio import __version__
+from lego_studio.core.errors import LegoError
+
+# Order = order in --help.
+COMMAND_MODULES = [
+    "train",
+    "generate",
+    "concepts",
+    "models",
+    "demo",
+    "shapeworld",
+    "gui",
+]
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="lego-studio",
+        description="Teach Stable Diffusion a concept that is not an object, offline.",
+    )
+    parser.add_argument("--version", action="version", version=f"lego-studio {__version__}")
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND")
+    for name in COMMAND_MODULES:
+        try:
+            module = importlib.import_module(f"lego_studio.commands.{name}")
+        except ModuleNotFoundError as exc:
+            if exc.name == f"lego_studio.commands.{name}":
+                continue  # command not built yet
+            raise
+        module.register(sub)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    if not getattr(args, "func", None):
+        # No sub-command: open the desktop app when it is available, else show help.
+        parser.print_help()
+        return 0
+    try:
+        result = args.func(args)
+    except LegoError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("interrupted", file=sys.stderr)
+        return 130
+    return int(result or 0)
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -1,0 +1,79 @@
+"""Shared fixtures. No test may touch the network: sockets are blocked for the whole session
+(loopback stays allowed for Qt/local IPC)."""
+
+from __future__ import annotations
+
+import os
+import socket
+
+import pytest
+
+os.environ.setdefault("QT_QPA_PLATFORM", "offscreen")
+os.environ["HF_HUB_OFFLINE"] = "1"
+os.environ["TRANSFORMERS_OFFLINE"] = "1"
+os.environ["DIFFUSERS_OFFLINE"] = "1"
+os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+
+_real_connect = socket.socket.connect
+_real_create_connection = socket.create_connection
+
+
+def _is_local(address) -> bool:
+    if isinstance(address, (str, bytes)):
+        return True  # AF_UNIX path
+    host = address[0] if isinstance(address, tuple) and address else ""
+    return host in ("localhost", "127.0.0.1", "::1", "") or str(host).startswith("127.")
+
+
+class NetworkBlocked(RuntimeError):
+    pass
+
+
+def _guarded_connect(self, address):
+    if not _is_local(address):
+        raise NetworkBlocked(f"test tried to reach the network: {address!r}")
+    return _real_connect(self, address)
+
+
+def _guarded_create_connection(address, *args, **kwargs):
+    if not _is_local(address):
+        raise NetworkBlocked(f"test tried to reach the network: {address!r}")
+    return _real_create_connection(address, *args, **kwargs)
+
+
+socket.socket.connect = _guarded_connect
+socket.create_connection = _guarded_create_connection
+
+
+@pytest.fixture(autouse=True)
+def lego_home(tmp_path, monkeypatch):
+    """Every test gets its own LEGO_STUDIO_HOME, so user data never leaks between tests."""
+    home = tmp_path / "lego-home"
+    monkeypatch.setenv("LEGO_STUDIO_HOME", str(home))
+    return home
+
+
+@pytest.fixture(scope="session")
+def tiny_model_dir(tmp_path_factory):
+    """A random-weight tiny SD-architecture model in diffusers layout (plumbing only)."""
+    from lego_studio.core.models import make_tiny_model
+
+    out = tmp_path_factory.mktemp("tiny-model") / "tiny-sd"
+    make_tiny_model(out, seed=0)
+    return out
+
+
+@pytest.fixture(scope="session")
+def tiny_model(tiny_model_dir):
+    """The tiny model loaded on CPU in fp32. Session-scoped: tests must not keep concepts
+    installed in it; use ``fresh_tiny_model`` when a test changes the tokenizer/embeddings."""
+    from lego_studio.core.models import load_model
+
+    return load_model(tiny_model_dir, device="cpu", precision="fp32")
+
+
+@pytest.fixture
+def fresh_tiny_model(tiny_model_dir):
+    from lego_studio.core.models import load_model
+
+    return load_model(tiny_model_dir, device="cpu", precision="fp32")
