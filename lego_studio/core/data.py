@@ -1,0 +1,213 @@
+"""Exemplar images for training: load, crop, encode once with the VAE, cache.
+
+Every image is centre-cropped to a square and resized to the training resolution; its mask goes
+through the same crop with nearest-neighbour resizing, so mask and image stay aligned. The VAE
+latent of the image and of its mirror image are computed once (the VAE is not exactly
+flip-equivariant, so the mirror is encoded, not flipped in latent space) and kept as float32 on
+the CPU. They are also cached on disk, keyed by the image's content hash, the resolution and the
+model, so a resumed run does not re-encode.
+
+Masks (255 = subject) become a soft subject-coverage map at latent size (area-averaged), with
+1 = subject. An image without a mask gets an all-zero map: no subject marked, the whole image is
+concept region.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+from PIL import Image
+
+from lego_studio.core.errors import InputError
+from lego_studio.core.images import load_image, load_mask
+from lego_studio.core.paths import atomic_save
+
+CACHE_FORMAT = "lego-studio-latents/1"
+
+
+@dataclass
+class ExemplarSet:
+    """Cached training data, all float32 on the CPU. Index 0 of dim 1 = as is, 1 = mirrored."""
+
+    latents: "torch.Tensor"  # [K, 2, C, h, w]  # noqa: F821
+    masks: "torch.Tensor"  # [K, 2, 1, h, w] in [0, 1], 1 = subject
+    has_mask: list[bool]
+    sources: list[str]
+
+    def __len__(self) -> int:
+        return int(self.latents.shape[0])
+
+    @property
+    def any_mask(self) -> bool:
+        return any(self.has_mask)
+
+
+def center_crop_resize(image: Image.Image, resolution: int, resample=Image.Resampling.BICUBIC) -> Image.Image:
+    """The largest centred square of ``image``, resized to ``resolution`` x ``resolution``."""
+    width, height = image.size
+    side = min(width, height)
+    left = (width - side) // 2
+    top = (height - side) // 2
+    square = image.crop((left, top, left + side, top + side))
+    if square.size != (resolution, resolution):
+        square = square.resize((resolution, resolution), resample=resample)
+    return square
+
+
+def image_to_tensor(image: Image.Image) -> "torch.Tensor":  # noqa: F821
+    """RGB PIL image -> float tensor [3, H, W] in [-1, 1] (what the VAE expects)."""
+    import torch
+
+    array = np.asarray(image.convert("RGB"), dtype=np.float32) / 127.5 - 1.0
+    return torch.from_numpy(array).permute(2, 0, 1).contiguous()
+
+
+def _content_hash(image_source, image: Image.Image) -> str:
+    digest = hashlib.sha256()
+    if isinstance(image_source, (str, os.PathLike)):
+        digest.update(Path(image_source).read_bytes())
+    else:
+        digest.update(f"{image.mode}:{image.size}".encode())
+        digest.update(image.tobytes())
+    return digest.hexdigest()
+
+
+def _model_key(model) -> str:
+    vae_config = model.vae.config
+    return f"{model.source}|{model.family.name}|{vae_config.latent_channels}|{_scaling(model)}|{model.dtype}"
+
+
+def _scaling(model) -> tuple[float, float]:
+    config = model.vae.config
+    scale = float(getattr(config, "scaling_factor", 1.0) or 1.0)
+    shift = float(getattr(config, "shift_factor", 0.0) or 0.0)
+    return scale, shift
+
+
+def encode_images(model, pixels: "torch.Tensor") -> "torch.Tensor":  # noqa: F821
+    """VAE latents (mean of the posterior, scaled like diffusers' training scripts), float32."""
+    import torch
+
+    scale, shift = _scaling(model)
+    with torch.no_grad():
+        posterior = model.vae.encode(pixels.to(model.device, model.vae.dtype)).latent_dist
+        latents = (posterior.mean - shift) * scale
+    return latents.float().cpu()
+
+
+def _load_source(source, what: str) -> tuple[Image.Image, str]:
+    if isinstance(source, Image.Image):
+        return source.convert("RGB"), f"<{what} in memory>"
+    if isinstance(source, (str, os.PathLike)):
+        return load_image(source), str(source)
+    raise InputError(f"{what} must be a file path or an image, not {type(source).__name__}")
+
+
+def _mask_array(mask_source, image: Image.Image, image_name: str) -> np.ndarray | None:
+    if mask_source is None:
+        return None
+    if isinstance(mask_source, (str, os.PathLike)):
+        return load_mask(mask_source, image.size)
+    array = np.asarray(mask_source)
+    if array.ndim != 2 or (array.shape[1], array.shape[0]) != image.size:
+        raise InputError(
+            f"{image_name}: mask is {array.shape[1] if array.ndim == 2 else '?'}x{array.shape[0]} "
+            f"but its image is {image.size[0]}x{image.size[1]}"
+        )
+    binary = np.where(array >= 128, 255, 0).astype(np.uint8)
+    if binary.size and binary.min() == 255:
+        raise InputError(f"{image_name}: mask marks the whole image as subject, leaving nothing for the concept")
+    return binary
+
+
+def _latent_mask(mask: np.ndarray | None, resolution: int, latent_size: int) -> "torch.Tensor":  # noqa: F821
+    import torch
+    import torch.nn.functional as F
+
+    if mask is None:
+        return torch.zeros(1, latent_size, latent_size)
+    cropped = center_crop_resize(Image.fromarray(mask, mode="L"), resolution, resample=Image.Resampling.NEAREST)
+    full = torch.from_numpy((np.asarray(cropped) >= 128).astype(np.float32))[None, None]
+    # Area averaging keeps partial coverage at the subject's edge instead of a jagged threshold.
+    return F.interpolate(full, size=(latent_size, latent_size), mode="area")[0]
+
+
+def _load_cached(path: Path):
+    from safetensors.torch import load_file
+
+    try:
+        tensors = load_file(str(path))
+        return tensors["latent"], tensors["latent_flipped"]
+    except Exception:  # noqa: BLE001 - a damaged cache file is simply recomputed
+        return None
+
+
+def build_exemplars(model, images, masks=None, resolution: int | None = None, cache_dir=None) -> ExemplarSet:
+    """Load, crop and encode ``images`` (paths or PIL images) with optional ``masks``.
+
+    ``masks`` is ``None`` or a list as long as ``images`` whose entries are a mask path, a uint8
+    array at the image's size, or ``None`` (no subject marked on that image).
+    """
+    import torch
+    from safetensors.torch import save_file
+
+    images = list(images)
+    if not images:
+        raise InputError("no training images given")
+    if masks is not None:
+        masks = list(masks)
+        if len(masks) != len(images):
+            raise InputError(f"got {len(masks)} masks for {len(images)} images; give one per image (or None)")
+    else:
+        masks = [None] * len(images)
+    resolution = int(resolution or model.family.resolution)
+    factor = model.vae_scale_factor
+    if resolution % factor:
+        raise InputError(f"resolution {resolution} is not a multiple of the model's VAE factor {factor}")
+    latent_size = resolution // factor
+    cache_dir = Path(cache_dir) if cache_dir is not None else None
+    model_key = _model_key(model)
+
+    latents, mask_maps, has_mask, sources = [], [], [], []
+    for image_source, mask_source in zip(images, masks):
+        image, name = _load_source(image_source, "training image")
+        mask = _mask_array(mask_source, image, name)
+        cropped = center_crop_resize(image, resolution)
+        key = hashlib.sha256(
+            f"{CACHE_FORMAT}|{_content_hash(image_source, image)}|{resolution}|{model_key}".encode()
+        ).hexdigest()[:32]
+        cached = _load_cached(cache_dir / f"{key}.safetensors") if cache_dir is not None else None
+        if cached is None:
+            pixels = torch.stack([image_to_tensor(cropped), image_to_tensor(cropped.transpose(Image.Transpose.FLIP_LEFT_RIGHT))])
+            encoded = encode_images(model, pixels)
+            cached = (encoded[0].contiguous(), encoded[1].contiguous())
+            if cache_dir is not None:
+                tensors = {"latent": cached[0], "latent_flipped": cached[1]}
+                atomic_save(cache_dir / f"{key}.safetensors", lambda tmp: save_file(tensors, tmp, metadata={"source": name}))
+        latents.append(torch.stack(cached))
+        subject = _latent_mask(mask, resolution, latent_size)
+        mask_maps.append(torch.stack([subject, torch.flip(subject, dims=[-1])]))
+        has_mask.append(mask is not None and bool(mask.any()))
+        sources.append(name)
+    return ExemplarSet(
+        latents=torch.stack(latents), masks=torch.stack(mask_maps), has_mask=has_mask, sources=sources
+    )
+
+
+def check_inputs(images, masks=None) -> None:
+    """Open every image and mask once, so a broken file is reported before a slow model load.
+
+    Raises the same one-line :class:`InputError` that training would raise later."""
+    images = list(images)
+    if not images:
+        raise InputError("no training images given")
+    if masks is not None and len(list(masks)) != len(images):
+        raise InputError(f"got {len(list(masks))} masks for {len(images)} images; give one per image (or None)")
+    for index, source in enumerate(images):
+        image, name = _load_source(source, "training image")
+        if masks is not None:
+            _mask_array(list(masks)[index], image, name)

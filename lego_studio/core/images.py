@@ -1,0 +1,243 @@
+"""Reading the user's exemplar images and subject masks, whatever shape they come in.
+
+Policy (documented for users in the README):
+
+* Every image comes back as an 8-bit RGB ``PIL.Image`` with its EXIF orientation applied, so what
+  the user sees in a photo viewer is what the trainer sees.
+* Transparency is composited on white (a cut-out subject on a white card, not on black).
+* 16-bit and 32-bit grey images are scaled to 8 bit by their real range, not clipped.
+* Images larger than ``MAX_PIXELS`` (64 megapixels, i.e. 8192 x 8192) are **refused** before they
+  are decoded: decoding such a file costs gigabytes of memory and the trainer works at 512 px or
+  less anyway. The message tells the user to downscale the file.
+* Masks: 255 = subject, 0 = concept region. Any mode is accepted; a mask with real transparency
+  uses its alpha channel (opaque = subject), otherwise its brightness, thresholded at 128.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import struct
+import warnings
+from pathlib import Path
+
+import numpy as np
+from PIL import Image, ImageOps, UnidentifiedImageError
+
+from lego_studio.core.errors import InputError
+
+IMAGE_EXTENSIONS = frozenset(
+    {".png", ".jpg", ".jpeg", ".jpe", ".jfif", ".webp", ".bmp", ".dib", ".gif", ".tif", ".tiff"}
+)
+MAX_PIXELS = 8192 * 8192  # 64 MP
+
+# Suffixes people give mask files next to "a.jpg": "a.png", "a_mask.png", "a-mask.png", "a.mask.png".
+_MASK_STEM_SUFFIXES = ("", "_mask", "-mask", ".mask", " mask")
+
+
+def _check_file(path: Path, what: str) -> None:
+    if not path.exists():
+        raise InputError(f"{path}: no such {what} file")
+    if path.is_dir():
+        raise InputError(f"{path}: is a folder, not an {what} file")
+    if path.stat().st_size == 0:
+        raise InputError(f"{path}: not a readable {what} (empty file)")
+
+
+def _open_decoded(path: Path, max_pixels: int, what: str) -> Image.Image:
+    """Open and fully decode ``path`` (so truncation shows up here, not later), EXIF-rotated."""
+    _check_file(path, what)
+    try:
+        with warnings.catch_warnings():
+            # Our own limit below is stricter than PIL's warning threshold; PIL's hard
+            # DecompressionBombError (2x its limit) is still caught and explained.
+            warnings.simplefilter("ignore", Image.DecompressionBombWarning)
+            with Image.open(path) as image:
+                width, height = image.size
+                if width * height > max_pixels:
+                    raise InputError(
+                        f"{path}: image is {width}x{height} ({width * height / 1e6:.0f} MP), more than "
+                        f"the {max_pixels / 1e6:.0f} MP limit; downscale it first"
+                    )
+                if width == 0 or height == 0:
+                    raise InputError(f"{path}: not a readable {what} (it has no pixels)")
+                image.load()
+                try:
+                    oriented = ImageOps.exif_transpose(image)
+                except Exception:  # noqa: BLE001 - a malformed EXIF block must not lose the picture
+                    oriented = None
+                if oriented is None or oriented is image:
+                    oriented = image.copy()
+                return oriented
+    except InputError:
+        raise
+    except Image.DecompressionBombError as exc:
+        raise InputError(f"{path}: image is too large to open safely ({exc})") from None
+    except UnidentifiedImageError:
+        raise InputError(f"{path}: not a readable {what} (unknown or unsupported file format)") from None
+    except (OSError, SyntaxError, ValueError, EOFError, MemoryError, struct.error) as exc:
+        reason = str(exc).strip() or type(exc).__name__
+        raise InputError(f"{path}: not a readable {what} ({reason})") from None
+
+
+def _scale_high_bit_depth(image: Image.Image) -> Image.Image:
+    """16/32-bit integer and float grey images -> 8-bit 'L', scaled by their real range."""
+    mode = image.mode
+    array = np.asarray(image)
+    array = array.astype(np.float64)
+    if mode.startswith("I;16"):
+        scaled = array / 257.0
+    elif mode == "F" and array.size and np.nanmax(array) <= 1.0 and np.nanmin(array) >= 0.0:
+        scaled = array * 255.0  # float images in [0, 1]
+    else:
+        low = float(np.nanmin(array)) if array.size else 0.0
+        high = float(np.nanmax(array)) if array.size else 0.0
+        if low >= 0 and high <= 255:
+            scaled = array
+        elif low >= 0 and high <= 65535:
+            scaled = array / 257.0  # a 16-bit file stored as 32-bit 'I' (e.g. 16-bit PNG, TIFF)
+        elif high > low:
+            scaled = (array - low) * (255.0 / (high - low))
+        else:
+            scaled = np.zeros_like(array)
+    scaled = np.nan_to_num(scaled, nan=0.0)
+    return Image.fromarray(np.clip(np.rint(scaled), 0, 255).astype(np.uint8), mode="L")
+
+
+def _has_transparency(image: Image.Image) -> bool:
+    return image.mode in ("RGBA", "LA", "PA", "RGBa", "La") or (
+        image.mode in ("P", "L", "RGB", "1") and "transparency" in image.info
+    )
+
+
+def _to_rgb(image: Image.Image) -> Image.Image:
+    mode = image.mode
+    if mode in ("I", "F") or mode.startswith("I;16"):
+        return _scale_high_bit_depth(image).convert("RGB")
+    if mode == "LAB":
+        from PIL import ImageCms
+
+        transform = ImageCms.buildTransform(
+            ImageCms.createProfile("LAB"), ImageCms.createProfile("sRGB"), "LAB", "RGB"
+        )
+        return ImageCms.applyTransform(image, transform)
+    if _has_transparency(image):
+        rgba = image.convert("RGBA")
+        white = Image.new("RGBA", rgba.size, (255, 255, 255, 255))
+        return Image.alpha_composite(white, rgba).convert("RGB")
+    if mode == "RGB":
+        return image
+    return image.convert("RGB")
+
+
+def load_image(path: str | os.PathLike, max_pixels: int = MAX_PIXELS) -> Image.Image:
+    """Load any image file as 8-bit RGB with EXIF orientation applied.
+
+    Raises :class:`InputError` naming the file when it is missing, empty, truncated, not an
+    image, or larger than ``max_pixels`` (see the module docstring for the policy).
+    """
+    path = Path(path)
+    image = _open_decoded(path, max_pixels, "image")
+    try:
+        return _to_rgb(image)
+    except (OSError, ValueError) as exc:
+        raise InputError(f"{path}: not a readable image (cannot convert mode {image.mode}: {exc})") from None
+
+
+def load_mask(path: str | os.PathLike, size: tuple[int, int]) -> np.ndarray:
+    """Load a subject mask as a ``uint8`` array ``[height, width]`` with 255 = subject, 0 = concept.
+
+    ``size`` is the ``(width, height)`` of the (EXIF-rotated) image the mask belongs to, i.e.
+    ``load_image(image_path).size``. An all-zero mask is fine ("no subject marked"); a mask that
+    covers the whole image leaves nothing for the concept and is refused.
+    """
+    path = Path(path)
+    image = _open_decoded(path, MAX_PIXELS, "mask")
+    width, height = int(size[0]), int(size[1])
+    if image.size != (width, height):
+        raise InputError(
+            f"{path}: mask is {image.size[0]}x{image.size[1]} but its image is {width}x{height}"
+        )
+    values = _mask_values(image)
+    mask = np.where(values >= 128, 255, 0).astype(np.uint8)
+    if mask.size and mask.min() == 255:
+        raise InputError(
+            f"{path}: mask marks the whole image as subject, leaving nothing for the concept"
+        )
+    return mask
+
+
+def _mask_values(image: Image.Image) -> np.ndarray:
+    """Brightness (or alpha, when the mask is painted on transparency) as 0..255 values."""
+    if _has_transparency(image):
+        alpha = np.asarray(image.convert("RGBA"))[..., 3]
+        if alpha.min() < 255:
+            return alpha
+    mode = image.mode
+    if mode in ("I", "F") or mode.startswith("I;16"):
+        return np.asarray(_scale_high_bit_depth(image))
+    if mode == "1":
+        return np.asarray(image.convert("L"))
+    return np.asarray(_to_rgb(image).convert("L"))
+
+
+def _natural_key(path: Path) -> list:
+    # "img2" before "img10", case-insensitive, ties broken by the exact name.
+    parts = re.split(r"(\d+)", path.name.casefold())
+    return [(0, int(p), "") if p.isdigit() else (1, 0, p) for p in parts] + [(2, 0, path.name)]
+
+
+def is_image_file(path: str | os.PathLike) -> bool:
+    """An image by extension, skipping hidden files (macOS ``._x.jpg`` resource forks)."""
+    path = Path(path)
+    return path.suffix.lower() in IMAGE_EXTENSIONS and not path.name.startswith(".")
+
+
+def list_images(folder: str | os.PathLike) -> list[Path]:
+    """Image files directly inside ``folder`` (not recursive), in natural name order."""
+    folder = Path(folder)
+    if not folder.exists():
+        raise InputError(f"{folder}: no such folder")
+    if not folder.is_dir():
+        raise InputError(f"{folder}: is a file, not a folder of images")
+    images = [p for p in folder.iterdir() if p.is_file() and is_image_file(p)]
+    if not images:
+        extensions = ", ".join(sorted(IMAGE_EXTENSIONS))
+        raise InputError(f"{folder}: no images found (looked for {extensions})")
+    return sorted(images, key=_natural_key)
+
+
+def find_mask_for(image_path: str | os.PathLike, mask_dir: str | os.PathLike) -> Path | None:
+    """The mask in ``mask_dir`` that belongs to ``image_path``, paired by file stem.
+
+    ``a.jpg`` pairs with ``a.png`` (preferred), any other image extension, or ``a_mask.png`` /
+    ``a-mask.png`` / ``a.mask.png``; an exact-case stem beats a case-insensitive one. Returns
+    ``None`` when there is no mask (or no mask folder): that image simply has no subject marked.
+    """
+    image_path = Path(image_path)
+    mask_dir = Path(mask_dir)
+    if not mask_dir.is_dir():
+        return None
+    stem = image_path.stem
+    wanted = {stem + suffix: rank for rank, suffix in enumerate(_MASK_STEM_SUFFIXES)}
+    wanted_folded = {name.casefold(): rank for name, rank in wanted.items()}
+    try:
+        image_resolved = image_path.resolve()
+    except OSError:
+        image_resolved = image_path
+    best: tuple | None = None
+    for candidate in mask_dir.iterdir():
+        if not candidate.is_file() or not is_image_file(candidate):
+            continue
+        if candidate.resolve() == image_resolved:
+            continue  # masks kept next to their images: never pair an image with itself
+        if candidate.stem in wanted:
+            key = (0, wanted[candidate.stem])
+        elif candidate.stem.casefold() in wanted_folded:
+            key = (1, wanted_folded[candidate.stem.casefold()])
+        else:
+            continue
+        key = key + (candidate.suffix.lower() != ".png", candidate.name)
+        if best is None or key < best[0]:
+            best = (key, candidate)
+    return best[1] if best else None

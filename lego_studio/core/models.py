@@ -1,0 +1,894 @@
+"""Loading Stable Diffusion models offline, and making tiny ones for tests.
+
+A model spec is one of:
+
+* a diffusers folder (``model_index.json``, or ``unet/ vae/ text_encoder/`` sub-folders; a missing
+  ``tokenizer/`` falls back to the shipped CLIP tokenizer);
+* a model id such as ``runwayml/stable-diffusion-v1-5``, looked up in the local Hugging Face cache
+  only (``HF_HUB_CACHE`` / ``HF_HOME``) — nothing is ever downloaded;
+* a single ``.safetensors`` / ``.ckpt`` file in the original LDM key layout, as AUTOMATIC1111 and
+  Civitai ship them. It is converted with diffusers' key-conversion functions and the diffusers
+  configs shipped in ``resources/configs/`` (chosen from the weights' shapes), so no config is
+  fetched. ``.ckpt`` files are only unpickled with ``weights_only=True``;
+* ``"shapeworld"``: the Shape World model shipped in ``resources/models/shapeworld``.
+
+The model family (SD1, SD2 v-prediction, SD2 base, Shape World, tiny, custom) is read from the
+weights and configs, or from an optional ``lego_studio.json`` in the model folder
+(``{"family": "shapeworld", "resolution": 64}``).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import pickle
+import re
+import shutil
+import tempfile
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from lego_studio.core.devices import pick_device, pick_dtype
+from lego_studio.core.errors import InputError, LegoError, ModelError
+from lego_studio.core.paths import atomic_save, atomic_write_json, resource
+
+FAMILY_FILE = "lego_studio.json"
+SD1_TEXT_WIDTH = 768
+SD2_TEXT_WIDTH = 1024
+PREDICTION_TYPES = ("epsilon", "v_prediction")
+SCHEDULERS = ("ddim", "euler", "dpm", "pndm", "ddpm")
+CHECKPOINT_SUFFIXES = (".safetensors", ".ckpt", ".pt", ".pth", ".bin")
+# Stable Diffusion 2.0-base and 2.1-base were released at this step; diffusers uses the same rule
+# to tell the 512-px epsilon models from the 768-px v-prediction ones.
+SD2_BASE_GLOBAL_STEP = 875000
+
+_UNET_PREFIX = "model.diffusion_model."
+_VAE_PREFIX = "first_stage_model."
+_CLIP_PREFIX = "cond_stage_model.transformer."
+_OPEN_CLIP_PREFIX = "cond_stage_model.model."
+_MODEL_ID = re.compile(r"^[A-Za-z0-9][\w.-]*/[\w.-]+$")
+
+
+# ---------------------------------------------------------------------------- data classes
+
+
+@dataclass
+class ModelFamily:
+    name: str  # "sd1" | "sd2" | "sd2-base" | "shapeworld" | "tiny" | "custom"
+    text_width: int  # 768 (SD1) | 1024 (SD2) | small for shapeworld/tiny
+    prediction_type: str  # "epsilon" | "v_prediction"
+    resolution: int  # native pixel size (512, 768, 64, 32 ...)
+
+    def to_dict(self) -> dict:
+        return {
+            "name": self.name,
+            "text_width": self.text_width,
+            "prediction_type": self.prediction_type,
+            "resolution": self.resolution,
+        }
+
+
+@dataclass
+class SDModel:
+    tokenizer: Any  # transformers.CLIPTokenizer
+    text_encoder: Any  # transformers.CLIPTextModel
+    unet: Any  # diffusers.UNet2DConditionModel
+    vae: Any  # diffusers.AutoencoderKL
+    noise_scheduler: Any  # diffusers.DDPMScheduler, prediction_type from the family
+    family: ModelFamily
+    source: str
+    device: torch.device
+    dtype: torch.dtype
+    # The model's own scheduler settings (beta schedule, steps_offset, ...), which inference
+    # schedulers are built from; DDPMScheduler drops the keys it does not know.
+    scheduler_config: dict = field(default_factory=dict)
+
+    @property
+    def vae_scale_factor(self) -> int:
+        return 2 ** (len(self.vae.config.block_out_channels) - 1)
+
+    def pipeline(self, scheduler: str = "ddim"):
+        """A diffusers ``StableDiffusionPipeline`` sharing this model's modules (no copies),
+        without safety checker, using ``scheduler`` (ddim | euler | dpm | pndm | ddpm)."""
+        from diffusers import StableDiffusionPipeline
+
+        pipe = StableDiffusionPipeline(
+            vae=self.vae,
+            text_encoder=self.text_encoder,
+            tokenizer=self.tokenizer,
+            unet=self.unet,
+            scheduler=self.make_scheduler(scheduler),
+            safety_checker=None,
+            feature_extractor=None,
+            requires_safety_checker=False,
+        )
+        pipe.set_progress_bar_config(disable=True)
+        return pipe
+
+    def make_scheduler(self, name: str = "ddim"):
+        """An inference scheduler configured like this model's own (prediction type included)."""
+        import diffusers
+
+        classes = {
+            "ddim": diffusers.DDIMScheduler,
+            "euler": diffusers.EulerDiscreteScheduler,
+            "dpm": diffusers.DPMSolverMultistepScheduler,
+            "pndm": diffusers.PNDMScheduler,
+            "ddpm": diffusers.DDPMScheduler,
+        }
+        key = (name or "ddim").lower()
+        if key not in classes:
+            raise InputError(f"unknown scheduler '{name}' (choose one of: {', '.join(SCHEDULERS)})")
+        config = dict(self.scheduler_config or self.noise_scheduler.config)
+        config.pop("_class_name", None)
+        config["prediction_type"] = self.family.prediction_type
+        # SD latents are not bounded to [-1, 1]; DDIM/DDPM would clip them by default.
+        config.setdefault("clip_sample", False)
+        return classes[key].from_config(config)
+
+    def encode_prompts(self, prompts: Sequence[str]) -> torch.Tensor:
+        """Text-encoder last hidden states ``[B, 77, d]``, computed exactly like the diffusers
+        pipeline's ``encode_prompt`` (pad to 77, truncate). Gradients flow (the trainer needs them).
+
+        Prompts are used token for token: multi-vector concept placeholders must already be
+        expanded (``concepts.expand_prompt``)."""
+        if isinstance(prompts, str):
+            prompts = [prompts]
+        inputs = self.tokenizer(
+            list(prompts),
+            padding="max_length",
+            max_length=self.tokenizer.model_max_length,
+            truncation=True,
+            return_tensors="pt",
+        )
+        attention_mask = None
+        if getattr(self.text_encoder.config, "use_attention_mask", False):
+            attention_mask = inputs.attention_mask.to(self.device)
+        hidden = self.text_encoder(inputs.input_ids.to(self.device), attention_mask=attention_mask)[0]
+        return hidden.to(dtype=self.text_encoder.dtype, device=self.device)
+
+
+# ---------------------------------------------------------------------------- safe loading
+
+
+def safe_torch_load(path: str | os.PathLike) -> Any:
+    """``torch.load`` restricted to tensors and plain containers (``weights_only=True``).
+
+    A pickle that would run code is refused before anything runs, as :class:`InputError`."""
+    path = Path(path)
+    if not path.is_file():
+        raise InputError(f"{path}: file not found")
+    try:
+        return torch.load(path, map_location="cpu", weights_only=True)
+    except pickle.UnpicklingError as exc:
+        if "weights only" in str(exc).lower() or "weights_only" in str(exc):
+            raise InputError(
+                f"{path}: refused to load: the file contains Python code (unsafe pickle); "
+                "use a .safetensors version of it"
+            ) from exc
+        raise InputError(f"{path}: cannot read: the file is corrupt or truncated ({_first_line(exc)})") from exc
+    except (RuntimeError, EOFError, OSError, ValueError, KeyError, IndexError, AttributeError, TypeError) as exc:
+        raise InputError(f"{path}: cannot read: the file is corrupt or truncated ({_first_line(exc)})") from exc
+
+
+def _first_line(exc: BaseException) -> str:
+    text = str(exc).strip().splitlines()
+    return (text[0] if text else type(exc).__name__)[:200]
+
+
+# ---------------------------------------------------------------------------- spec resolution
+
+
+def hf_hub_cache_dir() -> Path:
+    """The Hugging Face hub cache folder, read from the environment at call time."""
+    if os.environ.get("HF_HUB_CACHE"):
+        return Path(os.environ["HF_HUB_CACHE"]).expanduser()
+    if os.environ.get("HUGGINGFACE_HUB_CACHE"):
+        return Path(os.environ["HUGGINGFACE_HUB_CACHE"]).expanduser()
+    if os.environ.get("HF_HOME"):
+        return Path(os.environ["HF_HOME"]).expanduser() / "hub"
+    xdg = os.environ.get("XDG_CACHE_HOME")
+    base = Path(xdg).expanduser() if xdg else Path.home() / ".cache"
+    return base / "huggingface" / "hub"
+
+
+def find_in_hf_cache(model_id: str) -> Path:
+    """The local snapshot folder of ``model_id`` (``org/name``) in the Hugging Face cache; never
+    downloads. Not cached -> :class:`ModelError`."""
+    cache = hf_hub_cache_dir()
+    not_found = ModelError(f"model id {model_id} not found in the local Hugging Face cache (offline): {cache}")
+    try:
+        from huggingface_hub import snapshot_download
+
+        folder = Path(snapshot_download(model_id, cache_dir=str(cache), local_files_only=True))
+    except Exception:  # huggingface_hub raises several types for "not cached"
+        folder = _scan_hf_cache(cache, model_id)
+        if folder is None:
+            raise not_found from None
+    if not folder.is_dir():
+        raise not_found
+    return folder
+
+
+def _scan_hf_cache(cache: Path, model_id: str) -> Path | None:
+    """Fallback when huggingface_hub cannot resolve the snapshot: refs/main, else the newest."""
+    repo = cache / ("models--" + model_id.replace("/", "--"))
+    snapshots = repo / "snapshots"
+    if not snapshots.is_dir():
+        return None
+    ref = repo / "refs" / "main"
+    if ref.is_file():
+        candidate = snapshots / ref.read_text(encoding="utf-8").strip()
+        if candidate.is_dir():
+            return candidate
+    folders = sorted((p for p in snapshots.iterdir() if p.is_dir()), key=lambda p: p.stat().st_mtime)
+    return folders[-1] if folders else None
+
+
+def shapeworld_model_dir() -> Path:
+    return resource("models", "shapeworld")
+
+
+def resolve_spec(spec: str | os.PathLike) -> tuple[str, Path]:
+    """``("folder" | "file", path)`` for a model spec; unknown -> :class:`ModelError`."""
+    text = str(spec).strip()
+    if not text:
+        raise ModelError("no model given (a diffusers folder, a .safetensors/.ckpt file or a cached model id)")
+    if text.lower() == "shapeworld":
+        folder = shapeworld_model_dir()
+        if not folder.is_dir():
+            raise ModelError(
+                f"{folder}: the Shape World model is not installed (it is built by the Shape World training script)"
+            )
+        return "folder", folder
+    path = Path(text).expanduser()
+    if path.is_dir():
+        return "folder", path
+    if path.is_file():
+        if path.suffix.lower() not in CHECKPOINT_SUFFIXES:
+            raise ModelError(
+                f"{path}: not a model file (expected a diffusers folder or {', '.join(CHECKPOINT_SUFFIXES)})"
+            )
+        return "file", path
+    if path.exists():
+        raise ModelError(f"{path}: not a model folder or file")
+    if _MODEL_ID.match(text) and not text.lower().endswith(CHECKPOINT_SUFFIXES):
+        return "folder", find_in_hf_cache(text)
+    raise ModelError(f"{text}: no such model folder or file")
+
+
+# ---------------------------------------------------------------------------- family detection
+
+
+def _read_json(path: Path) -> dict:
+    try:
+        data = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
+        raise ModelError(f"{path}: unreadable JSON ({_first_line(exc)})") from exc
+    if not isinstance(data, dict):
+        raise ModelError(f"{path}: expected a JSON object")
+    return data
+
+
+def family_from_configs(
+    text_width: int,
+    unet_config: Mapping,
+    vae_config: Mapping,
+    scheduler_config: Mapping,
+    overrides: Mapping | None = None,
+    prediction_type: str | None = None,
+) -> ModelFamily:
+    """The family of a model from its configs (and an optional ``lego_studio.json``)."""
+    overrides = dict(overrides or {})
+    vae_scale = 2 ** (len(vae_config.get("block_out_channels", (1,))) - 1)
+    resolution = int(unet_config.get("sample_size") or 64) * vae_scale
+    prediction = prediction_type or overrides.get("prediction_type") or scheduler_config.get("prediction_type")
+    if text_width == SD1_TEXT_WIDTH:
+        name = "sd1"
+    elif text_width == SD2_TEXT_WIDTH:
+        name = "sd2" if (prediction or "v_prediction") == "v_prediction" else "sd2-base"
+        prediction = prediction or "v_prediction"
+    else:
+        name = "custom"
+    name = overrides.get("family", name)
+    resolution = int(overrides.get("resolution", resolution))
+    return ModelFamily(name, int(text_width), prediction or "epsilon", resolution)
+
+
+def detect_checkpoint_family(
+    shapes: Mapping[str, Sequence[int]],
+    filename: str = "",
+    global_step: int | None = None,
+    prediction_type: str | None = None,
+) -> tuple[str, ModelFamily]:
+    """Text-encoder layout and family of an LDM-layout checkpoint, from its tensor shapes alone.
+
+    Returns ``(text_layout, family)`` with text_layout "clip" (SD1 style) or "open_clip" (SD2).
+    SD2 v-prediction vs epsilon: an explicit ``prediction_type`` wins; then the 2.x-base release
+    step (875000); then the file name ("512"/"base" -> epsilon at 512 px, "768" -> v at 768 px);
+    otherwise v-prediction at 768 px like SD 2.0/2.1.
+    """
+    label = filename or "checkpoint"
+    if any(key.startswith("conditioner.embedders.") for key in shapes):
+        raise ModelError(f"{label}: SDXL checkpoints are not supported (Stable Diffusion 1.x/2.x only)")
+    if not any(key.startswith(_UNET_PREFIX) for key in shapes):
+        raise ModelError(f"{label}: not a Stable Diffusion checkpoint (no model.diffusion_model.* weights)")
+    conv_in = shapes.get(_UNET_PREFIX + "input_blocks.0.0.weight")
+    if conv_in is not None and len(conv_in) == 4 and conv_in[1] != 4:
+        raise ModelError(f"{label}: inpainting/special UNets ({conv_in[1]} input channels) are not supported")
+    if not any(key.startswith(_VAE_PREFIX) for key in shapes):
+        raise ModelError(f"{label}: the VAE weights (first_stage_model.*) are missing")
+
+    layout, width = None, None
+    for key, shape in shapes.items():
+        if key.startswith(_CLIP_PREFIX) and key.endswith("token_embedding.weight"):
+            layout, width = "clip", int(shape[-1])
+            break
+        if key == _OPEN_CLIP_PREFIX + "token_embedding.weight":
+            layout, width = "open_clip", int(shape[-1])
+            break
+    if layout is None:
+        raise ModelError(f"{label}: the text-encoder weights (cond_stage_model.*) are missing")
+
+    cross_dims = {int(shape[-1]) for key, shape in shapes.items() if key.endswith("attn2.to_k.weight")}
+    if cross_dims and cross_dims != {width}:
+        raise ModelError(
+            f"{label}: UNet cross-attention width {sorted(cross_dims)} does not match text-encoder width {width}"
+        )
+
+    if prediction_type is not None and prediction_type not in PREDICTION_TYPES:
+        raise ModelError(f"unknown prediction type '{prediction_type}' (choose epsilon or v_prediction)")
+    if width == SD1_TEXT_WIDTH:
+        return layout, ModelFamily("sd1", width, prediction_type or "epsilon", 512)
+    if width == SD2_TEXT_WIDTH:
+        name_hint = Path(filename).name.lower()
+        if prediction_type is None:
+            if global_step == SD2_BASE_GLOBAL_STEP or ("512" in name_hint or "base" in name_hint):
+                prediction_type = "epsilon"
+            else:
+                prediction_type = "v_prediction"
+        if prediction_type == "epsilon":
+            return layout, ModelFamily("sd2-base", width, "epsilon", 512)
+        return layout, ModelFamily("sd2", width, "v_prediction", 768)
+    return layout, ModelFamily("custom", width, prediction_type or "epsilon", 0)
+
+
+def shipped_config_dir(family: ModelFamily) -> Path:
+    """The shipped diffusers configs (unet/vae/text_encoder/scheduler) for a checkpoint family.
+
+    SD1 and SD2 have their own; any other text width uses the shipped folder whose text encoder
+    has that width (e.g. the tiny test model)."""
+    root = resource("configs")
+    if family.name == "sd1":
+        return root / "sd1"
+    if family.name in ("sd2", "sd2-base"):
+        return root / "sd2"
+    if root.is_dir():
+        for folder in sorted(root.iterdir()):
+            config = folder / "text_encoder" / "config.json"
+            if config.is_file() and _read_json(config).get("hidden_size") == family.text_width:
+                return folder
+    raise ModelError(f"no shipped model config for a text encoder of width {family.text_width} in {root}")
+
+
+# ---------------------------------------------------------------------------- loading
+
+
+def load_model(
+    spec: str | os.PathLike,
+    device: str = "auto",
+    precision: str = "auto",
+    prediction_type: str | None = None,
+    config: str | os.PathLike | None = None,
+) -> SDModel:
+    """Load a Stable Diffusion model offline (see the module docstring for ``spec``).
+
+    ``prediction_type`` overrides the detected one (SD2 768-v vs 512-base); ``config`` is a
+    folder of diffusers configs to use for a single-file checkpoint instead of the shipped ones.
+    Every failure is a one-line :class:`ModelError` naming the path."""
+    if prediction_type is not None and prediction_type not in PREDICTION_TYPES:
+        raise ModelError(f"unknown prediction type '{prediction_type}' (choose epsilon or v_prediction)")
+    torch_device = pick_device(device)
+    dtype = pick_dtype(torch_device, precision)
+    kind, path = resolve_spec(spec)
+    try:
+        if kind == "folder":
+            model = _load_folder(path, prediction_type)
+        else:
+            model = _load_single_file(path, prediction_type, Path(config) if config else None)
+    except LegoError as exc:
+        raise ModelError(str(exc)) from exc
+    except (OSError, ValueError, RuntimeError, KeyError, EnvironmentError) as exc:
+        raise ModelError(f"{path}: cannot load the model ({_first_line(exc)})") from exc
+    model.source = str(spec)
+    _place(model, torch_device, dtype)
+    return model
+
+
+def _place(model: SDModel, device: torch.device, dtype: torch.dtype) -> None:
+    for module in (model.unet, model.vae, model.text_encoder):
+        # Skip no-op casts: diffusers warns on every .to() even when nothing changes.
+        if module.dtype != dtype or module.device != device:
+            module.to(device=device, dtype=dtype)
+        module.eval()
+        module.requires_grad_(False)
+    model.device = device
+    model.dtype = dtype
+
+
+def _noise_scheduler(scheduler_config: Mapping, prediction_type: str):
+    from diffusers import DDPMScheduler
+
+    config = {k: v for k, v in scheduler_config.items() if k != "_class_name"}
+    # Latents are not bounded to [-1, 1]: SD schedulers never clip the predicted sample.
+    config.setdefault("clip_sample", False)
+    config["prediction_type"] = prediction_type
+    return DDPMScheduler.from_config(config)
+
+
+def _is_diffusers_folder(path: Path) -> bool:
+    return (path / "model_index.json").is_file() or all(
+        (path / name).is_dir() for name in ("unet", "vae", "text_encoder")
+    )
+
+
+def _load_folder(path: Path, prediction_type: str | None) -> SDModel:
+    from diffusers import AutoencoderKL, UNet2DConditionModel
+    from transformers import CLIPTextModel, CLIPTokenizer
+
+    if not _is_diffusers_folder(path):
+        singles = sorted(p.name for p in path.iterdir() if p.suffix.lower() in (".safetensors", ".ckpt"))
+        hint = f" (did you mean the file {singles[0]}?)" if singles else ""
+        raise ModelError(f"{path}: not a diffusers model folder (no model_index.json or unet/vae/text_encoder){hint}")
+    for part in ("unet", "vae", "text_encoder"):
+        if not (path / part / "config.json").is_file():
+            raise ModelError(f"{path}: the {part} component is missing ({part}/config.json)")
+
+    overrides = _read_json(path / FAMILY_FILE) if (path / FAMILY_FILE).is_file() else {}
+    scheduler_file = path / "scheduler" / "scheduler_config.json"
+    scheduler_config = _read_json(scheduler_file) if scheduler_file.is_file() else {}
+    text_config = _read_json(path / "text_encoder" / "config.json")
+    family = family_from_configs(
+        int(text_config.get("hidden_size", 0)),
+        _read_json(path / "unet" / "config.json"),
+        _read_json(path / "vae" / "config.json"),
+        scheduler_config,
+        overrides,
+        prediction_type,
+    )
+
+    unet = _from_pretrained_component(UNet2DConditionModel, path, "unet")
+    vae = _from_pretrained_component(AutoencoderKL, path, "vae")
+    text_encoder = _from_pretrained_component(CLIPTextModel, path, "text_encoder")
+    if (path / "tokenizer" / "vocab.json").is_file() or (path / "tokenizer" / "tokenizer.json").is_file():
+        tokenizer = CLIPTokenizer.from_pretrained(str(path / "tokenizer"), local_files_only=True)
+    else:
+        from lego_studio.core.tokenizer import load_tokenizer
+
+        tokenizer = load_tokenizer(family.name)
+    if not scheduler_config:
+        scheduler_config = _read_json(resource("configs", "sd1", "scheduler", "scheduler_config.json"))
+    return SDModel(
+        tokenizer=tokenizer,
+        text_encoder=text_encoder,
+        unet=unet,
+        vae=vae,
+        noise_scheduler=_noise_scheduler(scheduler_config, family.prediction_type),
+        family=family,
+        source=str(path),
+        device=torch.device("cpu"),
+        dtype=torch.float32,
+        scheduler_config=dict(scheduler_config),
+    )
+
+
+def _from_pretrained_component(cls, path: Path, subfolder: str):
+    folder = path / subfolder
+    has_full = any(
+        f.name in ("diffusion_pytorch_model.safetensors", "model.safetensors", "diffusion_pytorch_model.bin",
+                   "pytorch_model.bin")
+        or f.name.endswith(".index.json") and ".fp16." not in f.name
+        for f in folder.iterdir()
+    )
+    has_fp16 = any(".fp16." in f.name for f in folder.iterdir())
+    if not has_full and not has_fp16:
+        raise ModelError(f"{path}: the {subfolder} weights are missing")
+    kwargs: dict[str, Any] = {"local_files_only": True}
+    if not has_full:
+        kwargs["variant"] = "fp16"  # repos that ship only half-precision weights
+    try:
+        if cls.__module__.startswith("transformers"):
+            return cls.from_pretrained(str(folder), **kwargs)
+        return cls.from_pretrained(str(path), subfolder=subfolder, **kwargs)
+    except LegoError:
+        raise
+    except Exception as exc:  # library errors vary by version; all mean "this component is broken"
+        raise ModelError(f"{folder}: cannot load the {subfolder} weights ({_first_line(exc)})") from exc
+
+
+def _read_checkpoint(path: Path) -> tuple[dict[str, torch.Tensor], int | None]:
+    """The flat tensor dict of a single-file checkpoint, and its global_step if recorded."""
+    global_step = None
+    if path.suffix.lower() == ".safetensors":
+        from safetensors.torch import load_file
+
+        try:
+            state = load_file(str(path))
+        except Exception as exc:  # SafetensorError is not exported consistently across versions
+            raise ModelError(f"{path}: cannot read: the file is corrupt or truncated ({_first_line(exc)})") from exc
+    else:
+        try:
+            data = safe_torch_load(path)
+        except InputError as exc:
+            raise ModelError(str(exc)) from exc
+        if not isinstance(data, dict):
+            raise ModelError(f"{path}: not a Stable Diffusion checkpoint (no state dict inside)")
+        if isinstance(data.get("global_step"), int):
+            global_step = data["global_step"]
+        while isinstance(data.get("state_dict"), dict):
+            data = data["state_dict"]
+        state = {k: v for k, v in data.items() if isinstance(v, torch.Tensor)}
+    return state, global_step
+
+
+def _load_single_file(path: Path, prediction_type: str | None, config_dir: Path | None) -> SDModel:
+    from diffusers import AutoencoderKL, UNet2DConditionModel
+    from diffusers.loaders.single_file_utils import (
+        convert_ldm_clip_checkpoint,
+        convert_ldm_unet_checkpoint,
+        convert_ldm_vae_checkpoint,
+        convert_open_clip_checkpoint,
+    )
+    from transformers import CLIPTextConfig, CLIPTextModel
+
+    from lego_studio.core.tokenizer import load_tokenizer
+
+    state, global_step = _read_checkpoint(path)
+    shapes = {key: tuple(tensor.shape) for key, tensor in state.items()}
+    layout, family = detect_checkpoint_family(shapes, str(path), global_step, prediction_type)
+    configs = config_dir or shipped_config_dir(family)
+    for part, name in (("unet", "config.json"), ("vae", "config.json"), ("text_encoder", "config.json"),
+                       ("scheduler", "scheduler_config.json")):
+        if not (configs / part / name).is_file():
+            raise ModelError(f"{configs}: config folder lacks {part}/{name}")
+    unet_config = _read_json(configs / "unet" / "config.json")
+    vae_config = _read_json(configs / "vae" / "config.json")
+    scheduler_config = _read_json(configs / "scheduler" / "scheduler_config.json")
+    overrides = _read_json(configs / FAMILY_FILE) if (configs / FAMILY_FILE).is_file() else {}
+    if family.name in ("sd1", "sd2", "sd2-base"):
+        unet_config["sample_size"] = family.resolution // 8
+        vae_config["sample_size"] = family.resolution
+        # SD 2.x v-models attend in fp32 to avoid fp16 overflow (as diffusers' SD 2.1 config).
+        unet_config["upcast_attention"] = family.name == "sd2"
+    else:
+        family = family_from_configs(family.text_width, unet_config, vae_config, scheduler_config, overrides,
+                                     prediction_type)
+
+    from accelerate import init_empty_weights
+
+    # Build on the meta device: a random init of SD's 1 B parameters would take longer than
+    # loading them, and the weights are assigned from the checkpoint anyway.
+    with init_empty_weights():
+        unet = UNet2DConditionModel.from_config(unet_config)
+        vae = AutoencoderKL.from_config(vae_config)
+        text_encoder = CLIPTextModel(CLIPTextConfig.from_json_file(str(configs / "text_encoder" / "config.json")))
+    _load_weights(unet, convert_ldm_unet_checkpoint(state, unet.config), path, "UNet")
+    _load_weights(vae, convert_ldm_vae_checkpoint(state, vae.config), path, "VAE")
+    if layout == "clip":
+        text_state = convert_ldm_clip_checkpoint(state)
+    else:
+        text_state = convert_open_clip_checkpoint(text_encoder, state, prefix=_OPEN_CLIP_PREFIX)
+    if not hasattr(text_encoder, "text_model"):  # transformers >= 5.6 flattened CLIPTextModel
+        text_state = {k.removeprefix("text_model."): v for k, v in text_state.items()}
+    _load_weights(text_encoder, text_state, path, "text encoder")
+    del state
+    return SDModel(
+        tokenizer=load_tokenizer("sd2" if layout == "open_clip" else "sd1"),
+        text_encoder=text_encoder,
+        unet=unet,
+        vae=vae,
+        noise_scheduler=_noise_scheduler(scheduler_config, family.prediction_type),
+        family=family,
+        source=str(path),
+        device=torch.device("cpu"),
+        dtype=torch.float32,
+        scheduler_config=dict(scheduler_config),
+    )
+
+
+def _load_weights(module: torch.nn.Module, state: Mapping[str, torch.Tensor], path: Path, part: str) -> None:
+    """Load converted weights; missing or mis-shaped tensors mean the file is not this model.
+
+    Extra keys are fine: SD checkpoints carry EMA copies, position_ids and, for SD2, the unused
+    last OpenCLIP layer."""
+    expected = module.state_dict()
+    missing = [key for key in expected if key not in state]
+    if missing:
+        raise ModelError(f"{path}: the {part} weights are incomplete ({len(missing)} missing, e.g. {missing[0]})")
+    for key, tensor in expected.items():
+        if tuple(state[key].shape) != tuple(tensor.shape):
+            raise ModelError(
+                f"{path}: {part} weight {key} has shape {tuple(state[key].shape)}, expected {tuple(tensor.shape)}"
+            )
+    module.load_state_dict({key: state[key].contiguous() for key in expected}, strict=True, assign=True)
+
+
+# ---------------------------------------------------------------------------- tiny model
+
+
+def tiny_model_configs(sample_size: int = 32) -> dict[str, dict]:
+    """Configs of the tiny SD-architecture test model (``sample_size`` = pixel size)."""
+    if sample_size % 16:
+        raise InputError(f"tiny model size {sample_size} must be a multiple of 16")
+    text_width = 32
+    return {
+        "unet": dict(
+            sample_size=sample_size // 2,
+            in_channels=4,
+            out_channels=4,
+            layers_per_block=1,
+            block_out_channels=(32, 64),
+            down_block_types=("CrossAttnDownBlock2D", "DownBlock2D"),
+            up_block_types=("UpBlock2D", "CrossAttnUpBlock2D"),
+            cross_attention_dim=text_width,
+            attention_head_dim=4,
+            norm_num_groups=32,
+        ),
+        "vae": dict(
+            sample_size=sample_size,
+            in_channels=3,
+            out_channels=3,
+            down_block_types=("DownEncoderBlock2D", "DownEncoderBlock2D"),
+            up_block_types=("UpDecoderBlock2D", "UpDecoderBlock2D"),
+            block_out_channels=(32, 64),
+            latent_channels=4,
+            layers_per_block=1,
+            norm_num_groups=32,
+            scaling_factor=0.18215,
+        ),
+        "text_encoder": dict(
+            hidden_size=text_width,
+            intermediate_size=64,
+            num_attention_heads=4,
+            num_hidden_layers=2,
+            vocab_size=49408,
+            max_position_embeddings=77,
+            projection_dim=text_width,
+            hidden_act="quick_gelu",
+            bos_token_id=49406,
+            eos_token_id=49407,
+            pad_token_id=49407,
+        ),
+        "scheduler": dict(
+            beta_start=0.00085,
+            beta_end=0.012,
+            beta_schedule="scaled_linear",
+            num_train_timesteps=1000,
+            set_alpha_to_one=False,
+            skip_prk_steps=True,
+            steps_offset=1,
+            prediction_type="epsilon",
+        ),
+    }
+
+
+def make_tiny_model(out_dir: str | os.PathLike, seed: int = 0, sample_size: int = 32) -> Path:
+    """Write a random-weight tiny SD-architecture model (diffusers layout, real CLIP tokenizer).
+
+    Deterministic for a seed; a few MB; loads with :func:`load_model` and with plain
+    ``StableDiffusionPipeline.from_pretrained(dir, safety_checker=None)``."""
+    from diffusers import AutoencoderKL, PNDMScheduler, StableDiffusionPipeline, UNet2DConditionModel
+    from transformers import CLIPTextConfig, CLIPTextModel
+
+    from lego_studio.core.tokenizer import load_tokenizer
+
+    out = Path(out_dir)
+    if out.exists() and (not out.is_dir() or (any(out.iterdir()) and not _is_diffusers_folder(out))):
+        raise InputError(f"{out}: exists and is not an (empty) model folder; choose a new folder")
+    configs = tiny_model_configs(sample_size)
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(seed)
+        unet = UNet2DConditionModel(**configs["unet"])
+        vae = AutoencoderKL(**configs["vae"])
+        text_encoder = CLIPTextModel(CLIPTextConfig(**configs["text_encoder"]))
+    scheduler = PNDMScheduler(**configs["scheduler"])
+    # Like SD's own scheduler_config.json: schedulers built from it (DDIM, DDPM) must not clip
+    # latents to [-1, 1], which they do by default.
+    scheduler.register_to_config(clip_sample=False)
+    pipe = StableDiffusionPipeline(
+        vae=vae,
+        text_encoder=text_encoder,
+        tokenizer=load_tokenizer("sd1"),
+        unet=unet,
+        scheduler=scheduler,
+        safety_checker=None,
+        feature_extractor=None,
+        requires_safety_checker=False,
+    )
+    out.parent.mkdir(parents=True, exist_ok=True)
+    # Build next to the target and swap in with renames, so a crash never leaves half a model.
+    staging = Path(tempfile.mkdtemp(prefix=f".{out.name}.", dir=out.parent))
+    try:
+        pipe.save_pretrained(str(staging), safe_serialization=True)
+        atomic_write_json(staging / FAMILY_FILE, {"family": "tiny", "resolution": sample_size})
+        _swap_in(staging, out)
+    except BaseException:
+        shutil.rmtree(staging, ignore_errors=True)
+        raise
+    return out
+
+
+def _swap_in(staging: Path, out: Path) -> None:
+    old = None
+    if out.exists():
+        old = out.with_name(f".{out.name}.old")
+        shutil.rmtree(old, ignore_errors=True)
+        os.replace(out, old)
+    os.replace(staging, out)
+    if old is not None:
+        shutil.rmtree(old, ignore_errors=True)
+
+
+# ---------------------------------------------------------------------------- diffusers -> LDM
+
+
+def _unet_to_ldm(state: Mapping[str, torch.Tensor], config: Mapping) -> dict[str, torch.Tensor]:
+    """Diffusers UNet weights -> original LDM names (the inverse of diffusers' conversion)."""
+    per_block = int(config["layers_per_block"])
+    n_blocks = len(config["block_out_channels"])
+    up_has_attention = ["CrossAttn" in name for name in config["up_block_types"]]
+    prefixes: list[tuple[str, str]] = []  # (diffusers prefix, ldm prefix)
+    for i in range(n_blocks):
+        for j in range(per_block):
+            prefixes.append((f"down_blocks.{i}.resnets.{j}.", f"input_blocks.{(per_block + 1) * i + j + 1}.0."))
+            prefixes.append((f"down_blocks.{i}.attentions.{j}.", f"input_blocks.{(per_block + 1) * i + j + 1}.1."))
+        if i < n_blocks - 1:
+            prefixes.append((f"down_blocks.{i}.downsamplers.0.conv.", f"input_blocks.{(per_block + 1) * (i + 1)}.0.op."))
+        for j in range(per_block + 1):
+            prefixes.append((f"up_blocks.{i}.resnets.{j}.", f"output_blocks.{(per_block + 1) * i + j}.0."))
+            prefixes.append((f"up_blocks.{i}.attentions.{j}.", f"output_blocks.{(per_block + 1) * i + j}.1."))
+        if i < n_blocks - 1:
+            slot = 2 if up_has_attention[i] else 1
+            prefixes.append((f"up_blocks.{i}.upsamplers.0.", f"output_blocks.{(per_block + 1) * i + per_block}.{slot}."))
+    prefixes.append(("mid_block.attentions.0.", "middle_block.1."))
+    for j in range(2):
+        prefixes.append((f"mid_block.resnets.{j}.", f"middle_block.{2 * j}."))
+    top = {
+        "time_embedding.linear_1.weight": "time_embed.0.weight",
+        "time_embedding.linear_1.bias": "time_embed.0.bias",
+        "time_embedding.linear_2.weight": "time_embed.2.weight",
+        "time_embedding.linear_2.bias": "time_embed.2.bias",
+        "conv_in.weight": "input_blocks.0.0.weight",
+        "conv_in.bias": "input_blocks.0.0.bias",
+        "conv_norm_out.weight": "out.0.weight",
+        "conv_norm_out.bias": "out.0.bias",
+        "conv_out.weight": "out.2.weight",
+        "conv_out.bias": "out.2.bias",
+    }
+    resnet_parts = [("norm1", "in_layers.0"), ("conv1", "in_layers.2"), ("norm2", "out_layers.0"),
+                    ("conv2", "out_layers.3"), ("time_emb_proj", "emb_layers.1"), ("conv_shortcut", "skip_connection")]
+    result = {}
+    for key, tensor in state.items():
+        if key in top:
+            result[_UNET_PREFIX + top[key]] = tensor
+            continue
+        for diffusers_prefix, ldm_prefix in prefixes:
+            if key.startswith(diffusers_prefix):
+                rest = key[len(diffusers_prefix):]
+                if ".resnets." in diffusers_prefix:
+                    for new, old in resnet_parts:
+                        if rest.startswith(new + "."):
+                            rest = old + rest[len(new):]
+                            break
+                result[_UNET_PREFIX + ldm_prefix + rest] = tensor
+                break
+        else:
+            raise ModelError(f"cannot map UNet weight {key} to the LDM layout")
+    return result
+
+
+def _vae_to_ldm(state: Mapping[str, torch.Tensor], config: Mapping) -> dict[str, torch.Tensor]:
+    n_blocks = len(config["block_out_channels"])
+    renames = []
+    for i in range(n_blocks):
+        renames.append((f"encoder.down_blocks.{i}.resnets.", f"encoder.down.{i}.block."))
+        renames.append((f"encoder.down_blocks.{i}.downsamplers.0.", f"encoder.down.{i}.downsample."))
+        renames.append((f"decoder.up_blocks.{i}.resnets.", f"decoder.up.{n_blocks - 1 - i}.block."))
+        renames.append((f"decoder.up_blocks.{i}.upsamplers.0.", f"decoder.up.{n_blocks - 1 - i}.upsample."))
+    for side in ("encoder", "decoder"):
+        for j in range(2):
+            renames.append((f"{side}.mid_block.resnets.{j}.", f"{side}.mid.block_{j + 1}."))
+        renames.append((f"{side}.mid_block.attentions.0.", f"{side}.mid.attn_1."))
+    attention_parts = [("group_norm.", "norm."), ("to_q.", "q."), ("to_k.", "k."), ("to_v.", "v."),
+                       ("to_out.0.", "proj_out.")]
+    result = {}
+    for key, tensor in state.items():
+        new_key = key.replace(".conv_norm_out.", ".norm_out.")
+        for old, new in renames:
+            if key.startswith(old):
+                new_key = new + key[len(old):]
+                break
+        if ".mid.attn_1." in new_key:
+            for old, new in attention_parts:
+                new_key = new_key.replace(".attn_1." + old, ".attn_1." + new)
+            if tensor.ndim == 2:  # LDM stores the attention projections as 1x1 convolutions
+                tensor = tensor[:, :, None, None]
+        new_key = new_key.replace("conv_shortcut", "nin_shortcut")
+        result[_VAE_PREFIX + new_key] = tensor
+    return result
+
+
+def _clip_to_ldm(state: Mapping[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    return {_CLIP_PREFIX + "text_model." + key.removeprefix("text_model."): t for key, t in state.items()}
+
+
+def _open_clip_to_ldm(state: Mapping[str, torch.Tensor], width: int) -> dict[str, torch.Tensor]:
+    flat = {key.removeprefix("text_model."): t for key, t in state.items()}
+    result = {
+        _OPEN_CLIP_PREFIX + "token_embedding.weight": flat.pop("embeddings.token_embedding.weight"),
+        _OPEN_CLIP_PREFIX + "positional_embedding": flat.pop("embeddings.position_embedding.weight"),
+        _OPEN_CLIP_PREFIX + "ln_final.weight": flat.pop("final_layer_norm.weight"),
+        _OPEN_CLIP_PREFIX + "ln_final.bias": flat.pop("final_layer_norm.bias"),
+        # OpenCLIP's projection is unused by SD (hidden states feed the UNet); keep its shape.
+        _OPEN_CLIP_PREFIX + "text_projection": torch.eye(width),
+    }
+    layers = sorted({int(key.split(".")[2]) for key in flat if key.startswith("encoder.layers.")})
+    for layer in layers:
+        src = f"encoder.layers.{layer}."
+        dst = f"{_OPEN_CLIP_PREFIX}transformer.resblocks.{layer}."
+        for kind in ("weight", "bias"):
+            result[dst + f"attn.in_proj_{kind}"] = torch.cat(
+                [flat.pop(src + f"self_attn.{p}_proj.{kind}") for p in ("q", "k", "v")], dim=0
+            )
+            result[dst + f"attn.out_proj.{kind}"] = flat.pop(src + f"self_attn.out_proj.{kind}")
+            result[dst + f"ln_1.{kind}"] = flat.pop(src + f"layer_norm1.{kind}")
+            result[dst + f"ln_2.{kind}"] = flat.pop(src + f"layer_norm2.{kind}")
+            result[dst + f"mlp.c_fc.{kind}"] = flat.pop(src + f"mlp.fc1.{kind}")
+            result[dst + f"mlp.c_proj.{kind}"] = flat.pop(src + f"mlp.fc2.{kind}")
+    flat.pop("embeddings.position_ids", None)
+    if flat:
+        raise ModelError(f"cannot map text-encoder weight {next(iter(flat))} to the OpenCLIP layout")
+    return result
+
+
+def to_ldm_state_dict(model: SDModel, text_layout: str = "clip") -> dict[str, torch.Tensor]:
+    """The model's weights in the original single-file (LDM) key layout.
+
+    ``text_layout`` "clip" writes the text encoder like SD1 (``cond_stage_model.transformer.*``),
+    "open_clip" like SD2 (``cond_stage_model.model.*``)."""
+    state = {}
+    state.update(_unet_to_ldm(model.unet.state_dict(), model.unet.config))
+    state.update(_vae_to_ldm(model.vae.state_dict(), model.vae.config))
+    text_state = {k: v for k, v in model.text_encoder.state_dict().items() if not k.endswith("position_ids")}
+    if text_layout == "clip":
+        state.update(_clip_to_ldm(text_state))
+    elif text_layout == "open_clip":
+        state.update(_open_clip_to_ldm(text_state, model.family.text_width))
+    else:
+        raise InputError(f"unknown text layout '{text_layout}' (choose clip or open_clip)")
+    return {key: tensor.detach().to("cpu", torch.float32).contiguous() for key, tensor in state.items()}
+
+
+def write_single_file_checkpoint(model: SDModel, path: str | os.PathLike, text_layout: str = "clip") -> Path:
+    """Save ``model`` as one AUTOMATIC1111-style checkpoint (.safetensors, or a .ckpt holding
+    ``{"state_dict": ...}``), written atomically."""
+    path = Path(path)
+    state = to_ldm_state_dict(model, text_layout)
+    if path.suffix.lower() == ".safetensors":
+        from safetensors.torch import save_file
+
+        return atomic_save(path, lambda tmp: save_file(state, tmp, metadata={"format": "pt"}))
+    if path.suffix.lower() in (".ckpt", ".pt", ".pth"):
+        return atomic_save(path, lambda tmp: torch.save({"state_dict": state}, tmp))
+    raise InputError(f"{path}: unsupported checkpoint extension (use .safetensors or .ckpt)")
+
+
+def parameter_counts(model: SDModel) -> dict[str, int]:
+    return {
+        name: sum(p.numel() for p in module.parameters())
+        for name, module in (("unet", model.unet), ("vae", model.vae), ("text_encoder", model.text_encoder))
+    }

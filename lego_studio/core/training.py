@@ -1,0 +1,996 @@
+"""The inversion engine: one trainer, two methods — Lego and the Textual Inversion baseline.
+
+Notation (all losses live on the latent grid): cached VAE latent ``z0``, subject mask ``m`` at
+latent size (1 = subject), timestep ``t``, noise ``eps``, ``z_t = add_noise(z0, eps, t)``, prompt
+template ``T(.)``, concept tokens ``C``, subject phrase ``S`` (the subject words, or a subject token
+learned in stage 0), random other subjects ``R``. ``U`` is the UNet, ``E`` the text encoder, ``sg``
+stop-gradient, ``target`` is ``eps`` (or the velocity for v-prediction models).
+
+* ``L_rec  = MSE(U(z_t, t, E(T(S C))), target)`` over the concept region ``1 - m`` when
+  ``rec_region == "concept"`` and the image has a mask, else over the whole latent.
+* ``L_subj = MSE(U(z_t, t, E(T(S C))), sg U(z_t, t, E(T(S))))`` over the subject region ``m``:
+  inside the subject the concept may add nothing the subject words do not already say.
+* ``L_ctx`` — formulation chosen: prediction deltas. The concept's *effect* on the prediction is
+  ``delta_X = U(z_t, t, E(T(X C))) - U(z_t, t, E(T(X)))``. For a random subject ``R`` the effect is
+  held to the exemplar's: ``L_ctx = MSE(U(.., T(R C)) - sg U(.., T(R)), sg delta_S)`` over the whole
+  latent. Only ``U(.., T(R C))`` carries gradient, so the concept learns an effect that does not
+  depend on which subject it is attached to.
+* ``L_words`` — InfoNCE in the raw token-embedding space: each concept vector is pulled towards the
+  positive words (mean of each word's token rows) and pushed from the negative words (the
+  subject's appearance words by default, plus a few random vocabulary rows) with cosine
+  similarity / temperature. Skipped (0) without positive words.
+
+``L = L_rec + w_subj L_subj + w_ctx L_ctx + w_words L_words``; every term is reported each step.
+
+Speed: the four predictions share one UNet call — the conditionings ``[SC; S; RC; R]`` are stacked
+into one batch with the latent repeated — so Lego costs one (larger) UNet forward and backward per
+step, like TI, instead of four.
+
+Only the N concept vectors (and, in stage 0, the subject vector) are trained. They are fp32
+``nn.Parameter``s spliced into the text encoder's input embeddings by a forward hook on the token
+embedding at the positions of their prompt slots (see core/prompts.py); the embedding table, the
+tokenizer and every other weight are never written, so the model is bit-identical after training.
+
+Reproducibility: every random choice of step ``s`` (images, flips, timesteps, noise, templates,
+random subjects, random negative words) comes from a CPU ``torch.Generator`` seeded from
+``(seed, s)``. A checkpoint holds the vectors, the Adam moments and the step, so a run resumed
+from a checkpoint ends with exactly the vectors of an uninterrupted run.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import json
+import math
+import os
+import re
+import threading
+import time
+from dataclasses import dataclass, field
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Any, Callable
+
+from lego_studio.core.errors import Cancelled, InputError, TrainingError
+from lego_studio.core.paths import atomic_save, atomic_write_json, atomic_write_text
+from lego_studio.core.prompts import (
+    DEFAULT_CONTEXT_SUBJECTS,
+    DEFAULT_LEGO_PREVIEW_PROMPTS,
+    DEFAULT_TEMPLATES,
+    DEFAULT_TI_PREVIEW_PROMPTS,
+    appearance_words,
+    check_template,
+    fill_template,
+    slots,
+    split_fields,
+    tokenize_segments,
+    word_token_ids,
+)
+
+METHODS = ("lego", "ti")
+LR_SCHEDULES = ("constant", "cosine", "linear")
+REC_REGIONS = ("concept", "full")
+MAX_VECTORS = 16
+CHECKPOINT_FORMAT = "lego-studio-checkpoint/1"
+KEEP_CHECKPOINTS = 2
+# Config keys that may differ when a run is resumed: they change what is reported or kept, or how
+# long the run goes on, not what the steps already taken computed.
+RESUMABLE_CHANGES = frozenset(
+    {"steps", "checkpoint_every", "preview_every", "preview_prompts", "preview_steps", "gradient_checkpointing"}
+)
+
+
+# ----------------------------------------------------------------------------------- config
+
+
+@dataclass
+class TrainConfig:
+    """Everything that decides a training run. JSON round-trips through to_dict/from_dict."""
+
+    method: str = "lego"
+    name: str = "concept"  # the concept's name; users type "<name>" in prompts
+    num_vectors: int = 4
+    init_words: list[str] = field(default_factory=list)  # empty: norm-matched mean of the vocabulary
+    init_from: str | None = None  # a concept file whose vectors start the run
+    steps: int = 500
+    lr: float = 5e-3
+    lr_schedule: str = "constant"
+    warmup_steps: int = 0
+    batch_size: int = 1
+    resolution: int | None = None  # None: the model family's native resolution
+    seed: int = 0
+    flip: bool = True
+    templates: list[str] = field(default_factory=lambda: list(DEFAULT_TEMPLATES))
+    subject: str = ""  # words naming the subject, e.g. "a toy robot"
+    subject_token_steps: int = 0  # >0: stage 0 learns "<subject>" from subject-only images first
+    w_subj: float = 1.0
+    w_ctx: float = 0.5
+    w_words: float = 0.1
+    rec_region: str = "concept"
+    context_subjects: list[str] = field(default_factory=lambda: list(DEFAULT_CONTEXT_SUBJECTS))
+    positive_words: list[str] = field(default_factory=list)
+    negative_words: list[str] | None = None  # None: the subject's appearance words
+    random_negatives: int = 8  # random vocabulary rows added to the negatives each step
+    words_temperature: float = 0.07
+    checkpoint_every: int = 50
+    preview_every: int = 0
+    preview_prompts: list[str] | None = None  # None: the method's defaults; may use {subject}, {concept}
+    preview_steps: int = 10
+    gradient_checkpointing: bool = False
+    max_nonfinite_in_a_row: int = 5
+
+    # -- presets
+
+    @staticmethod
+    def preset_values(method: str) -> dict:
+        """The settings that differ between the two methods (the rest are shared defaults)."""
+        if method == "ti":
+            return {"method": "ti", "num_vectors": 1, "w_subj": 0.0, "w_ctx": 0.0, "w_words": 0.0, "rec_region": "full"}
+        if method == "lego":
+            return {"method": "lego", "num_vectors": 4, "w_subj": 1.0, "w_ctx": 0.5, "w_words": 0.1, "rec_region": "concept"}
+        raise InputError(f"config: method must be one of {', '.join(METHODS)} (got {method!r})")
+
+    @classmethod
+    def preset(cls, method: str, **overrides) -> "TrainConfig":
+        """``"lego"``: all terms on. ``"ti"``: the Textual Inversion baseline — one vector, the
+        placeholder alone in the prompt, full-image loss, no masks, no subject words, no Lego terms."""
+        return cls.from_dict({**cls.preset_values(method), **overrides})
+
+    # -- (de)serialisation
+
+    def to_dict(self) -> dict:
+        return dataclasses.asdict(self)
+
+    @classmethod
+    def from_dict(cls, data: dict, source: str = "config") -> "TrainConfig":
+        """Validated config from a dict; missing keys take the dataclass defaults."""
+        if not isinstance(data, dict):
+            raise InputError(f"{source}: a training config must be a JSON object")
+        known = {f.name for f in dataclasses.fields(cls)}
+        unknown = sorted(set(data) - known)
+        if unknown:
+            raise InputError(f"{source}: unknown setting {unknown[0]!r}")
+        config = cls(**data)
+        config.validate(source)
+        return config
+
+    def to_json(self) -> str:
+        return json.dumps(self.to_dict(), indent=2, sort_keys=True) + "\n"
+
+    @classmethod
+    def from_json(cls, text: str, source: str = "config") -> "TrainConfig":
+        try:
+            data = json.loads(text)
+        except json.JSONDecodeError as exc:
+            raise InputError(f"{source}: not valid JSON ({exc.msg} at line {exc.lineno})") from None
+        return cls.from_dict(data, source)
+
+    def save(self, path: str | os.PathLike) -> Path:
+        return atomic_write_text(path, self.to_json())
+
+    @classmethod
+    def load(cls, path: str | os.PathLike) -> "TrainConfig":
+        return cls.from_dict(read_config_dict(path), str(path))
+
+    # -- validation
+
+    def validate(self, source: str = "config") -> "TrainConfig":
+        def bad(message: str):
+            raise InputError(f"{source}: {message}")
+
+        def is_int(value) -> bool:
+            return isinstance(value, int) and not isinstance(value, bool)
+
+        def is_number(value) -> bool:
+            return isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
+
+        def word_list(name: str, value, allow_none: bool = False):
+            if value is None and allow_none:
+                return
+            if not isinstance(value, list) or not all(isinstance(v, str) and v.strip() for v in value):
+                bad(f"{name} must be a list of non-empty strings")
+
+        if self.method not in METHODS:
+            bad(f"method must be one of {', '.join(METHODS)} (got {self.method!r})")
+        if not isinstance(self.name, str) or not self.name.strip() or len(self.name) > 64:
+            bad(f"name {self.name!r} must be 1-64 characters, e.g. \"frozen in ice\"")
+        if not is_int(self.num_vectors) or not 1 <= self.num_vectors <= MAX_VECTORS:
+            bad(f"num_vectors must be a whole number from 1 to {MAX_VECTORS} (got {self.num_vectors!r})")
+        word_list("init_words", self.init_words)
+        if self.init_from is not None and not isinstance(self.init_from, str):
+            bad("init_from must be a concept file path")
+        if not is_int(self.steps) or self.steps < 1:
+            bad(f"steps must be a whole number >= 1 (got {self.steps!r})")
+        if not is_number(self.lr) or self.lr <= 0:
+            bad(f"lr must be a positive number (got {self.lr!r})")
+        if self.lr_schedule not in LR_SCHEDULES:
+            bad(f"lr_schedule must be one of {', '.join(LR_SCHEDULES)} (got {self.lr_schedule!r})")
+        if not is_int(self.warmup_steps) or self.warmup_steps < 0:
+            bad(f"warmup_steps must be a whole number >= 0 (got {self.warmup_steps!r})")
+        if not is_int(self.batch_size) or not 1 <= self.batch_size <= 64:
+            bad(f"batch_size must be a whole number from 1 to 64 (got {self.batch_size!r})")
+        if self.resolution is not None and (not is_int(self.resolution) or self.resolution < 8 or self.resolution % 8):
+            bad(f"resolution must be a multiple of 8, at least 8 (got {self.resolution!r})")
+        if not is_int(self.seed) or self.seed < 0:
+            bad(f"seed must be a whole number >= 0 (got {self.seed!r})")
+        if not isinstance(self.flip, bool):
+            bad("flip must be true or false")
+        word_list("templates", self.templates)
+        if not self.templates:
+            bad("templates must not be empty")
+        for template in self.templates:
+            if template.count("{}") != 1:
+                bad(f"template {template!r} must contain exactly one '{{}}' where the concept goes")
+        if not isinstance(self.subject, str):
+            bad("subject must be text, e.g. \"a toy robot\"")
+        if not is_int(self.subject_token_steps) or self.subject_token_steps < 0:
+            bad(f"subject_token_steps must be a whole number >= 0 (got {self.subject_token_steps!r})")
+        for name in ("w_subj", "w_ctx", "w_words"):
+            value = getattr(self, name)
+            if not is_number(value) or value < 0:
+                bad(f"{name} must be a number >= 0 (got {value!r})")
+        if self.rec_region not in REC_REGIONS:
+            bad(f"rec_region must be one of {', '.join(REC_REGIONS)} (got {self.rec_region!r})")
+        word_list("context_subjects", self.context_subjects)
+        word_list("positive_words", self.positive_words)
+        word_list("negative_words", self.negative_words, allow_none=True)
+        if not is_int(self.random_negatives) or self.random_negatives < 0:
+            bad(f"random_negatives must be a whole number >= 0 (got {self.random_negatives!r})")
+        if not is_number(self.words_temperature) or self.words_temperature <= 0:
+            bad(f"words_temperature must be a positive number (got {self.words_temperature!r})")
+        for name in ("checkpoint_every", "preview_every"):
+            value = getattr(self, name)
+            if not is_int(value) or value < 0:
+                bad(f"{name} must be a whole number >= 0, 0 = never (got {value!r})")
+        word_list("preview_prompts", self.preview_prompts, allow_none=True)
+        if not is_int(self.preview_steps) or self.preview_steps < 1:
+            bad(f"preview_steps must be a whole number >= 1 (got {self.preview_steps!r})")
+        if not isinstance(self.gradient_checkpointing, bool):
+            bad("gradient_checkpointing must be true or false")
+        if not is_int(self.max_nonfinite_in_a_row) or self.max_nonfinite_in_a_row < 1:
+            bad(f"max_nonfinite_in_a_row must be a whole number >= 1 (got {self.max_nonfinite_in_a_row!r})")
+
+        if self.method == "ti":
+            lego_terms = [n for n in ("w_subj", "w_ctx", "w_words") if getattr(self, n)]
+            if lego_terms:
+                bad(f"method ti is plain Textual Inversion and has no Lego terms; set {', '.join(lego_terms)} to 0")
+            if self.subject_token_steps:
+                bad("method ti does not learn a subject token; set subject_token_steps to 0")
+        else:
+            if not self.subject.strip() and not self.subject_token_steps:
+                bad("method lego needs the subject in words (e.g. \"a toy robot\") or subject_token_steps > 0")
+            if self.w_ctx and not self.context_subjects:
+                bad("w_ctx > 0 needs at least one context subject")
+        return self
+
+    # -- derived values
+
+    @property
+    def placeholder(self) -> str:
+        from lego_studio.core.concepts import placeholder_for
+
+        return placeholder_for(self.name)
+
+    @property
+    def total_steps(self) -> int:
+        return self.subject_token_steps + self.steps
+
+    def effective_negative_words(self) -> list[str]:
+        if self.negative_words is not None:
+            return list(self.negative_words)
+        return appearance_words(self.subject)
+
+    def effective_preview_prompts(self) -> list[str]:
+        if self.preview_prompts is not None:
+            return list(self.preview_prompts)
+        return list(DEFAULT_TI_PREVIEW_PROMPTS if self.method == "ti" else DEFAULT_LEGO_PREVIEW_PROMPTS)
+
+
+def read_config_dict(path: str | os.PathLike) -> dict:
+    """The raw settings of a JSON config file (not validated; keys may be missing)."""
+    path = Path(path)
+    try:
+        text = path.read_text(encoding="utf-8")
+    except FileNotFoundError:
+        raise InputError(f"{path}: no such config file") from None
+    except (OSError, UnicodeDecodeError) as exc:
+        raise InputError(f"{path}: cannot read config ({exc})") from None
+    try:
+        data = json.loads(text)
+    except json.JSONDecodeError as exc:
+        raise InputError(f"{path}: not valid JSON ({exc.msg} at line {exc.lineno})") from None
+    if not isinstance(data, dict):
+        raise InputError(f"{path}: a training config must be a JSON object")
+    return data
+
+
+def lr_at(config: TrainConfig, step: int, stage_steps: int) -> float:
+    """Learning rate for 0-based ``step`` of a stage that lasts ``stage_steps`` steps."""
+    warmup = min(config.warmup_steps, stage_steps)
+    if step < warmup:
+        return config.lr * (step + 1) / warmup
+    if config.lr_schedule == "constant" or stage_steps <= warmup:
+        return config.lr
+    progress = (step - warmup) / max(1, stage_steps - warmup)
+    if config.lr_schedule == "cosine":
+        return config.lr * 0.5 * (1.0 + math.cos(math.pi * progress))
+    return config.lr * (1.0 - progress)
+
+
+# ----------------------------------------------------------------------------------- losses
+
+
+def region_mse(prediction, target, weight=None):
+    """Mean squared error, optionally over a soft region ``weight`` [B, 1, h, w] (mean per element
+    inside the region; 0 when the region is empty)."""
+    squared = (prediction.float() - target.float()) ** 2
+    if weight is None:
+        return squared.mean()
+    weight = weight.to(squared.dtype).expand_as(squared)
+    total = weight.sum()
+    if float(total) <= 0:
+        return squared.sum() * 0.0
+    return (squared * weight).sum() / total
+
+
+def info_nce(vectors, positives, negatives, temperature: float):
+    """Multi-positive InfoNCE of each row of ``vectors`` [N, d] against ``positives`` [P, d] and
+    ``negatives`` [Q, d] with cosine similarity / ``temperature``; mean over the N rows."""
+    import torch
+    import torch.nn.functional as F
+
+    v = F.normalize(vectors.float(), dim=-1)
+    pos = v @ F.normalize(positives.float(), dim=-1).T / temperature
+    if negatives is None or negatives.shape[0] == 0:
+        everything = pos
+    else:
+        neg = v @ F.normalize(negatives.float(), dim=-1).T / temperature
+        everything = torch.cat([pos, neg], dim=1)
+    return (torch.logsumexp(everything, dim=1) - torch.logsumexp(pos, dim=1)).mean()
+
+
+# ----------------------------------------------------------------------------------- events
+
+
+@dataclass
+class TrainEvent:
+    """What the trainer reports. ``kind``: start | step | preview | checkpoint | skipped | log | done."""
+
+    kind: str
+    step: int = 0
+    total: int = 0
+    losses: dict[str, float] = field(default_factory=dict)
+    lr: float = 0.0
+    eta_s: float | None = None
+    steps_per_s: float | None = None
+    images: list = field(default_factory=list)
+    message: str = ""
+    path: str | None = None
+    stage: int = 1
+
+
+def step_name(step: int) -> str:
+    return f"step-{step:06d}"
+
+
+def step_seed(seed: int, step: int) -> int:
+    """A 63-bit seed for step ``step``: independent streams per (seed, step)."""
+    digest = hashlib.sha256(f"lego-studio:{seed}:{step}".encode()).digest()
+    return int.from_bytes(digest[:8], "little") & ((1 << 63) - 1)
+
+
+# ----------------------------------------------------------------------------------- trainer
+
+
+class Trainer:
+    """Trains a concept on ``images`` (paths or PIL images) with optional ``masks`` (one per image:
+    path, uint8 array, or None) into ``run_dir``. ``subject_images`` feed stage 0 (subject token).
+
+    ``on_event(TrainEvent)`` is called from the training thread. ``cancel``/``pause``/``unpause``
+    may be called from any thread.
+    """
+
+    def __init__(self, model, config: TrainConfig, images, masks=None, run_dir=None, subject_images=None, on_event: Callable | None = None):
+        if run_dir is None:
+            raise InputError("a training run needs a run folder")
+        self.model = model
+        self.config = config
+        self.images = list(images)
+        self.masks = list(masks) if masks is not None else None
+        self.run_dir = Path(run_dir)
+        self.subject_images = list(subject_images) if subject_images else []
+        self.on_event = on_event
+        self._cancel = threading.Event()
+        self._running = threading.Event()
+        self._running.set()
+        self._splice = None  # (slot_mask, slot_index, table) while encoding prompts with slots
+        self.concept_vectors = None
+        self.subject_vector = None
+
+    # -- control (thread-safe)
+
+    def cancel(self) -> None:
+        self._cancel.set()
+        self._running.set()  # a paused run must wake up to see the cancel
+
+    def pause(self) -> None:
+        self._running.clear()
+
+    def unpause(self) -> None:
+        self._running.set()
+
+    @property
+    def paused(self) -> bool:
+        return not self._running.is_set()
+
+    # -- paths
+
+    @property
+    def checkpoint_dir(self) -> Path:
+        return self.run_dir / "checkpoints"
+
+    @property
+    def preview_dir(self) -> Path:
+        return self.run_dir / "previews"
+
+    @property
+    def concept_path(self) -> Path:
+        return self.run_dir / "concept.safetensors"
+
+    @property
+    def log_path(self) -> Path:
+        return self.run_dir / "log.jsonl"
+
+    # -- the run
+
+    def run(self, resume: bool = False):
+        """Train and return the :class:`~lego_studio.core.concepts.Concept`.
+
+        ``resume=True`` continues from the newest checkpoint in ``run_dir`` (from scratch when there
+        is none). Raises :class:`Cancelled` after writing a checkpoint when cancelled,
+        :class:`TrainingError` after ``max_nonfinite_in_a_row`` non-finite steps.
+        """
+        import torch
+
+        config = self.config.validate()
+        model = self.model
+        self._check_inputs()
+        self.run_dir.mkdir(parents=True, exist_ok=True)
+        self._write_or_check_config(resume)
+        total = config.total_steps
+        self._emit(TrainEvent("start", step=0, total=total, message=f"training {config.placeholder} with {config.method}"))
+
+        from lego_studio.core.data import build_exemplars
+
+        resolution = int(config.resolution or model.family.resolution)
+        cache = self.run_dir / "latents"
+        masks = None if config.method == "ti" else self.masks
+        self._emit(TrainEvent("log", total=total, message=f"encoding {len(self.images)} images at {resolution} px"))
+        self.exemplars = build_exemplars(model, self.images, masks, resolution, cache)
+        self.subject_set = (
+            build_exemplars(model, self.subject_images, None, resolution, cache) if config.subject_token_steps else None
+        )
+
+        self._freeze_model()
+        embedding = model.text_encoder.get_input_embeddings()
+        self._table = embedding.weight.detach()
+        self._vocab_limit = self._regular_vocab_limit()
+        hook = embedding.register_forward_hook(self._splice_hook)
+        checkpointing_before = bool(getattr(model.unet, "is_gradient_checkpointing", False))
+        if config.gradient_checkpointing and not checkpointing_before:
+            model.unet.enable_gradient_checkpointing()
+        try:
+            return self._train(resume, total)
+        finally:
+            hook.remove()
+            self._splice = None
+            if config.gradient_checkpointing and not checkpointing_before:
+                model.unet.disable_gradient_checkpointing()
+
+    def _train(self, resume: bool, total: int):
+        import torch
+
+        config = self.config
+        device = self.model.device
+        width = self._table.shape[1]
+        start = 0
+        state = self._latest_checkpoint() if resume else None
+        self.concept_vectors = torch.nn.Parameter(self._initial_concept_vectors().to(device))
+        if config.subject_token_steps:
+            self.subject_vector = torch.nn.Parameter(self._initial_subject_vector().to(device))
+        optimizer = None
+        streak = 0
+        if state is not None:
+            start = state["step"]
+            with torch.no_grad():
+                self.concept_vectors.copy_(state["tensors"]["concept"].to(device))
+                if self.subject_vector is not None:
+                    self.subject_vector.copy_(state["tensors"]["subject"].to(device))
+            streak = int(state["meta"].get("nonfinite_streak", 0))
+            optimizer = self._optimizer_for(start)
+            if "adam.exp_avg" in state["tensors"]:
+                param = optimizer.param_groups[0]["params"][0]
+                optimizer.state[param] = {
+                    "step": state["tensors"]["adam.step"].clone(),
+                    "exp_avg": state["tensors"]["adam.exp_avg"].to(device).clone(),
+                    "exp_avg_sq": state["tensors"]["adam.exp_avg_sq"].to(device).clone(),
+                }
+            self._truncate_log(start)
+            self._emit(TrainEvent("log", step=start, total=total, message=f"resumed from {step_name(start)}"))
+        else:
+            if self.log_path.exists() and not resume:
+                self.log_path.unlink()
+        if self.concept_vectors.shape[1] != width:
+            raise InputError(f"concept width {self.concept_vectors.shape[1]} does not match the model's {width}")
+
+        rate = None
+        step = start
+        while step < total:
+            self._wait_if_paused(step, total)
+            if self._cancel.is_set():
+                path = self._save_checkpoint(step, optimizer, streak)
+                self._emit(TrainEvent("checkpoint", step=step, total=total, path=str(path)))
+                raise Cancelled(f"training cancelled at step {step} of {total}; resume continues from {path}")
+            stage = 0 if step < config.subject_token_steps else 1
+            if optimizer is None or (stage == 1 and step == config.subject_token_steps and optimizer.param_groups[0]["params"][0] is not self.concept_vectors):
+                optimizer = self._optimizer_for(step)
+            stage_step = step if stage == 0 else step - config.subject_token_steps
+            stage_steps = config.subject_token_steps if stage == 0 else config.steps
+            lr = lr_at(config, stage_step, stage_steps)
+            for group in optimizer.param_groups:
+                group["lr"] = lr
+            started = time.perf_counter()
+            generator = torch.Generator().manual_seed(step_seed(config.seed, step))
+            optimizer.zero_grad(set_to_none=True)
+            if stage == 0:
+                losses = self._subject_token_loss(generator)
+            else:
+                losses = self._concept_loss(generator)
+            loss = losses.pop("total")
+            finite = bool(torch.isfinite(loss))
+            if finite:
+                loss.backward()
+                grads = [p.grad for group in optimizer.param_groups for p in group["params"] if p.grad is not None]
+                finite = all(bool(torch.isfinite(g).all()) for g in grads)
+            report = {"total": float(loss.detach())}
+            report.update({k: float(v.detach()) if hasattr(v, "detach") else float(v) for k, v in losses.items()})
+            step += 1
+            if finite:
+                optimizer.step()
+                streak = 0
+            else:
+                optimizer.zero_grad(set_to_none=True)
+                streak += 1
+                self._emit(TrainEvent("skipped", step=step, total=total, losses=report, lr=lr, stage=stage,
+                                      message=f"step {step}: loss was not finite, step skipped"))
+            elapsed = time.perf_counter() - started
+            rate = (1.0 / elapsed if rate is None else 0.8 * rate + 0.2 / elapsed) if elapsed > 0 else rate
+            self._append_log({"step": step, "stage": stage, "losses": report, "lr": lr, "time": elapsed,
+                              "skipped": not finite})
+            eta = (total - step) / rate if rate else None
+            self._emit(TrainEvent("step", step=step, total=total, losses=report, lr=lr, eta_s=eta, steps_per_s=rate, stage=stage))
+            if streak >= config.max_nonfinite_in_a_row:
+                raise TrainingError(
+                    f"training stopped at step {step}: the loss was not finite for {streak} steps in a row "
+                    f"(learning rate {config.lr:g} may be too high, or the model is broken)"
+                )
+            if config.checkpoint_every and step % config.checkpoint_every == 0 and step < total:
+                path = self._save_checkpoint(step, optimizer, streak)
+                self._emit(TrainEvent("checkpoint", step=step, total=total, path=str(path)))
+            if config.preview_every and stage == 1 and step % config.preview_every == 0:
+                images, path = self._preview(step)
+                self._emit(TrainEvent("preview", step=step, total=total, images=images, path=str(path)))
+
+        path = self._save_checkpoint(total, optimizer, streak)
+        self._emit(TrainEvent("checkpoint", step=total, total=total, path=str(path)))
+        concept = self.concept()
+        from lego_studio.core.concepts import save_concept
+
+        save_concept(concept, self.concept_path)
+        self._emit(TrainEvent("done", step=total, total=total, path=str(self.concept_path)))
+        return concept
+
+    def concept(self):
+        """The concept as trained so far (CPU float32 vectors, metadata filled in)."""
+        from lego_studio.core.concepts import Concept
+
+        config = self.config
+        family = self.model.family
+        metadata = {
+            "method": config.method,
+            "config": config.to_dict(),
+            "steps": config.steps,
+            "family": family.name,
+            "text_width": int(self._table.shape[1]),
+            "subject": config.subject,
+            "created": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+            "base_model": str(self.model.source),
+        }
+        vectors = self.concept_vectors.detach().float().cpu().clone()
+        return Concept(name=config.name, placeholder=config.placeholder, vectors=vectors, metadata=metadata)
+
+    # -- inputs, config, model
+
+    def _check_inputs(self) -> None:
+        config = self.config
+        if not self.images:
+            raise InputError("no training images given")
+        if self.masks is not None and len(self.masks) != len(self.images):
+            raise InputError(f"got {len(self.masks)} masks for {len(self.images)} images; give one per image (or None)")
+        if config.subject_token_steps and not self.subject_images:
+            raise InputError("subject_token_steps > 0 needs subject-only images (--subject-images)")
+
+    def _write_or_check_config(self, resume: bool) -> None:
+        path = self.run_dir / "config.json"
+        if resume and path.exists():
+            previous = TrainConfig.load(path).to_dict()
+            current = self.config.to_dict()
+            changed = sorted(k for k in current if current[k] != previous.get(k) and k not in RESUMABLE_CHANGES)
+            if changed:
+                raise TrainingError(
+                    f"{path}: cannot resume, the run was trained with a different {changed[0]} "
+                    f"({previous.get(changed[0])!r}, now {current[changed[0]]!r})"
+                )
+        atomic_write_json(path, self.config.to_dict())
+
+    def _freeze_model(self) -> None:
+        for module in (self.model.text_encoder, self.model.unet, self.model.vae):
+            module.requires_grad_(False)
+            module.eval()
+
+    def _regular_vocab_limit(self) -> int:
+        """Ids below this are ordinary BPE tokens (CLIP puts its special tokens last)."""
+        tokenizer = self.model.tokenizer
+        specials = [i for i in (tokenizer.bos_token_id, tokenizer.eos_token_id) if i is not None]
+        limit = min(specials + [self._table.shape[0]])
+        return int(limit)
+
+    def _word_embedding(self, word: str):
+        ids = word_token_ids(self.model.tokenizer, word)
+        if max(ids) >= self._table.shape[0]:
+            raise InputError(f"word {word!r} is not in the model's vocabulary")
+        return self._table[ids].float().mean(dim=0)
+
+    def _vocab_mean(self):
+        rows = self._table[: self._vocab_limit].float()
+        mean = rows.mean(dim=0)
+        # The plain mean of thousands of embeddings is much shorter than any real token; scale it
+        # to the average row norm so the vector starts where token embeddings live.
+        return mean / mean.norm().clamp_min(1e-12) * rows.norm(dim=1).mean()
+
+    def _initial_concept_vectors(self):
+        import torch
+
+        config = self.config
+        n = config.num_vectors
+        if config.init_from:
+            from lego_studio.core.concepts import load_concept
+
+            source = load_concept(config.init_from)
+            width = int(self._table.shape[1])
+            if source.vectors.shape[1] != width:
+                raise InputError(
+                    f"{config.init_from}: concept has width {source.vectors.shape[1]} but the model's text encoder has width {width}"
+                )
+            rows = source.vectors.float()
+        elif config.init_words:
+            tokenizer = self.model.tokenizer
+            ids = [i for word in config.init_words for i in word_token_ids(tokenizer, word)]
+            if max(ids) >= self._table.shape[0]:
+                raise InputError(f"init words {config.init_words!r} are not in the model's vocabulary")
+            rows = self._table[ids].float()
+        else:
+            rows = self._vocab_mean()[None]
+        index = torch.arange(n) % rows.shape[0]
+        return rows[index].detach().clone().cpu()
+
+    def _initial_subject_vector(self):
+        words = appearance_words(self.config.subject)
+        if words:
+            import torch
+
+            return torch.stack([self._word_embedding(w) for w in words]).mean(dim=0, keepdim=True).cpu()
+        return self._vocab_mean()[None].cpu()
+
+    def _optimizer_for(self, step: int):
+        import torch
+
+        # No weight decay: it would shrink the vectors below the norm of real token embeddings,
+        # where the text encoder has never seen inputs.
+        param = self.subject_vector if step < self.config.subject_token_steps else self.concept_vectors
+        return torch.optim.AdamW([param], lr=self.config.lr, betas=(0.9, 0.999), eps=1e-8, weight_decay=0.0)
+
+    # -- prompt encoding with learned vectors
+
+    def _splice_hook(self, module, inputs, output):
+        if self._splice is None:
+            return output
+        import torch
+
+        slot_mask, slot_index, table = self._splice
+        replacement = table[slot_index].to(output.dtype)
+        return torch.where(slot_mask[..., None], replacement, output)
+
+    def _vector_table(self):
+        import torch
+
+        if self.subject_vector is None:
+            return self.concept_vectors
+        return torch.cat([self.concept_vectors, self.subject_vector], dim=0)
+
+    def encode(self, prompts: list[list], grad: bool = True):
+        """Text-encoder hidden states [B, 77, d] for segment-list prompts (see core/prompts.py)."""
+        import torch
+
+        model = self.model
+        tokens = tokenize_segments(model.tokenizer, prompts)
+        device = model.device
+        table = self._vector_table()
+        if not grad:
+            table = table.detach()
+        self._splice = (tokens.slot_mask.to(device), tokens.slot_index.to(device), table)
+        try:
+            # Same call as SDModel.encode_prompts, so training sees what generation will see.
+            attention_mask = None
+            if getattr(model.text_encoder.config, "use_attention_mask", False):
+                attention_mask = tokens.attention_mask.to(device)
+            with torch.set_grad_enabled(grad and torch.is_grad_enabled()):
+                return model.text_encoder(tokens.input_ids.to(device), attention_mask=attention_mask)[0]
+        finally:
+            self._splice = None
+
+    def _concept_slots(self):
+        return slots(self.config.num_vectors)
+
+    def _subject_phrase(self) -> list:
+        if self.subject_vector is not None:
+            return slots(1, start=self.config.num_vectors)
+        return [self.config.subject.strip()]
+
+    # -- one step
+
+    def _noisy_batch(self, exemplars, generator):
+        """Pick images, flips, timesteps and noise for one step (all from ``generator``)."""
+        import torch
+
+        config = self.config
+        scheduler = self.model.noise_scheduler
+        b = config.batch_size
+        index = torch.randint(len(exemplars), (b,), generator=generator)
+        flips = torch.randint(2, (b,), generator=generator) if config.flip else torch.zeros(b, dtype=torch.long)
+        z0 = exemplars.latents[index, flips]
+        mask = exemplars.masks[index, flips]
+        t = torch.randint(int(scheduler.config.num_train_timesteps), (b,), generator=generator)
+        noise = torch.randn(z0.shape, generator=generator)
+        device = self.model.device
+        z0, noise, t, mask = z0.to(device), noise.to(device), t.to(device), mask.to(device)
+        z_t = scheduler.add_noise(z0, noise, t)
+        if self.model.family.prediction_type == "v_prediction":
+            target = scheduler.get_velocity(z0, noise, t)
+        else:
+            target = noise
+        has_mask = torch.tensor([exemplars.has_mask[i] for i in index.tolist()], device=device)
+        return z_t, t, target, mask, has_mask
+
+    def _unet(self, z_t, t, conditioning, copies: int):
+        model = self.model
+        sample = z_t.repeat(copies, 1, 1, 1).to(model.dtype)
+        return model.unet(sample, t.repeat(copies), encoder_hidden_states=conditioning.to(model.dtype)).sample.float()
+
+    def _subject_token_loss(self, generator) -> dict:
+        """Stage 0: plain textual inversion of the subject token on the subject-only images."""
+        import torch
+
+        z_t, t, target, _, _ = self._noisy_batch(self.subject_set, generator)
+        picks = torch.randint(len(self.config.templates), (z_t.shape[0],), generator=generator).tolist()
+        prompts = [fill_template(self.config.templates[i], slots(1, start=self.config.num_vectors)) for i in picks]
+        prediction = self._unet(z_t, t, self.encode(prompts), 1)
+        rec = region_mse(prediction, target)
+        zero = rec.detach() * 0.0
+        return {"total": rec, "rec": rec, "subj": zero, "ctx": zero, "words": zero}
+
+    def _concept_loss(self, generator) -> dict:
+        import torch
+
+        config = self.config
+        z_t, t, target, mask, has_mask = self._noisy_batch(self.exemplars, generator)
+        b = z_t.shape[0]
+        picks = torch.randint(len(config.templates), (b,), generator=generator).tolist()
+        templates = [config.templates[i] for i in picks]
+        concept = self._concept_slots()
+        lego = config.method == "lego"
+        use_subj = lego and config.w_subj > 0 and bool(has_mask.any())
+        use_ctx = lego and config.w_ctx > 0
+        if use_ctx:
+            chosen = torch.randint(len(config.context_subjects), (b,), generator=generator).tolist()
+            others = [config.context_subjects[i] for i in chosen]
+        if lego:
+            subject = self._subject_phrase()
+            with_concept = [fill_template(tp, subject + concept) for tp in templates]
+        else:
+            with_concept = [fill_template(tp, concept) for tp in templates]
+
+        # One text-encoder call with gradient (prompts containing C), one without (the rest), then
+        # one UNet call on the stacked conditionings [SC; S; RC; R].
+        grad_prompts = list(with_concept)
+        plain_prompts: list = []
+        if use_subj or use_ctx:
+            plain_prompts += [fill_template(tp, subject) for tp in templates]
+        if use_ctx:
+            grad_prompts += [fill_template(tp, [other] + concept) for tp, other in zip(templates, others)]
+            plain_prompts += [fill_template(tp, [other]) for tp, other in zip(templates, others)]
+        grad_cond = self.encode(grad_prompts)
+        parts = [grad_cond[:b]]
+        if plain_prompts:
+            with torch.no_grad():
+                plain_cond = self.encode(plain_prompts, grad=False)
+            parts.append(plain_cond[:b])
+            if use_ctx:
+                parts += [grad_cond[b:], plain_cond[b:]]
+        conditioning = torch.cat(parts)
+        predictions = self._unet(z_t, t, conditioning, len(parts)).split(b)
+        pred_sc = predictions[0]
+
+        if config.rec_region == "concept" and lego and bool(has_mask.any()):
+            rec = region_mse(pred_sc, target, 1.0 - mask)
+        else:
+            rec = region_mse(pred_sc, target)
+        zero = rec.detach() * 0.0
+        subj = ctx = words = zero
+        if plain_prompts:
+            pred_s = predictions[1].detach()
+        if use_subj:
+            subj = region_mse(pred_sc, pred_s, mask * has_mask.float().view(-1, 1, 1, 1))
+        if use_ctx:
+            pred_rc, pred_r = predictions[2], predictions[3].detach()
+            delta_s = (pred_sc.detach() - pred_s)
+            ctx = region_mse(pred_rc - pred_r, delta_s)
+        if lego and config.w_words > 0 and config.positive_words:
+            words = self._words_loss(generator)
+        total = rec + config.w_subj * subj + config.w_ctx * ctx + config.w_words * words
+        return {"total": total, "rec": rec, "subj": subj, "ctx": ctx, "words": words}
+
+    def _words_loss(self, generator):
+        import torch
+
+        config = self.config
+        positives = torch.stack([self._word_embedding(w) for w in config.positive_words])
+        negatives = [self._word_embedding(w) for w in config.effective_negative_words()]
+        if config.random_negatives:
+            ids = torch.randint(self._vocab_limit, (config.random_negatives,), generator=generator)
+            negatives += list(self._table[ids.to(self._table.device)].float())
+        negatives = torch.stack(negatives) if negatives else None
+        return info_nce(self.concept_vectors, positives.to(self.concept_vectors.device),
+                        None if negatives is None else negatives.to(self.concept_vectors.device),
+                        config.words_temperature)
+
+    # -- previews
+
+    def preview_prompt_segments(self) -> list[list]:
+        fields = {"concept": self._concept_slots(), "subject": self._subject_phrase() if self.config.subject.strip() or self.subject_vector is not None else []}
+        return [split_fields(p, fields) for p in self.config.effective_preview_prompts()]
+
+    def _preview(self, step: int):
+        import torch
+        from PIL import Image
+
+        config = self.config
+        model = self.model
+        resolution = int(config.resolution or model.family.resolution)
+        with torch.no_grad():
+            prompts = self.preview_prompt_segments()
+            cond = self.encode(prompts, grad=False).to(model.dtype)
+            uncond = self.encode([[]] * len(prompts), grad=False).to(model.dtype)
+            pipe = model.pipeline("ddim")
+            pipe.set_progress_bar_config(disable=True)
+            generator = torch.Generator(device="cpu").manual_seed(config.seed)
+            images = pipe(
+                prompt_embeds=cond,
+                negative_prompt_embeds=uncond,
+                num_inference_steps=config.preview_steps,
+                guidance_scale=7.5,
+                height=resolution,
+                width=resolution,
+                generator=generator,
+                output_type="pil",
+            ).images
+        sheet = Image.new("RGB", (resolution * len(images), resolution))
+        for i, image in enumerate(images):
+            sheet.paste(image, (i * resolution, 0))
+        path = self.preview_dir / f"{step_name(step)}.png"
+        atomic_save(path, lambda tmp: sheet.save(tmp, format="PNG"))
+        return list(images), path
+
+    # -- checkpoints and log
+
+    def _save_checkpoint(self, step: int, optimizer, streak: int) -> Path:
+        from safetensors.torch import save_file
+
+        tensors = {"concept": self.concept_vectors.detach().float().cpu().contiguous()}
+        if self.subject_vector is not None:
+            tensors["subject"] = self.subject_vector.detach().float().cpu().contiguous()
+        if optimizer is not None:
+            param = optimizer.param_groups[0]["params"][0]
+            moments = optimizer.state.get(param)
+            if moments:
+                tensors["adam.step"] = moments["step"].detach().cpu().reshape(()).clone()
+                tensors["adam.exp_avg"] = moments["exp_avg"].detach().cpu().contiguous()
+                tensors["adam.exp_avg_sq"] = moments["exp_avg_sq"].detach().cpu().contiguous()
+        stage = 0 if step < self.config.subject_token_steps else 1
+        meta = {
+            "format": CHECKPOINT_FORMAT,
+            "step": step,
+            "stage": stage,
+            "total": self.config.total_steps,
+            "nonfinite_streak": streak,
+            "lr_schedule": self.config.lr_schedule,
+            "lr": lr_at(self.config, min(step, self.config.total_steps - 1) - (self.config.subject_token_steps if stage else 0),
+                        self.config.steps if stage else self.config.subject_token_steps),
+        }
+        path = self.checkpoint_dir / f"{step_name(step)}.safetensors"
+        atomic_save(path, lambda tmp: save_file(tensors, tmp, metadata={"lego_studio": json.dumps(meta)}))
+        atomic_write_json(path.with_suffix(".json"), meta)
+        for old in self._checkpoint_files()[:-KEEP_CHECKPOINTS]:
+            old.unlink(missing_ok=True)
+            old.with_suffix(".json").unlink(missing_ok=True)
+        return path
+
+    def _checkpoint_files(self) -> list[Path]:
+        if not self.checkpoint_dir.is_dir():
+            return []
+        return sorted(p for p in self.checkpoint_dir.glob("step-*.safetensors") if re.fullmatch(r"step-\d{6,}", p.stem))
+
+    def _latest_checkpoint(self) -> dict | None:
+        from safetensors import safe_open
+
+        for path in reversed(self._checkpoint_files()):
+            try:
+                with safe_open(str(path), framework="pt") as handle:
+                    meta = json.loads(handle.metadata()["lego_studio"])
+                    tensors = {key: handle.get_tensor(key) for key in handle.keys()}
+            except Exception:  # noqa: BLE001 - a damaged checkpoint: fall back to the one before
+                self._emit(TrainEvent("log", message=f"{path}: unreadable checkpoint skipped"))
+                continue
+            if meta.get("format") != CHECKPOINT_FORMAT:
+                continue
+            if tensors["concept"].shape[0] != self.config.num_vectors:
+                raise TrainingError(f"{path}: checkpoint has {tensors['concept'].shape[0]} vectors, the config asks for {self.config.num_vectors}")
+            return {"step": int(meta["step"]), "meta": meta, "tensors": tensors, "path": path}
+        return None
+
+    def _append_log(self, record: dict) -> None:
+        with open(self.log_path, "a", encoding="utf-8") as handle:
+            handle.write(json.dumps(record) + "\n")
+            handle.flush()
+
+    def _truncate_log(self, step: int) -> None:
+        """Drop log lines of steps after the checkpoint we resume from (they will be redone)."""
+        if not self.log_path.exists():
+            return
+        kept = []
+        for line in self.log_path.read_text(encoding="utf-8").splitlines():
+            try:
+                if json.loads(line)["step"] <= step:
+                    kept.append(line)
+            except (ValueError, KeyError, TypeError):
+                continue  # a line cut short by a crash
+        atomic_write_text(self.log_path, "".join(line + "\n" for line in kept))
+
+    # -- events
+
+    def _emit(self, event: TrainEvent) -> None:
+        if event.total == 0:
+            event.total = self.config.total_steps
+        if self.on_event is not None:
+            self.on_event(event)
+
+    def _wait_if_paused(self, step: int, total: int) -> None:
+        if self._running.is_set():
+            return
+        self._emit(TrainEvent("log", step=step, total=total, message="paused"))
+        while not self._running.wait(timeout=0.1):
+            if self._cancel.is_set():
+                break
+        if not self._cancel.is_set():
+            self._emit(TrainEvent("log", step=step, total=total, message="resumed"))

@@ -1,0 +1,65 @@
+"""State shared by all views: settings, the open project, the concept library.
+
+Views never talk to each other directly; they listen to these signals. Nothing here imports
+torch: the window must appear before the heavy libraries load.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from PySide6.QtCore import QObject, Signal
+
+from lego_studio.core.settings import Settings
+
+
+class AppContext(QObject):
+    project_changed = Signal(object)  # the open Project, or None
+    project_edited = Signal()  # fields/images/masks of the open project changed
+    library_changed = Signal()
+    settings_changed = Signal()
+    status_message = Signal(str)  # one line for the status bar
+    model_changed = Signal(str)  # name of the model now used
+
+    def __init__(self, settings: Settings | None = None, parent: QObject | None = None):
+        super().__init__(parent)
+        self.settings = settings if settings is not None else Settings.load()
+        self.project = None
+        self._library = None
+        self._library_root: Path | None = None
+
+    # ------------------------------------------------------------ settings
+    def save_settings(self) -> None:
+        self.settings.save()
+
+    def apply_settings(self) -> None:
+        """Persist settings and tell the views (library location, models, SAM may have changed)."""
+        self.save_settings()
+        if self._library_root != self.settings.library_path():
+            self._library = None
+            self.library_changed.emit()
+        self.settings_changed.emit()
+        self.model_changed.emit(self.model_name())
+
+    def model_name(self) -> str:
+        entry = self.settings.model()
+        return entry.name if entry is not None else ""
+
+    # ------------------------------------------------------------ project
+    def set_project(self, project) -> None:
+        self.project = project
+        if project is not None:
+            self.settings.add_recent_project(project.folder)
+            self.save_settings()
+        self.project_changed.emit(project)
+
+    # ------------------------------------------------------------ library
+    def library(self):
+        """The concept library at the configured location (opened on first use)."""
+        from lego_studio.core.library import ConceptLibrary
+
+        root = self.settings.library_path()
+        if self._library is None or self._library_root != root:
+            self._library = ConceptLibrary(root)
+            self._library_root = root
+        return self._library

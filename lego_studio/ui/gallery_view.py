@@ -1,0 +1,473 @@
+"""Gallery place: pick concepts from the library (several at once), type subjects (one per line),
+seeds, steps, guidance; generate in a worker with progress and cancel. Results form a grid with
+one column per concept, so a Lego concept and its Textual Inversion baseline sit side by side.
+Every image is saved as a PNG carrying its prompt/seed/model/concept; open one large to read its
+settings, copy the prompt, reuse the settings, or export the selection to a folder."""
+
+from __future__ import annotations
+
+import shutil
+from pathlib import Path
+
+from PySide6.QtCore import QSize, Qt, Signal
+from PySide6.QtGui import QGuiApplication, QIcon, QPixmap
+from PySide6.QtWidgets import (
+    QAbstractItemView,
+    QComboBox,
+    QDialog,
+    QDoubleSpinBox,
+    QFileDialog,
+    QFormLayout,
+    QHBoxLayout,
+    QHeaderView,
+    QLabel,
+    QLineEdit,
+    QListWidget,
+    QListWidgetItem,
+    QPlainTextEdit,
+    QProgressBar,
+    QPushButton,
+    QSpinBox,
+    QSplitter,
+    QTableWidget,
+    QTableWidgetItem,
+    QVBoxLayout,
+    QWidget,
+)
+
+from lego_studio.core.errors import InputError, LegoError
+from lego_studio.ui.model_cache import ModelCache, model_choices
+from lego_studio.ui.workers import TaskRunner
+
+CELL = 160
+DEFAULT_TEMPLATE = "a photo of {subject} {concept}"
+PATH_ROLE = Qt.ItemDataRole.UserRole
+REQUEST_ROLE = Qt.ItemDataRole.UserRole + 1
+ORIGIN_ROLE = Qt.ItemDataRole.UserRole + 2  # (subject, template) the cell was made from
+
+
+def parse_seeds(text: str) -> list[int]:
+    """"0, 1, 2" or "0-3" or a mix; one-line InputError for anything else."""
+    seeds: list[int] = []
+    for part in text.replace(";", ",").split(","):
+        part = part.strip()
+        if not part:
+            continue
+        try:
+            if "-" in part[1:]:
+                low, high = part.split("-", 1) if not part.startswith("-") else (part, "")
+                low_i, high_i = int(low), int(high)
+                if high_i < low_i or high_i - low_i > 1000:
+                    raise ValueError
+                seeds.extend(range(low_i, high_i + 1))
+            else:
+                seeds.append(int(part))
+        except ValueError:
+            raise InputError(f"seeds: {part!r} is not a number or a range like 0-3") from None
+    if not seeds:
+        raise InputError("seeds: give at least one seed, e.g. 0, 1, 2")
+    if any(s < 0 for s in seeds):
+        raise InputError("seeds must be 0 or more")
+    return seeds
+
+
+class ImageDialog(QDialog):
+    """One image large, with its generation settings."""
+
+    reuse_requested = Signal(object)
+
+    def __init__(self, path: Path, request, parent: QWidget | None = None):
+        super().__init__(parent)
+        self.setWindowTitle(path.name)
+        self.request = request
+        picture = QLabel()
+        pixmap = QPixmap(str(path))
+        if not pixmap.isNull():
+            side = max(512, pixmap.width())
+            picture.setPixmap(pixmap.scaled(side, side, Qt.AspectRatioMode.KeepAspectRatio, Qt.TransformationMode.FastTransformation))
+        picture.setAlignment(Qt.AlignmentFlag.AlignCenter)
+        info = QLabel(self.describe(request, path))
+        info.setWordWrap(True)
+        info.setTextInteractionFlags(Qt.TextInteractionFlag.TextSelectableByMouse)
+        copy = QPushButton("Copy prompt")
+        copy.clicked.connect(lambda: QGuiApplication.clipboard().setText(request.prompt))
+        reuse = QPushButton("Reuse settings")
+        reuse.clicked.connect(lambda: (self.reuse_requested.emit(request), self.accept()))
+        close = QPushButton("Close")
+        close.clicked.connect(self.accept)
+        buttons = QHBoxLayout()
+        buttons.addWidget(copy)
+        buttons.addWidget(reuse)
+        buttons.addStretch(1)
+        buttons.addWidget(close)
+        layout = QVBoxLayout(self)
+        layout.addWidget(picture, 1)
+        layout.addWidget(info)
+        layout.addLayout(buttons)
+
+    @staticmethod
+    def describe(request, path: Path) -> str:
+        concepts = ", ".join(c.get("placeholder", "?") for c in request.concepts) or "—"
+        rows = [
+            ("Prompt", request.prompt),
+            ("Negative", request.negative_prompt or "—"),
+            ("Seed", request.seed),
+            ("Steps", request.steps),
+            ("Guidance", request.guidance),
+            ("Sampler", request.scheduler),
+            ("Size", f"{request.width}×{request.height}"),
+            ("Model", request.model),
+            ("Concepts", concepts),
+            ("File", path),
+        ]
+        return "".join(f"<b>{k}:</b> {v}<br>" for k, v in rows)
+
+
+class GalleryView(QWidget):
+    generation_finished = Signal()
+
+    def __init__(self, context, parent: QWidget | None = None):
+        super().__init__(parent)
+        self.context = context
+        self.runner = TaskRunner(self)
+        self.library_runner = TaskRunner(self)
+        self.models = ModelCache()
+        self.results: list[dict] = []  # {path, request, column, row}
+        self.last_error = ""
+
+        # --- controls
+        self.concept_list = QListWidget()
+        self.concept_list.setSelectionMode(QAbstractItemView.SelectionMode.MultiSelection)
+        self.concept_list.setToolTip("Choose one or more concepts; each becomes a column of the grid")
+        self.concept_list.setMinimumHeight(110)
+        self.subjects_edit = QPlainTextEdit()
+        self.subjects_edit.setPlaceholderText("a teapot\na dog\na car")
+        self.subjects_edit.setPlainText("a teapot\na dog")
+        self.subjects_edit.setToolTip("One subject per line; each becomes a row")
+        self.subjects_edit.setMaximumHeight(90)
+        self.template_edit = QLineEdit(DEFAULT_TEMPLATE)
+        self.template_edit.setToolTip("{subject} and {concept} are filled in for every cell")
+        self.negative_edit = QLineEdit()
+        self.negative_edit.setPlaceholderText("blurry, low quality")
+        self.seeds_edit = QLineEdit("0")
+        self.seeds_edit.setToolTip("Seeds: 0, 1, 2 or a range 0-3; same seed = same noise in every column")
+        self.steps_spin = QSpinBox()
+        self.steps_spin.setRange(1, 1000)
+        self.steps_spin.setValue(30)
+        self.guidance_spin = QDoubleSpinBox()
+        self.guidance_spin.setRange(0.0, 30.0)
+        self.guidance_spin.setSingleStep(0.5)
+        self.guidance_spin.setValue(7.5)
+        self.guidance_spin.setToolTip("Classifier-free guidance: higher follows the prompt more closely")
+        self.model_combo = QComboBox()
+        self.device_combo = QComboBox()
+        self.device_combo.addItems(["auto", "cpu", "cuda", "mps"])
+        form = QFormLayout()
+        form.addRow("Concepts:", self.concept_list)
+        form.addRow("Subjects:", self.subjects_edit)
+        form.addRow("Template:", self.template_edit)
+        form.addRow("Negative:", self.negative_edit)
+        form.addRow("Seeds:", self.seeds_edit)
+        form.addRow("Steps:", self.steps_spin)
+        form.addRow("Guidance:", self.guidance_spin)
+        form.addRow("Model:", self.model_combo)
+        form.addRow("Device:", self.device_combo)
+        self.generate_button = QPushButton("Generate")
+        self.generate_button.clicked.connect(self.generate)
+        self.cancel_button = QPushButton("Cancel")
+        self.cancel_button.setEnabled(False)
+        self.cancel_button.clicked.connect(self.runner.cancel)
+        self.progress = QProgressBar()
+        self.status_label = QLabel()
+        self.status_label.setWordWrap(True)
+        run_row = QHBoxLayout()
+        run_row.addWidget(self.generate_button)
+        run_row.addWidget(self.cancel_button)
+        left = QWidget()
+        left_layout = QVBoxLayout(left)
+        left_layout.addLayout(form)
+        left_layout.addLayout(run_row)
+        left_layout.addWidget(self.progress)
+        left_layout.addWidget(self.status_label)
+        left_layout.addStretch(1)
+        left.setMinimumWidth(320)
+
+        # --- results
+        self.table = QTableWidget()
+        self.table.setIconSize(QSize(CELL, CELL))
+        self.table.horizontalHeader().setDefaultSectionSize(CELL + 12)
+        self.table.verticalHeader().setDefaultSectionSize(CELL + 12)
+        self.table.horizontalHeader().setSectionResizeMode(QHeaderView.ResizeMode.Fixed)
+        self.table.setEditTriggers(QAbstractItemView.EditTrigger.NoEditTriggers)
+        self.table.setSelectionMode(QAbstractItemView.SelectionMode.ExtendedSelection)
+        self.table.cellDoubleClicked.connect(self.open_cell)
+        open_button = QPushButton("Open large")
+        open_button.clicked.connect(lambda: self.open_cell(self.table.currentRow(), self.table.currentColumn()))
+        copy_button = QPushButton("Copy prompt")
+        copy_button.clicked.connect(self.copy_prompt)
+        reuse_button = QPushButton("Reuse settings")
+        reuse_button.clicked.connect(self._reuse_current)
+        export_button = QPushButton("Export selected…")
+        export_button.clicked.connect(self._export_dialog)
+        result_buttons = QHBoxLayout()
+        for button in (open_button, copy_button, reuse_button, export_button):
+            result_buttons.addWidget(button)
+        result_buttons.addStretch(1)
+        right = QWidget()
+        right_layout = QVBoxLayout(right)
+        right_layout.addLayout(result_buttons)
+        right_layout.addWidget(self.table, 1)
+
+        splitter = QSplitter()
+        splitter.addWidget(left)
+        splitter.addWidget(right)
+        splitter.setStretchFactor(1, 1)
+        layout = QVBoxLayout(self)
+        layout.addWidget(splitter)
+
+        context.library_changed.connect(self.refresh_concepts)
+        context.settings_changed.connect(self.refresh_models)
+        self.refresh_models()
+        self.refresh_concepts()
+
+    # ------------------------------------------------------------ choices
+    def refresh_models(self) -> None:
+        current = self.model_combo.currentData()
+        self.model_combo.clear()
+        for label, spec in model_choices(self.context.settings):
+            self.model_combo.addItem(label, spec)
+        index = self.model_combo.findData(current)
+        if index >= 0:
+            self.model_combo.setCurrentIndex(index)
+        self.device_combo.setCurrentText(self.context.settings.default_device)
+
+    def refresh_concepts(self) -> None:
+        library = self.context.library()
+        if self.library_runner.busy:
+            return
+        self.library_runner.start(lambda state: library.list(), on_done=self._concepts_loaded,
+                                  on_error=lambda m: self.status_label.setText(m), name="gallery-library")
+
+    def _concepts_loaded(self, entries) -> None:
+        chosen = set(self.chosen_concepts())
+        self.concept_list.clear()
+        for entry in entries:
+            item = QListWidgetItem(f"{entry.placeholder}  [{entry.badge}]  {entry.metadata.get('method', '')}")
+            item.setData(Qt.ItemDataRole.UserRole, entry.name)
+            self.concept_list.addItem(item)
+            item.setSelected(entry.name in chosen)
+
+    def concept_names(self) -> list[str]:
+        return [self.concept_list.item(i).data(Qt.ItemDataRole.UserRole) for i in range(self.concept_list.count())]
+
+    def chosen_concepts(self) -> list[str]:
+        return [i.data(Qt.ItemDataRole.UserRole) for i in self.concept_list.selectedItems()]
+
+    def choose_concepts(self, names: list[str]) -> None:
+        for i in range(self.concept_list.count()):
+            item = self.concept_list.item(i)
+            item.setSelected(item.data(Qt.ItemDataRole.UserRole) in names)
+
+    def subjects(self) -> list[str]:
+        return [line.strip() for line in self.subjects_edit.toPlainText().splitlines() if line.strip()]
+
+    def _output_folder(self) -> Path:
+        project = self.context.project
+        if project is not None:
+            return project.folder / "gallery"
+        from lego_studio.core.paths import data_dir
+
+        return data_dir() / "gallery"
+
+    # ------------------------------------------------------------ generate
+    def generate(self) -> bool:
+        names = self.chosen_concepts()
+        subjects = self.subjects()
+        template = self.template_edit.text().strip() or DEFAULT_TEMPLATE
+        if "{subject}" not in template:
+            subjects = [""]  # a fixed prompt: one row per seed
+        try:
+            if not subjects:
+                raise InputError("subjects: type at least one subject, one per line")
+            seeds = parse_seeds(self.seeds_edit.text())
+        except LegoError as exc:
+            self.status_label.setText(str(exc))
+            return False
+        negative = self.negative_edit.text().strip()
+        steps, guidance = self.steps_spin.value(), self.guidance_spin.value()
+        spec = self.model_combo.currentData() or "shapeworld"
+        device = self.device_combo.currentText()
+        library = self.context.library()
+        models = self.models
+        out_dir = self._output_folder()
+        columns = names or [None]  # no concept chosen: the plain model, one column
+        rows = [(subject, seed) for subject in subjects for seed in seeds]
+        total = len(columns) * len(rows) * steps
+
+        def run(state):
+            from lego_studio.core.generation import GenerationRequest, fill_template, generate, request_of, save_generated
+            from lego_studio.core.project import safe_folder_name
+
+            model = models.get(spec, device, state=state)
+            concepts = [library.get(name) if name else None for name in columns]
+            done = 0
+            for column, concept in enumerate(concepts):
+                chosen = [concept] if concept is not None else []
+                concept_text = concept.placeholder if concept is not None else ""
+                for row, (subject, seed) in enumerate(rows):
+                    state.check()
+                    prompt = " ".join(fill_template(template, subject, concept_text).split())
+                    request = GenerationRequest(prompt=prompt, negative_prompt=negative, seed=seed, steps=steps, guidance=guidance)
+
+                    def progress(step, _total, offset=done):
+                        state.progress(offset + step, total, "Generating…")
+
+                    image = generate(model, request, chosen, progress=progress, cancel=lambda: state.cancelled)
+                    stem = safe_folder_name(f"{concept.name if concept else 'plain'}-{subject}-{seed}")[:60]
+                    path = _unused(out_dir / f"{stem}.png")
+                    save_generated(image, path)
+                    state.emit({"column": column, "row": row, "path": path, "request": request_of(image),
+                                "subject": subject, "template": template})
+                    done += steps
+            return len(concepts) * len(rows)
+
+        self._prepare_table(columns, rows)
+        self.results = []
+        self.last_error = ""
+        self.progress.setRange(0, total)
+        self.progress.setValue(0)
+        self.status_label.setText("Loading the model…")
+        started = self.runner.start(
+            run,
+            on_done=self._finished,
+            on_error=self._failed,
+            on_event=self._add_result,
+            on_progress=lambda d, t, m: (self.progress.setValue(d), self.status_label.setText(f"{m} {d}/{t} steps")),
+            on_cancelled=lambda: self._stopped("Cancelled."),
+            name="generate",
+        )
+        self._set_busy(started)
+        return started
+
+    def _set_busy(self, busy: bool) -> None:
+        self.generate_button.setEnabled(not busy)
+        self.cancel_button.setEnabled(busy)
+
+    def _prepare_table(self, columns, rows) -> None:
+        self.table.clear()
+        self.table.setColumnCount(len(columns))
+        self.table.setRowCount(len(rows))
+        self.table.setHorizontalHeaderLabels([f"<{c}>" if c else "no concept" for c in columns])
+        self.table.setVerticalHeaderLabels([f"{subject}\nseed {seed}".strip() for subject, seed in rows])
+
+    def _add_result(self, result: dict) -> None:
+        self.results.append(result)
+        pixmap = QPixmap(str(result["path"]))
+        item = QTableWidgetItem(QIcon(pixmap.scaled(CELL, CELL, Qt.AspectRatioMode.KeepAspectRatio)), "")
+        item.setData(PATH_ROLE, str(result["path"]))
+        item.setData(REQUEST_ROLE, result["request"])
+        item.setData(ORIGIN_ROLE, (result["subject"], result["template"]))
+        item.setToolTip(result["request"].prompt if result["request"] else "")
+        self.table.setItem(result["row"], result["column"], item)
+
+    def _finished(self, count: int) -> None:
+        self._set_busy(False)
+        self.progress.setValue(self.progress.maximum())
+        self.status_label.setText(f"Made {count} image(s) in {self._output_folder()}")
+        self.generation_finished.emit()
+
+    def _failed(self, message: str) -> None:
+        self.last_error = message
+        self._stopped(message)
+
+    def _stopped(self, message: str) -> None:
+        self._set_busy(False)
+        self.status_label.setText(message)
+        self.generation_finished.emit()
+
+    # ------------------------------------------------------------ results
+    def _cell(self, row: int, column: int):
+        item = self.table.item(row, column)
+        if item is None or not item.data(PATH_ROLE):
+            return None
+        return Path(item.data(PATH_ROLE)), item.data(REQUEST_ROLE)
+
+    def open_cell(self, row: int, column: int) -> ImageDialog | None:
+        cell = self._cell(row, column)
+        if cell is None:
+            return None
+        dialog = ImageDialog(cell[0], cell[1], self)
+        dialog.reuse_requested.connect(self.reuse)
+        dialog.open()
+        return dialog
+
+    def copy_prompt(self) -> None:
+        cell = self._cell(self.table.currentRow(), self.table.currentColumn())
+        if cell is not None and cell[1] is not None:
+            QGuiApplication.clipboard().setText(cell[1].prompt)
+
+    def _reuse_current(self) -> None:
+        cell = self._cell(self.table.currentRow(), self.table.currentColumn())
+        item = self.table.item(self.table.currentRow(), self.table.currentColumn())
+        if cell is not None and cell[1] is not None:
+            subject, template = item.data(ORIGIN_ROLE) or (None, None)
+            self.reuse(cell[1], subject, template)
+
+    def reuse(self, request, subject: str | None = None, template: str | None = None) -> None:
+        """Put an image's settings back into the controls (seed, steps, guidance, negative,
+        concepts, prompt), so one click on Generate makes it again."""
+        self.seeds_edit.setText(str(request.seed))
+        self.steps_spin.setValue(int(request.steps))
+        self.guidance_spin.setValue(float(request.guidance))
+        self.negative_edit.setText(request.negative_prompt)
+        placeholders = [c.get("placeholder", "") for c in request.concepts if c.get("placeholder")]
+        self.choose_concepts([p.strip("<>") for p in placeholders])
+        if subject is not None and template is not None:
+            self.template_edit.setText(template)
+            self.subjects_edit.setPlainText(subject)
+        else:
+            # Only the prompt is known (an image from elsewhere): it becomes the template.
+            prompt = request.prompt
+            for placeholder in placeholders:
+                prompt = prompt.replace(placeholder, "{concept}")
+            self.template_edit.setText(prompt)
+            self.subjects_edit.setPlainText("")
+        self.status_label.setText(f"Settings of seed {request.seed} loaded; press Generate.")
+
+    def selected_paths(self) -> list[Path]:
+        paths = []
+        for item in self.table.selectedItems():
+            if item.data(PATH_ROLE):
+                paths.append(Path(item.data(PATH_ROLE)))
+        return paths
+
+    def export_selected(self, folder: Path) -> int:
+        folder = Path(folder)
+        folder.mkdir(parents=True, exist_ok=True)
+        count = 0
+        for path in self.selected_paths():
+            # Plain copy keeps the PNG text chunks (prompt, seed, model, concept).
+            shutil.copy2(path, _unused(folder / path.name))
+            count += 1
+        self.status_label.setText(f"Exported {count} image(s) to {folder}")
+        return count
+
+    def _export_dialog(self) -> None:
+        if not self.selected_paths():
+            self.status_label.setText("Select images in the grid first.")
+            return
+        folder = QFileDialog.getExistingDirectory(self, "Export images to")
+        if folder:
+            self.export_selected(Path(folder))
+
+    def shutdown(self) -> None:
+        self.runner.shutdown()
+        self.library_runner.shutdown()
+
+
+def _unused(path: Path) -> Path:
+    candidate, counter = path, 2
+    while candidate.exists():
+        candidate = path.with_name(f"{path.stem}-{counter}{path.suffix}")
+        counter += 1
+    return candidate

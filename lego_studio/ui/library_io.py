@@ -1,0 +1,24 @@
+"""Glue between a finished training run and the concept library (runs in the worker)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+
+def run_thumbnail(run_dir: Path, project) -> Path | None:
+    """The newest preview of the run, else the project's first image: what the concept does."""
+    previews = sorted((run_dir / "previews").glob("*.png")) if (run_dir / "previews").is_dir() else []
+    if previews:
+        return previews[-1]
+    if project is not None and project.images:
+        return project.folder / project.images[0].file
+    return None
+
+
+def add_trained(library, concept_file: Path, concept, project) -> Path:
+    """Add a freshly trained concept (tagged with its method) and return its library file."""
+    run_dir = Path(concept_file).parent
+    method = str(concept.metadata.get("method") or "")
+    tags = [t for t in (method, project.name if project is not None else "") if t]
+    entry = library.add(concept, thumbnail=run_thumbnail(run_dir, project), tags=tags, source=str(run_dir))
+    return entry.path

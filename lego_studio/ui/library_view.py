@@ -1,0 +1,340 @@
+"""Concept Library place: thumbnails, search, tags, rename, delete (confirmed), import (any
+format load_concept reads) and export (diffusers / a1111 / kohya / lego), a badge with the model
+family each concept fits. Reading the library loads tensors (torch), so it happens in a worker."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from PySide6.QtCore import QSize, Qt, Signal
+from PySide6.QtGui import QColor, QIcon, QPainter, QPixmap
+from PySide6.QtWidgets import (
+    QComboBox,
+    QDialog,
+    QDialogButtonBox,
+    QFileDialog,
+    QFormLayout,
+    QHBoxLayout,
+    QInputDialog,
+    QLabel,
+    QLineEdit,
+    QListView,
+    QListWidget,
+    QListWidgetItem,
+    QMessageBox,
+    QPushButton,
+    QSplitter,
+    QVBoxLayout,
+    QWidget,
+)
+
+from lego_studio.ui.workers import TaskRunner
+
+THUMB = 128
+EXPORT_FORMATS = {
+    "lego": ("Lego Studio (.safetensors)", ".safetensors"),
+    "diffusers": ("diffusers learned_embeds (.safetensors)", ".safetensors"),
+    "a1111": ("AUTOMATIC1111 embedding (.pt)", ".pt"),
+    "kohya": ("kohya / ComfyUI embedding (.safetensors)", ".safetensors"),
+}
+IMPORT_FILTER = "Concepts (*.safetensors *.pt *.bin *.ckpt);;All files (*)"
+
+
+def entry_icon(entry, size: int = THUMB) -> QIcon:
+    """Thumbnail with the model-family badge drawn in its corner."""
+    canvas = QPixmap(size, size)
+    canvas.fill(QColor("#3a3a3d"))
+    painter = QPainter(canvas)
+    painter.setRenderHint(QPainter.RenderHint.Antialiasing)
+    source = QPixmap(str(entry.thumbnail)) if entry.thumbnail else QPixmap()
+    if not source.isNull():
+        scaled = source.scaled(size, size, Qt.AspectRatioMode.KeepAspectRatio, Qt.TransformationMode.SmoothTransformation)
+        painter.drawPixmap((size - scaled.width()) // 2, (size - scaled.height()) // 2, scaled)
+    else:
+        painter.setPen(QColor("#dddddd"))
+        painter.drawText(canvas.rect(), Qt.AlignmentFlag.AlignCenter, entry.placeholder)
+    badge = entry.badge
+    metrics = painter.fontMetrics()
+    width = min(size - 4, metrics.horizontalAdvance(badge) + 10)
+    painter.setPen(Qt.PenStyle.NoPen)
+    painter.setBrush(QColor(20, 90, 200, 220))
+    painter.drawRoundedRect(2, 2, width, metrics.height() + 4, 4, 4)
+    painter.setPen(QColor("white"))
+    painter.drawText(2, 2, width, metrics.height() + 4, Qt.AlignmentFlag.AlignCenter, badge)
+    painter.end()
+    return QIcon(canvas)
+
+
+class ExportDialog(QDialog):
+    def __init__(self, name: str, parent: QWidget | None = None):
+        super().__init__(parent)
+        self.setWindowTitle(f"Export {name}")
+        self.format_combo = QComboBox()
+        for key, (label, _) in EXPORT_FORMATS.items():
+            self.format_combo.addItem(label, key)
+        buttons = QDialogButtonBox(QDialogButtonBox.StandardButton.Ok | QDialogButtonBox.StandardButton.Cancel)
+        buttons.accepted.connect(self.accept)
+        buttons.rejected.connect(self.reject)
+        layout = QFormLayout(self)
+        layout.addRow("Format:", self.format_combo)
+        layout.addRow(buttons)
+
+    def fmt(self) -> str:
+        return self.format_combo.currentData()
+
+
+class LibraryView(QWidget):
+    settings_requested = Signal()
+    entries_loaded = Signal()
+
+    def __init__(self, context, parent: QWidget | None = None):
+        super().__init__(parent)
+        self.context = context
+        self.runner = TaskRunner(self)
+        self.entries: list = []
+        self._refresh_again = False
+
+        self.search_edit = QLineEdit()
+        self.search_edit.setPlaceholderText("Search names, tags, subjects…")
+        self.search_edit.setClearButtonEnabled(True)
+        self.search_edit.textChanged.connect(self._apply_filter)
+        self.import_button = QPushButton("Import…")
+        self.import_button.setToolTip("Add concept files: Lego, diffusers learned_embeds, AUTOMATIC1111 .pt, kohya")
+        self.import_button.clicked.connect(self._import_dialog)
+        self.export_button = QPushButton("Export…")
+        self.export_button.clicked.connect(self._export_dialog)
+        self.rename_button = QPushButton("Rename…")
+        self.rename_button.clicked.connect(self._rename_dialog)
+        self.tags_button = QPushButton("Tags…")
+        self.tags_button.clicked.connect(self._tags_dialog)
+        self.delete_button = QPushButton("Delete…")
+        self.delete_button.clicked.connect(self._delete_dialog)
+        top = QHBoxLayout()
+        top.addWidget(self.search_edit, 1)
+        for button in (self.import_button, self.export_button, self.rename_button, self.tags_button, self.delete_button):
+            top.addWidget(button)
+
+        self.grid = QListWidget()
+        self.grid.setViewMode(QListView.ViewMode.IconMode)
+        self.grid.setIconSize(QSize(THUMB, THUMB))
+        self.grid.setGridSize(QSize(THUMB + 36, THUMB + 56))
+        self.grid.setResizeMode(QListView.ResizeMode.Adjust)
+        self.grid.setMovement(QListView.Movement.Static)
+        self.grid.setWordWrap(True)
+        self.grid.currentItemChanged.connect(lambda *_: self._show_details())
+
+        self.details = QLabel("Select a concept.")
+        self.details.setWordWrap(True)
+        self.details.setAlignment(Qt.AlignmentFlag.AlignTop | Qt.AlignmentFlag.AlignLeft)
+        self.details.setTextInteractionFlags(Qt.TextInteractionFlag.TextSelectableByMouse)
+        self.details.setMinimumWidth(260)
+        splitter = QSplitter()
+        splitter.addWidget(self.grid)
+        splitter.addWidget(self.details)
+        splitter.setStretchFactor(0, 1)
+
+        self.location_label = QLabel()
+        self.location_label.setTextInteractionFlags(Qt.TextInteractionFlag.TextSelectableByMouse)
+        change = QPushButton("Change…")
+        change.setToolTip("The library location is set in Settings")
+        change.clicked.connect(self.settings_requested.emit)
+        self.status_label = QLabel()
+        self.status_label.setWordWrap(True)
+        bottom = QHBoxLayout()
+        bottom.addWidget(self.location_label, 1)
+        bottom.addWidget(change)
+
+        layout = QVBoxLayout(self)
+        layout.addLayout(top)
+        layout.addWidget(splitter, 1)
+        layout.addWidget(self.status_label)
+        layout.addLayout(bottom)
+        context.library_changed.connect(self.refresh)
+        context.settings_changed.connect(self.refresh)
+        self._update_buttons()
+        self.refresh()
+
+    # ------------------------------------------------------------ loading
+    def refresh(self) -> None:
+        library = self.context.library()
+        self.location_label.setText(f"Library: {library.root}")
+        if self.runner.busy:
+            self._refresh_again = True
+            return
+
+        def load(state):
+            return library.list(), library.problems()
+
+        self.runner.start(load, on_done=self._loaded, on_error=self._show_error, name="library")
+
+    def _loaded(self, result) -> None:
+        entries, problems = result
+        self.entries = entries
+        self._apply_filter()
+        if problems:
+            path, reason = problems[0]
+            more = f" (and {len(problems) - 1} more)" if len(problems) > 1 else ""
+            self.status_label.setText(f"Skipped unreadable file: {reason}{more}")
+        self.entries_loaded.emit()
+        if self._refresh_again:
+            self._refresh_again = False
+            self.refresh()
+
+    def _apply_filter(self) -> None:
+        words = self.search_edit.text().casefold().split()
+        selected = self.selected_name()
+        self.grid.clear()
+        for entry in self.entries:
+            haystack = " ".join([entry.name, entry.placeholder, entry.subject, entry.badge, *entry.tags]).casefold()
+            if not all(word in haystack for word in words):
+                continue
+            tags = f"\n{', '.join(entry.tags)}" if entry.tags else ""
+            item = QListWidgetItem(entry_icon(entry), f"{entry.placeholder}{tags}")
+            item.setData(Qt.ItemDataRole.UserRole, entry.name)
+            item.setToolTip(f"{entry.placeholder} — {entry.badge}, {entry.num_vectors} vector(s)")
+            self.grid.addItem(item)
+            if entry.name == selected:
+                self.grid.setCurrentItem(item)
+        self._update_buttons()
+
+    def visible_names(self) -> list[str]:
+        return [self.grid.item(i).data(Qt.ItemDataRole.UserRole) for i in range(self.grid.count())]
+
+    def selected_name(self) -> str | None:
+        item = self.grid.currentItem()
+        return item.data(Qt.ItemDataRole.UserRole) if item is not None else None
+
+    def select(self, name: str) -> None:
+        for i in range(self.grid.count()):
+            if self.grid.item(i).data(Qt.ItemDataRole.UserRole) == name:
+                self.grid.setCurrentRow(i)
+
+    def _entry(self, name: str | None):
+        return next((e for e in self.entries if e.name == name), None)
+
+    def _show_details(self) -> None:
+        entry = self._entry(self.selected_name())
+        self._update_buttons()
+        if entry is None:
+            self.details.setText("Select a concept.")
+            return
+        meta = entry.metadata
+        method = {"lego": "Lego", "ti": "Textual Inversion"}.get(str(meta.get("method")), str(meta.get("method") or "—"))
+        rows = [
+            ("Type in prompts", entry.placeholder),
+            ("Fits", f"{entry.badge} (text width {entry.text_width})"),
+            ("Vectors", str(entry.num_vectors)),
+            ("Method", method),
+            ("Steps", str(meta.get("steps", "—"))),
+            ("Subject", entry.subject or "—"),
+            ("Tags", ", ".join(entry.tags) or "—"),
+            ("Trained", entry.created),
+            ("Source", entry.source or "—"),
+            ("File", str(entry.path)),
+        ]
+        self.details.setText("".join(f"<p><b>{k}:</b> {v}</p>" for k, v in rows))
+
+    def _update_buttons(self) -> None:
+        has = self.selected_name() is not None
+        for button in (self.export_button, self.rename_button, self.tags_button, self.delete_button):
+            button.setEnabled(has)
+
+    def _show_error(self, message: str) -> None:
+        self.status_label.setStyleSheet("color: #c0392b;")
+        self.status_label.setText(message)
+
+    # ------------------------------------------------------------ operations (in the worker)
+    def _run(self, fn, done_message: str, select: str | None = None) -> bool:
+        library = self.context.library()
+
+        def task(state):
+            return fn(library)
+
+        def done(result):
+            self.status_label.setStyleSheet("color: #2e7d32;")
+            self.status_label.setText(done_message.format(result=result))
+            self.context.library_changed.emit()
+
+        if not self.runner.start(task, on_done=done, on_error=self._show_error, name="library-op"):
+            self._show_error("The library is busy; try again in a moment.")
+            return False
+        return True
+
+    def import_files(self, files: list[Path]) -> bool:
+        def add_all(library):
+            return ", ".join(library.add(Path(f)).placeholder for f in files)
+
+        return self._run(add_all, "Imported {result}")
+
+    def export_selected(self, fmt: str, path: Path) -> bool:
+        name = self.selected_name()
+        if name is None:
+            return False
+        return self._run(lambda library: library.export(name, fmt, path), "Exported to {result}")
+
+    def rename_selected(self, new_name: str) -> bool:
+        name = self.selected_name()
+        if name is None:
+            return False
+        return self._run(lambda library: library.rename(name, new_name).placeholder, "Renamed to {result}")
+
+    def set_tags_selected(self, tags: list[str]) -> bool:
+        name = self.selected_name()
+        if name is None:
+            return False
+        return self._run(lambda library: library.set_tags(name, tags), "Tags saved")
+
+    def delete_selected(self) -> bool:
+        name = self.selected_name()
+        if name is None:
+            return False
+        return self._run(lambda library: library.delete(name), f"Deleted <{name}>")
+
+    # ------------------------------------------------------------ dialogs
+    def _import_dialog(self) -> None:
+        files, _ = QFileDialog.getOpenFileNames(self, "Import concepts", "", IMPORT_FILTER)
+        if files:
+            self.import_files([Path(f) for f in files])
+
+    def _export_dialog(self) -> None:
+        name = self.selected_name()
+        if name is None:
+            return
+        dialog = ExportDialog(name, self)
+        if not dialog.exec():
+            return
+        fmt = dialog.fmt()
+        suffix = EXPORT_FORMATS[fmt][1]
+        path, _ = QFileDialog.getSaveFileName(self, "Export concept", f"{name}{suffix}", f"*{suffix}")
+        if path:
+            self.export_selected(fmt, Path(path))
+
+    def _rename_dialog(self) -> None:
+        name = self.selected_name()
+        if name is None:
+            return
+        new, ok = QInputDialog.getText(self, "Rename concept", "New name (also the <placeholder>):", text=name)
+        if ok and new.strip():
+            self.rename_selected(new.strip())
+
+    def _tags_dialog(self) -> None:
+        entry = self._entry(self.selected_name())
+        if entry is None:
+            return
+        text, ok = QInputDialog.getText(self, "Tags", "Tags (comma separated):", text=", ".join(entry.tags))
+        if ok:
+            self.set_tags_selected([t.strip() for t in text.split(",") if t.strip()])
+
+    def _delete_dialog(self) -> None:
+        name = self.selected_name()
+        if name is None:
+            return
+        answer = QMessageBox.question(
+            self, "Delete concept", f"Delete <{name}> from the library? The file is removed.",
+            QMessageBox.StandardButton.Yes | QMessageBox.StandardButton.No, QMessageBox.StandardButton.No,
+        )
+        if answer == QMessageBox.StandardButton.Yes:
+            self.delete_selected()
+
+    def shutdown(self) -> None:
+        self.runner.shutdown()

@@ -1,0 +1,253 @@
+"""The main window: a sidebar of places (Projects, Masks, Training, Gallery, Concept Library),
+a status bar with device and model, window state remembered in the core settings."""
+
+from __future__ import annotations
+
+import struct
+from pathlib import Path
+
+from PySide6.QtCore import QByteArray, QSize, Qt, QTimer
+from PySide6.QtGui import QAction, QCloseEvent, QKeySequence
+from PySide6.QtWidgets import (
+    QLabel,
+    QListWidget,
+    QListWidgetItem,
+    QMainWindow,
+    QMessageBox,
+    QSplitter,
+    QStackedWidget,
+)
+
+from lego_studio.ui import icons
+from lego_studio.ui.context import AppContext
+from lego_studio.ui.workers import TaskRunner
+
+PLACES = [
+    ("projects", "Projects"),
+    ("masks", "Masks"),
+    ("training", "Training"),
+    ("gallery", "Gallery"),
+    ("library", "Concept Library"),
+]
+_STATE_MAGIC = b"LSW1"
+
+
+def pack_window_state(geometry: bytes, state: bytes, place: int) -> bytes:
+    """Geometry + dock/toolbar state + current place in one blob (Settings.window_state)."""
+    return _STATE_MAGIC + struct.pack(">III", len(geometry), len(state), place) + geometry + state
+
+
+def unpack_window_state(blob: bytes | None) -> tuple[bytes, bytes, int] | None:
+    if not blob or not blob.startswith(_STATE_MAGIC) or len(blob) < 16:
+        return None
+    glen, slen, place = struct.unpack(">III", blob[4:16])
+    body = blob[16:]
+    if len(body) != glen + slen:
+        return None  # written by something else: ignore rather than restore garbage
+    return body[:glen], body[glen:], place
+
+
+class MainWindow(QMainWindow):
+    def __init__(self, context: AppContext | None = None):
+        super().__init__()
+        self.context = context if context is not None else AppContext()
+        self.setWindowTitle("Lego Studio")
+        self.setWindowIcon(icons.app_icon())
+        self.setAcceptDrops(True)
+        self.resize(1280, 820)
+        self._device_runner = TaskRunner(self)
+        self._device_name = ""
+
+        # Views are imported here, not at module top, so a failure in one is easy to trace;
+        # none of them imports torch at construction time.
+        from lego_studio.ui.gallery_view import GalleryView
+        from lego_studio.ui.library_view import LibraryView
+        from lego_studio.ui.masks_view import MasksView
+        from lego_studio.ui.projects_view import ProjectsView
+        from lego_studio.ui.training_view import TrainingView
+
+        self.projects_view = ProjectsView(self.context)
+        self.masks_view = MasksView(self.context)
+        self.training_view = TrainingView(self.context)
+        self.gallery_view = GalleryView(self.context)
+        self.library_view = LibraryView(self.context)
+        self.views = {
+            "projects": self.projects_view,
+            "masks": self.masks_view,
+            "training": self.training_view,
+            "gallery": self.gallery_view,
+            "library": self.library_view,
+        }
+
+        self.sidebar = QListWidget()
+        self.sidebar.setObjectName("sidebar")
+        self.sidebar.setIconSize(QSize(22, 22))
+        self.sidebar.setFixedWidth(170)
+        self.sidebar.setSpacing(2)
+        self.stack = QStackedWidget()
+        for index, (key, title) in enumerate(PLACES):
+            item = QListWidgetItem(icons.place_icon(key), title)
+            item.setToolTip(f"{title} (Ctrl+{index + 1})")
+            item.setSizeHint(QSize(150, 36))
+            self.sidebar.addItem(item)
+            self.stack.addWidget(self.views[key])
+        self.sidebar.currentRowChanged.connect(self.stack.setCurrentIndex)
+        splitter = QSplitter()
+        splitter.addWidget(self.sidebar)
+        splitter.addWidget(self.stack)
+        splitter.setStretchFactor(1, 1)
+        splitter.setChildrenCollapsible(False)
+        self.setCentralWidget(splitter)
+
+        self._build_menus()
+        self.device_label = QLabel("Device: detecting…")
+        self.model_label = QLabel()
+        self.project_label = QLabel()
+        for label in (self.project_label, self.model_label, self.device_label):
+            self.statusBar().addPermanentWidget(label)
+        self.context.status_message.connect(lambda text: self.statusBar().showMessage(text, 8000))
+        self.context.model_changed.connect(self._show_model)
+        self.context.project_changed.connect(self._on_project_changed)
+        self.projects_view.open_masks_requested.connect(lambda: self.show_place("masks"))
+        self.library_view.settings_requested.connect(self.open_settings)
+        self._show_model(self.context.model_name())
+        self._on_project_changed(self.context.project)
+        self.show_place("projects")
+        self._restore_state()
+        if self.context.settings.load_warning:
+            QTimer.singleShot(0, lambda: self.context.status_message.emit(self.context.settings.load_warning))
+
+    # ------------------------------------------------------------ places
+    def show_place(self, key: str) -> None:
+        index = [k for k, _ in PLACES].index(key)
+        self.sidebar.setCurrentRow(index)
+
+    def current_place(self) -> str:
+        return PLACES[self.stack.currentIndex()][0]
+
+    def _build_menus(self) -> None:
+        file_menu = self.menuBar().addMenu("&File")
+        self.new_action = QAction("&New Project…", self, shortcut=QKeySequence("Ctrl+N"))
+        self.new_action.triggered.connect(self.projects_view.new_project)
+        self.open_action = QAction("&Open Project…", self, shortcut=QKeySequence("Ctrl+O"))
+        self.open_action.triggered.connect(self.projects_view.open_project_dialog)
+        self.settings_action = QAction("&Settings…", self, shortcut=QKeySequence("Ctrl+,"))
+        self.settings_action.triggered.connect(self.open_settings)
+        quit_action = QAction("&Quit", self, shortcut=QKeySequence("Ctrl+Q"))
+        quit_action.triggered.connect(self.close)
+        for action in (self.new_action, self.open_action):
+            file_menu.addAction(action)
+        file_menu.addSeparator()
+        file_menu.addAction(self.settings_action)
+        file_menu.addSeparator()
+        file_menu.addAction(quit_action)
+
+        view_menu = self.menuBar().addMenu("&View")
+        self.place_actions = []
+        for index, (key, title) in enumerate(PLACES):
+            action = QAction(title, self, shortcut=QKeySequence(f"Ctrl+{index + 1}"))
+            action.triggered.connect(lambda _=False, k=key: self.show_place(k))
+            view_menu.addAction(action)
+            self.place_actions.append(action)
+
+        help_menu = self.menuBar().addMenu("&Help")
+        about = QAction("&About Lego Studio", self)
+        about.triggered.connect(self._about)
+        help_menu.addAction(about)
+
+    def open_settings(self) -> None:
+        from lego_studio.ui.settings_dialog import SettingsDialog
+
+        dialog = SettingsDialog(self.context, self)
+        if dialog.exec():
+            self.context.apply_settings()
+
+    def _about(self) -> None:
+        QMessageBox.about(
+            self,
+            "About Lego Studio",
+            "Lego Studio teaches Stable Diffusion concepts that are not objects "
+            "(adjectives and verbs) from a few images, offline.\n\n"
+            "Method: Lego (ECCV 2024, arXiv 2311.13833); baseline: Textual Inversion.",
+        )
+
+    # ------------------------------------------------------------ status bar
+    def _show_model(self, name: str) -> None:
+        self.model_label.setText(f"Model: {name}" if name else "Model: none (add one in Settings)")
+
+    def _on_project_changed(self, project) -> None:
+        self.project_label.setText(f"Project: {project.name}" if project is not None else "No project open")
+        self.setWindowTitle(f"{project.name} — Lego Studio" if project is not None else "Lego Studio")
+
+    def detect_device(self) -> None:
+        """Find the compute device in a worker: importing torch takes seconds."""
+        wanted = self.context.settings.default_device
+
+        def detect(state):
+            from lego_studio.core.devices import pick_device
+
+            return str(pick_device(wanted).type)
+
+        self._device_runner.start(
+            detect,
+            on_done=self._device_detected,
+            on_error=lambda msg: self.device_label.setText(f"Device: unavailable ({msg})"),
+            name="device",
+        )
+
+    def _device_detected(self, device: str) -> None:
+        self._device_name = device
+        self.device_label.setText(f"Device: {device}")
+
+    def device_name(self) -> str:
+        return self._device_name
+
+    # ------------------------------------------------------------ drag and drop
+    def dragEnterEvent(self, event) -> None:  # noqa: N802
+        if event.mimeData().hasUrls() and any(u.isLocalFile() for u in event.mimeData().urls()):
+            event.acceptProposedAction()
+
+    def dropEvent(self, event) -> None:  # noqa: N802
+        paths = [Path(u.toLocalFile()) for u in event.mimeData().urls() if u.isLocalFile()]
+        if paths:
+            self.projects_view.add_paths(paths)
+            self.show_place("projects")
+            event.acceptProposedAction()
+
+    # ------------------------------------------------------------ state
+    def _restore_state(self) -> None:
+        unpacked = unpack_window_state(self.context.settings.window_state)
+        if unpacked is None:
+            return
+        geometry, state, place = unpacked
+        self.restoreGeometry(QByteArray(geometry))
+        self.restoreState(QByteArray(state))
+        if 0 <= place < len(PLACES):
+            self.sidebar.setCurrentRow(place)
+
+    def save_state(self) -> None:
+        self.context.settings.window_state = pack_window_state(
+            bytes(self.saveGeometry().data()), bytes(self.saveState().data()), self.stack.currentIndex()
+        )
+        self.context.save_settings()
+
+    def shutdown_workers(self) -> None:
+        """Quit and wait every worker thread (views first: they may hold training runs)."""
+        for view in self.views.values():
+            view.shutdown()
+        self._device_runner.shutdown()
+
+    def closeEvent(self, event: QCloseEvent) -> None:  # noqa: N802
+        if self.training_view.is_running():
+            answer = QMessageBox.question(
+                self,
+                "Training is running",
+                "Training is running. Stop it and quit? It can be resumed from its last checkpoint.",
+            )
+            if answer != QMessageBox.StandardButton.Yes:
+                event.ignore()
+                return
+        self.masks_view.flush_autosave()
+        self.save_state()
+        self.shutdown_workers()
+        event.accept()

@@ -1,0 +1,155 @@
+"""The few project operations the views share, on top of :mod:`lego_studio.core.project`.
+
+Kept apart so the views read as UI code: path <-> entry mapping, mask status as a bool for the
+badges, the project-folder naming rules for create/duplicate, and one-line errors for problems
+with individual files.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+
+from lego_studio.core.errors import InputError
+from lego_studio.core.project import MASK_PAINTED, Project, safe_folder_name
+
+
+def project_name(project: Project) -> str:
+    return project.name
+
+
+def project_root(project: Project) -> Path:
+    return project.folder
+
+
+def _free_folder(parent: Path, name: str) -> Path:
+    base = safe_folder_name(name) or "project"
+    candidate, counter = parent / base, 2
+    while candidate.exists() and (not candidate.is_dir() or any(candidate.iterdir())):
+        candidate = parent / f"{base} {counter}"
+        counter += 1
+    return candidate
+
+
+def create_project(projects_dir: Path, name: str, sources: list[Path]) -> Project:
+    """New project ``name`` in ``projects_dir`` (a free folder name is chosen); ``sources`` are
+    image files and/or folders of images. A single folder is imported with its masks."""
+    name = name.strip()
+    if not name:
+        raise InputError("a project needs a name")
+    folder = _free_folder(Path(projects_dir), name)
+    if len(sources) == 1 and Path(sources[0]).is_dir():
+        project, _problems = Project.create_from_folder(sources[0], folder=folder, name=name)
+        return project
+    project = Project.create(folder, name=name)
+    if sources:
+        add_images(project, sources)
+    return project
+
+
+def open_project(folder: Path) -> Project:
+    return Project.open(folder)
+
+
+def _expand(sources: list[Path]) -> list[Path]:
+    from lego_studio.core.images import is_image_file, list_images
+
+    files: list[Path] = []
+    for source in sources:
+        source = Path(source)
+        if source.is_dir():
+            files.extend(list_images(source))
+        elif is_image_file(source):
+            files.append(source)
+        else:
+            raise InputError(f"{source}: not an image or a folder of images")
+    return files
+
+
+def add_images(project: Project, sources: list[Path], subject_only: bool = False) -> int:
+    """Copy images (files or folders) into the project. Returns how many were added; when some
+    could not be added, the first reason is raised after the good ones are in."""
+    files = _expand(sources)
+    before = len(project.subject_images if subject_only else project.images)
+    failures = project.add_images(files, kind="subject" if subject_only else "exemplar")
+    added = len(project.subject_images if subject_only else project.images) - before
+    if failures:
+        path, reason = failures[0]
+        more = f" (and {len(failures) - 1} more)" if len(failures) > 1 else ""
+        raise InputError(f"added {added} image(s); skipped {reason}{more}")
+    return added
+
+
+def image_paths(project: Project) -> list[Path]:
+    return [project.folder / entry.file for entry in project.images]
+
+
+def subject_image_paths(project: Project) -> list[Path]:
+    return [project.folder / entry.file for entry in project.subject_images]
+
+
+def remove_image(project: Project, path: Path) -> None:
+    project.remove_image(path)
+
+
+def has_mask(project: Project, path: Path) -> bool:
+    try:
+        return project.mask_status(path) == MASK_PAINTED
+    except InputError:
+        return False
+
+
+def load_mask(project: Project, path: Path, size: tuple[int, int]) -> np.ndarray | None:
+    """The stored mask, or None. A mask that no longer fits its image is dropped (None), not
+    fatal: the user simply paints again."""
+    if not has_mask(project, path):
+        return None
+    mask = project.mask_for(path)
+    if mask is not None and mask.shape != (size[1], size[0]):
+        return None
+    return mask
+
+
+def save_mask(project: Project, path: Path, mask: np.ndarray) -> None:
+    """Store ``mask``; an empty mask removes the file (no subject marked = no mask)."""
+    if not mask.any():
+        project.clear_mask(path)
+        return
+    project.save_mask(path, mask)
+
+
+def get_fields(project: Project) -> dict:
+    return {
+        "subject": project.subject,
+        "concept_name": project.concept_name,
+        "positive_words": list(project.positive_words),
+        "negative_words": list(project.negative_words),
+    }
+
+
+def set_fields(project: Project, **fields) -> None:
+    """Change subject / concept name / word lists and save; invalid values are rolled back."""
+    before = get_fields(project)
+    for key, value in fields.items():
+        setattr(project, key, value)
+    try:
+        project.save()
+    except InputError:
+        for key, value in before.items():
+            setattr(project, key, value)
+        raise
+
+
+def rename_project(project: Project, new_name: str) -> Project:
+    project.rename(new_name)
+    return project
+
+
+def duplicate_project(project: Project) -> Project:
+    name = f"{project.name} copy"
+    return project.duplicate(_free_folder(project.folder.parent, name), name=name)
+
+
+def delete_project(project: Project) -> Path:
+    return project.delete()

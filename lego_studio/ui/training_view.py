@@ -1,0 +1,556 @@
+"""Training place: every TrainConfig option (presets Lego / Textual Inversion baseline), model and
+device, start / pause / resume / cancel, progress with ETA, live loss curves, preview thumbnails,
+and the project's runs — an interrupted run shows as resumable and continues from its checkpoint.
+
+Training runs in a worker thread; the trainer's events come back as Qt signals, so the UI stays
+responsive (a test measures the event-loop stall). A finished concept goes into the library.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from pathlib import Path
+
+from PySide6.QtCore import QSize, Qt, Signal
+from PySide6.QtGui import QIcon, QImage, QPixmap
+from PySide6.QtWidgets import (
+    QCheckBox,
+    QComboBox,
+    QDoubleSpinBox,
+    QFormLayout,
+    QGroupBox,
+    QHBoxLayout,
+    QLabel,
+    QLineEdit,
+    QListView,
+    QListWidget,
+    QListWidgetItem,
+    QProgressBar,
+    QPushButton,
+    QScrollArea,
+    QSpinBox,
+    QSplitter,
+    QVBoxLayout,
+    QWidget,
+)
+
+from lego_studio.core.errors import LegoError
+from lego_studio.core.paths import atomic_write_json
+from lego_studio.core.training import LR_SCHEDULES, MAX_VECTORS, METHODS, REC_REGIONS, TrainConfig
+from lego_studio.ui.loss_chart import LossChart
+from lego_studio.ui.mask_canvas import pil_to_qimage
+from lego_studio.ui.model_cache import ModelCache, model_choices
+from lego_studio.ui.workers import TaskRunner
+
+STUDIO_RUN_FILE = "studio.json"  # which model/device the app used for a run, to resume it alike
+RESUMABLE = ("interrupted", "cancelled", "failed", "running")
+PREVIEW_THUMB = 96
+
+# field -> (group, label, tooltip, extra). Every TrainConfig field appears exactly once; a test
+# checks that nothing is missing when the engine grows a new option.
+OPTIONS: dict[str, tuple[str, str, str, dict]] = {
+    "method": ("Method", "Method", "lego: Subject Separation + Context Loss + word guidance. ti: plain Textual Inversion baseline.", {"choices": METHODS}),
+    "name": ("Concept", "Concept name", "Users type <name> in prompts", {}),
+    "num_vectors": ("Concept", "Vectors", "How many learned token embeddings make up the concept (1-16)", {"min": 1, "max": MAX_VECTORS}),
+    "init_words": ("Concept", "Start from words", "Comma-separated words whose embeddings start the vectors; empty = average word", {"list": ","}),
+    "init_from": ("Concept", "Start from concept", "A concept file whose vectors start the run (optional)", {"optional": True}),
+    "subject": ("Subject separation", "Subject words", "The subject in words, e.g. 'a toy robot'. Explains the subject so its look does not leak into the concept.", {}),
+    "subject_token_steps": ("Subject separation", "Subject-token steps", "Stage 0: learn a <subject> token from subject-only images first (0 = use the words)", {"min": 0, "max": 100000}),
+    "w_subj": ("Subject separation", "Subject weight", "Weight of the subject-separation loss inside the mask (0 = off)", {"max": 100.0, "decimals": 3}),
+    "rec_region": ("Subject separation", "Reconstruct", "concept: learn only outside the subject mask; full: the whole image", {"choices": REC_REGIONS}),
+    "w_ctx": ("Context", "Context weight", "Weight of the context loss: the concept must act the same on other subjects (0 = off)", {"max": 100.0, "decimals": 3}),
+    "context_subjects": ("Context", "Context subjects", "Other subjects the concept is composed with during training (comma separated)", {"list": ","}),
+    "w_words": ("Words", "Words weight", "Weight of the word-guidance (InfoNCE) loss (0 = off)", {"max": 100.0, "decimals": 3}),
+    "positive_words": ("Words", "Positive words", "Words that describe the concept (comma separated)", {"list": ","}),
+    "negative_words": ("Words", "Negative words", "Words the concept must not mean; empty = the subject's appearance words", {"list": ",", "optional": True}),
+    "random_negatives": ("Words", "Random negatives", "Random vocabulary words added to the negatives each step", {"min": 0, "max": 1000}),
+    "words_temperature": ("Words", "Temperature", "InfoNCE temperature", {"min": 0.001, "max": 10.0, "decimals": 3, "step": 0.01}),
+    "steps": ("Optimisation", "Steps", "Training steps (after stage 0)", {"min": 1, "max": 1000000}),
+    "lr": ("Optimisation", "Learning rate", "Adam learning rate of the concept vectors", {"min": 1e-6, "max": 1.0, "decimals": 6, "step": 0.0005}),
+    "lr_schedule": ("Optimisation", "LR schedule", "How the learning rate changes over the run", {"choices": LR_SCHEDULES}),
+    "warmup_steps": ("Optimisation", "Warm-up steps", "Steps of linear learning-rate warm-up", {"min": 0, "max": 100000}),
+    "batch_size": ("Optimisation", "Batch size", "Images per step", {"min": 1, "max": 64}),
+    "resolution": ("Optimisation", "Resolution", "Training resolution in pixels; 'native' = the model's own", {"min": 0, "max": 2048, "step": 8, "optional_int": "native"}),
+    "seed": ("Optimisation", "Seed", "Every random choice comes from this seed: same seed, same result", {"min": 0, "max": 2**31 - 1}),
+    "flip": ("Optimisation", "Random flips", "Flip images horizontally at random (off for concepts with a direction)", {}),
+    "templates": ("Optimisation", "Templates", "Prompt templates, separated by ';', each with one {} for the concept", {"list": ";"}),
+    "gradient_checkpointing": ("Optimisation", "Save memory", "Gradient checkpointing: less memory, slower steps", {}),
+    "max_nonfinite_in_a_row": ("Optimisation", "Stop after bad steps", "Stop when the loss is not finite this many steps in a row", {"min": 1, "max": 1000}),
+    "checkpoint_every": ("Saving and previews", "Checkpoint every", "Steps between checkpoints (what resume continues from); 0 = only at the end", {"min": 0, "max": 100000}),
+    "preview_every": ("Saving and previews", "Preview every", "Steps between preview images; 0 = none", {"min": 0, "max": 100000}),
+    "preview_prompts": ("Saving and previews", "Preview prompts", "Prompts for previews, separated by ';' ({subject}, {concept}); empty = defaults", {"list": ";", "optional": True}),
+    "preview_steps": ("Saving and previews", "Preview steps", "Denoising steps per preview image", {"min": 1, "max": 200}),
+}
+GROUP_ORDER = ["Method", "Concept", "Subject separation", "Context", "Words", "Optimisation", "Saving and previews"]
+PRESETS = {"Lego": "lego", "Textual Inversion baseline": "ti"}
+
+
+def format_eta(seconds: float | None) -> str:
+    if seconds is None:
+        return "ETA —"
+    seconds = int(round(seconds))
+    hours, rest = divmod(seconds, 3600)
+    minutes, secs = divmod(rest, 60)
+    return f"ETA {hours}:{minutes:02d}:{secs:02d}" if hours else f"ETA {minutes}:{secs:02d}"
+
+
+class ConfigForm(QWidget):
+    """Widgets for every TrainConfig field; ``config()`` reads them back (validated)."""
+
+    changed = Signal()
+
+    def __init__(self, parent: QWidget | None = None):
+        super().__init__(parent)
+        self.widgets: dict[str, QWidget] = {}
+        layout = QVBoxLayout(self)
+        forms: dict[str, QFormLayout] = {}
+        for group in GROUP_ORDER:
+            box = QGroupBox(group)
+            forms[group] = QFormLayout(box)
+            layout.addWidget(box)
+        defaults = TrainConfig()
+        for field in dataclasses.fields(TrainConfig):
+            group, label, tip, extra = OPTIONS[field.name]
+            widget = self._make_widget(getattr(defaults, field.name), extra)
+            widget.setToolTip(tip)
+            self.widgets[field.name] = widget
+            label_widget = QLabel(label + ":")
+            label_widget.setToolTip(tip)
+            forms[group].addRow(label_widget, widget)
+        layout.addStretch(1)
+        self.set_config(defaults)
+
+    def _make_widget(self, default, extra: dict) -> QWidget:
+        if "choices" in extra:
+            combo = QComboBox()
+            combo.addItems(list(extra["choices"]))
+            combo.currentTextChanged.connect(self.changed)
+            return combo
+        if isinstance(default, bool):
+            box = QCheckBox()
+            box.toggled.connect(self.changed)
+            return box
+        if "optional_int" in extra or isinstance(default, int):
+            spin = QSpinBox()
+            spin.setRange(int(extra.get("min", 0)), int(extra.get("max", 10**6)))
+            spin.setSingleStep(int(extra.get("step", 1)))
+            if "optional_int" in extra:
+                spin.setSpecialValueText(extra["optional_int"])  # shown at the minimum (0)
+            spin.valueChanged.connect(self.changed)
+            return spin
+        if isinstance(default, float):
+            spin = QDoubleSpinBox()
+            spin.setDecimals(int(extra.get("decimals", 3)))
+            spin.setRange(float(extra.get("min", 0.0)), float(extra.get("max", 1e6)))
+            spin.setSingleStep(float(extra.get("step", 0.1)))
+            spin.valueChanged.connect(self.changed)
+            return spin
+        edit = QLineEdit()
+        edit.textChanged.connect(self.changed)
+        return edit
+
+    def set_config(self, config: TrainConfig) -> None:
+        for field in dataclasses.fields(TrainConfig):
+            self.set_value(field.name, getattr(config, field.name))
+
+    def set_value(self, name: str, value) -> None:
+        widget = self.widgets[name]
+        extra = OPTIONS[name][3]
+        if isinstance(widget, QComboBox):
+            widget.setCurrentText(str(value))
+        elif isinstance(widget, QCheckBox):
+            widget.setChecked(bool(value))
+        elif isinstance(widget, (QSpinBox, QDoubleSpinBox)):
+            widget.setValue(0 if value is None else value)
+        elif "list" in extra:
+            separator = extra["list"]
+            widget.setText("" if value is None else f"{separator} ".join(value))
+        else:
+            widget.setText("" if value is None else str(value))
+
+    def value(self, name: str):
+        widget = self.widgets[name]
+        extra = OPTIONS[name][3]
+        if isinstance(widget, QComboBox):
+            return widget.currentText()
+        if isinstance(widget, QCheckBox):
+            return widget.isChecked()
+        if isinstance(widget, QSpinBox):
+            if "optional_int" in extra and widget.value() == widget.minimum():
+                return None
+            return widget.value()
+        if isinstance(widget, QDoubleSpinBox):
+            return float(widget.value())
+        text = widget.text().strip()
+        if "list" in extra:
+            items = [part.strip() for part in text.split(extra["list"]) if part.strip()]
+            return None if (extra.get("optional") and not items) else items
+        return None if (extra.get("optional") and not text) else text
+
+    def config(self) -> TrainConfig:
+        """The form as a validated TrainConfig; InputError (one line) when a value is wrong."""
+        data = {field.name: self.value(field.name) for field in dataclasses.fields(TrainConfig)}
+        return TrainConfig.from_dict(data, source="training settings")
+
+    def apply_preset(self, method: str) -> None:
+        """Switch to a preset's engine settings, keeping what describes this project."""
+        keep = {k: self.value(k) for k in ("name", "subject", "positive_words", "negative_words", "steps", "seed")}
+        preset = TrainConfig.preset(method, subject=keep["subject"] or ("" if method == "ti" else "a subject"))
+        self.set_config(preset)
+        for key, value in keep.items():
+            if method == "ti" and key == "subject":
+                continue  # the baseline has no subject words
+            self.set_value(key, value)
+
+
+class TrainingView(QWidget):
+    concept_trained = Signal(object)  # path of the library entry (or concept file)
+
+    def __init__(self, context, parent: QWidget | None = None):
+        super().__init__(parent)
+        self.context = context
+        self.runner = TaskRunner(self)
+        self.models = ModelCache()
+        self._holder: dict = {}
+        self._run_dir: Path | None = None
+        self._paused = False
+        self.last_concept_path: Path | None = None
+        self.last_error = ""
+
+        # --- left: options
+        self.preset_combo = QComboBox()
+        self.preset_combo.addItems(list(PRESETS))
+        self.preset_combo.setToolTip("Lego: all terms on. Textual Inversion baseline: one vector, no masks, no Lego terms.")
+        self.preset_combo.currentTextChanged.connect(lambda text: self.form.apply_preset(PRESETS[text]))
+        self.model_combo = QComboBox()
+        self.model_combo.setToolTip("Base model (add models in Settings)")
+        self.device_combo = QComboBox()
+        self.device_combo.addItems(["auto", "cpu", "cuda", "mps"])
+        self.device_combo.setToolTip("auto: CUDA, then Apple MPS, then CPU")
+        top = QFormLayout()
+        top.addRow("Preset:", self.preset_combo)
+        top.addRow("Model:", self.model_combo)
+        top.addRow("Device:", self.device_combo)
+        self.form = ConfigForm()
+        scroll = QScrollArea()
+        scroll.setWidgetResizable(True)
+        scroll.setWidget(self.form)
+        left = QWidget()
+        left_layout = QVBoxLayout(left)
+        left_layout.addLayout(top)
+        left_layout.addWidget(scroll, 1)
+        left.setMinimumWidth(360)
+
+        # --- right: controls, progress, chart, previews, runs
+        self.start_button = QPushButton("Start training")
+        self.start_button.clicked.connect(self.start)
+        self.pause_button = QPushButton("Pause")
+        self.pause_button.clicked.connect(self.toggle_pause)
+        self.cancel_button = QPushButton("Cancel")
+        self.cancel_button.setToolTip("Stop after the current step; a checkpoint is written so the run can be resumed")
+        self.cancel_button.clicked.connect(self.cancel)
+        buttons = QHBoxLayout()
+        for button in (self.start_button, self.pause_button, self.cancel_button):
+            buttons.addWidget(button)
+        buttons.addStretch(1)
+        self.progress = QProgressBar()
+        self.progress.setFormat("%v / %m steps")
+        self.eta_label = QLabel("ETA —")
+        self.status_label = QLabel("Ready.")
+        self.status_label.setWordWrap(True)
+        progress_row = QHBoxLayout()
+        progress_row.addWidget(self.progress, 1)
+        progress_row.addWidget(self.eta_label)
+        self.chart = LossChart()
+        self.previews = QListWidget()
+        self.previews.setViewMode(QListView.ViewMode.IconMode)
+        self.previews.setIconSize(QSize(PREVIEW_THUMB, PREVIEW_THUMB))
+        self.previews.setFlow(QListView.Flow.LeftToRight)
+        self.previews.setWrapping(False)
+        self.previews.setFixedHeight(PREVIEW_THUMB + 40)
+        self.runs_list = QListWidget()
+        self.runs_list.setMaximumHeight(130)
+        self.runs_list.currentRowChanged.connect(lambda _: self._update_buttons())
+        self.resume_button = QPushButton("Resume selected run")
+        self.resume_button.setToolTip("Continue an interrupted or cancelled run from its last checkpoint")
+        self.resume_button.clicked.connect(self.resume_selected)
+        runs_header = QHBoxLayout()
+        runs_header.addWidget(QLabel("<b>Runs</b>"))
+        runs_header.addStretch(1)
+        runs_header.addWidget(self.resume_button)
+        right = QWidget()
+        right_layout = QVBoxLayout(right)
+        right_layout.addLayout(buttons)
+        right_layout.addLayout(progress_row)
+        right_layout.addWidget(self.status_label)
+        right_layout.addWidget(QLabel("<b>Loss</b> (smoothed)"))
+        right_layout.addWidget(self.chart, 2)
+        right_layout.addWidget(QLabel("<b>Previews</b>"))
+        right_layout.addWidget(self.previews)
+        right_layout.addLayout(runs_header)
+        right_layout.addWidget(self.runs_list)
+
+        splitter = QSplitter()
+        splitter.addWidget(left)
+        splitter.addWidget(right)
+        splitter.setStretchFactor(1, 1)
+        layout = QVBoxLayout(self)
+        layout.addWidget(splitter)
+
+        context.project_changed.connect(self.set_project)
+        context.project_edited.connect(lambda: self.set_project(self.context.project))
+        context.settings_changed.connect(self.refresh_models)
+        self.refresh_models()
+        self.set_project(context.project)
+
+    # ------------------------------------------------------------ state
+    def is_running(self) -> bool:
+        return self.runner.busy
+
+    def refresh_models(self) -> None:
+        current = self.model_combo.currentData()
+        self.model_combo.clear()
+        for label, spec in model_choices(self.context.settings):
+            self.model_combo.addItem(label, spec)
+        index = self.model_combo.findData(current)
+        if index >= 0:
+            self.model_combo.setCurrentIndex(index)
+        self.device_combo.setCurrentText(self.context.settings.default_device)
+
+    def set_project(self, project) -> None:
+        if project is not None and not self.runner.busy:
+            self.form.set_value("name", project.concept_name)
+            self.form.set_value("subject", project.subject)
+            self.form.set_value("positive_words", project.positive_words)
+            self.form.set_value("negative_words", project.negative_words or None)
+            if project.train_defaults:
+                for key, value in project.train_defaults.items():
+                    if key in self.form.widgets:
+                        self.form.set_value(key, value)
+        self.refresh_runs()
+        self._update_buttons()
+
+    def refresh_runs(self) -> None:
+        self.runs_list.clear()
+        project = self.context.project
+        if project is None:
+            return
+        for info in project.runs():
+            ours = self._run_dir is not None and info.path == self._run_dir and self.runner.busy
+            status = "training now" if ours else ("interrupted" if info.status == "running" else info.status)
+            total = info.total_steps or "?"
+            text = f"{info.id} — {info.method or '?'} — {status} — step {info.step}/{total}"
+            if info.message:
+                text += f" — {info.message}"
+            item = QListWidgetItem(text)
+            item.setData(Qt.ItemDataRole.UserRole, str(info.path))
+            resumable = not ours and info.status in RESUMABLE and (info.path / "config.json").is_file()
+            item.setData(Qt.ItemDataRole.UserRole + 1, resumable)
+            if resumable:
+                item.setToolTip("Resumable: select it and press Resume")
+            self.runs_list.addItem(item)
+
+    def resumable_runs(self) -> list[Path]:
+        return [
+            Path(self.runs_list.item(i).data(Qt.ItemDataRole.UserRole))
+            for i in range(self.runs_list.count())
+            if self.runs_list.item(i).data(Qt.ItemDataRole.UserRole + 1)
+        ]
+
+    def _update_buttons(self) -> None:
+        busy = self.runner.busy
+        has_project = self.context.project is not None
+        self.start_button.setEnabled(has_project and not busy)
+        self.pause_button.setEnabled(busy)
+        self.cancel_button.setEnabled(busy)
+        self.pause_button.setText("Resume" if self._paused else "Pause")
+        item = self.runs_list.currentItem()
+        self.resume_button.setEnabled(
+            not busy and item is not None and bool(item.data(Qt.ItemDataRole.UserRole + 1))
+        )
+        self.preset_combo.setEnabled(not busy)
+        self.form.setEnabled(not busy)
+
+    # ------------------------------------------------------------ commands
+    def start(self) -> bool:
+        project = self.context.project
+        if project is None:
+            self.status_label.setText("Open a project first.")
+            return False
+        try:
+            config = self.form.config()
+        except LegoError as exc:
+            self.status_label.setText(str(exc))
+            return False
+        images, masks = project.training_inputs()
+        if not images:
+            self.status_label.setText("The project has no images yet: add some in Projects.")
+            return False
+        run_dir = project.new_run_dir()
+        spec = self.model_combo.currentData() or "shapeworld"
+        device = self.device_combo.currentText()
+        atomic_write_json(run_dir / STUDIO_RUN_FILE, {"model": spec, "device": device})
+        return self._launch(config, run_dir, resume=False, spec=spec, device=device)
+
+    def resume_selected(self) -> bool:
+        item = self.runs_list.currentItem()
+        if item is None or not item.data(Qt.ItemDataRole.UserRole + 1):
+            return False
+        return self.resume_run(Path(item.data(Qt.ItemDataRole.UserRole)))
+
+    def resume_run(self, run_dir: Path) -> bool:
+        import json
+
+        try:
+            config = TrainConfig.load(run_dir / "config.json")
+        except LegoError as exc:
+            self.status_label.setText(str(exc))
+            return False
+        spec = self.model_combo.currentData() or "shapeworld"
+        device = self.device_combo.currentText()
+        studio = run_dir / STUDIO_RUN_FILE
+        if studio.is_file():
+            try:
+                saved = json.loads(studio.read_text(encoding="utf-8"))
+                spec, device = saved.get("model", spec), saved.get("device", device)
+            except (OSError, ValueError):
+                pass  # fall back to the current choice; the trainer checks the config anyway
+        self.form.set_config(config)
+        self.preset_combo.blockSignals(True)
+        self.preset_combo.setCurrentText("Lego" if config.method == "lego" else "Textual Inversion baseline")
+        self.preset_combo.blockSignals(False)
+        return self._launch(config, run_dir, resume=True, spec=spec, device=device)
+
+    def _launch(self, config: TrainConfig, run_dir: Path, resume: bool, spec: str, device: str) -> bool:
+        project = self.context.project
+        images, masks = project.training_inputs()
+        subject_images = [project.folder / e.file for e in project.subject_images]
+        models = self.models
+        library = self.context.library()  # opened here: the worker must not touch the context
+        holder = {}
+
+        def train(state):
+            from lego_studio.core.training import Trainer
+
+            model = models.get(spec, device, state=state)
+            state.check()
+            trainer = Trainer(model, config, images, masks, run_dir, subject_images=subject_images, on_event=state.emit)
+            holder["trainer"] = trainer  # set before checking cancel: see cancel()
+            if state.cancelled:
+                trainer.cancel()
+            concept = trainer.run(resume=resume)
+            from lego_studio.ui import library_io
+
+            return library_io.add_trained(library, trainer.concept_path, concept, project)
+
+        self._run_dir = run_dir
+        self._paused = False
+        self.last_error = ""
+        self.chart.clear()
+        self.chart.total_steps = config.total_steps
+        self.previews.clear()
+        self.progress.setRange(0, config.total_steps)
+        self.progress.setValue(0)
+        self.eta_label.setText("ETA —")
+        self.status_label.setText(("Resuming" if resume else "Starting") + f" {config.placeholder} ({config.method})…")
+        self._holder = holder
+        started = self.runner.start(
+            train,
+            on_done=self._finished,
+            on_error=self._failed,
+            on_event=self._on_event,
+            on_progress=lambda d, t, m: self.status_label.setText(m) if m else None,
+            on_cancelled=self._cancelled,
+            name="training",
+        )
+        self._update_buttons()
+        self.refresh_runs()
+        return started
+
+    def toggle_pause(self) -> None:
+        trainer = self._trainer
+        if trainer is None:
+            return
+        if self._paused:
+            trainer.unpause()
+            self._paused = False
+            self.status_label.setText("Training…")
+        else:
+            trainer.pause()
+            self._paused = True
+            self.status_label.setText("Paused after the current step. Press Resume to go on.")
+        self._update_buttons()
+
+    def cancel(self) -> None:
+        # Flag first, then look for the trainer; the worker stores the trainer, then reads the
+        # flag. Whichever order the threads run in, one of them sees the other.
+        self.runner.cancel()
+        if self._trainer is not None:
+            self._trainer.cancel()
+        self.status_label.setText("Cancelling after the current step…")
+
+    # ------------------------------------------------------------ events from the worker
+    @property
+    def _trainer(self):
+        return self._holder.get("trainer")
+
+    def _on_event(self, event) -> None:
+        kind = getattr(event, "kind", "")
+        if kind in ("step", "skipped"):
+            self.progress.setMaximum(max(1, event.total))
+            self.progress.setValue(event.step)
+            self.eta_label.setText(format_eta(event.eta_s))
+            self.chart.total_steps = event.total
+            self.chart.add(event.step, event.losses)
+            if kind == "skipped":
+                self.status_label.setText(event.message)
+            elif not self._paused:
+                rate = f" — {event.steps_per_s:.1f} steps/s" if event.steps_per_s else ""
+                self.status_label.setText(f"Training: step {event.step} of {event.total}{rate}")
+        elif kind == "preview":
+            for image in event.images:
+                pixmap = QPixmap.fromImage(pil_to_qimage(image))
+                item = QListWidgetItem(QIcon(pixmap), f"step {event.step}")
+                item.setToolTip(event.path or "")
+                self.previews.addItem(item)
+            self.previews.scrollToBottom()
+        elif kind in ("log", "start"):
+            if event.message:
+                self.status_label.setText(event.message)
+        elif kind == "checkpoint":
+            self.refresh_runs()
+
+    def _finished(self, concept_path) -> None:
+        self._holder = {}
+        self._paused = False
+        self.last_concept_path = Path(concept_path)
+        self.progress.setValue(self.progress.maximum())
+        self.eta_label.setText("done")
+        self.status_label.setText(f"Done. The concept is in your library: {Path(concept_path).name}")
+        self.context.library_changed.emit()
+        self.context.status_message.emit("Training finished; concept added to the library")
+        self.concept_trained.emit(concept_path)
+        self.refresh_runs()
+        self._update_buttons()
+
+    def _failed(self, message: str) -> None:
+        self._holder = {}
+        self._paused = False
+        self.last_error = message
+        self.status_label.setText(f"Training stopped: {message}")
+        self.refresh_runs()
+        self._update_buttons()
+
+    def _cancelled(self) -> None:
+        self._holder = {}
+        self._paused = False
+        self.status_label.setText("Cancelled. The run can be resumed from its checkpoint.")
+        self.refresh_runs()
+        self._update_buttons()
+
+    # ------------------------------------------------------------ lifecycle
+    def shutdown(self) -> None:
+        if self._trainer is not None:
+            self._trainer.cancel()
+        self.runner.shutdown(timeout_ms=120000)
+

@@ -1,0 +1,236 @@
+"""Background work for the views: one QThread per task, results back on the UI thread.
+
+The pattern follows Orange's ``ConcurrentWidgetMixin`` and Anki's ``QueryOp``: a view owns a
+:class:`TaskRunner`, starts *one* task at a time with plain callbacks, and never touches widgets
+from the worker. The task function receives a :class:`TaskState` through which it reports
+progress, streams events (losses, previews, partial results) and checks for cancellation.
+
+Every thread is quit and waited in :meth:`TaskRunner.shutdown`, which views call from their
+``closeEvent`` (and tests from teardown), so no QThread outlives its widgets.
+"""
+
+from __future__ import annotations
+
+import threading
+import traceback
+from typing import Any, Callable
+
+from PySide6.QtCore import QObject, QThread, Signal, Slot
+
+from lego_studio.core.errors import Cancelled, LegoError
+
+
+class TaskState:
+    """What a running task sees: report progress, emit events, check for cancel.
+
+    Thread-safe: the UI thread sets ``cancel``; the worker thread reads it.
+    """
+
+    def __init__(self, worker: "Worker"):
+        self._worker = worker
+        self._cancel = threading.Event()
+
+    # -- called from the worker thread
+    def progress(self, done: int, total: int, message: str = "") -> None:
+        self._worker.progress.emit(int(done), int(total), str(message))
+
+    def emit(self, event: Any) -> None:
+        self._worker.event.emit(event)
+
+    @property
+    def cancelled(self) -> bool:
+        return self._cancel.is_set()
+
+    def check(self) -> None:
+        """Raise :class:`Cancelled` if the user asked to stop (cooperative cancel point)."""
+        if self._cancel.is_set():
+            raise Cancelled("cancelled")
+
+    # -- called from the UI thread
+    def request_cancel(self) -> None:
+        self._cancel.set()
+
+
+class Worker(QObject):
+    """Runs ``fn(state)`` once in the thread it was moved to."""
+
+    progress = Signal(int, int, str)
+    event = Signal(object)
+    finished = Signal(object)
+    failed = Signal(str)
+    cancelled = Signal()
+    done = Signal()  # after any outcome; used to stop the thread
+
+    def __init__(self, fn: Callable[[TaskState], Any]):
+        super().__init__()
+        self._fn = fn
+        self.state = TaskState(self)
+
+    @Slot()
+    def run(self) -> None:
+        try:
+            result = self._fn(self.state)
+        except Cancelled:
+            self.cancelled.emit()
+        except LegoError as exc:
+            self.failed.emit(str(exc))
+        except Exception as exc:  # a bug, not a user error: keep the UI alive, show the gist
+            traceback.print_exc()
+            message = f"{type(exc).__name__}: {exc}".splitlines()[0]
+            self.failed.emit(message)
+        else:
+            if self.state.cancelled:
+                self.cancelled.emit()
+            else:
+                self.finished.emit(result)
+        finally:
+            self.done.emit()
+
+
+class TaskRunner(QObject):
+    """One task at a time for one view.
+
+    ``start`` returns False (and starts nothing) while a task is running, so a double click on
+    "Generate" never launches two jobs. Callbacks run on the UI thread.
+    """
+
+    busy_changed = Signal(bool)
+    progress = Signal(int, int, str)
+
+    def __init__(self, parent: QObject | None = None):
+        super().__init__(parent)
+        self._thread: QThread | None = None
+        self._worker: Worker | None = None
+        self._callbacks: dict[str, Callable | None] = {}
+        self._name = ""
+
+    # ----------------------------------------------------------------- API
+    @property
+    def busy(self) -> bool:
+        return self._thread is not None
+
+    @property
+    def task_name(self) -> str:
+        return self._name
+
+    def start(
+        self,
+        fn: Callable[[TaskState], Any],
+        *,
+        on_done: Callable[[Any], None] | None = None,
+        on_error: Callable[[str], None] | None = None,
+        on_event: Callable[[Any], None] | None = None,
+        on_progress: Callable[[int, int, str], None] | None = None,
+        on_cancelled: Callable[[], None] | None = None,
+        name: str = "",
+    ) -> bool:
+        if self.busy:
+            return False
+        self._name = name
+        self._callbacks = dict(
+            done=on_done, error=on_error, event=on_event, progress=on_progress, cancelled=on_cancelled
+        )
+        thread = QThread()
+        thread.setObjectName(f"lego-task-{name or 'anon'}")
+        worker = Worker(fn)
+        worker.moveToThread(thread)
+        # Bound methods of this QObject (which lives on the UI thread) -> queued connections.
+        worker.progress.connect(self._on_progress)
+        worker.event.connect(self._on_event)
+        worker.finished.connect(self._on_finished)
+        worker.failed.connect(self._on_failed)
+        worker.cancelled.connect(self._on_cancelled)
+        worker.done.connect(thread.quit)
+        thread.started.connect(worker.run)
+        thread.finished.connect(self._on_thread_finished)
+        self._thread, self._worker = thread, worker
+        thread.start()
+        self.busy_changed.emit(True)
+        return True
+
+    def cancel(self) -> None:
+        if self._worker is not None:
+            self._worker.state.request_cancel()
+
+    def shutdown(self, timeout_ms: int = 30000) -> None:
+        """Cancel, then quit and wait for the thread. Safe to call twice."""
+        thread = self._thread
+        if thread is None:
+            return
+        self.cancel()
+        thread.quit()
+        if not thread.wait(timeout_ms):
+            # A task that ignores cancel for this long is a bug; do not leave a dangling thread.
+            thread.terminate()
+            thread.wait()
+        self._cleanup()
+
+    # ------------------------------------------------------------- private
+    def _call(self, key: str, *args) -> None:
+        callback = self._callbacks.get(key)
+        if callback is not None:
+            callback(*args)
+
+    @Slot(int, int, str)
+    def _on_progress(self, done: int, total: int, message: str) -> None:
+        self.progress.emit(done, total, message)
+        self._call("progress", done, total, message)
+
+    @Slot(object)
+    def _on_event(self, event: object) -> None:
+        self._call("event", event)
+
+    @Slot(object)
+    def _on_finished(self, result: object) -> None:
+        self._finish_then("done", result)
+
+    @Slot(str)
+    def _on_failed(self, message: str) -> None:
+        self._finish_then("error", message)
+
+    @Slot()
+    def _on_cancelled(self) -> None:
+        self._finish_then("cancelled")
+
+    def _finish_then(self, key: str, *args) -> None:
+        # The outcome arrives before the thread has fully stopped; wait for it so that the
+        # callback may start the next task straight away.
+        callbacks = self._callbacks
+        thread = self._thread
+        if thread is not None:
+            thread.quit()
+            thread.wait()
+        self._cleanup()
+        callback = callbacks.get(key)
+        if callback is not None:
+            callback(*args)
+
+    @Slot()
+    def _on_thread_finished(self) -> None:
+        # Thread stopped without an outcome signal reaching us (e.g. shutdown); nothing to do
+        # beyond cleanup, which is idempotent.
+        if self._thread is not None and self._thread.isFinished() and self._worker is None:
+            self._cleanup()
+
+    def _cleanup(self) -> None:
+        thread, worker = self._thread, self._worker
+        self._thread = self._worker = None
+        self._callbacks = {}
+        if worker is not None:
+            worker.deleteLater()
+        if thread is not None:
+            thread.deleteLater()
+            self.busy_changed.emit(False)
+
+
+def wait_until_idle(runner: TaskRunner, timeout_ms: int = 60000) -> bool:
+    """Process events until ``runner`` is idle; for scripts that drive views without a user
+    (screenshots). Returns False on timeout."""
+    from PySide6.QtCore import QCoreApplication, QElapsedTimer
+
+    clock = QElapsedTimer()
+    clock.start()
+    while runner.busy and clock.elapsed() < timeout_ms:
+        QCoreApplication.processEvents()
+        QThread.msleep(5)
+    return not runner.busy

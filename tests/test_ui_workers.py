@@ -1,0 +1,127 @@
+"""Worker infrastructure: results, errors, cancel, one task at a time, threads cleaned up."""
+
+from __future__ import annotations
+
+import sys
+import threading
+
+import pytest
+from PySide6.QtCore import QThread
+
+from lego_studio.core.errors import InputError
+from lego_studio.ui.workers import TaskRunner
+
+pytestmark = pytest.mark.gui
+
+
+@pytest.fixture
+def runner(qtbot):
+    task_runner = TaskRunner()
+    yield task_runner
+    task_runner.shutdown()
+
+
+def test_result_progress_and_events_arrive_on_the_ui_thread(runner, qtbot):
+    seen = {"progress": [], "events": [], "threads": set()}
+    ui_thread = threading.get_ident()
+    worker_thread = {}
+
+    def task(state):
+        worker_thread["id"] = threading.get_ident()
+        for i in range(3):
+            state.progress(i + 1, 3, f"step {i + 1}")
+            state.emit({"i": i})
+        return 42
+
+    def on_event(event):
+        seen["events"].append(event["i"])
+        seen["threads"].add(threading.get_ident())
+
+    result = {}
+    assert runner.start(
+        task,
+        on_done=lambda value: result.setdefault("value", value),
+        on_event=on_event,
+        on_progress=lambda d, t, m: seen["progress"].append((d, t, m)),
+    )
+    qtbot.waitUntil(lambda: "value" in result, timeout=5000)
+    assert result["value"] == 42
+    assert seen["events"] == [0, 1, 2]
+    assert seen["progress"][-1] == (3, 3, "step 3")
+    assert seen["threads"] == {ui_thread}  # callbacks never run in the worker
+    assert worker_thread["id"] != ui_thread
+    assert not runner.busy
+
+
+def test_user_error_is_reported_as_one_line(runner, qtbot):
+    errors = []
+
+    def task(state):
+        raise InputError("photo.png: not a readable image\n(truncated)")
+
+    runner.start(task, on_error=errors.append)
+    qtbot.waitUntil(lambda: bool(errors), timeout=5000)
+    assert errors == ["photo.png: not a readable image (truncated)"]
+
+
+def test_bug_in_task_does_not_kill_the_app(runner, qtbot):
+    errors = []
+    runner.start(lambda state: 1 / 0, on_error=errors.append)
+    qtbot.waitUntil(lambda: bool(errors), timeout=5000)
+    assert errors[0].startswith("ZeroDivisionError")
+
+
+def test_cooperative_cancel_and_one_task_at_a_time(runner, qtbot):
+    started = threading.Event()
+    outcome = []
+
+    def long_task(state):
+        started.set()
+        while True:
+            state.check()
+            QThread.msleep(2)
+
+    assert runner.start(long_task, on_cancelled=lambda: outcome.append("cancelled"), on_done=outcome.append)
+    assert not runner.start(lambda state: "second")  # refused while busy
+    assert started.wait(5)
+    runner.cancel()
+    qtbot.waitUntil(lambda: bool(outcome), timeout=5000)
+    assert outcome == ["cancelled"]
+    # Idle again: the next task runs.
+    assert runner.start(lambda state: "next", on_done=outcome.append)
+    qtbot.waitUntil(lambda: len(outcome) == 2, timeout=5000)
+    assert outcome[-1] == "next"
+
+
+def test_shutdown_stops_a_running_task_and_waits(qtbot):
+    runner = TaskRunner()
+    started = threading.Event()
+    stopped = threading.Event()
+
+    def task(state):
+        started.set()
+        while not state.cancelled:
+            QThread.msleep(2)
+        stopped.set()
+
+    runner.start(task)
+    assert started.wait(5)
+    runner.shutdown()
+    assert stopped.is_set()  # shutdown returned only after the worker finished
+    assert not runner.busy
+    runner.shutdown()  # twice is fine
+
+
+def test_thousands_of_signals_do_not_corrupt_the_interpreter(runner, qtbot):
+    # PySide6 6.12 drops a reference to True on every emit; lego_studio.ui compensates.
+    before = sys.getrefcount(True)
+    done = []
+
+    def chatty(state):
+        for i in range(3000):
+            state.progress(i, 3000, "")
+        return "ok"
+
+    runner.start(chatty, on_done=done.append)
+    qtbot.waitUntil(lambda: bool(done), timeout=10000)
+    assert abs(sys.getrefcount(True) - before) < 500
