@@ -97,6 +97,7 @@ def test_huge_images_are_refused_with_a_clear_message(tmp_path):
     [
         ("empty.png", b"", "empty file"),
         ("text.jpg", b"this is not a picture at all\n" * 10, "not a readable image"),
+        ("vector.png", b"%!PS-Adobe-3.0 EPSF-3.0\n%%BoundingBox: 0 0 10 10\n", "unsupported file format"),
         ("random.webp", bytes(np.random.default_rng(0).integers(0, 256, 4096, dtype=np.uint8)), "not a readable image"),
     ],
 )

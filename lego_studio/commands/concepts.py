@@ -42,8 +42,8 @@ def register(subparsers) -> None:
     lst.set_defaults(func=run_list)
 
 
-def _load(spec: str):
-    """(concept, path) from a file path or a library name."""
+def load_concept_spec(spec: str):
+    """(concept, path) from a concept file path or, failing that, a library name."""
     from lego_studio.core.concepts import load_concept
     from lego_studio.core.errors import InputError
     from lego_studio.core.library import ConceptLibrary, library_name
@@ -82,7 +82,7 @@ def run_import(args) -> int:
 def run_export(args) -> int:
     from lego_studio.core.concepts import export_concept
 
-    concept, source = _load(args.concept)
+    concept, source = load_concept_spec(args.concept)
     out = export_concept(concept, args.out, args.fmt)
     hint = {
         "diffusers": f'pipe.load_textual_inversion("{out}", token="{concept.placeholder}")',
@@ -115,7 +115,7 @@ def describe(concept, path: Path) -> dict:
 
 
 def run_inspect(args) -> int:
-    concept, path = _load(args.concept)
+    concept, path = load_concept_spec(args.concept)
     info = describe(concept, path)
     if args.json:
         print(json.dumps(info, indent=2, sort_keys=True, default=str))

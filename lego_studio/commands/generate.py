@@ -44,23 +44,8 @@ def _slug(text: str) -> str:
     return re.sub(r"[^0-9a-z]+", "-", text.casefold()).strip("-")[:40] or "subject"
 
 
-def resolve_concept(spec: str):
-    """A concept file path, or else the name of a concept in the library."""
-    from lego_studio.core.concepts import load_concept
-    from lego_studio.core.errors import InputError
-    from lego_studio.core.library import ConceptLibrary, library_name
-
-    path = Path(spec).expanduser()
-    if path.exists():
-        return load_concept(path)
-    library = ConceptLibrary()
-    name = library_name(spec)
-    if name in library:
-        return load_concept(library.concept_path(name))
-    raise InputError(f"{spec}: no such concept file, and no concept of that name in the library ({library.root})")
-
-
 def run(args) -> int:
+    from lego_studio.commands.concepts import load_concept_spec
     from lego_studio.core.errors import InputError
     from lego_studio.core.generation import generate_grid, grid_image, save_generated
     from lego_studio.core.models import load_model
@@ -68,7 +53,7 @@ def run(args) -> int:
 
     if args.out.exists() and not args.out.is_dir():
         raise InputError(f"{args.out}: exists and is not a folder")
-    concepts = [resolve_concept(spec) for spec in args.concept]
+    concepts = [load_concept_spec(spec)[0] for spec in args.concept]
     print(f"loading model {args.model} ...", file=sys.stderr, flush=True)
     model = load_model(args.model, device=args.device, precision=args.precision)
     args.out.mkdir(parents=True, exist_ok=True)

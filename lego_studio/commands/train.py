@@ -135,10 +135,11 @@ def _build_config(args, run_dir: Path, out: Path):
         data, source = read_config_dict(stored), str(stored)
     else:
         data, source = {}, "command line"
-    method = args.method or data.get("method") or "lego"
-    if "method" not in data or data["method"] != method:
-        # Switching method (or none chosen yet) brings that method's own defaults.
-        data = {**data, **TrainConfig.preset_values(method)}
+    if args.method and args.method != data.get("method", "lego"):
+        # Switching method brings that method's own defaults for the settings that differ.
+        method_keys = TrainConfig.preset_values(args.method)
+        data = {key: value for key, value in data.items() if key not in method_keys}
+        data["method"] = args.method
     if "name" not in data:
         data["name"] = out.stem
     for flag, key in CONFIG_FLAGS.items():
@@ -168,7 +169,8 @@ class ProgressLine:
             terms = " ".join(f"{k} {losses[k]:.3g}" for k in ("rec", "subj", "ctx", "words") if k in losses)
             speed = f"{event.steps_per_s:.2f} it/s" if event.steps_per_s else "- it/s"
             stage = " [subject token]" if event.stage == 0 else ""
-            text = (f"step {event.step}/{event.total}{stage}  loss {losses.get("total", float("nan")):.4g} ({terms})"
+            total_loss = losses.get("total", float("nan"))
+            text = (f"step {event.step}/{event.total}{stage}  loss {total_loss:.4g} ({terms})"
                     f"  lr {event.lr:.1e}  {speed}  ETA {format_eta(event.eta_s)}")
             self._write(text)
         elif event.kind in ("skipped", "log") and event.message:

@@ -21,7 +21,7 @@ from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 from typing import Callable, Iterable, Sequence
 
-from PIL import Image, ImageDraw, ImageFont
+from PIL import Image, ImageDraw, ImageFont, UnidentifiedImageError
 
 from lego_studio.core.errors import Cancelled, InputError
 
@@ -100,8 +100,8 @@ def _size_multiple(model) -> int:
 
 
 def resolve_request(model, request: GenerationRequest, concepts: Sequence = ()) -> GenerationRequest:
-    """A copy of ``request`` with every default filled in (seed, size, model, concept records),
-    validated; this is what gets stored in the image."""
+    """A copy of ``request`` with every default filled in (seed, size) and the model and
+    concepts actually used recorded, validated; this is what gets stored in the image."""
     resolved = GenerationRequest.from_dict(request.to_dict())
     if resolved.seed is None:
         resolved.seed = secrets.randbelow(2**32)
@@ -119,9 +119,9 @@ def resolve_request(model, request: GenerationRequest, concepts: Sequence = ()) 
         if side <= 0 or side > MAX_SIDE or side % multiple:
             raise InputError(f"image {side_name} {side} must be a multiple of {multiple} between {multiple} and {MAX_SIDE}")
     resolved.scheduler = (resolved.scheduler or "ddim").lower()
-    resolved.model = resolved.model or str(model.source)
-    if concepts:
-        resolved.concepts = [concept_record(c) for c in concepts]
+    # Record what was actually used, even when the request came from another image.
+    resolved.model = str(model.source)
+    resolved.concepts = [concept_record(c) for c in concepts]
     return resolved
 
 
@@ -256,10 +256,12 @@ def read_generation_metadata(path: str | os.PathLike) -> GenerationRequest:
     if not path.is_file():
         raise InputError(f"{path}: no such image file")
     try:
-        with Image.open(path) as image:
+        with Image.open(path, formats=["PNG"]) as image:
             image.load()
             text = dict(getattr(image, "text", {}) or {})
             text.update({k: v for k, v in image.info.items() if isinstance(v, str)})
+    except UnidentifiedImageError:
+        raise InputError(f"{path}: not a readable PNG image (generation settings are stored in PNGs)") from None
     except (OSError, SyntaxError, ValueError) as exc:
         raise InputError(f"{path}: not a readable image ({str(exc).strip() or type(exc).__name__})") from None
     if text.get(METADATA_KEY):

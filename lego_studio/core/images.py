@@ -30,6 +30,14 @@ IMAGE_EXTENSIONS = frozenset(
     {".png", ".jpg", ".jpeg", ".jpe", ".jfif", ".webp", ".bmp", ".dib", ".gif", ".tif", ".tiff"}
 )
 MAX_PIXELS = 8192 * 8192  # 64 MP
+# Decoders we let PIL use. Others (EPS/PS run Ghostscript, SVG-like or exotic formats) are refused:
+# exemplar photos never need them and some start external programs.
+_ALLOWED_FORMATS = ("PNG", "JPEG", "MPO", "WEBP", "BMP", "DIB", "GIF", "TIFF", "PPM", "TGA", "ICO", "AVIF")
+
+
+def _pil_formats() -> list[str]:
+    Image.init()
+    return [name for name in _ALLOWED_FORMATS if name in Image.OPEN]
 
 # Suffixes people give mask files next to "a.jpg": "a.png", "a_mask.png", "a-mask.png", "a.mask.png".
 _MASK_STEM_SUFFIXES = ("", "_mask", "-mask", ".mask", " mask")
@@ -52,7 +60,7 @@ def _open_decoded(path: Path, max_pixels: int, what: str) -> Image.Image:
             # Our own limit below is stricter than PIL's warning threshold; PIL's hard
             # DecompressionBombError (2x its limit) is still caught and explained.
             warnings.simplefilter("ignore", Image.DecompressionBombWarning)
-            with Image.open(path) as image:
+            with Image.open(path, formats=_pil_formats()) as image:
                 width, height = image.size
                 if width * height > max_pixels:
                     raise InputError(

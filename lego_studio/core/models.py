@@ -290,8 +290,9 @@ def family_from_configs(
     if text_width == SD1_TEXT_WIDTH:
         name = "sd1"
     elif text_width == SD2_TEXT_WIDTH:
-        name = "sd2" if (prediction or "v_prediction") == "v_prediction" else "sd2-base"
-        prediction = prediction or "v_prediction"
+        # Without a stated prediction type, SD 2.x at 768 px is the v-model, at 512 px the base.
+        prediction = prediction or ("v_prediction" if resolution >= 768 else "epsilon")
+        name = "sd2" if prediction == "v_prediction" else "sd2-base"
     else:
         name = "custom"
     name = overrides.get("family", name)

@@ -144,14 +144,18 @@ class TrainConfig:
 
     @classmethod
     def from_dict(cls, data: dict, source: str = "config") -> "TrainConfig":
-        """Validated config from a dict; missing keys take the dataclass defaults."""
+        """Validated config from a dict; missing keys take the method's defaults."""
         if not isinstance(data, dict):
             raise InputError(f"{source}: a training config must be a JSON object")
         known = {f.name for f in dataclasses.fields(cls)}
         unknown = sorted(set(data) - known)
         if unknown:
             raise InputError(f"{source}: unknown setting {unknown[0]!r}")
-        config = cls(**data)
+        method = data.get("method", "lego")
+        if method not in METHODS:
+            raise InputError(f"{source}: method must be one of {', '.join(METHODS)} (got {method!r})")
+        # Settings left out take the method's own defaults ({"method": "ti"} is the TI baseline).
+        config = cls(**{**cls.preset_values(method), **data})
         config.validate(source)
         return config
 

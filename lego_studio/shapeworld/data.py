@@ -112,10 +112,50 @@ def loader(dataset: RenderedBatches, workers: int):
     )
 
 
+class ReplayBuffer:
+    """Rendering 64x64 scenes on the CPU is slower than a small model trains on a GPU. Each
+    rendered batch is therefore kept in a ring of ``slots`` batches on the device and every step
+    draws a random mix from the ring; a new batch replaces the oldest one every ``reuse`` steps.
+    ``reuse=1`` with one slot is plain streaming (the CPU path, where the model is the bottleneck)."""
+
+    def __init__(self, batches, keys: tuple[str, ...], reuse: int, slots: int, device: str, seed: int):
+        import torch
+
+        self._torch = torch
+        self.batches = iter(batches)
+        self.keys = keys
+        self.reuse, self.slots = max(1, reuse), max(1, slots)
+        self.device = device
+        self.store: dict = {}
+        self.pushed = 0
+        self.generator = torch.Generator(device="cpu").manual_seed(seed)
+
+    def _push(self, batch: dict) -> None:
+        slot = self.pushed % self.slots
+        for k in self.keys:
+            value = batch[k]
+            if k not in self.store:
+                self.store[k] = value.new_empty((self.slots,) + tuple(value.shape)).to(self.device)
+            self.store[k][slot].copy_(value, non_blocking=True)
+        self.pushed += 1
+
+    def get(self, step: int) -> dict:
+        if self.reuse == 1 and self.slots == 1:
+            batch = next(self.batches)
+            return {k: batch[k].to(self.device, non_blocking=True) for k in self.keys}
+        # Keep the ring full, then one new batch per ``reuse`` steps.
+        while self.pushed < self.slots + step // self.reuse:
+            self._push(next(self.batches))
+        size = self.store[self.keys[0]].shape[1]
+        filled = min(self.pushed, self.slots)
+        index = self._torch.randint(0, filled * size, (size,), generator=self.generator).to(self.device)
+        return {k: v.flatten(0, 1)[index] for k, v in self.store.items()}
+
+
 def images_to_tensor(images_uint8, device):
     """uint8 [B,H,W,3] -> float [B,3,H,W] in [-1, 1] on ``device``."""
     return images_uint8.to(device, non_blocking=True).permute(0, 3, 1, 2).float().div_(127.5).sub_(1.0)
 
 
-__all__ = ["RenderedBatches", "loader", "images_to_tensor", "sample_triple", "NO_CONCEPT_PROBABILITY",
+__all__ = ["RenderedBatches", "ReplayBuffer", "loader", "images_to_tensor", "sample_triple", "NO_CONCEPT_PROBABILITY",
            "all_triples", "CONCEPTS"]

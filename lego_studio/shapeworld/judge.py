@@ -183,11 +183,11 @@ def load_judge(path=None, device: str = "cpu") -> Judge:
 
 
 def train_judge(seconds: float | None, device: str, seed: int = 0, batch_size: int = 128, workers: int = 0,
-                steps: int | None = None, lr: float = 2e-3, log=print) -> tuple[object, dict]:
+                steps: int | None = None, lr: float = 2e-3, log=print, reuse: int = 1, slots: int = 1) -> tuple[object, dict]:
     """Train a judge for ``steps`` steps, or until ``seconds`` have passed. Returns (net, info)."""
     import torch
 
-    from lego_studio.shapeworld.data import RenderedBatches, images_to_tensor, loader
+    from lego_studio.shapeworld.data import RenderedBatches, ReplayBuffer, images_to_tensor, loader
 
     if steps is None and seconds is None:
         raise ValueError("train_judge needs steps or seconds")
@@ -202,11 +202,13 @@ def train_judge(seconds: float | None, device: str, seed: int = 0, batch_size: i
     planned = steps
     last_print = start
     step = 0
+    replay = ReplayBuffer(data, ("images", "labels"), reuse, slots, device, seed)
     net.train()
-    for batch in data:
+    while True:
         now = time.time()
         if (steps is not None and step >= steps) or (steps is None and now >= deadline):
             break
+        batch = replay.get(step)
         if steps is None and step >= 20 and now - start < 0.3 * seconds:
             # Plan the schedule from the measured speed; fixed after 30% of the budget.
             planned = max(step + 1, int(step / (now - start) * seconds))
@@ -218,6 +220,9 @@ def train_judge(seconds: float | None, device: str, seed: int = 0, batch_size: i
         labels = batch["labels"].to(device)
         # Mild photometric jitter so generated images (slightly off in tone) are judged like renders.
         x = x * (1 + 0.1 * torch.randn(x.shape[0], 1, 1, 1, device=device)) + 0.05 * torch.randn(x.shape[0], 3, 1, 1, device=device)
+        # Random softening: images decoded by the small VAE are blurrier than renders.
+        soft = torch.rand(x.shape[0], 1, 1, 1, device=device) * 0.8
+        x = torch.lerp(x, torch.nn.functional.avg_pool2d(x, 3, 1, 1, count_include_pad=False), soft)
         with torch.autocast("cuda", dtype=torch.bfloat16, enabled=use_bf16):
             out = net(x)
             loss = sum(torch.nn.functional.cross_entropy(out[name].float(), labels[:, k], label_smoothing=0.05)
@@ -265,6 +270,8 @@ def main(argv: list[str] | None = None) -> int:
     t.add_argument("--batch", type=int, default=128)
     t.add_argument("--workers", type=int, default=1)
     t.add_argument("--threads", type=int, default=0, help="torch CPU threads (0 = default)")
+    t.add_argument("--reuse", type=int, default=1, help="steps per rendered batch (4 suits a GPU)")
+    t.add_argument("--slots", type=int, default=1, help="rendered batches kept for reuse (32 suits a GPU)")
     e = sub.add_parser("eval", help="accuracy of a judge on fresh renders")
     e.add_argument("--judge", default=str(default_judge_dir()))
     e.add_argument("--n", type=int, default=2000)
@@ -274,7 +281,8 @@ def main(argv: list[str] | None = None) -> int:
         torch.set_num_threads(args.threads)
     if args.cmd == "train":
         net, info = train_judge(args.minutes * 60, args.device, seed=args.seed, batch_size=args.batch,
-                                workers=args.workers, steps=args.steps, log=lambda m: print(m, flush=True))
+                                workers=args.workers, steps=args.steps, log=lambda m: print(m, flush=True),
+                                reuse=args.reuse, slots=args.slots)
         model = Judge(net.cpu(), "cpu")
         info["heldout_accuracy"] = judge_accuracy(model, seed=args.seed + 1000, n=2000)
         info["device"] = args.device

@@ -33,6 +33,7 @@ TEXT_WIDTH = 96
 RESOLUTION = 64
 LATENT_SIZE = 16
 CAPTION_DROPOUT = 0.10
+JUDGE_TARGET = 0.98
 BETAS = {"num_train_timesteps": 1000, "beta_start": 0.00085, "beta_end": 0.012, "beta_schedule": "scaled_linear"}
 
 
@@ -169,7 +170,7 @@ def autocast(device: str):
 def train_vae(args, seconds, steps):
     import torch
 
-    from lego_studio.shapeworld.data import RenderedBatches, images_to_tensor, loader
+    from lego_studio.shapeworld.data import RenderedBatches, ReplayBuffer, images_to_tensor, loader
 
     torch.manual_seed(args.seed)
     vae = make_vae().to(args.device)
@@ -178,11 +179,11 @@ def train_vae(args, seconds, steps):
     budget = Budget(seconds, steps)
     progress = Progress("vae")
     data = loader(RenderedBatches(args.seed, "vae", args.batch, steps or 10_000_000), args.workers)
+    replay = ReplayBuffer(data, ("images",), args.reuse, args.slots, args.device, args.seed)
     step = 0
     vae.train()
-    for batch in data:
-        if budget.done(step):
-            break
+    while not budget.done(step):
+        batch = replay.get(step)
         for group in opt.param_groups:
             group["lr"] = lr * budget.lr_factor(step, warmup=100)
         x = images_to_tensor(batch["images"], args.device)
@@ -220,7 +221,7 @@ def train_vae(args, seconds, steps):
 def train_unet(args, vae, seconds, steps, tokenizer_dir):
     import torch
 
-    from lego_studio.shapeworld.data import RenderedBatches, images_to_tensor, loader
+    from lego_studio.shapeworld.data import RenderedBatches, ReplayBuffer, images_to_tensor, loader
 
     torch.manual_seed(args.seed + 1)
     unet = make_unet().to(args.device)
@@ -244,11 +245,11 @@ def train_unet(args, vae, seconds, steps, tokenizer_dir):
     vae.requires_grad_(False)
     unet.train()
     text_encoder.train()
+    replay = ReplayBuffer(data, ("images", "input_ids"), args.reuse, args.slots, args.device, args.seed + 1)
     step = 0
     losses = []
-    for batch in data:
-        if budget.done(step):
-            break
+    while not budget.done(step):
+        batch = replay.get(step)
         for group in opt.param_groups:
             group["lr"] = lr * budget.lr_factor(step, warmup=200)
         x = images_to_tensor(batch["images"], args.device)
@@ -281,6 +282,39 @@ def train_unet(args, vae, seconds, steps, tokenizer_dir):
             "loss_curve_per_100_steps": curve, "caption_dropout": CAPTION_DROPOUT}
     log(f"[unet] done: steps {step}, final loss {curve[-1] if curve else None}")
     return unet, text_encoder, tokenizer, info
+
+
+def obtain_judge(args):
+    """Train the judge, or (``--judge auto`` with a judge already in ``--judge-out`` that scores
+    at least JUDGE_TARGET on fresh renders) keep that one and give its time to the UNet."""
+    from lego_studio.core.errors import LegoError
+    from lego_studio.shapeworld.judge import Judge, judge_accuracy, load_judge, save_judge, train_judge
+
+    if args.judge in ("auto", "reuse") and args.judge_out:
+        try:
+            existing = load_judge(args.judge_out, device=args.device)
+        except LegoError as exc:
+            if args.judge == "reuse":
+                raise SystemExit(f"error: {exc}")
+            existing = None
+        if existing is not None:
+            accuracy = judge_accuracy(existing, seed=args.seed + 1000, n=args.judge_eval_n)
+            if args.judge == "reuse" or min(accuracy.values()) >= JUDGE_TARGET:
+                log(f"[judge] keeping the judge in {args.judge_out}: accuracy on fresh renders {accuracy}")
+                return existing, {"steps": 0, "reused": str(args.judge_out), "heldout_accuracy": accuracy}
+            log(f"[judge] judge in {args.judge_out} scores {accuracy}, below {JUDGE_TARGET}: retraining")
+    seconds = SHARES["judge"] * args.minutes * 60.0
+    judge_net, info = train_judge(seconds, args.device, seed=args.seed + 2, batch_size=args.judge_batch,
+                                  workers=args.workers, steps=args.judge_steps, log=log,
+                                  reuse=args.reuse, slots=args.slots)
+    model = Judge(judge_net, args.device)
+    info["heldout_accuracy"] = judge_accuracy(model, seed=args.seed + 1000, n=args.judge_eval_n)
+    info["device"] = args.device
+    log(f"[judge] accuracy on fresh renders: {info['heldout_accuracy']}")
+    if args.judge_out:
+        save_judge(judge_net, args.judge_out, {"training": info})
+        log(f"[judge] saved to {args.judge_out}")
+    return model, info
 
 
 def build_pipeline(unet, vae, text_encoder, tokenizer):
@@ -363,17 +397,7 @@ def run(args) -> dict:
 
     vae, vae_info = train_vae(args, SHARES["vae"] * total, args.vae_steps)
 
-    from lego_studio.shapeworld.judge import Judge, judge_accuracy, save_judge, train_judge
-
-    judge_net, judge_info = train_judge(SHARES["judge"] * total, args.device, seed=args.seed + 2,
-                                        batch_size=args.judge_batch, workers=args.workers, steps=args.judge_steps, log=log)
-    judge_model = Judge(judge_net, args.device)
-    judge_info["heldout_accuracy"] = judge_accuracy(judge_model, seed=args.seed + 1000, n=args.judge_eval_n)
-    judge_info["device"] = args.device
-    log(f"[judge] accuracy on fresh renders: {judge_info['heldout_accuracy']}")
-    if args.judge_out:
-        save_judge(judge_net, args.judge_out, {"training": judge_info})
-        log(f"[judge] saved to {args.judge_out}")
+    judge_model, judge_info = obtain_judge(args)
 
     # Whatever is left after the other stages (minus a reserve for evaluation and saving).
     unet_seconds = max(1.0, total * (1 - SHARES["vae"] - SHARES["judge"] - 0.05) - (time.time() - started - (SHARES["vae"] + SHARES["judge"]) * total))
@@ -390,6 +414,7 @@ def run(args) -> dict:
     params = {name: sum(p.numel() for p in m.parameters()) for name, m in
               (("unet", unet), ("text_encoder", text_encoder), ("vae", vae))}
     config = {"text_width": TEXT_WIDTH, "resolution": RESOLUTION, "latent_size": LATENT_SIZE, "batch": args.batch,
+              "reuse": args.reuse, "slots": args.slots, "workers": args.workers,
               "lr": args.lr, "betas": BETAS, "params": params, "shares": SHARES}
     metadata = {
         "family": "shapeworld", "resolution": RESOLUTION, "text_width": TEXT_WIDTH, "prediction_type": "epsilon",
@@ -418,7 +443,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--judge-batch", type=int, default=None, help="judge batch (default 256 on cuda, 64 on cpu)")
     p.add_argument("--lr", type=float, default=None, help="UNet + text encoder LR (default 5e-4 cuda, 3e-4 cpu)")
     p.add_argument("--workers", type=int, default=None, help="render workers (default: cores - 2, at least 0)")
+    p.add_argument("--reuse", type=int, default=None, help="steps per rendered batch (default 4 on cuda, 1 on cpu)")
+    p.add_argument("--slots", type=int, default=None, help="rendered batches kept for reuse (default 32 on cuda, 1 on cpu)")
     p.add_argument("--threads", type=int, default=0, help="torch CPU threads (0 = torch default)")
+    p.add_argument("--judge", choices=["auto", "train", "reuse"], default="auto",
+                   help="auto: keep the judge in --judge-out if it already scores >= 98%% per head, else train one")
     p.add_argument("--vae-steps", type=int, default=None)
     p.add_argument("--judge-steps", type=int, default=None)
     p.add_argument("--unet-steps", type=int, default=None)
@@ -434,6 +463,8 @@ def main(argv: list[str] | None = None) -> int:
     args.batch = args.batch or (256 if cuda else 32)
     args.judge_batch = args.judge_batch or (256 if cuda else 64)
     args.lr = args.lr or (5e-4 if cuda else 3e-4)
+    args.reuse = args.reuse or (4 if cuda else 1)
+    args.slots = args.slots or (32 if cuda else 1)
     if args.workers is None:
         args.workers = max(0, min(12, (os.cpu_count() or 2) - 2))
     if args.eval_n is None:

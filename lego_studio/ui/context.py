@@ -15,7 +15,8 @@ from lego_studio.core.settings import Settings
 
 class AppContext(QObject):
     project_changed = Signal(object)  # the open Project, or None
-    project_edited = Signal()  # fields/images/masks of the open project changed
+    project_edited = Signal()  # images/masks of the open project changed
+    project_fields_changed = Signal()  # subject, concept name, word lists changed
     library_changed = Signal()
     settings_changed = Signal()
     status_message = Signal(str)  # one line for the status bar

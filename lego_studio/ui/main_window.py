@@ -57,6 +57,7 @@ class MainWindow(QMainWindow):
         self.resize(1280, 820)
         self._device_runner = TaskRunner(self)
         self._device_name = ""
+        self.warmed_up = False  # model libraries imported (see detect_device)
 
         # Views are imported here, not at module top, so a failure in one is easy to trace;
         # none of them imports torch at construction time.
@@ -180,20 +181,38 @@ class MainWindow(QMainWindow):
         self.setWindowTitle(f"{project.name} — Lego Studio" if project is not None else "Lego Studio")
 
     def detect_device(self) -> None:
-        """Find the compute device in a worker: importing torch takes seconds."""
+        """Find the compute device in a worker, then import the model libraries there too.
+
+        Importing torch/diffusers/transformers takes seconds and holds Python's import lock and,
+        in stretches, the GIL; done at start-up, behind an already visible window, it no longer
+        freezes the UI in the middle of the user's first training or generation.
+        """
         wanted = self.context.settings.default_device
 
         def detect(state):
             from lego_studio.core.devices import pick_device
 
-            return str(pick_device(wanted).type)
+            device = str(pick_device(wanted).type)
+            state.emit(device)
+            import lego_studio.core.generation  # noqa: F401
+            import lego_studio.core.models  # noqa: F401
+            import diffusers  # noqa: F401
+            from diffusers import AutoencoderKL, DDPMScheduler, StableDiffusionPipeline, UNet2DConditionModel  # noqa: F401
+            from transformers import CLIPTextModel, CLIPTokenizer  # noqa: F401
 
+            return device
+
+        self.warmed_up = False
         self._device_runner.start(
             detect,
-            on_done=self._device_detected,
+            on_event=self._device_detected,
+            on_done=self._warm,
             on_error=lambda msg: self.device_label.setText(f"Device: unavailable ({msg})"),
             name="device",
         )
+
+    def _warm(self, device: str) -> None:
+        self.warmed_up = True
 
     def _device_detected(self, device: str) -> None:
         self._device_name = device

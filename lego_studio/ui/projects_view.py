@@ -282,6 +282,7 @@ class ProjectsView(QWidget):
             return
         self.fields_status.setStyleSheet("color: #2e7d32;")
         self.fields_status.setText("Saved.")
+        self.context.project_fields_changed.emit()
 
     # ------------------------------------------------------------ project commands
     def _error(self, title: str, exc: Exception) -> None:

@@ -204,7 +204,8 @@ class ConfigForm(QWidget):
 
 
 class TrainingView(QWidget):
-    concept_trained = Signal(object)  # path of the library entry (or concept file)
+    concept_trained = Signal(object)  # path of the library entry
+    event_received = Signal(object)  # every TrainEvent, after the view handled it
 
     def __init__(self, context, parent: QWidget | None = None):
         super().__init__(parent)
@@ -298,7 +299,8 @@ class TrainingView(QWidget):
         layout.addWidget(splitter)
 
         context.project_changed.connect(self.set_project)
-        context.project_edited.connect(lambda: self.set_project(self.context.project))
+        context.project_edited.connect(self.refresh_runs)
+        context.project_fields_changed.connect(lambda: self.set_project(self.context.project))
         context.settings_changed.connect(self.refresh_models)
         self.refresh_models()
         self.set_project(context.project)
@@ -519,6 +521,7 @@ class TrainingView(QWidget):
                 self.status_label.setText(event.message)
         elif kind == "checkpoint":
             self.refresh_runs()
+        self.event_received.emit(event)
 
     def _finished(self, concept_path) -> None:
         self._holder = {}
