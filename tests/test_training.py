@@ -396,3 +396,40 @@ def test_stage_zero_learns_a_subject_token_then_freezes_it(tiny_model, exemplar_
 
     with pytest.raises(InputError, match="subject-only images"):
         Trainer(tiny_model, config, images, masks, tmp_path / "x").run()
+
+
+def test_training_prompts_encode_exactly_like_an_installed_concept(fresh_tiny_model, tmp_path):
+    """What the trainer optimises is what generation will see once the concept is installed."""
+    from lego_studio.core.concepts import Concept, expand_prompt, install_concepts
+
+    table = fresh_tiny_model.text_encoder.get_input_embeddings().weight.detach()
+    concept = Concept(name="par", placeholder="<par>", vectors=table[[320, 1125, 2368]] * 1.5)
+    trainer = Trainer(fresh_tiny_model, TrainConfig.preset("ti", name="par"), [], None, tmp_path)
+    trainer.concept_vectors = torch.nn.Parameter(concept.vectors.clone())
+    ours = trainer.encode([split_fields("a photo of a dog {concept} at dusk", {"concept": slots(3)})], grad=False)
+    install_concepts(fresh_tiny_model, concept)
+    theirs = fresh_tiny_model.encode_prompts([expand_prompt("a photo of a dog <par> at dusk", concept)])
+    assert torch.allclose(ours, theirs, atol=1e-6)
+
+
+def test_v_prediction_models_train_against_the_velocity(tiny_model, exemplar_files, tmp_path):
+    import copy
+    import dataclasses
+
+    from lego_studio.core.data import build_exemplars
+
+    v_model = copy.copy(tiny_model)
+    v_model.family = dataclasses.replace(tiny_model.family, prediction_type="v_prediction")
+    trainer = Trainer(v_model, small(), *exemplar_files, tmp_path)
+    exemplars = build_exemplars(v_model, exemplar_files[0], None, 32)
+    generator = torch.Generator().manual_seed(0)
+    z_t, t, target, _, _ = trainer._noisy_batch(exemplars, generator)
+    # Re-draw the same randomness to recover z0 and the noise.
+    generator = torch.Generator().manual_seed(0)
+    index = torch.randint(3, (1,), generator=generator)
+    flip = torch.randint(2, (1,), generator=generator)
+    torch.randint(1000, (1,), generator=generator)
+    z0 = exemplars.latents[index, flip]
+    noise = torch.randn(z0.shape, generator=generator)
+    expected = tiny_model.noise_scheduler.get_velocity(z0, noise, t)
+    assert torch.allclose(target, expected) and not torch.allclose(target, noise)

@@ -411,12 +411,21 @@ def load_model(
 
 
 def _place(model: SDModel, device: torch.device, dtype: torch.dtype) -> None:
-    for module in (model.unet, model.vae, model.text_encoder):
-        # Skip no-op casts: diffusers warns on every .to() even when nothing changes.
-        if module.dtype != dtype or module.device != device:
-            module.to(device=device, dtype=dtype)
-        module.eval()
-        module.requires_grad_(False)
+    import logging
+
+    # diffusers warns on every dtype cast that SD's UNet/VAE have no fp32-only modules ("[]");
+    # the warning says nothing to a user, so it is muted for these casts only.
+    diffusers_logger = logging.getLogger("diffusers.models.modeling_utils")
+    previous = diffusers_logger.level
+    diffusers_logger.setLevel(logging.ERROR)
+    try:
+        for module in (model.unet, model.vae, model.text_encoder):
+            if module.dtype != dtype or module.device != device:
+                module.to(device=device, dtype=dtype)
+            module.eval()
+            module.requires_grad_(False)
+    finally:
+        diffusers_logger.setLevel(previous)
     model.device = device
     model.dtype = dtype
 

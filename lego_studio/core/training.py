@@ -22,9 +22,11 @@ stop-gradient, ``target`` is ``eps`` (or the velocity for v-prediction models).
 
 ``L = L_rec + w_subj L_subj + w_ctx L_ctx + w_words L_words``; every term is reported each step.
 
-Speed: the four predictions share one UNet call — the conditionings ``[SC; S; RC; R]`` are stacked
-into one batch with the latent repeated — so Lego costs one (larger) UNet forward and backward per
-step, like TI, instead of four.
+Speed: by default the four predictions share one UNet call — the conditionings ``[SC; S; RC; R]``
+are stacked into one batch with the latent repeated — so Lego costs one (larger) UNet forward and
+backward per step instead of four calls. ``unet_batching="split"`` instead makes one call with
+gradient ``[SC; RC]`` and one without ``[S; R]`` (less backward work); benchmarks/speed_lego_vs_ti.py
+measures both against TI.
 
 Only the N concept vectors (and, in stage 0, the subject vector) are trained. They are fp32
 ``nn.Parameter``s spliced into the text encoder's input embeddings by a forward hook on the token
@@ -71,6 +73,7 @@ from lego_studio.core.prompts import (
 METHODS = ("lego", "ti")
 LR_SCHEDULES = ("constant", "cosine", "linear")
 REC_REGIONS = ("concept", "full")
+UNET_BATCHING = ("stacked", "split")
 MAX_VECTORS = 16
 CHECKPOINT_FORMAT = "lego-studio-checkpoint/1"
 KEEP_CHECKPOINTS = 2
@@ -118,6 +121,10 @@ class TrainConfig:
     preview_prompts: list[str] | None = None  # None: the method's defaults; may use {subject}, {concept}
     preview_steps: int = 10
     gradient_checkpointing: bool = False
+    # "stacked": the Lego predictions share one UNet call (one forward, one backward through a 4x
+    # batch); "split": one call with gradient [SC; RC] and one without [S; R] — less backward
+    # work, one more call. Which is faster depends on the device (see benchmarks/).
+    unet_batching: str = "stacked"
     max_nonfinite_in_a_row: int = 5
 
     # -- presets
@@ -252,6 +259,8 @@ class TrainConfig:
             bad(f"preview_steps must be a whole number >= 1 (got {self.preview_steps!r})")
         if not isinstance(self.gradient_checkpointing, bool):
             bad("gradient_checkpointing must be true or false")
+        if self.unet_batching not in UNET_BATCHING:
+            bad(f"unet_batching must be one of {', '.join(UNET_BATCHING)} (got {self.unet_batching!r})")
         if not is_int(self.max_nonfinite_in_a_row) or self.max_nonfinite_in_a_row < 1:
             bad(f"max_nonfinite_in_a_row must be a whole number >= 1 (got {self.max_nonfinite_in_a_row!r})")
 
@@ -408,7 +417,7 @@ class Trainer:
         self._cancel = threading.Event()
         self._running = threading.Event()
         self._running.set()
-        self._splice = None  # (slot_mask, slot_index, table) while encoding prompts with slots
+        self._splice = None  # (slot_mask, slot_index, table) during encode()
         self.concept_vectors = None
         self.subject_vector = None
 
@@ -467,6 +476,16 @@ class Trainer:
 
         from lego_studio.core.data import build_exemplars
 
+        self._freeze_model()
+        self._table = model.text_encoder.get_input_embeddings().weight.detach()
+        self._vocab_limit = self._regular_vocab_limit()
+        # Before the (slow) image encoding, so a bad --init-from or init word fails at once.
+        self._initial = self._initial_concept_vectors()
+        self._initial_subject = self._initial_subject_vector() if config.subject_token_steps else None
+        if config.w_words and config.positive_words:
+            for word in config.positive_words + config.effective_negative_words():
+                self._word_embedding(word)
+
         resolution = int(config.resolution or model.family.resolution)
         cache = self.run_dir / "latents"
         masks = None if config.method == "ti" else self.masks
@@ -476,19 +495,12 @@ class Trainer:
             build_exemplars(model, self.subject_images, None, resolution, cache) if config.subject_token_steps else None
         )
 
-        self._freeze_model()
-        embedding = model.text_encoder.get_input_embeddings()
-        self._table = embedding.weight.detach()
-        self._vocab_limit = self._regular_vocab_limit()
-        hook = embedding.register_forward_hook(self._splice_hook)
         checkpointing_before = bool(getattr(model.unet, "is_gradient_checkpointing", False))
         if config.gradient_checkpointing and not checkpointing_before:
             model.unet.enable_gradient_checkpointing()
         try:
             return self._train(resume, total)
         finally:
-            hook.remove()
-            self._splice = None
             if config.gradient_checkpointing and not checkpointing_before:
                 model.unet.disable_gradient_checkpointing()
 
@@ -497,12 +509,11 @@ class Trainer:
 
         config = self.config
         device = self.model.device
-        width = self._table.shape[1]
         start = 0
         state = self._latest_checkpoint() if resume else None
-        self.concept_vectors = torch.nn.Parameter(self._initial_concept_vectors().to(device))
+        self.concept_vectors = torch.nn.Parameter(self._initial.clone().to(device))
         if config.subject_token_steps:
-            self.subject_vector = torch.nn.Parameter(self._initial_subject_vector().to(device))
+            self.subject_vector = torch.nn.Parameter(self._initial_subject.clone().to(device))
         optimizer = None
         streak = 0
         if state is not None:
@@ -525,8 +536,6 @@ class Trainer:
         else:
             if self.log_path.exists() and not resume:
                 self.log_path.unlink()
-        if self.concept_vectors.shape[1] != width:
-            raise InputError(f"concept width {self.concept_vectors.shape[1]} does not match the model's {width}")
 
         rate = None
         step = start
@@ -734,6 +743,8 @@ class Trainer:
         if not grad:
             table = table.detach()
         self._splice = (tokens.slot_mask.to(device), tokens.slot_index.to(device), table)
+        # The hook lives only for this call: outside it the text encoder is untouched.
+        hook = model.text_encoder.get_input_embeddings().register_forward_hook(self._splice_hook)
         try:
             # Same call as SDModel.encode_prompts, so training sees what generation will see.
             attention_mask = None
@@ -742,6 +753,7 @@ class Trainer:
             with torch.set_grad_enabled(grad and torch.is_grad_enabled()):
                 return model.text_encoder(tokens.input_ids.to(device), attention_mask=attention_mask)[0]
         finally:
+            hook.remove()
             self._splice = None
 
     def _concept_slots(self):
@@ -825,15 +837,19 @@ class Trainer:
             grad_prompts += [fill_template(tp, [other] + concept) for tp, other in zip(templates, others)]
             plain_prompts += [fill_template(tp, [other]) for tp, other in zip(templates, others)]
         grad_cond = self.encode(grad_prompts)
-        parts = [grad_cond[:b]]
-        if plain_prompts:
+        if not plain_prompts:
+            predictions = [self._unet(z_t, t, grad_cond, 1)]
+        else:
             with torch.no_grad():
                 plain_cond = self.encode(plain_prompts, grad=False)
-            parts.append(plain_cond[:b])
-            if use_ctx:
-                parts += [grad_cond[b:], plain_cond[b:]]
-        conditioning = torch.cat(parts)
-        predictions = self._unet(z_t, t, conditioning, len(parts)).split(b)
+            if config.unet_batching == "split":
+                with_grad = self._unet(z_t, t, grad_cond, len(grad_prompts) // b).split(b)
+                with torch.no_grad():
+                    without = self._unet(z_t, t, plain_cond, len(plain_prompts) // b).split(b)
+                predictions = [with_grad[0], without[0]] + ([with_grad[1], without[1]] if use_ctx else [])
+            else:
+                parts = [grad_cond[:b], plain_cond[:b]] + ([grad_cond[b:], plain_cond[b:]] if use_ctx else [])
+                predictions = self._unet(z_t, t, torch.cat(parts), len(parts)).split(b)
         pred_sc = predictions[0]
 
         if config.rec_region == "concept" and lego and bool(has_mask.any()):

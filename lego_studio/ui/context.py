@@ -28,6 +28,9 @@ class AppContext(QObject):
         self.project = None
         self._library = None
         self._library_root: Path | None = None
+        from lego_studio.ui.model_cache import ModelCache
+
+        self.models = ModelCache()  # shared by training and gallery jobs
 
     # ------------------------------------------------------------ settings
     def save_settings(self) -> None:

@@ -36,7 +36,7 @@ from PySide6.QtWidgets import (
 )
 
 from lego_studio.core.errors import InputError, LegoError
-from lego_studio.ui.model_cache import ModelCache, model_choices
+from lego_studio.ui.model_cache import model_choices
 from lego_studio.ui.workers import TaskRunner
 
 CELL = 160
@@ -131,7 +131,6 @@ class GalleryView(QWidget):
         self.context = context
         self.runner = TaskRunner(self)
         self.library_runner = TaskRunner(self)
-        self.models = ModelCache()
         self.results: list[dict] = []  # {path, request, column, row}
         self.last_error = ""
 
@@ -298,7 +297,7 @@ class GalleryView(QWidget):
         spec = self.model_combo.currentData() or "shapeworld"
         device = self.device_combo.currentText()
         library = self.context.library()
-        models = self.models
+        models = self.context.models
         out_dir = self._output_folder()
         columns = names or [None]  # no concept chosen: the plain model, one column
         rows = [(subject, seed) for subject in subjects for seed in seeds]
@@ -308,27 +307,27 @@ class GalleryView(QWidget):
             from lego_studio.core.generation import GenerationRequest, fill_template, generate, request_of, save_generated
             from lego_studio.core.project import safe_folder_name
 
-            model = models.get(spec, device, state=state)
-            concepts = [library.get(name) if name else None for name in columns]
-            done = 0
-            for column, concept in enumerate(concepts):
-                chosen = [concept] if concept is not None else []
-                concept_text = concept.placeholder if concept is not None else ""
-                for row, (subject, seed) in enumerate(rows):
-                    state.check()
-                    prompt = " ".join(fill_template(template, subject, concept_text).split())
-                    request = GenerationRequest(prompt=prompt, negative_prompt=negative, seed=seed, steps=steps, guidance=guidance)
+            with models.lease(spec, device, state=state) as model:
+                concepts = [library.get(name) if name else None for name in columns]
+                done = 0
+                for column, concept in enumerate(concepts):
+                    chosen = [concept] if concept is not None else []
+                    concept_text = concept.placeholder if concept is not None else ""
+                    for row, (subject, seed) in enumerate(rows):
+                        state.check()
+                        prompt = " ".join(fill_template(template, subject, concept_text).split())
+                        request = GenerationRequest(prompt=prompt, negative_prompt=negative, seed=seed, steps=steps, guidance=guidance)
 
-                    def progress(step, _total, offset=done):
-                        state.progress(offset + step, total, "Generating…")
+                        def progress(step, _total, offset=done):
+                            state.progress(offset + step, total, "Generating…")
 
-                    image = generate(model, request, chosen, progress=progress, cancel=lambda: state.cancelled)
-                    stem = safe_folder_name(f"{concept.name if concept else 'plain'}-{subject}-{seed}")[:60]
-                    path = _unused(out_dir / f"{stem}.png")
-                    save_generated(image, path)
-                    state.emit({"column": column, "row": row, "path": path, "request": request_of(image),
-                                "subject": subject, "template": template})
-                    done += steps
+                        image = generate(model, request, chosen, progress=progress, cancel=lambda: state.cancelled)
+                        stem = safe_folder_name(f"{concept.name if concept else 'plain'}-{subject}-{seed}")[:60]
+                        path = _unused(out_dir / f"{stem}.png")
+                        save_generated(image, path)
+                        state.emit({"column": column, "row": row, "path": path, "request": request_of(image),
+                                    "subject": subject, "template": template})
+                        done += steps
             return len(concepts) * len(rows)
 
         self._prepare_table(columns, rows)

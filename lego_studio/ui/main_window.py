@@ -188,6 +188,11 @@ class MainWindow(QMainWindow):
         freezes the UI in the middle of the user's first training or generation.
         """
         wanted = self.context.settings.default_device
+        from lego_studio.ui.model_cache import model_choices
+
+        choices = model_choices(self.context.settings)
+        default_spec = choices[0][1] if choices else None
+        models = self.context.models
 
         def detect(state):
             from lego_studio.core.devices import pick_device
@@ -200,6 +205,12 @@ class MainWindow(QMainWindow):
             from diffusers import AutoencoderKL, DDPMScheduler, StableDiffusionPipeline, UNet2DConditionModel  # noqa: F401
             from transformers import CLIPTextModel, CLIPTokenizer  # noqa: F401
 
+            if default_spec is not None:
+                state.emit(f"Loading {default_spec}…")
+                try:
+                    models.preload(default_spec, wanted)
+                except Exception as exc:  # noqa: BLE001 - a bad model is reported when used, not here
+                    state.emit(f"Model not preloaded: {str(exc).splitlines()[0] if str(exc) else type(exc).__name__}")
             return device
 
         self.warmed_up = False
@@ -213,8 +224,13 @@ class MainWindow(QMainWindow):
 
     def _warm(self, device: str) -> None:
         self.warmed_up = True
+        self.statusBar().clearMessage()
 
-    def _device_detected(self, device: str) -> None:
+    def _device_detected(self, message: str) -> None:
+        if message not in ("cpu", "cuda", "mps"):
+            self.statusBar().showMessage(message, 5000)
+            return
+        device = message
         self._device_name = device
         self.device_label.setText(f"Device: {device}")
 

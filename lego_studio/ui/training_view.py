@@ -39,7 +39,7 @@ from lego_studio.core.paths import atomic_write_json
 from lego_studio.core.training import LR_SCHEDULES, MAX_VECTORS, METHODS, REC_REGIONS, TrainConfig
 from lego_studio.ui.loss_chart import LossChart
 from lego_studio.ui.mask_canvas import pil_to_qimage
-from lego_studio.ui.model_cache import ModelCache, model_choices
+from lego_studio.ui.model_cache import model_choices
 from lego_studio.ui.workers import TaskRunner
 
 STUDIO_RUN_FILE = "studio.json"  # which model/device the app used for a run, to resume it alike
@@ -211,7 +211,6 @@ class TrainingView(QWidget):
         super().__init__(parent)
         self.context = context
         self.runner = TaskRunner(self)
-        self.models = ModelCache()
         self._holder: dict = {}
         self._run_dir: Path | None = None
         self._paused = False
@@ -427,20 +426,20 @@ class TrainingView(QWidget):
         project = self.context.project
         images, masks = project.training_inputs()
         subject_images = [project.folder / e.file for e in project.subject_images]
-        models = self.models
+        models = self.context.models
         library = self.context.library()  # opened here: the worker must not touch the context
         holder = {}
 
         def train(state):
             from lego_studio.core.training import Trainer
 
-            model = models.get(spec, device, state=state)
-            state.check()
-            trainer = Trainer(model, config, images, masks, run_dir, subject_images=subject_images, on_event=state.emit)
-            holder["trainer"] = trainer  # set before checking cancel: see cancel()
-            if state.cancelled:
-                trainer.cancel()
-            concept = trainer.run(resume=resume)
+            with models.lease(spec, device, state=state) as model:
+                state.check()
+                trainer = Trainer(model, config, images, masks, run_dir, subject_images=subject_images, on_event=state.emit)
+                holder["trainer"] = trainer  # set before checking cancel: see cancel()
+                if state.cancelled:
+                    trainer.cancel()
+                concept = trainer.run(resume=resume)
             from lego_studio.ui import library_io
 
             return library_io.add_trained(library, trainer.concept_path, concept, project)
