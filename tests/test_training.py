@@ -397,6 +397,35 @@ def test_stage_zero_learns_a_subject_token_then_freezes_it(tiny_model, exemplar_
     with pytest.raises(InputError, match="subject-only images"):
         Trainer(tiny_model, config, images, masks, tmp_path / "x").run()
 
+    # Killed right after the stage change, resumed from the checkpoint at the boundary.
+    def kill_at_3(event):
+        if event.kind == "step" and event.step == 3:
+            raise Killed()
+
+    interrupted = Trainer(tiny_model, config, images, masks, tmp_path / "k", subject_images=images[:2], on_event=kill_at_3)
+    with pytest.raises(Killed):
+        interrupted.run()
+    assert sorted(p.name for p in (tmp_path / "k" / "checkpoints").glob("*.safetensors"))[-1] == "step-000002.safetensors"
+    resumed = Trainer(tiny_model, config, images, masks, tmp_path / "k", subject_images=images[:2]).run(resume=True)
+    assert torch.equal(resumed.vectors, concept.vectors)
+
+
+def test_split_and_stacked_unet_batching_compute_the_same_losses(tiny_model, exemplar_files, tmp_path):
+    logs = {}
+    for batching in ("stacked", "split"):
+        train(tiny_model, small(steps=1, unet_batching=batching), exemplar_files, tmp_path / batching)
+        logs[batching] = json.loads((tmp_path / batching / "log.jsonl").read_text())["losses"]
+    for term in ("rec", "subj", "ctx", "words", "total"):
+        assert logs["split"][term] == pytest.approx(logs["stacked"][term], rel=1e-4, abs=1e-7)
+
+
+def test_a_fresh_run_in_a_used_folder_starts_clean(tiny_model, exemplar_files, tmp_path):
+    train(tiny_model, small("ti", steps=4, checkpoint_every=4), exemplar_files, tmp_path)
+    train(tiny_model, small("ti", steps=2, checkpoint_every=1), exemplar_files, tmp_path)
+    checkpoints = sorted(p.name for p in (tmp_path / "checkpoints").glob("*.safetensors"))
+    assert checkpoints == ["step-000001.safetensors", "step-000002.safetensors"]
+    assert len((tmp_path / "log.jsonl").read_text().splitlines()) == 2
+
 
 def test_training_prompts_encode_exactly_like_an_installed_concept(fresh_tiny_model, tmp_path):
     """What the trainer optimises is what generation will see once the concept is installed."""

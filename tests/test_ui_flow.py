@@ -48,6 +48,8 @@ class StallMeter:
         self.timer.timeout.connect(self._tick)
         self.last = 0
         self.worst = 0
+        self.worst_at = ""
+        self.phase = "start"
         self.ticks = 0
 
     def start(self):
@@ -57,7 +59,8 @@ class StallMeter:
 
     def _tick(self):
         now = self.clock.elapsed()
-        self.worst = max(self.worst, now - self.last)
+        if now - self.last > self.worst:
+            self.worst, self.worst_at = now - self.last, self.phase
         self.last = now
         self.ticks += 1
 
@@ -162,11 +165,24 @@ def test_create_mask_train_library_gallery(window, qtbot, tmp_path):
                         ("preview_steps", 1), ("random_negatives", 2)):
         form.set_value(name, value)
     qtbot.waitUntil(lambda: window.warmed_up, timeout=60000)
+    import gc
+
+    gc_pauses = []
+    gc_started = {}
+
+    def gc_watch(phase, info):
+        if phase == "start":
+            gc_started["t"] = time.perf_counter()
+        elif "t" in gc_started:
+            gc_pauses.append((info["generation"], round((time.perf_counter() - gc_started.pop("t")) * 1000)))
+
+    gc.callbacks.append(gc_watch)
     meter = StallMeter()
     meter.start()
     checkpoints = []
 
     def cancel_at_first_checkpoint(event):
+        meter.phase = f"after {event.kind} {event.step}"
         if event.kind == "checkpoint" and not checkpoints:
             checkpoints.append(event.step)
             training.cancel()
@@ -176,7 +192,7 @@ def test_create_mask_train_library_gallery(window, qtbot, tmp_path):
     qtbot.waitUntil(lambda: not training.is_running(), timeout=60000)
     assert checkpoints == [2]
     assert "Cancelled" in training.status_label.text()
-    training.event_received.disconnect(cancel_at_first_checkpoint)
+    meter.phase = "resuming"
     resumable = training.resumable_runs()
     assert len(resumable) == 1
     training.runs_list.setCurrentRow(0)
@@ -184,8 +200,13 @@ def test_create_mask_train_library_gallery(window, qtbot, tmp_path):
     with qtbot.waitSignal(training.concept_trained, timeout=60000) as finished:
         assert training.resume_selected()
     meter.stop()
+    gc.callbacks.remove(gc_watch)
+    training.event_received.disconnect(cancel_at_first_checkpoint)
     assert meter.ticks > 10
-    assert meter.worst < 100, f"UI event loop stalled {meter.worst} ms during training"
+    assert meter.worst < 100, (
+        f"UI event loop stalled {meter.worst} ms during training ({meter.worst_at}); "
+        f"longest garbage collections (generation, ms): {sorted(gc_pauses, key=lambda p: -p[1])[:3]}"
+    )
     assert training.last_error == ""
     assert training.progress.value() == 4
     assert {"total", "rec"} <= set(training.chart.terms())

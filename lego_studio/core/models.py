@@ -403,7 +403,7 @@ def load_model(
             model = _load_single_file(path, prediction_type, Path(config) if config else None)
     except LegoError as exc:
         raise ModelError(str(exc)) from exc
-    except (OSError, ValueError, RuntimeError, KeyError, EnvironmentError) as exc:
+    except (OSError, ValueError, RuntimeError, KeyError) as exc:
         raise ModelError(f"{path}: cannot load the model ({_first_line(exc)})") from exc
     model.source = str(spec)
     _place(model, torch_device, dtype)

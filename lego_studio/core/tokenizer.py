@@ -59,15 +59,15 @@ def bytes_to_unicode() -> dict[int, str]:
 
 
 def _open_clip_bpe_path() -> Path:
-    try:
-        import open_clip  # noqa: F401  (only needed to locate the vocabulary file)
-    except ImportError as exc:
+    import importlib.util
+
+    # Locate the package without importing it (importing open_clip pulls in torch and more).
+    spec = importlib.util.find_spec("open_clip")
+    if spec is None or not spec.submodule_search_locations:
         raise ModelError(
             "open_clip_torch is not installed: it carries bpe_simple_vocab_16e6.txt.gz, needed to build the tokenizer"
-        ) from exc
-    import open_clip
-
-    return Path(open_clip.__file__).parent / "bpe_simple_vocab_16e6.txt.gz"
+        )
+    return Path(list(spec.submodule_search_locations)[0]) / "bpe_simple_vocab_16e6.txt.gz"
 
 
 def build_vocab_and_merges(bpe_gz_path: str | Path) -> tuple[dict[str, int], list[str]]:

@@ -534,8 +534,7 @@ class Trainer:
             self._truncate_log(start)
             self._emit(TrainEvent("log", step=start, total=total, message=f"resumed from {step_name(start)}"))
         else:
-            if self.log_path.exists() and not resume:
-                self.log_path.unlink()
+            self._clear_previous_run()
 
         rate = None
         step = start
@@ -930,9 +929,11 @@ class Trainer:
         tensors = {"concept": self.concept_vectors.detach().float().cpu().contiguous()}
         if self.subject_vector is not None:
             tensors["subject"] = self.subject_vector.detach().float().cpu().contiguous()
-        if optimizer is not None:
-            param = optimizer.param_groups[0]["params"][0]
-            moments = optimizer.state.get(param)
+        # The moments belong to the stage that continues from this step: at the end of stage 0 the
+        # optimizer still holds the subject vector's, which stage 1 does not use.
+        expected = self.subject_vector if step < self.config.subject_token_steps else self.concept_vectors
+        if optimizer is not None and optimizer.param_groups[0]["params"][0] is expected:
+            moments = optimizer.state.get(expected)
             if moments:
                 tensors["adam.step"] = moments["step"].detach().cpu().reshape(()).clone()
                 tensors["adam.exp_avg"] = moments["exp_avg"].detach().cpu().contiguous()
@@ -978,6 +979,17 @@ class Trainer:
                 raise TrainingError(f"{path}: checkpoint has {tensors['concept'].shape[0]} vectors, the config asks for {self.config.num_vectors}")
             return {"step": int(meta["step"]), "meta": meta, "tensors": tensors, "path": path}
         return None
+
+    def _clear_previous_run(self) -> None:
+        """A fresh run in a used folder: drop the old log, checkpoints and previews so they cannot
+        be mistaken for this run's (the latent cache is keyed by content and stays)."""
+        self.log_path.unlink(missing_ok=True)
+        for path in self._checkpoint_files():
+            path.unlink(missing_ok=True)
+            path.with_suffix(".json").unlink(missing_ok=True)
+        if self.preview_dir.is_dir():
+            for path in self.preview_dir.glob("step-*.png"):
+                path.unlink(missing_ok=True)
 
     def _append_log(self, record: dict) -> None:
         with open(self.log_path, "a", encoding="utf-8") as handle:

@@ -28,7 +28,7 @@ import time
 from pathlib import Path
 
 # Budget shares of --minutes; the rest (about 5%) is evaluation and saving.
-SHARES = {"vae": 0.10, "judge": 0.05, "unet": 0.80}
+SHARES = {"vae": 0.12, "judge": 0.05, "unet": 0.78}
 TEXT_WIDTH = 96
 RESOLUTION = 64
 LATENT_SIZE = 16
@@ -97,22 +97,35 @@ def make_schedulers():
 
 class Budget:
     """Steps for one stage: a fixed count, or as many as fit before a deadline. The LR schedule
-    needs a total, so with a deadline the total is planned from the speed measured in the first
-    30% of the stage and then held fixed."""
+    needs a total, so with a deadline the total is planned from the speed measured after the
+    first steps (start-up, buffer filling and autotuning excluded) during the first 30% of the
+    stage, and then held fixed."""
+
+    WARM_STEPS = 20
 
     def __init__(self, seconds: float | None, steps: int | None):
         self.fixed = steps
         self.seconds = seconds
         self.start = time.time()
         self.planned = steps if steps is not None else 1000
+        self._warm_time: float | None = None
 
     def done(self, step: int) -> bool:
         if self.fixed is not None:
             return step >= self.fixed
         now = time.time()
         elapsed = now - self.start
-        if step >= 10 and elapsed < 0.3 * self.seconds:
-            self.planned = max(step + 1, int(step / elapsed * self.seconds))
+        if step == self.WARM_STEPS:
+            self._warm_time = now
+        if elapsed < 0.3 * self.seconds:
+            if self._warm_time is not None and step >= 2 * self.WARM_STEPS:
+                rate = (step - self.WARM_STEPS) / max(now - self._warm_time, 1e-6)
+            elif step >= 5:
+                rate = step / elapsed
+            else:
+                rate = None
+            if rate is not None:
+                self.planned = max(step + 1, int(step + rate * (self.seconds - elapsed)))
         return elapsed >= self.seconds
 
     def lr_factor(self, step: int, warmup: int) -> float:
@@ -206,7 +219,7 @@ def train_vae(args, seconds, steps):
     vae.eval()
     # Latents scaled to unit variance, as SD does with its scaling_factor.
     with torch.no_grad():
-        sample = RenderedBatches(args.seed, "vae-scale", 256, 1)[0]
+        sample = RenderedBatches(args.seed, "vae-scale", min(256, max(64, 2 * args.vae_batch)), 1)[0]
         z = vae.encode(images_to_tensor(sample["images"], args.device)).latent_dist.mean
         scale = float(1.0 / z.float().std().clamp_min(1e-3))
         recon = vae.decode(z).sample
@@ -399,15 +412,16 @@ def run(args) -> dict:
 
     judge_model, judge_info = obtain_judge(args)
 
-    # Whatever is left after the other stages (minus a reserve for evaluation and saving).
-    unet_seconds = max(1.0, total * (1 - SHARES["vae"] - SHARES["judge"] - 0.05) - (time.time() - started - (SHARES["vae"] + SHARES["judge"]) * total))
+    # Whatever is left after the other stages (a reused judge gives its share to the UNet), minus
+    # a 5% reserve for evaluation and saving.
+    unet_seconds = max(1.0, 0.95 * total - (time.time() - started))
     unet, text_encoder, tokenizer, unet_info = train_unet(args, vae, unet_seconds, args.unet_steps, tokenizer_dir)
 
     pipe = build_pipeline(unet, vae, text_encoder, tokenizer)
     eval_info = {}
     if args.eval_n > 0:
         t0 = time.time()
-        eval_info = quick_eval(pipe, judge_model, args.eval_n, args.seed + 7, args.device)
+        eval_info = quick_eval(pipe, judge_model, args.eval_n, args.seed + 7, args.device, steps=args.eval_steps)
         eval_info["seconds"] = round(time.time() - t0, 1)
         log(f"[eval] {json.dumps({k: v for k, v in eval_info.items() if k != 'samples'})}")
 
@@ -453,6 +467,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--judge-steps", type=int, default=None)
     p.add_argument("--unet-steps", type=int, default=None)
     p.add_argument("--eval-n", type=int, default=None, help="prompts in the final evaluation (default 192 cuda, 16 cpu)")
+    p.add_argument("--eval-steps", type=int, default=30, help="DDIM steps in the final evaluation")
     p.add_argument("--judge-eval-n", type=int, default=2000)
     p.add_argument("--tokenizer", default=None, help="CLIP tokenizer folder (default resources/tokenizer)")
     return p

@@ -6,6 +6,7 @@ settings, copy the prompt, reuse the settings, or export the selection to a fold
 
 from __future__ import annotations
 
+import html
 import shutil
 from pathlib import Path
 
@@ -120,7 +121,7 @@ class ImageDialog(QDialog):
             ("Concepts", concepts),
             ("File", path),
         ]
-        return "".join(f"<b>{k}:</b> {v}<br>" for k, v in rows)
+        return "".join(f"<b>{k}:</b> {html.escape(str(v))}<br>" for k, v in rows)
 
 
 class GalleryView(QWidget):
@@ -251,7 +252,9 @@ class GalleryView(QWidget):
         chosen = set(self.chosen_concepts())
         self.concept_list.clear()
         for entry in entries:
-            item = QListWidgetItem(f"{entry.placeholder}  [{entry.badge}]  {entry.metadata.get('method', '')}")
+            method = {"lego": "Lego", "ti": "TI"}.get(str(entry.metadata.get("method")), "")
+            item = QListWidgetItem(f"{entry.placeholder}  {method}".strip())
+            item.setToolTip(f"{entry.placeholder}: {entry.badge}, {entry.num_vectors} vector(s)")
             item.setData(Qt.ItemDataRole.UserRole, entry.name)
             self.concept_list.addItem(item)
             item.setSelected(entry.name in chosen)

@@ -4,6 +4,7 @@ family each concept fits. Reading the library loads tensors (torch), so it happe
 
 from __future__ import annotations
 
+import html
 from pathlib import Path
 
 from PySide6.QtCore import QSize, Qt, Signal
@@ -53,8 +54,8 @@ def entry_icon(entry, size: int = THUMB) -> QIcon:
     else:
         painter.setPen(QColor("#dddddd"))
         painter.drawText(canvas.rect(), Qt.AlignmentFlag.AlignCenter, entry.placeholder)
-    badge = entry.badge
     metrics = painter.fontMetrics()
+    badge = metrics.elidedText(entry.badge, Qt.TextElideMode.ElideRight, size - 14)
     width = min(size - 4, metrics.horizontalAdvance(badge) + 10)
     painter.setPen(Qt.PenStyle.NoPen)
     painter.setBrush(QColor(20, 90, 200, 220))
@@ -232,7 +233,7 @@ class LibraryView(QWidget):
             ("Source", entry.source or "—"),
             ("File", str(entry.path)),
         ]
-        self.details.setText("".join(f"<p><b>{k}:</b> {v}</p>" for k, v in rows))
+        self.details.setText("".join(f"<p><b>{k}:</b> {html.escape(v)}</p>" for k, v in rows))
 
     def _update_buttons(self) -> None:
         has = self.selected_name() is not None

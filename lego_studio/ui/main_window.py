@@ -3,6 +3,7 @@ a status bar with device and model, window state remembered in the core settings
 
 from __future__ import annotations
 
+import gc
 import struct
 from pathlib import Path
 
@@ -14,8 +15,9 @@ from PySide6.QtWidgets import (
     QListWidgetItem,
     QMainWindow,
     QMessageBox,
-    QSplitter,
+    QHBoxLayout,
     QStackedWidget,
+    QWidget,
 )
 
 from lego_studio.ui import icons
@@ -93,12 +95,12 @@ class MainWindow(QMainWindow):
             self.sidebar.addItem(item)
             self.stack.addWidget(self.views[key])
         self.sidebar.currentRowChanged.connect(self.stack.setCurrentIndex)
-        splitter = QSplitter()
-        splitter.addWidget(self.sidebar)
-        splitter.addWidget(self.stack)
-        splitter.setStretchFactor(1, 1)
-        splitter.setChildrenCollapsible(False)
-        self.setCentralWidget(splitter)
+        central = QWidget()
+        row = QHBoxLayout(central)
+        row.setContentsMargins(4, 4, 4, 0)
+        row.addWidget(self.sidebar)
+        row.addWidget(self.stack, 1)
+        self.setCentralWidget(central)
 
         self._build_menus()
         self.device_label = QLabel("Device: detecting…")
@@ -223,6 +225,10 @@ class MainWindow(QMainWindow):
         )
 
     def _warm(self, device: str) -> None:
+        # torch/diffusers/transformers and the model add millions of long-lived objects; a full
+        # garbage collection walking them all pauses whichever thread triggers it (the UI thread
+        # too) for 100+ ms. Freezing moves them out of the collector's sight for good.
+        gc.freeze()
         self.warmed_up = True
         self.statusBar().clearMessage()
 

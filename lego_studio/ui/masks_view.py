@@ -99,26 +99,30 @@ class MasksView(QWidget):
         self.redo_action = self._action("Redo", "Ctrl+Shift+Z", self.canvas.redo, "Redo (Ctrl+Shift+Z)")
         self._action("Clear", None, self.canvas.clear_mask, "Remove the whole mask")
         self._action("Invert", "I", self.canvas.invert_mask, "Swap subject and background (I)")
-        self.mask_only_action = self._action("Mask only", "M", None, "Show the mask alone, white = subject (M)")
+        # Second row: how the mask is shown, and moving between images.
+        self.view_toolbar = QToolBar()
+        self.view_toolbar.setToolButtonStyle(Qt.ToolButtonStyle.ToolButtonTextOnly)
+        self.prev_action = self._action("◀ Prev", "PgUp", self.previous_image, "Previous image (Page Up)", self.view_toolbar)
+        self.next_action = self._action("Next ▶", "PgDown", self.next_image, "Next image (Page Down)", self.view_toolbar)
+        self.view_toolbar.addSeparator()
+        self.mask_only_action = self._action("Mask only", "M", None, "Show the mask alone, white = subject (M)", self.view_toolbar)
         self.mask_only_action.setCheckable(True)
         self.mask_only_action.toggled.connect(self.canvas.set_mask_only)
-        self._action("Fit", "0", self.canvas.fit_to_view, "Fit the image in the view (0)")
-        self.toolbar.addSeparator()
+        self._action("Fit", "0", self.canvas.fit_to_view, "Fit the image in the view (0); Ctrl+wheel zooms, middle drag or Space+drag pans", self.view_toolbar)
+        self.view_toolbar.addSeparator()
+        self.view_toolbar.addWidget(QLabel(" Overlay "))
         self.color_button = QToolButton()
         self.color_button.setToolTip("Overlay colour")
         self.color_button.clicked.connect(self._choose_color)
         self._paint_color_button()
-        self.toolbar.addWidget(self.color_button)
+        self.view_toolbar.addWidget(self.color_button)
         self.opacity_slider = QSlider(Qt.Orientation.Horizontal)
         self.opacity_slider.setRange(0, 100)
         self.opacity_slider.setValue(round(self.canvas.overlay_opacity() * 100))
-        self.opacity_slider.setFixedWidth(90)
+        self.opacity_slider.setFixedWidth(110)
         self.opacity_slider.setToolTip("Overlay opacity")
         self.opacity_slider.valueChanged.connect(lambda v: self.canvas.set_overlay_opacity(v / 100))
-        self.toolbar.addWidget(self.opacity_slider)
-        self.toolbar.addSeparator()
-        self.prev_action = self._action("◀ Prev", "PgUp", self.previous_image, "Previous image (Page Up)")
-        self.next_action = self._action("Next ▶", "PgDown", self.next_image, "Next image (Page Down)")
+        self.view_toolbar.addWidget(self.opacity_slider)
         for key, step in (("[", -1), ("]", 1)):
             shortcut = QShortcut(QKeySequence(key), self, context=Qt.ShortcutContext.WidgetWithChildrenShortcut)
             shortcut.activated.connect(lambda s=step: self.canvas.grow_brush(s))
@@ -156,6 +160,7 @@ class MasksView(QWidget):
         self.info_label = QLabel()
         centre = QVBoxLayout()
         centre.addWidget(self.toolbar)
+        centre.addWidget(self.view_toolbar)
         centre.addWidget(self.canvas, 1)
         centre.addWidget(self.info_label)
         layout = QHBoxLayout(self)
@@ -168,7 +173,7 @@ class MasksView(QWidget):
         context.settings_changed.connect(self._forget_segmenter)
         self.set_project(context.project)
 
-    def _action(self, text, shortcut, slot, tip) -> QAction:
+    def _action(self, text, shortcut, slot, tip, toolbar: QToolBar | None = None) -> QAction:
         action = QAction(text, self)
         action.setToolTip(tip)
         if shortcut:
@@ -177,7 +182,7 @@ class MasksView(QWidget):
         if slot is not None:
             action.triggered.connect(slot)
         self.addAction(action)
-        self.toolbar.addAction(action)
+        (toolbar or self.toolbar).addAction(action)
         return action
 
     # ------------------------------------------------------------ project + images
@@ -358,8 +363,9 @@ class MasksView(QWidget):
         if current is not None and str(current) != key and self.canvas.tool == SAM:
             self._prepare_segmenter()
             return
-        ready = f"{segmenter.name} ready. Left click = subject, right click = background, drag = box."
-        self.assist_status.setText(f"{self._segmenter_note}\n{ready}" if self._segmenter_note else ready)
+        ready = f"{segmenter.name} is ready. Left click = subject, right click = background, drag = box."
+        note = self._segmenter_note
+        self.assist_status.setText(f"{note[:1].upper()}{note[1:]}.\n{ready}" if note else ready)
         self._run_pending_prompt()
 
     def _assist_failed(self, message: str) -> None:

@@ -23,7 +23,8 @@ def project_root(project: Project) -> Path:
     return project.folder
 
 
-def _free_folder(parent: Path, name: str) -> Path:
+def free_folder(parent: Path, name: str) -> Path:
+    """``parent/name``, or ``parent/name 2``, ``name 3``... when taken by a non-empty folder."""
     base = safe_folder_name(name) or "project"
     candidate, counter = parent / base, 2
     while candidate.exists() and (not candidate.is_dir() or any(candidate.iterdir())):
@@ -38,7 +39,7 @@ def create_project(projects_dir: Path, name: str, sources: list[Path]) -> Projec
     name = name.strip()
     if not name:
         raise InputError("a project needs a name")
-    folder = _free_folder(Path(projects_dir), name)
+    folder = free_folder(Path(projects_dir), name)
     if len(sources) == 1 and Path(sources[0]).is_dir():
         project, _problems = Project.create_from_folder(sources[0], folder=folder, name=name)
         return project
@@ -148,7 +149,7 @@ def rename_project(project: Project, new_name: str) -> Project:
 
 def duplicate_project(project: Project) -> Project:
     name = f"{project.name} copy"
-    return project.duplicate(_free_folder(project.folder.parent, name), name=name)
+    return project.duplicate(free_folder(project.folder.parent, name), name=name)
 
 
 def delete_project(project: Project) -> Path:

@@ -451,7 +451,7 @@ class ProjectsView(QWidget):
         if builder is None:
             QMessageBox.information(self, "Demo", "The Shape World demo is not part of this build.")
             return
-        folder = self.context.settings.projects_path() / "Shape World demo"
+        folder = project_io.free_folder(self.context.settings.projects_path(), "Shape World demo")
 
         def build(state):
             state.progress(0, 1, "Rendering the Shape World demo…")

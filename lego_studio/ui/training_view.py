@@ -75,13 +75,25 @@ OPTIONS: dict[str, tuple[str, str, str, dict]] = {
     "flip": ("Optimisation", "Random flips", "Flip images horizontally at random (off for concepts with a direction)", {}),
     "templates": ("Optimisation", "Templates", "Prompt templates, separated by ';', each with one {} for the concept", {"list": ";"}),
     "gradient_checkpointing": ("Optimisation", "Save memory", "Gradient checkpointing: less memory, slower steps", {}),
+    "unet_batching": ("Optimisation", "UNet batching", "stacked: Lego's four predictions in one UNet call; split: two calls, less backward work. Which is faster depends on the device.", {"choices": ("stacked", "split")}),
     "max_nonfinite_in_a_row": ("Optimisation", "Stop after bad steps", "Stop when the loss is not finite this many steps in a row", {"min": 1, "max": 1000}),
     "checkpoint_every": ("Saving and previews", "Checkpoint every", "Steps between checkpoints (what resume continues from); 0 = only at the end", {"min": 0, "max": 100000}),
     "preview_every": ("Saving and previews", "Preview every", "Steps between preview images; 0 = none", {"min": 0, "max": 100000}),
     "preview_prompts": ("Saving and previews", "Preview prompts", "Prompts for previews, separated by ';' ({subject}, {concept}); empty = defaults", {"list": ";", "optional": True}),
     "preview_steps": ("Saving and previews", "Preview steps", "Denoising steps per preview image", {"min": 1, "max": 200}),
 }
-GROUP_ORDER = ["Method", "Concept", "Subject separation", "Context", "Words", "Optimisation", "Saving and previews"]
+GROUP_ORDER = ["Method", "Concept", "Subject separation", "Context", "Words", "Optimisation", "Saving and previews", "Other"]
+
+
+def option_for(name: str, default) -> tuple[str, str, str, dict]:
+    """The form entry of a TrainConfig field; an option newer than this view still gets a widget
+    (under "Other", labelled with its name) so no engine setting is ever out of reach."""
+    if name in OPTIONS:
+        return OPTIONS[name]
+    extra: dict = {"optional": default is None}
+    if isinstance(default, list):
+        extra["list"] = ","
+    return ("Other", name.replace("_", " ").capitalize(), f"Engine option {name!r}", extra)
 PRESETS = {"Lego": "lego", "Textual Inversion baseline": "ti"}
 
 
@@ -104,13 +116,17 @@ class ConfigForm(QWidget):
         self.widgets: dict[str, QWidget] = {}
         layout = QVBoxLayout(self)
         forms: dict[str, QFormLayout] = {}
+        defaults = TrainConfig()
+        used = {option_for(f.name, getattr(defaults, f.name))[0] for f in dataclasses.fields(TrainConfig)}
         for group in GROUP_ORDER:
+            if group not in used:
+                continue
             box = QGroupBox(group)
             forms[group] = QFormLayout(box)
+            forms[group].setFieldGrowthPolicy(QFormLayout.FieldGrowthPolicy.AllNonFixedFieldsGrow)
             layout.addWidget(box)
-        defaults = TrainConfig()
         for field in dataclasses.fields(TrainConfig):
-            group, label, tip, extra = OPTIONS[field.name]
+            group, label, tip, extra = option_for(field.name, getattr(defaults, field.name))
             widget = self._make_widget(getattr(defaults, field.name), extra)
             widget.setToolTip(tip)
             self.widgets[field.name] = widget
@@ -149,13 +165,16 @@ class ConfigForm(QWidget):
         edit.textChanged.connect(self.changed)
         return edit
 
+    def _extra(self, name: str) -> dict:
+        return option_for(name, getattr(TrainConfig(), name))[3]
+
     def set_config(self, config: TrainConfig) -> None:
         for field in dataclasses.fields(TrainConfig):
             self.set_value(field.name, getattr(config, field.name))
 
     def set_value(self, name: str, value) -> None:
         widget = self.widgets[name]
-        extra = OPTIONS[name][3]
+        extra = self._extra(name)
         if isinstance(widget, QComboBox):
             widget.setCurrentText(str(value))
         elif isinstance(widget, QCheckBox):
@@ -170,7 +189,7 @@ class ConfigForm(QWidget):
 
     def value(self, name: str):
         widget = self.widgets[name]
-        extra = OPTIONS[name][3]
+        extra = self._extra(name)
         if isinstance(widget, QComboBox):
             return widget.currentText()
         if isinstance(widget, QCheckBox):
@@ -390,7 +409,6 @@ class TrainingView(QWidget):
         run_dir = project.new_run_dir()
         spec = self.model_combo.currentData() or "shapeworld"
         device = self.device_combo.currentText()
-        atomic_write_json(run_dir / STUDIO_RUN_FILE, {"model": spec, "device": device})
         return self._launch(config, run_dir, resume=False, spec=spec, device=device)
 
     def resume_selected(self) -> bool:
@@ -432,6 +450,9 @@ class TrainingView(QWidget):
 
         def train(state):
             from lego_studio.core.training import Trainer
+
+            if not resume:  # remembered so that a resume uses the same model (fsync: not on the UI thread)
+                atomic_write_json(run_dir / STUDIO_RUN_FILE, {"model": spec, "device": device})
 
             with models.lease(spec, device, state=state) as model:
                 state.check()
@@ -510,7 +531,9 @@ class TrainingView(QWidget):
                 self.status_label.setText(f"Training: step {event.step} of {event.total}{rate}")
         elif kind == "preview":
             for image in event.images:
-                pixmap = QPixmap.fromImage(pil_to_qimage(image))
+                pixmap = QPixmap.fromImage(pil_to_qimage(image)).scaled(
+                    PREVIEW_THUMB, PREVIEW_THUMB, Qt.AspectRatioMode.KeepAspectRatio, Qt.TransformationMode.FastTransformation
+                )
                 item = QListWidgetItem(QIcon(pixmap), f"step {event.step}")
                 item.setToolTip(event.path or "")
                 self.previews.addItem(item)

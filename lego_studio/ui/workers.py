@@ -11,6 +11,8 @@ Every thread is quit and waited in :meth:`TaskRunner.shutdown`, which views call
 
 from __future__ import annotations
 
+import os
+import sys
 import threading
 import traceback
 from typing import Any, Callable
@@ -51,6 +53,26 @@ class TaskState:
         self._cancel.set()
 
 
+BACKGROUND_NICENESS = 10
+
+
+def _lower_this_threads_priority() -> None:
+    """Let the UI thread win the CPU from heavy background work on a busy machine.
+
+    Qt's thread priorities are ignored for normal threads on Linux, but a thread's own nice
+    value can be raised (without privileges) through its thread id; threads it starts later,
+    such as torch's OpenMP workers, inherit it. Elsewhere QThread.LowPriority (set in start)
+    does the job.
+    """
+    if not sys.platform.startswith("linux"):
+        return
+    try:
+        tid = threading.get_native_id()
+        os.setpriority(os.PRIO_PROCESS, tid, max(os.getpriority(os.PRIO_PROCESS, tid), BACKGROUND_NICENESS))
+    except (AttributeError, OSError):
+        pass  # not allowed here: the work still runs, just at normal priority
+
+
 class Worker(QObject):
     """Runs ``fn(state)`` once in the thread it was moved to."""
 
@@ -68,6 +90,7 @@ class Worker(QObject):
 
     @Slot()
     def run(self) -> None:
+        _lower_this_threads_priority()
         try:
             result = self._fn(self.state)
         except Cancelled:
@@ -144,7 +167,7 @@ class TaskRunner(QObject):
         thread.started.connect(worker.run)
         thread.finished.connect(self._on_thread_finished)
         self._thread, self._worker = thread, worker
-        thread.start()
+        thread.start(QThread.Priority.LowPriority)
         self.busy_changed.emit(True)
         return True
 

@@ -1,0 +1,228 @@
+"""The Shape World benchmark: protocol pieces (held-out subjects, configs, metrics, plan) and a
+--quick run end to end on the tiny model with an untrained judge (plumbing, < 30 s)."""
+
+from __future__ import annotations
+
+import csv
+import json
+import re
+from types import SimpleNamespace
+
+import pytest
+from PIL import Image
+
+from lego_studio.core.errors import InputError
+from lego_studio.shapeworld import benchmark as bench
+from lego_studio.shapeworld.world import COLOUR_NAMES, CONCEPTS, SHAPES, is_held_out, subject_phrase
+
+
+# ------------------------------------------------------------------ protocol
+
+
+@pytest.mark.parametrize("concept", CONCEPTS)
+def test_held_out_subjects_never_reuse_the_exemplars_shape_or_colour(concept):
+    exemplar = bench.exemplar_subject(concept)
+    every = bench.held_out_subjects(concept, exemplar, (len(SHAPES) - 1) * (len(COLOUR_NAMES) - 1))
+    assert len(set(every)) == len(every) == 30
+    for n in (1, 2, 4, 8):
+        chosen = bench.held_out_subjects(concept, exemplar, n)
+        assert len(chosen) == len(set(chosen)) == n
+        for shape, colour in chosen:
+            assert shape != exemplar[0] and colour != exemplar[1]
+        assert chosen == bench.held_out_subjects(concept, exemplar, n)  # same subjects for every method and run
+    four = bench.held_out_subjects(concept, exemplar, 4)
+    # Four subjects: four different shapes and four different colours.
+    assert len({s for s, _ in four}) == 4 and len({c for _, c in four}) == 4
+
+
+def test_too_many_held_out_subjects_is_a_clear_error():
+    with pytest.raises(InputError, match="at most 30 held-out subjects"):
+        bench.held_out_subjects("melting", bench.exemplar_subject("melting"), 31)
+
+
+def test_every_concept_has_an_exemplar_subject_the_base_model_was_trained_on():
+    assert set(bench.EXEMPLAR_SUBJECTS) == set(CONCEPTS)
+    for concept, (shape, colour) in bench.EXEMPLAR_SUBJECTS.items():
+        assert not is_held_out(shape, colour, concept)
+    assert not set(bench.TUNING_CONCEPTS) & set(bench.HELD_OUT_CONCEPTS)
+    assert bench.concept_split("frozen in ice") == "tuning" and bench.concept_split("melting") == "held-out"
+    assert bench.concept_split("spinning") == "extra"
+
+
+def test_exemplars_show_one_subject_with_exact_masks():
+    renders = bench.render_exemplars("in a cage", ("star", "yellow"), 5)
+    assert len(renders) == 5
+    pixels = {im.tobytes() for im, _ in renders}
+    assert len(pixels) == 5  # five different renders
+    for image, mask in renders:
+        assert image.size == (64, 64) and mask.shape == (64, 64)
+        assert set(mask.ravel().tolist()) == {0, 255}
+        # The subject's pixels are yellow: high red and green, low blue, on average.
+        rgb = [float(v) for v in __import__("numpy").asarray(image)[mask == 255].mean(axis=0)]
+        assert rgb[0] > 150 and rgb[1] > 120 and rgb[2] < 110
+
+
+def _concept_words(concept: str) -> set[str]:
+    return set(concept.split()) - {"in", "a", "on"}
+
+
+@pytest.mark.parametrize("method", bench.ALL_METHODS)
+def test_train_configs_never_name_the_concept(method):
+    concept = "frozen in ice"
+    exemplar = bench.exemplar_subject(concept)
+    evaluation = bench.held_out_subjects(concept, exemplar, 4)
+    (spec,) = bench.resolve_methods([method])
+    config = bench.train_config(spec, exemplar, evaluation, steps=7, seed=3)
+    text = config.to_json().lower()
+    for word in _concept_words(concept):
+        assert not re.search(rf"\b{word}\b", text), f"{method} config mentions {word!r}"
+    assert config.positive_words == [] and config.init_words == []
+    assert config.steps == 7 and config.seed == 3
+    if spec.preset == "lego":
+        assert config.subject == subject_phrase(*exemplar)
+        # The context loss never trains on the scored prompts (nor on the exemplar's subject).
+        scored = {subject_phrase(*pair) for pair in evaluation} | {config.subject}
+        assert config.context_subjects and not scored & set(config.context_subjects)
+    else:
+        assert config.subject == "" and config.w_subj == config.w_ctx == config.w_words == 0
+
+
+def test_methods_are_the_documented_ablations():
+    specs = {s.name: s for s in bench.resolve_methods(list(bench.ALL_METHODS), num_vectors=3)}
+    assert list(specs) == ["ti-1", "ti-3", "lego", "lego-no-subj", "lego-no-ctx", "lego-1"]
+    ex, ev = ("circle", "red"), [("square", "blue")]
+    cfg = {name: bench.train_config(spec, ex, ev, 5, 0) for name, spec in specs.items()}
+    assert cfg["ti-1"].num_vectors == 1 and cfg["ti-3"].num_vectors == 3 and cfg["ti-3"].method == "ti"
+    assert cfg["lego"].num_vectors == 3 and cfg["lego"].w_subj > 0 and cfg["lego"].w_ctx > 0 and specs["lego"].uses_masks
+    assert cfg["lego-no-subj"].w_subj == 0 and cfg["lego-no-subj"].rec_region == "full" and not specs["lego-no-subj"].uses_masks
+    assert cfg["lego-no-ctx"].w_ctx == 0 and cfg["lego-no-ctx"].w_subj > 0
+    assert cfg["lego-1"].num_vectors == 1 and cfg["lego-1"].method == "lego"
+    assert [s.name for s in bench.resolve_methods(["ti-N"], num_vectors=4)] == ["ti-4"]
+
+
+def test_unknown_names_are_one_line_errors():
+    with pytest.raises(InputError, match="unknown benchmark method 'dreambooth'"):
+        bench.resolve_methods(["dreambooth"])
+    with pytest.raises(InputError, match="unknown Shape World concept 'glowing'"):
+        bench.resolve_concepts(["glowing"])
+    assert bench.resolve_concepts(["held-out", "frozen-in-ice", "melting"]) == list(bench.HELD_OUT_CONCEPTS) + ["frozen in ice"]
+
+
+# ------------------------------------------------------------------ metrics
+
+
+def _pred(shape, colour, concept):
+    return SimpleNamespace(shape=shape, colour=colour, concept=concept)
+
+
+def test_scores_count_fidelity_and_leakage():
+    exemplar = ("circle", "red")
+    requested = [("square", "blue")] * 4
+    predictions = [
+        _pred("square", "blue", "melting"),  # perfect
+        _pred("square", "red", "melting"),  # exemplar colour leaked, concept right
+        _pred("circle", "blue", "none"),  # exemplar shape leaked, no concept
+        _pred("star", "green", "melting"),  # wrong subject, but not the exemplar's
+    ]
+    scores = bench.score_predictions(predictions, requested, exemplar, "melting")
+    assert scores == {"concept_fidelity": 0.75, "subject_fidelity": 0.25, "success": 0.25, "leakage": 0.5}
+
+
+def test_pixel_diversity_is_zero_for_copies_and_one_for_opposites():
+    black, white = Image.new("RGB", (8, 8), (0, 0, 0)), Image.new("RGB", (8, 8), (255, 255, 255))
+    assert bench.pixel_diversity([[black, black.copy()]]) == 0.0
+    assert bench.pixel_diversity([[black, white]]) == 1.0
+    assert bench.pixel_diversity([[black, white], [white, white]]) == 0.5
+    assert bench.pixel_diversity([[black]]) == 0.0  # one seed: no pair, no diversity
+
+
+def test_summary_is_mean_and_std_over_training_seeds():
+    rows = []
+    for seed, value in ((0, 0.2), (1, 0.4), (2, 0.6)):
+        for concept, offset in (("in a cage", 0.0), ("melting", 0.2)):
+            rows.append({"method": "lego", "seed": seed, "split": "held-out", "concept": concept,
+                         **{m: value + offset for m in bench.METRICS}})
+    summary = bench.summarize(rows, "held-out")
+    mean, std = summary["lego"]["success"]
+    assert mean == pytest.approx(0.5) and std == pytest.approx(0.2)
+    assert bench.summarize(rows, "tuning") == {}
+
+
+def test_plan_fits_the_budget_or_says_so():
+    config = bench.BenchmarkConfig(budget_minutes=10).validate()
+    costs = {m: 0.1 for m in config.methods}
+    steps, note = bench.choose_steps(config, costs, generation=5.0, overhead=1.0)
+    assert bench.MIN_STEPS <= steps <= bench.DEFAULT_STEPS
+    assert bench.estimate_seconds(config, steps, costs, 5.0, 1.0) <= 600
+    assert "lowered" in note
+    steps, note = bench.choose_steps(config, {m: 10.0 for m in config.methods}, 5.0, 1.0)
+    assert steps == bench.MIN_STEPS and note.startswith("WARNING")
+    config.steps = 1000
+    assert bench.choose_steps(config, costs, 5.0, 1.0) == (1000, "WARNING: --steps does not fit the budget")
+
+
+# ------------------------------------------------------------------ end to end
+
+
+@pytest.fixture(scope="module")
+def untrained_judge_dir(tmp_path_factory):
+    """A judge with random weights: its verdicts are arbitrary but well-formed (plumbing only)."""
+    import torch
+
+    from lego_studio.shapeworld.judge import build_judge_net, save_judge
+
+    torch.manual_seed(0)
+    out = tmp_path_factory.mktemp("judge")
+    save_judge(build_judge_net().eval(), out, {"training": {"note": "random weights for tests"}})
+    return out
+
+
+def test_quick_benchmark_writes_tables_sheet_and_json(tmp_path, tiny_model_dir, untrained_judge_dir, capsys):
+    from lego_studio.cli import main
+
+    out = tmp_path / "bench"
+    code = main(["shapeworld", "benchmark", "--quick", "--model", str(tiny_model_dir), "--judge", str(untrained_judge_dir),
+                 "--device", "cpu", "--out", str(out)])
+    assert code == 0, capsys.readouterr().err
+    printed = capsys.readouterr().out
+    assert "plan: 2 runs x 10 steps" in printed and "estimated total" in printed
+
+    with open(out / "results.csv", newline="") as handle:
+        rows = list(csv.DictReader(handle))
+    assert [(r["concept"], r["method"], r["seed"]) for r in rows] == [("frozen in ice", "ti-1", "0"), ("frozen in ice", "lego", "0")]
+    for row in rows:
+        assert row["split"] == "tuning" and row["n_images"] == "4" and row["steps"] == "10"
+        for metric in bench.METRICS:
+            assert 0.0 <= float(row[metric]) <= 1.0
+        assert row["exemplar"] == "a red circle"
+        assert len(row["subjects"].split("; ")) == 2
+    assert {r["num_vectors"] for r in rows} == {"1", "4"}
+
+    markdown = (out / "results.md").read_text(encoding="utf-8")
+    assert "## Tuning concepts (used to pick the defaults): frozen in ice" in markdown
+    assert re.search(r"^\| ti-1 \| \d\.\d\d ± \d\.\d\d \|", markdown, re.M)
+    assert re.search(r"^\| lego \| \d\.\d\d ± \d\.\d\d \|", markdown, re.M)
+    assert "Quick (CI) run" in markdown
+
+    sheet = Image.open(out / "contact.png")
+    # 3 rows (exemplars, ti-1, lego) and 2 columns of at least 96 px cells, plus labels.
+    assert sheet.width >= 2 * 96 and sheet.height >= 3 * 96
+
+    summary = json.loads((out / "benchmark.json").read_text(encoding="utf-8"))
+    assert summary["config"]["quick"] is True and summary["plan"]["steps"] == 10
+    assert summary["timing"]["total_seconds"] > 0 and len(summary["timing"]["runs"]) == 2
+    assert "benchmark" in summary["command"] and summary["protocol"]["exemplar_subjects"] == {"frozen in ice": "a red circle"}
+    lines = (out / "predictions.jsonl").read_text(encoding="utf-8").splitlines()
+    assert len(lines) == 8
+    first = json.loads(lines[0])
+    assert first["prompt"] == rows[0]["subjects"].split("; ")[0] + " <sw-concept>"
+    assert (out / "samples" / "frozen-in-ice" / "lego-seed0.png").is_file()
+
+
+def test_missing_judge_fails_before_training(tmp_path, capsys):
+    from lego_studio.cli import main
+
+    code = main(["shapeworld", "benchmark", "--quick", "--model", "tiny", "--judge", str(tmp_path / "nope"), "--out", str(tmp_path / "o")])
+    assert code == 2
+    err = capsys.readouterr().err.strip()
+    assert err.startswith("error: ") and "nope" in err and "\n" not in err

@@ -1,0 +1,216 @@
+"""Training panel options and runs list, Concept Library view, Gallery controls (no heavy jobs:
+the end-to-end flow test runs those)."""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import os
+import time
+
+import pytest
+import torch
+from PIL import Image
+from PySide6.QtGui import QTextDocument
+from PySide6.QtWidgets import QMessageBox
+
+from lego_studio.core.concepts import Concept, export_concept, load_concept
+from lego_studio.core.errors import InputError
+from lego_studio.core.settings import Settings
+from lego_studio.core.training import TrainConfig
+from lego_studio.ui.context import AppContext
+from lego_studio.ui.gallery_view import parse_seeds
+from lego_studio.ui.main_window import MainWindow
+from lego_studio.ui.training_view import OPTIONS, format_eta
+
+pytestmark = pytest.mark.gui
+
+
+@pytest.fixture
+def window(qtbot, monkeypatch):
+    monkeypatch.setattr(QMessageBox, "question", lambda *a, **k: QMessageBox.StandardButton.Yes)
+    win = MainWindow(AppContext(Settings.load()))
+    qtbot.addWidget(win)
+    win.show()
+    yield win
+    win.shutdown_workers()
+
+
+def new_project(window, tmp_path, name="P"):
+    folder = tmp_path / f"src-{name}"
+    folder.mkdir()
+    Image.new("RGB", (32, 32), "red").save(folder / "a.png")
+    return window.projects_view.create_project(name, [folder])
+
+
+# ------------------------------------------------------------------------------ training
+
+
+def test_every_engine_option_has_a_widget_with_a_tooltip(window):
+    form = window.training_view.form
+    names = [f.name for f in dataclasses.fields(TrainConfig)]
+    assert set(form.widgets) == set(names)
+    curated = [n for n in names if n in OPTIONS]
+    assert len(curated) >= len(names) - 2, "new engine options need a label and tooltip in OPTIONS"
+    for name in names:
+        assert form.widgets[name].toolTip(), name
+    # The form round-trips a config exactly, including the "None" (use default) values.
+    config = TrainConfig(subject="a cat", resolution=None, negative_words=None, preview_prompts=None,
+                         templates=["a photo of {}", "a drawing of {}"], lr=0.00123, flip=False)
+    form.set_config(config)
+    assert form.config() == config
+    changed = TrainConfig(subject="a cat", resolution=64, negative_words=["fur"], init_from="/x/c.safetensors")
+    form.set_config(changed)
+    assert form.config() == changed
+
+
+def test_presets_switch_between_lego_and_the_ti_baseline(window, tmp_path):
+    view = window.training_view
+    new_project(window, tmp_path)
+    view.form.set_value("subject", "a toy robot")
+    view.form.set_value("steps", 123)
+    view.preset_combo.setCurrentText("Textual Inversion baseline")
+    ti = view.form.config()
+    assert (ti.method, ti.num_vectors, ti.w_subj, ti.w_ctx, ti.w_words, ti.rec_region) == ("ti", 1, 0, 0, 0, "full")
+    assert ti.steps == 123
+    view.preset_combo.setCurrentText("Lego")
+    lego = view.form.config()
+    assert lego.method == "lego" and lego.w_subj > 0 and lego.w_ctx > 0 and lego.subject == "a toy robot"
+
+
+def test_invalid_settings_are_reported_and_nothing_starts(window, tmp_path):
+    view = window.training_view
+    new_project(window, tmp_path)
+    view.form.set_value("subject", "")
+    view.form.set_value("subject_token_steps", 0)
+    assert not view.start()
+    assert "subject" in view.status_label.text() and "\n" not in view.status_label.text()
+    assert not view.is_running()
+
+
+def test_interrupted_run_shows_as_resumable_when_the_project_is_opened(window, tmp_path):
+    project = new_project(window, tmp_path)
+    run = project.new_run_dir()
+    TrainConfig(subject="a cat", steps=10).save(run / "config.json")
+    (run / "log.jsonl").write_text(json.dumps({"step": 4, "losses": {"total": 1.0}}) + "\n")
+    old = time.time() - 3600
+    for path in (run / "config.json", run / "log.jsonl", run):
+        os.utime(path, (old, old))
+    window.projects_view.open_project(project.folder)
+    view = window.training_view
+    assert view.resumable_runs() == [run]
+    view.runs_list.setCurrentRow(0)
+    assert view.resume_button.isEnabled()
+    assert "interrupted" in view.runs_list.item(0).text() and "step 4/10" in view.runs_list.item(0).text()
+
+
+def test_eta_format():
+    assert format_eta(None) == "ETA —"
+    assert format_eta(65) == "ETA 1:05"
+    assert format_eta(3725) == "ETA 1:02:05"
+
+
+def test_loss_chart_draws_each_term(qtbot):
+    from lego_studio.ui.loss_chart import LossChart
+
+    chart = LossChart()
+    qtbot.addWidget(chart)
+    chart.resize(400, 200)
+    blank = chart.grab().toImage()
+    for step in range(1, 30):
+        chart.add(step, {"total": 1.0 / step, "rec": 0.5, "subj": float("nan")})
+    assert chart.terms() == ["total", "rec"]  # non-finite values are skipped
+    drawn = chart.grab().toImage()
+    assert drawn != blank
+    values = [v for _, v in chart.points("total")]
+    assert values == sorted(values, reverse=True)
+
+
+# ------------------------------------------------------------------------------ library
+
+
+def add_concept(library, name, width=32, n=2, method="lego", family="tiny"):
+    return library.add(Concept(name, f"<{name}>", torch.randn(n, width), {"method": method, "family": family}))
+
+
+def test_library_lists_searches_renames_tags_and_deletes(window, qtbot):
+    view = window.library_view
+    library = window.context.library()
+    add_concept(library, "frozen")
+    add_concept(library, "melting", method="ti")
+    window.context.library_changed.emit()
+    qtbot.waitUntil(lambda: sorted(view.visible_names()) == ["frozen", "melting"], timeout=10000)
+    assert str(library.root) in view.location_label.text()
+    assert "tiny" in view.grid.item(0).toolTip()  # the family badge
+
+    view.search_edit.setText("melt")
+    assert view.visible_names() == ["melting"]
+    view.search_edit.setText("")
+
+    view.select("frozen")
+    shown = QTextDocument()
+    shown.setHtml(view.details.text())
+    assert "Type in prompts: <frozen>" in shown.toPlainText() and "Method: Lego" in shown.toPlainText()
+    with qtbot.waitSignal(view.entries_loaded, timeout=10000):
+        assert view.set_tags_selected(["winter", "ice"])
+    view.search_edit.setText("winter")
+    assert view.visible_names() == ["frozen"]
+    view.search_edit.setText("")
+
+    view.select("frozen")
+    with qtbot.waitSignal(view.entries_loaded, timeout=10000):
+        view.rename_selected("Frozen Solid")
+    assert "frozen-solid" in view.visible_names() and "frozen" not in view.visible_names()
+    assert library.get("frozen-solid").placeholder == "<frozen-solid>"
+
+    view.select("melting")
+    with qtbot.waitSignal(view.entries_loaded, timeout=10000):
+        view.delete_selected()
+    assert view.visible_names() == ["frozen-solid"]
+    assert "melting" not in library
+
+
+def test_library_import_and_export_in_every_format(window, qtbot, tmp_path):
+    view = window.library_view
+    library = window.context.library()
+    source = Concept("sparkly", "<sparkly>", torch.randn(3, 32), {})
+    a1111 = export_concept(source, tmp_path / "sparkly.pt", "a1111")
+    with qtbot.waitSignal(view.entries_loaded, timeout=10000):
+        assert view.import_files([a1111])
+    assert view.visible_names() == ["sparkly"]
+    assert torch.allclose(library.get("sparkly").vectors, source.vectors)
+    view.select("sparkly")
+    for fmt, suffix in (("lego", ".safetensors"), ("diffusers", ".safetensors"), ("a1111", ".pt"), ("kohya", ".safetensors")):
+        target = tmp_path / f"out-{fmt}{suffix}"
+        with qtbot.waitSignal(view.entries_loaded, timeout=10000):
+            assert view.export_selected(fmt, target)
+        assert torch.allclose(load_concept(target).vectors, source.vectors), fmt
+
+    junk = tmp_path / "junk.safetensors"
+    junk.write_bytes(b"not a tensor file")
+    assert view.import_files([junk])
+    qtbot.waitUntil(lambda: "junk.safetensors" in view.status_label.text(), timeout=10000)
+    assert "\n" not in view.status_label.text()
+
+
+# ------------------------------------------------------------------------------ gallery
+
+
+def test_seed_parsing():
+    assert parse_seeds("0, 1, 5-7") == [0, 1, 5, 6, 7]
+    assert parse_seeds("42") == [42]
+    for bad in ("", "x", "7-3", "-1"):
+        with pytest.raises(InputError):
+            parse_seeds(bad)
+
+
+def test_gallery_reports_bad_input_without_starting(window):
+    view = window.gallery_view
+    view.subjects_edit.setPlainText("  \n ")
+    assert not view.generate()
+    assert "subject" in view.status_label.text()
+    view.subjects_edit.setPlainText("a cat")
+    view.seeds_edit.setText("one")
+    assert not view.generate()
+    assert "'one'" in view.status_label.text()
+    assert not view.runner.busy
