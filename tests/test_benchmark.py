@@ -202,7 +202,7 @@ def test_quick_benchmark_writes_tables_sheet_and_json(tmp_path, tiny_model_dir, 
     assert "## Tuning concepts (used to pick the defaults): frozen in ice" in markdown
     assert re.search(r"^\| ti-1 \| \d\.\d\d ± \d\.\d\d \|", markdown, re.M)
     assert re.search(r"^\| lego \| \d\.\d\d ± \d\.\d\d \|", markdown, re.M)
-    assert "Quick (CI) run" in markdown
+    assert "Quick (CI) run" in markdown and "**Verdict: " in markdown
 
     sheet = Image.open(out / "contact.png")
     # 3 rows (exemplars, ti-1, lego) and 2 columns of at least 96 px cells, plus labels.
@@ -226,3 +226,14 @@ def test_missing_judge_fails_before_training(tmp_path, capsys):
     assert code == 2
     err = capsys.readouterr().err.strip()
     assert err.startswith("error: ") and "nope" in err and "\n" not in err
+
+
+def test_verdict_names_the_winner_only_beyond_the_seed_noise():
+    def entry(success, std, leakage=0.1):
+        return {"success": (success, std), "leakage": (leakage, 0.0)}
+
+    assert bench.verdict({"ti-1": entry(0.2, 0.05), "ti-4": entry(0.3, 0.05), "lego": entry(0.6, 0.05)}).startswith(
+        "**Verdict: Lego ahead** — success lego 0.60 ± 0.05 vs best TI (ti-4) 0.30 ± 0.05")
+    assert "no clear winner" in bench.verdict({"ti-1": entry(0.5, 0.2), "lego": entry(0.6, 0.05)})
+    assert "TI ahead" in bench.verdict({"ti-1": entry(0.9, 0.0), "lego": entry(0.6, 0.05)})
+    assert bench.verdict({"lego": entry(0.6, 0.05)}) == ""

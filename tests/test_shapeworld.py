@@ -130,19 +130,19 @@ def test_held_out_triples_cover_every_shape_colour_and_concept():
 def test_training_batches_never_contain_held_out_triples_and_are_reproducible():
     from lego_studio.shapeworld.data import RenderedBatches
 
-    data = RenderedBatches(0, "unet", 32, 4, tokenizer_dir=str(resource("tokenizer")))
+    data = RenderedBatches(0, "unet", 24, 3, tokenizer_dir=str(resource("tokenizer")))
     held = {(SHAPES.index(t.shape), COLOUR_NAMES.index(t.colour), world.CONCEPT_LABELS.index(t.concept))
             for t in world.held_out_triples()}
     seen_plain = 0
     for i in range(len(data)):
         batch = data[i]
-        assert batch["images"].shape == (32, 64, 64, 3)
-        assert batch["input_ids"].shape == (32, 77)
+        assert batch["images"].shape == (24, 64, 64, 3)
+        assert batch["input_ids"].shape == (24, 77)
         for label in batch["labels"].tolist():
             assert tuple(label) not in held
             seen_plain += label[2] == world.CONCEPT_LABELS.index("none")
-    assert 0 < seen_plain < 4 * 32 // 2, "plain-subject captions should be a minority, but present"
-    again = RenderedBatches(0, "unet", 32, 4)[2]
+    assert 0 < seen_plain < 3 * 24 // 2, "plain-subject captions should be a minority, but present"
+    again = RenderedBatches(0, "unet", 24, 3)[2]
     assert np.array_equal(again["images"].numpy(), data[2]["images"].numpy())
     assert again["captions"] == data[2]["captions"]
 
@@ -158,7 +158,7 @@ needs_shipped_judge = pytest.mark.skipif(not (SHIPPED_JUDGE / "judge.safetensors
 def test_shipped_judge_reads_fresh_renders():
     from lego_studio.shapeworld.judge import judge_accuracy, load_judge
 
-    accuracy = judge_accuracy(load_judge(), seed=424242, n=300, batch_size=100)
+    accuracy = judge_accuracy(load_judge(), seed=424242, n=200, batch_size=100)
     assert min(accuracy.values()) >= 0.98, accuracy
 
 
@@ -275,3 +275,42 @@ def test_missing_tokenizer_is_reported(tmp_path):
     with pytest.raises(SystemExit, match="tokenizer"):
         model_training.main(["--out", str(tmp_path / "m"), "--tokenizer", str(tmp_path / "nowhere"), "--device", "cpu",
                              "--minutes", "0.01"])
+
+
+# ---------------------------------------------------------------- command line
+
+
+def test_cli_render_writes_image_and_mask(tmp_path, capsys):
+    from PIL import Image
+
+    from lego_studio.cli import main
+
+    out, mask_out = tmp_path / "s.png", tmp_path / "m.png"
+    code = main(["shapeworld", "render", "--shape", "heart", "--colour", "blue", "--concept", "in a cage",
+                 "--seed", "3", "--out", str(out), "--mask-out", str(mask_out)])
+    assert code == 0
+    assert "a blue heart in a cage" in capsys.readouterr().out
+    expected_image, expected_mask, _ = render("heart", "blue", "in a cage", random.Random(3))
+    assert np.array_equal(np.asarray(Image.open(out)), np.asarray(expected_image))
+    assert np.array_equal(np.asarray(Image.open(mask_out)), expected_mask)
+
+
+def test_cli_bad_input_is_one_line_error(tmp_path, capsys):
+    from lego_studio.cli import main
+
+    assert main(["shapeworld", "render", "--shape", "pentagon", "--colour", "red", "--out", str(tmp_path / "x.png")]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "pentagon" in err
+    assert main(["shapeworld", "judge", str(tmp_path / "missing.png")]) == 2
+    assert "missing.png" in capsys.readouterr().err
+
+
+@needs_shipped_judge
+def test_cli_judge_reads_a_render(tmp_path, capsys):
+    from lego_studio.cli import main
+
+    path = tmp_path / "fire.png"
+    render("triangle", "green", "on fire", random.Random(9))[0].save(path)
+    assert main(["shapeworld", "judge", str(path), "--json"]) == 0
+    verdict = json.loads(capsys.readouterr().out.strip())
+    assert (verdict["shape"], verdict["colour"], verdict["concept"]) == ("triangle", "green", "on fire")

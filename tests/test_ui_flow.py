@@ -7,7 +7,6 @@ from __future__ import annotations
 
 import time
 
-import numpy as np
 import pytest
 import torch
 from PIL import Image, ImageDraw
@@ -18,6 +17,7 @@ from PySide6.QtWidgets import QApplication
 from lego_studio.core.segmentation import SamArchitecture, build_sam
 from lego_studio.core.settings import Settings
 from lego_studio.ui.context import AppContext
+from lego_studio.ui.gallery_view import ImageDialog
 from lego_studio.ui.main_window import MainWindow
 from lego_studio.ui.mask_canvas import SAM
 
@@ -254,6 +254,12 @@ def test_create_mask_train_library_gallery(window, qtbot, tmp_path):
             assert stored_request.prompt == request.prompt
             assert headers[column] in stored_request.prompt
     assert "a dog" in gallery._cell(1, 0)[1].prompt
+
+    # open one large: its settings are shown and "Reuse settings" fills the controls
+    dialog = gallery.open_cell(1, 0)
+    assert dialog.isVisible() and dialog.request.prompt == gallery._cell(1, 0)[1].prompt
+    assert "&lt;frozen&gt;" in ImageDialog.describe(dialog.request, gallery._cell(1, 0)[0])
+    dialog.accept()
 
     # export the selection, reuse settings
     gallery.table.setCurrentCell(0, 1)

@@ -125,3 +125,15 @@ def test_thousands_of_signals_do_not_corrupt_the_interpreter(runner, qtbot):
     runner.start(chatty, on_done=done.append)
     qtbot.waitUntil(lambda: bool(done), timeout=10000)
     assert abs(sys.getrefcount(True) - before) < 500
+
+
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="per-thread nice values are a Linux feature")
+def test_background_work_runs_at_lower_priority_than_the_ui(runner, qtbot):
+    import os
+
+    ui_nice = os.getpriority(os.PRIO_PROCESS, threading.get_native_id())
+    seen = []
+    runner.start(lambda state: os.getpriority(os.PRIO_PROCESS, threading.get_native_id()), on_done=seen.append)
+    qtbot.waitUntil(lambda: bool(seen), timeout=5000)
+    assert seen[0] > ui_nice
+    assert os.getpriority(os.PRIO_PROCESS, threading.get_native_id()) == ui_nice  # the UI thread is untouched

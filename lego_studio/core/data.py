@@ -17,6 +17,7 @@ from __future__ import annotations
 import hashlib
 import os
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 from pathlib import Path
 
 import numpy as np
@@ -26,6 +27,9 @@ from lego_studio.core.errors import InputError
 from lego_studio.core.images import load_image, load_mask
 from lego_studio.core.paths import atomic_save
 
+if TYPE_CHECKING:  # torch is imported lazily; annotations only
+    import torch
+
 CACHE_FORMAT = "lego-studio-latents/1"
 
 
@@ -33,8 +37,8 @@ CACHE_FORMAT = "lego-studio-latents/1"
 class ExemplarSet:
     """Cached training data, all float32 on the CPU. Index 0 of dim 1 = as is, 1 = mirrored."""
 
-    latents: "torch.Tensor"  # [K, 2, C, h, w]  # noqa: F821
-    masks: "torch.Tensor"  # [K, 2, 1, h, w] in [0, 1], 1 = subject
+    latents: torch.Tensor  # [K, 2, C, h, w]
+    masks: torch.Tensor  # [K, 2, 1, h, w] in [0, 1], 1 = subject
     has_mask: list[bool]
     sources: list[str]
 
@@ -58,7 +62,7 @@ def center_crop_resize(image: Image.Image, resolution: int, resample=Image.Resam
     return square
 
 
-def image_to_tensor(image: Image.Image) -> "torch.Tensor":  # noqa: F821
+def image_to_tensor(image: Image.Image) -> torch.Tensor:
     """RGB PIL image -> float tensor [3, H, W] in [-1, 1] (what the VAE expects)."""
     import torch
 
@@ -88,7 +92,7 @@ def _scaling(model) -> tuple[float, float]:
     return scale, shift
 
 
-def encode_images(model, pixels: "torch.Tensor") -> "torch.Tensor":  # noqa: F821
+def encode_images(model, pixels: torch.Tensor) -> torch.Tensor:
     """VAE latents (mean of the posterior, scaled like diffusers' training scripts), float32."""
     import torch
 
@@ -124,7 +128,7 @@ def _mask_array(mask_source, image: Image.Image, image_name: str) -> np.ndarray 
     return binary
 
 
-def _latent_mask(mask: np.ndarray | None, resolution: int, latent_size: int) -> "torch.Tensor":  # noqa: F821
+def _latent_mask(mask: np.ndarray | None, resolution: int, latent_size: int) -> torch.Tensor:
     import torch
     import torch.nn.functional as F
 

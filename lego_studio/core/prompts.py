@@ -16,8 +16,12 @@ from __future__ import annotations
 
 import re
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 from lego_studio.core.errors import InputError
+
+if TYPE_CHECKING:  # torch is imported lazily; annotations only
+    import torch
 
 # Textual Inversion's "imagenet_templates_small", trimmed to the ones that read well with a
 # subject phrase in front of the concept tokens.
@@ -131,10 +135,10 @@ def slots(count: int, start: int = 0) -> list[Slot]:
 class TokenizedPrompts:
     """Token ids padded to the model length, plus where learned vectors go."""
 
-    input_ids: "torch.Tensor"  # [B, L] long  # noqa: F821
-    slot_mask: "torch.Tensor"  # [B, L] bool: True where a learned vector replaces the embedding
-    slot_index: "torch.Tensor"  # [B, L] long: which learned vector (0 where slot_mask is False)
-    attention_mask: "torch.Tensor"  # [B, L] long: 1 for real tokens, 0 for padding (as the tokenizer's)
+    input_ids: torch.Tensor  # [B, L] long
+    slot_mask: torch.Tensor  # [B, L] bool: True where a learned vector replaces the embedding
+    slot_index: torch.Tensor  # [B, L] long: which learned vector (0 where slot_mask is False)
+    attention_mask: torch.Tensor  # [B, L] long: 1 for real tokens, 0 for padding (as the tokenizer's)
 
 
 def tokenize_segments(tokenizer, prompts: list[list]) -> TokenizedPrompts:

@@ -52,7 +52,7 @@ import time
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from pathlib import Path
-from typing import Any, Callable
+from typing import Callable
 
 from lego_studio.core.errors import Cancelled, InputError, TrainingError
 from lego_studio.core.paths import atomic_save, atomic_write_json, atomic_write_text
@@ -231,8 +231,7 @@ class TrainConfig:
         if not self.templates:
             bad("templates must not be empty")
         for template in self.templates:
-            if template.count("{}") != 1:
-                bad(f"template {template!r} must contain exactly one '{{}}' where the concept goes")
+            check_template(template, f"{source}: template")
         if not isinstance(self.subject, str):
             bad("subject must be text, e.g. \"a toy robot\"")
         if not is_int(self.subject_token_steps) or self.subject_token_steps < 0:
@@ -464,8 +463,6 @@ class Trainer:
         is none). Raises :class:`Cancelled` after writing a checkpoint when cancelled,
         :class:`TrainingError` after ``max_nonfinite_in_a_row`` non-finite steps.
         """
-        import torch
-
         config = self.config.validate()
         model = self.model
         self._check_inputs()
@@ -711,6 +708,8 @@ class Trainer:
         # No weight decay: it would shrink the vectors below the norm of real token embeddings,
         # where the text encoder has never seen inputs.
         param = self.subject_vector if step < self.config.subject_token_steps else self.concept_vectors
+        if self.subject_vector is not None and param is self.concept_vectors:
+            self.subject_vector.requires_grad_(False)  # frozen in stage 1: no gradient to keep
         return torch.optim.AdamW([param], lr=self.config.lr, betas=(0.9, 0.999), eps=1e-8, weight_decay=0.0)
 
     # -- prompt encoding with learned vectors

@@ -733,6 +733,23 @@ def _cell(value: tuple[float, float]) -> str:
     return f"{mean:.2f} ± {std:.2f}"
 
 
+def verdict(split_summary: dict) -> str:
+    """One line comparing Lego with the best Textual Inversion run on ``success`` ("" when either
+    is missing). Differences within the larger of the two standard deviations count as a tie."""
+    if "lego" not in split_summary:
+        return ""
+    tis = {m: v for m, v in split_summary.items() if m.startswith("ti-")}
+    if not tis:
+        return ""
+    best_ti = max(tis, key=lambda m: tis[m]["success"][0])
+    (lego_mean, lego_std), (ti_mean, ti_std) = split_summary["lego"]["success"], tis[best_ti]["success"]
+    margin = max(lego_std, ti_std)
+    outcome = "Lego ahead" if lego_mean - ti_mean > margin else "TI ahead" if ti_mean - lego_mean > margin else "no clear winner"
+    leak = f"; leakage {split_summary['lego']['leakage'][0]:.2f} vs {tis[best_ti]['leakage'][0]:.2f}"
+    return (f"**Verdict: {outcome}** — success lego {lego_mean:.2f} ± {lego_std:.2f} vs best TI ({best_ti}) "
+            f"{ti_mean:.2f} ± {ti_std:.2f}{leak}.")
+
+
 def results_markdown(rows: Sequence[dict], summary: dict, config: BenchmarkConfig, plan: Plan, elapsed: float) -> str:
     lines = ["# Shape World benchmark: Lego vs Textual Inversion", ""]
     if config.quick:
@@ -761,6 +778,9 @@ def results_markdown(rows: Sequence[dict], summary: dict, config: BenchmarkConfi
         for method, values in summary["summary"][split].items():
             lines.append(f"| {method} | " + " | ".join(_cell(values[m]) for m in METRICS) + " |")
         lines.append("")
+        text = verdict(summary["summary"][split])
+        if text:
+            lines += [text, ""]
     lines += ["## Per concept (mean over training seeds)", "", "| concept | split | method | " + " | ".join(METRICS) + " |",
               "|---|---|---|" + "---|" * len(METRICS)]
     for concept in config.concepts:

@@ -128,14 +128,10 @@ def load_pipeline(model_dir, device: str):
     return pipe.to(device)
 
 
-def main(argv: list[str] | None = None) -> int:
-    import torch
-
-    from lego_studio.core.paths import atomic_save, atomic_write_json
-    from lego_studio.shapeworld.judge import load_judge
-
-    parser = argparse.ArgumentParser(prog="python -m lego_studio.shapeworld.evaluate")
-    parser.add_argument("--model", default="resources/models/shapeworld")
+def build_parser(add_help: bool = True) -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="python -m lego_studio.shapeworld.evaluate", add_help=add_help,
+                                     description="Base-model quality: prompted concept and subject, as the judge reads them.")
+    parser.add_argument("--model", default=None, help="Shape World model folder (default resources/models/shapeworld)")
     parser.add_argument("--judge", default=None, help="judge folder (default resources/judge)")
     parser.add_argument("--n", type=int, default=200)
     parser.add_argument("--device", default="cpu")
@@ -145,9 +141,24 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--which", default="trained", choices=["trained", "held_out", "plain"])
     parser.add_argument("--out", default=None, help="folder for evaluation JSON + contact sheet (default: the model folder's eval/)")
     parser.add_argument("--threads", type=int, default=0)
-    args = parser.parse_args(argv)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    return run(build_parser().parse_args(argv))
+
+
+def run(args) -> int:
+    import torch
+
+    from lego_studio.core.paths import atomic_save, atomic_write_json
+    from lego_studio.shapeworld.judge import load_judge
+
     if args.threads:
         torch.set_num_threads(args.threads)
+    from lego_studio.core.paths import resource
+
+    args.model = args.model or str(resource("models", "shapeworld"))
     t0 = time.time()
     pipe = load_pipeline(args.model, args.device)
     judge_model = load_judge(args.judge, device=args.device)

@@ -242,6 +242,7 @@ def judge_accuracy(model: Judge, seed: int, n: int = 1000, batch_size: int = 250
     """Per-head accuracy of ``model`` on ``n`` fresh renders (every triple, held-out included)."""
     from lego_studio.shapeworld.data import RenderedBatches
 
+    batch_size = max(1, min(batch_size, n))
     data = RenderedBatches(seed, "judge-eval", batch_size, math.ceil(n / batch_size), include_held_out=True)
     correct = {name: 0 for name in HEADS}
     count = 0

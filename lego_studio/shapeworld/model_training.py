@@ -446,8 +446,9 @@ def run(args) -> dict:
     return metadata
 
 
-def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="python -m lego_studio.shapeworld.model_training", description=__doc__.split("\n\n")[0])
+def build_parser(add_help: bool = True) -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="python -m lego_studio.shapeworld.model_training",
+                                description=__doc__.split("\n\n")[0], add_help=add_help)
     p.add_argument("--out", required=True, help="model folder to write (diffusers layout)")
     p.add_argument("--judge-out", default=None, help="folder for judge.safetensors + judge.json")
     p.add_argument("--minutes", type=float, default=8.0, help="total wall-clock budget")
@@ -475,6 +476,12 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
+    run(apply_defaults(args))
+    return 0
+
+
+def apply_defaults(args):
+    """Device-dependent defaults for the options left unset."""
     cuda = args.device.startswith("cuda")
     # A 6 M-parameter UNet on 16x16 latents is kernel-launch bound on a big GPU: a larger batch
     # costs almost no extra time per step.
@@ -488,8 +495,7 @@ def main(argv: list[str] | None = None) -> int:
         args.workers = max(0, min(12, (os.cpu_count() or 2) - 2))
     if args.eval_n is None:
         args.eval_n = 192 if cuda else 16
-    run(args)
-    return 0
+    return args
 
 
 if __name__ == "__main__":

@@ -5,11 +5,16 @@ from __future__ import annotations
 from pathlib import Path
 
 
-def run_thumbnail(run_dir: Path, project) -> Path | None:
-    """The newest preview of the run, else the project's first image: what the concept does."""
+def run_thumbnail(run_dir: Path, project):
+    """The first picture of the run's newest preview sheet (a row of square images), else the
+    project's first image: what the concept does."""
     previews = sorted((run_dir / "previews").glob("*.png")) if (run_dir / "previews").is_dir() else []
     if previews:
-        return previews[-1]
+        from lego_studio.core.images import load_image
+
+        sheet = load_image(previews[-1])
+        side = min(sheet.size)
+        return sheet.crop((0, 0, side, side))
     if project is not None and project.images:
         return project.folder / project.images[0].file
     return None
