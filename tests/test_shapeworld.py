@@ -4,12 +4,11 @@ from __future__ import annotations
 
 import json
 import random
-from pathlib import Path
 
 import numpy as np
 import pytest
 
-from lego_studio.core.errors import InputError, LegoError, ModelError
+from lego_studio.core.errors import InputError, ModelError
 from lego_studio.core.paths import resource
 from lego_studio.shapeworld import world
 from lego_studio.shapeworld.render import render
@@ -314,3 +313,21 @@ def test_cli_judge_reads_a_render(tmp_path, capsys):
     assert main(["shapeworld", "judge", str(path), "--json"]) == 0
     verdict = json.loads(capsys.readouterr().out.strip())
     assert (verdict["shape"], verdict["colour"], verdict["concept"]) == ("triangle", "green", "on fire")
+
+
+def test_vae_stage_is_deterministic_for_a_seed():
+    import argparse
+
+    import torch
+
+    from lego_studio.shapeworld import model_training
+
+    def weights(seed):
+        args = argparse.Namespace(seed=seed, device="cpu", vae_batch=4, workers=0, reuse=2, slots=2)
+        vae, info = model_training.train_vae(args, seconds=None, steps=2)
+        assert info["steps"] == 2
+        return torch.cat([p.detach().flatten() for p in vae.parameters()]), vae.config.scaling_factor
+
+    (a, scale_a), (b, scale_b), (c, _) = weights(0), weights(0), weights(1)
+    assert torch.equal(a, b) and scale_a == scale_b
+    assert not torch.equal(a, c)

@@ -173,6 +173,7 @@ def test_library_lists_searches_renames_tags_and_deletes(window, qtbot):
 def test_library_import_and_export_in_every_format(window, qtbot, tmp_path):
     view = window.library_view
     library = window.context.library()
+    qtbot.waitUntil(lambda: not view.runner.busy, timeout=10000)  # the first listing
     source = Concept("sparkly", "<sparkly>", torch.randn(3, 32), {})
     a1111 = export_concept(source, tmp_path / "sparkly.pt", "a1111")
     with qtbot.waitSignal(view.entries_loaded, timeout=10000):
@@ -194,6 +195,15 @@ def test_library_import_and_export_in_every_format(window, qtbot, tmp_path):
 
 
 # ------------------------------------------------------------------------------ gallery
+
+
+def test_library_operations_asked_for_while_busy_are_queued_not_dropped(window, qtbot, tmp_path):
+    view = window.library_view
+    files = [export_concept(Concept(n, f"<{n}>", torch.randn(1, 32), {}), tmp_path / f"{n}.pt", "a1111") for n in ("aa", "bb")]
+    view.refresh()
+    assert view.runner.busy
+    assert view.import_files([files[0]]) and view.import_files([files[1]])
+    qtbot.waitUntil(lambda: view.visible_names() == ["aa", "bb"], timeout=20000)
 
 
 def test_seed_parsing():

@@ -14,11 +14,9 @@ from lego_studio.shapeworld.render import render
 from lego_studio.shapeworld.world import (
     COLOUR_NAMES,
     CONCEPT_LABELS,
-    CONCEPTS,
     NO_CONCEPT,
     SHAPES,
     Triple,
-    all_triples,
     trained_triples,
 )
 
@@ -157,5 +155,4 @@ def images_to_tensor(images_uint8, device):
     return images_uint8.to(device, non_blocking=True).permute(0, 3, 1, 2).float().div_(127.5).sub_(1.0)
 
 
-__all__ = ["RenderedBatches", "ReplayBuffer", "loader", "images_to_tensor", "sample_triple", "NO_CONCEPT_PROBABILITY",
-           "all_triples", "CONCEPTS"]
+__all__ = ["RenderedBatches", "ReplayBuffer", "loader", "images_to_tensor", "sample_triple", "NO_CONCEPT_PROBABILITY"]

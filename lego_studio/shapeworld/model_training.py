@@ -129,6 +129,9 @@ class Budget:
         return elapsed >= self.seconds
 
     def lr_factor(self, step: int, warmup: int) -> float:
+        # Short (CPU) runs warm up over at most a tenth of the run, once the run's length is known.
+        if self.fixed is not None or step >= 2 * self.WARM_STEPS:
+            warmup = max(1, min(warmup, self.planned // 10))
         frac = min(step / max(self.planned, 1), 1.0)
         return min(1.0, (step + 1) / warmup) * (0.1 + 0.9 * 0.5 * (1 + math.cos(math.pi * frac)))
 
@@ -143,7 +146,7 @@ class Progress:
         if now - self.last < self.every:
             return
         self.last = now
-        parts = " ".join(f"{k} {v:.4f}" for k, v in values.items())
+        parts = " ".join(f"{k} {v:.4g}" for k, v in values.items())
         log(f"[{self.name}] step {step}/{total} {parts} {step / (now - self.start):.2f} it/s elapsed {now - self.start:.0f}s")
 
 

@@ -18,7 +18,7 @@ from lego_studio.core.errors import InputError
 from lego_studio.shapeworld.world import COLOURS, CONCEPTS, NO_CONCEPT, SHAPES, caption
 
 SUPERSAMPLE = 4
-# Concepts drawn under the subject layer; the rest are drawn over it (or change it).
+# Concept colours: pale ice blue and near-black ink, both far from every subject colour.
 _ICE_RGB = (170, 215, 245)
 _DARK = (45, 45, 52)
 

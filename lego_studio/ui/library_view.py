@@ -94,6 +94,7 @@ class LibraryView(QWidget):
         self.runner = TaskRunner(self)
         self.entries: list = []
         self._refresh_again = False
+        self._queued: list = []  # operations asked for while another library task ran
 
         self.search_edit = QLineEdit()
         self.search_edit.setPlaceholderText("Search names, tags, subjects…")
@@ -166,7 +167,7 @@ class LibraryView(QWidget):
         def load(state):
             return library.list(), library.problems()
 
-        self.runner.start(load, on_done=self._loaded, on_error=self._show_error, name="library")
+        self.runner.start(load, on_done=self._loaded, on_error=self._failed, name="library")
 
     def _loaded(self, result) -> None:
         entries, problems = result
@@ -177,7 +178,19 @@ class LibraryView(QWidget):
             more = f" (and {len(problems) - 1} more)" if len(problems) > 1 else ""
             self.status_label.setText(f"Skipped unreadable file: {reason}{more}")
         self.entries_loaded.emit()
-        if self._refresh_again:
+        self._next()
+
+    def _failed(self, message: str) -> None:
+        self._show_error(message)
+        self._next()
+
+    def _next(self) -> None:
+        """Start what waited for the previous task: queued operations first, then a refresh."""
+        if self.runner.busy:
+            return
+        if self._queued:
+            self._start_op(*self._queued.pop(0))
+        elif self._refresh_again:
             self._refresh_again = False
             self.refresh()
 
@@ -245,7 +258,15 @@ class LibraryView(QWidget):
         self.status_label.setText(message)
 
     # ------------------------------------------------------------ operations (in the worker)
-    def _run(self, fn, done_message: str, select: str | None = None) -> bool:
+    def _run(self, fn, done_message: str) -> bool:
+        """Run ``fn(library)`` in the worker, after whatever library task is running now."""
+        if self.runner.busy:
+            self._queued.append((fn, done_message))
+        else:
+            self._start_op(fn, done_message)
+        return True
+
+    def _start_op(self, fn, done_message: str) -> None:
         library = self.context.library()
 
         def task(state):
@@ -254,12 +275,9 @@ class LibraryView(QWidget):
         def done(result):
             self.status_label.setStyleSheet("color: #2e7d32;")
             self.status_label.setText(done_message.format(result=result))
-            self.context.library_changed.emit()
+            self.context.library_changed.emit()  # -> refresh(), which then runs what is queued
 
-        if not self.runner.start(task, on_done=done, on_error=self._show_error, name="library-op"):
-            self._show_error("The library is busy; try again in a moment.")
-            return False
-        return True
+        self.runner.start(task, on_done=done, on_error=self._failed, name="library-op")
 
     def import_files(self, files: list[Path]) -> bool:
         def add_all(library):
