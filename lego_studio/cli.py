@@ -48,9 +48,10 @@ def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
     if not getattr(args, "func", None):
-        # No sub-command: open the desktop app when it is available, else show help.
-        parser.print_help()
-        return 0
+        # No sub-command: open the desktop app (the packaged LegoStudio binary starts this way).
+        from lego_studio.ui.app import main as gui_main
+
+        return int(gui_main() or 0)
     try:
         result = args.func(args)
     except LegoError as exc:

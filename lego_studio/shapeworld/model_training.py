@@ -50,13 +50,23 @@ def repo_tokenizer_dir() -> Path:
 # ---------------------------------------------------------------- model definitions
 
 
+# Two sizes of the same architecture. "base" is for a GPU run; "small" (a quarter of the
+# convolution cost) is what a 2-core CPU can train to a usable model within the 3-hour budget:
+# measured here, a "base" VAE step at batch 32 takes ~3 s and a UNet step ~1 s on 2 cores.
+ARCHS = {
+    "base": {"vae_channels": (32, 64, 64), "vae_groups": 32, "unet_channels": (64, 128, 128)},
+    "small": {"vae_channels": (16, 32, 32), "vae_groups": 8, "unet_channels": (32, 64, 64)},
+}
+ARCH = dict(ARCHS["base"])
+
+
 def make_vae():
     from diffusers import AutoencoderKL
 
     return AutoencoderKL(
         in_channels=3, out_channels=3, latent_channels=4, sample_size=RESOLUTION,
         down_block_types=("DownEncoderBlock2D",) * 3, up_block_types=("UpDecoderBlock2D",) * 3,
-        block_out_channels=(32, 64, 64), layers_per_block=1, norm_num_groups=32,
+        block_out_channels=ARCH["vae_channels"], layers_per_block=1, norm_num_groups=ARCH["vae_groups"],
     )
 
 
@@ -67,7 +77,7 @@ def make_unet():
         sample_size=LATENT_SIZE, in_channels=4, out_channels=4,
         down_block_types=("CrossAttnDownBlock2D", "CrossAttnDownBlock2D", "DownBlock2D"),
         up_block_types=("UpBlock2D", "CrossAttnUpBlock2D", "CrossAttnUpBlock2D"),
-        block_out_channels=(64, 128, 128), layers_per_block=1, cross_attention_dim=TEXT_WIDTH,
+        block_out_channels=ARCH["unet_channels"], layers_per_block=1, cross_attention_dim=TEXT_WIDTH,
         attention_head_dim=8, norm_num_groups=32,
     )
 
@@ -132,7 +142,12 @@ class Budget:
         # Short (CPU) runs warm up over at most a tenth of the run, once the run's length is known.
         if self.fixed is not None or step >= 2 * self.WARM_STEPS:
             warmup = max(1, min(warmup, self.planned // 10))
-        frac = min(step / max(self.planned, 1), 1.0)
+        if self.fixed is None and self.seconds:
+            # Deadline runs decay by elapsed time: on a shared CPU the speed changes during the run,
+            # and a step-planned cosine would hit its floor early (or never) when it does.
+            frac = min((time.time() - self.start) / self.seconds, 1.0)
+        else:
+            frac = min(step / max(self.planned, 1), 1.0)
         return min(1.0, (step + 1) / warmup) * (0.1 + 0.9 * 0.5 * (1 + math.cos(math.pi * frac)))
 
 
@@ -222,7 +237,7 @@ def train_vae(args, seconds, steps):
     vae.eval()
     # Latents scaled to unit variance, as SD does with its scaling_factor.
     with torch.no_grad():
-        sample = RenderedBatches(args.seed, "vae-scale", min(256, max(64, 2 * args.vae_batch)), 1)[0]
+        sample = RenderedBatches(args.seed, "vae-scale", min(256, max(16, 2 * args.vae_batch)), 1)[0]
         z = vae.encode(images_to_tensor(sample["images"], args.device)).latent_dist.mean
         scale = float(1.0 / z.float().std().clamp_min(1e-3))
         recon = vae.decode(z).sample
@@ -430,7 +445,7 @@ def run(args) -> dict:
 
     params = {name: sum(p.numel() for p in m.parameters()) for name, m in
               (("unet", unet), ("text_encoder", text_encoder), ("vae", vae))}
-    config = {"text_width": TEXT_WIDTH, "resolution": RESOLUTION, "latent_size": LATENT_SIZE, "batch": args.batch, "vae_batch": args.vae_batch,
+    config = {"arch": args.arch, **{k: list(v) if isinstance(v, tuple) else v for k, v in ARCH.items()}, "text_width": TEXT_WIDTH, "resolution": RESOLUTION, "latent_size": LATENT_SIZE, "batch": args.batch, "vae_batch": args.vae_batch,
               "reuse": args.reuse, "slots": args.slots, "workers": args.workers,
               "lr": args.lr, "betas": BETAS, "params": params, "shares": SHARES}
     metadata = {
@@ -456,6 +471,8 @@ def build_parser(add_help: bool = True) -> argparse.ArgumentParser:
     p.add_argument("--judge-out", default=None, help="folder for judge.safetensors + judge.json")
     p.add_argument("--minutes", type=float, default=8.0, help="total wall-clock budget")
     p.add_argument("--device", default="cpu", help="cuda | cpu")
+    p.add_argument("--arch", choices=sorted(ARCHS), default=None,
+                   help="model size: base (default on cuda) or small (default on cpu)")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--batch", type=int, default=None, help="UNet batch (default 1024 on cuda, 32 on cpu)")
     p.add_argument("--vae-batch", type=int, default=None, help="VAE batch (default 256 on cuda, 32 on cpu)")
@@ -490,6 +507,8 @@ def apply_defaults(args):
     # costs almost no extra time per step.
     args.batch = args.batch or (1024 if cuda else 32)
     args.vae_batch = args.vae_batch or (256 if cuda else 32)
+    args.arch = args.arch or ("base" if cuda else "small")
+    ARCH.update(ARCHS[args.arch])
     args.judge_batch = args.judge_batch or (256 if cuda else 64)
     args.lr = args.lr or (8e-4 if cuda else 3e-4)
     args.reuse = args.reuse or (8 if cuda else 1)
