@@ -23,6 +23,7 @@ COMMAND_MODULES = [
     "demo",
     "shapeworld",
     "gui",
+    "selftest",
 ]
 
 
@@ -32,6 +33,9 @@ def build_parser() -> argparse.ArgumentParser:
         description="Teach Stable Diffusion a concept that is not an object, offline.",
     )
     parser.add_argument("--version", action="version", version=f"lego-studio {__version__}")
+    parser.add_argument(
+        "--self-test", action="store_true", help="check this install works offline and exit (= the selftest command)"
+    )
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
     for name in COMMAND_MODULES:
         try:
@@ -47,6 +51,9 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
+    if args.self_test and not getattr(args, "func", None):
+        # The packaged app's smoke test: `LegoStudio --self-test`, with the selftest defaults.
+        args = parser.parse_args(["selftest"])
     if not getattr(args, "func", None):
         # No sub-command: open the desktop app (the packaged LegoStudio binary starts this way).
         from lego_studio.ui.app import main as gui_main

@@ -6,6 +6,7 @@ and every model load happen later, in workers.
 
 from __future__ import annotations
 
+import os
 import sys
 
 
@@ -30,6 +31,16 @@ def main(argv: list[str] | None = None) -> int:
     window.show()
     # After the first paint: the window is already on screen while torch loads.
     QTimer.singleShot(0, window.detect_device)
+    if os.environ.get("LEGO_STUDIO_EXIT_AFTER_SHOW") == "1":
+        # Start-up timing (packaging/README figures): report once the window is up, then quit.
+        # Queued after detect_device so that close() finds its worker and waits for it.
+        from lego_studio.selftest import seconds_since_process_start
+
+        def report_and_quit() -> None:
+            print(f"first window after {seconds_since_process_start():.2f} s", flush=True)
+            window.close()  # the normal way out: waits for the start-up workers, then Qt quits
+
+        QTimer.singleShot(0, report_and_quit)
     return app.exec()
 
 

@@ -1,0 +1,121 @@
+"""`lego-studio --self-test`: passes on a working install, fails loudly (and says why) otherwise."""
+
+from __future__ import annotations
+
+import os
+import socket
+
+import pytest
+
+from lego_studio import selftest
+from lego_studio.core.errors import InputError
+
+
+def run_collecting(**kwargs) -> tuple[int, list[str]]:
+    lines: list[str] = []
+    code = selftest.run_self_test(report=lines.append, device="cpu", **kwargs)
+    return code, lines
+
+
+def status_of(lines: list[str], check: str) -> str | None:
+    for line in lines:
+        parts = line.split()
+        if len(parts) >= 2 and parts[1] == check:
+            return parts[0]
+    return None
+
+
+def test_self_test_passes_with_the_tiny_model(tiny_model_dir, lego_home):
+    connect_before = socket.socket.connect
+    home_before = os.environ["LEGO_STUDIO_HOME"]
+
+    code, lines = run_collecting(model=str(tiny_model_dir), steps=2)
+
+    assert code == 0, "\n".join(lines)
+    for check in ("qt", "model", "training", "generation", "grabcut", "network"):
+        assert status_of(lines, check) == "PASS", "\n".join(lines)
+    assert status_of(lines, "sam") == "SKIP"  # no checkpoint configured in the test home
+    assert lines[0].startswith("Lego Studio") and "torch" in lines[1] and lines[2].startswith("device: cpu")
+    assert "2 Lego steps on 3 masked 32 px renders" in next(line for line in lines if " training " in line)
+    assert lines[-1].startswith("self-test passed")
+    # The run borrowed a temporary home and the socket guard, and gave both back.
+    assert os.environ["LEGO_STUDIO_HOME"] == home_before
+    assert socket.socket.connect is connect_before
+    assert not lego_home.exists() or not any(lego_home.rglob("*"))
+
+
+def test_broken_model_path_fails_with_one_clear_line(tmp_path):
+    missing = tmp_path / "no-such-model"
+
+    code, lines = run_collecting(model=str(missing), steps=1)
+
+    assert code == 1
+    model_line = next(line for line in lines if line.split()[1:2] == ["model"])
+    assert model_line.startswith("FAIL") and str(missing) in model_line and "no such model" in model_line
+    assert status_of(lines, "training") == "FAIL" and status_of(lines, "generation") == "FAIL"
+    assert status_of(lines, "grabcut") == "PASS"  # later checks still run and report
+    assert lines[-1].startswith("self-test FAILED (model, training, generation)")
+    assert not any("Traceback" in line for line in lines)  # one line per problem, no stack dump
+
+
+def test_a_network_attempt_fails_the_self_test(monkeypatch):
+    def phones_home(state):
+        socket.create_connection(("update.example.com", 443), timeout=1)
+        return "connected"
+
+    monkeypatch.setattr(selftest, "CHECKS", [("phone-home", phones_home)])
+
+    code, lines = run_collecting()
+
+    assert code == 1
+    assert status_of(lines, "phone-home") == "FAIL"
+    network = next(line for line in lines if line.split()[1:2] == ["network"])
+    assert network.startswith("FAIL") and "update.example.com" in network
+
+
+def test_dns_lookups_are_refused_but_loopback_is_not():
+    attempts: list[str] = []
+    with selftest.network_blocked(attempts):
+        with pytest.raises(OSError):
+            socket.getaddrinfo("huggingface.co", 443)
+        assert socket.getaddrinfo("localhost", 80)  # Qt and local IPC keep working
+    assert attempts == ["DNS lookup 'huggingface.co'"]
+
+
+def test_sam_checkpoint_that_does_not_load_fails_the_sam_check(monkeypatch, tmp_path):
+    broken = tmp_path / "sam_vit_b.pth"
+    broken.write_bytes(b"not a checkpoint")
+    monkeypatch.setattr(selftest, "CHECKS", [("sam", selftest.check_sam)])
+
+    code, lines = run_collecting(sam_checkpoint=str(broken))
+
+    assert code == 1
+    sam_line = next(line for line in lines if line.split()[1:2] == ["sam"])
+    assert sam_line.startswith("FAIL") and str(broken) in sam_line
+
+
+def test_zero_steps_is_refused():
+    with pytest.raises(InputError, match="at least 1"):
+        selftest.run_self_test(report=lambda line: None, steps=0)
+
+
+def test_cli_self_test_flag_runs_the_selftest_command(monkeypatch, capsys):
+    from lego_studio import cli
+
+    calls = []
+
+    def fake_run_self_test(**kwargs):
+        calls.append(kwargs)
+        return 1
+
+    monkeypatch.setattr(selftest, "run_self_test", fake_run_self_test)
+    assert cli.main(["--self-test"]) == 1
+    assert calls[0]["model"] == "shapeworld" and calls[0]["steps"] == 5 and calls[0]["device"] == "auto"
+    assert cli.main(["selftest", "--model", "/models/mine", "--steps", "3", "--device", "cpu"]) == 1
+    assert calls[1]["model"] == "/models/mine" and calls[1]["steps"] == 3 and calls[1]["device"] == "cpu"
+
+
+def test_process_start_clock_counts_from_process_creation():
+    elapsed = selftest.seconds_since_process_start()
+    # This test process has been running for a while (pytest start-up) and not for a day.
+    assert 0.05 < elapsed < 24 * 3600
