@@ -446,8 +446,12 @@ def run_self_test(
         work_dir = Path(stack.enter_context(tempfile.TemporaryDirectory(prefix="lego-selftest-")))
         stack.enter_context(temporary_environment({**OFFLINE_ENVIRONMENT, "LEGO_STUDIO_HOME": str(work_dir / "home")}))
         stack.enter_context(network_blocked(attempts))
-        for line in _environment_lines(device):
-            report(line)
+        try:
+            for line in _environment_lines(device):
+                report(line)
+        except Exception as exc:  # torch itself does not import: every check below will say so too
+            results.append(CheckResult("imports", FAIL, 0.0, _failure_line(exc)))
+            report(f"{FAIL}  {'imports':<10} {'':>7}    {_failure_line(exc)}")
         state = SelfTestState(work_dir, str(model), device, int(steps), sam_checkpoint)
         for name, check in CHECKS:
             began = time.perf_counter()

@@ -1,0 +1,200 @@
+"""The packaging files: spec, runtime hook, desktop entry, icons, install/uninstall scripts.
+
+The PyInstaller build itself takes many minutes (packaging/build_and_selftest.sh runs it); these
+tests check everything around it that can break without anyone noticing.
+"""
+
+from __future__ import annotations
+
+import configparser
+import importlib.util
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+from PIL import Image
+
+ROOT = Path(__file__).resolve().parents[1]
+PACKAGING = ROOT / "packaging"
+ICON_SIZES = (16, 24, 32, 48, 64, 128, 256, 512)
+
+pytestmark = pytest.mark.skipif(not shutil.which("bash"), reason="the packaging scripts need bash")
+
+
+def test_spec_compiles_and_names_files_that_exist():
+    source = (PACKAGING / "LegoStudio.spec").read_text(encoding="utf-8")
+    compile(source, "LegoStudio.spec", "exec")
+    for name in ("lego_studio_main.py", "pyi_rth_lego_offline.py", "runtime_modules.txt"):
+        assert f'"{name}"' in source and (PACKAGING / name).is_file(), name
+    assert '(str(RESOURCES), "resources")' in source  # where core.paths.resources_dir() looks in a bundle
+    assert 'name="LegoStudio"' in source
+
+
+def test_recorded_runtime_modules_still_exist():
+    """A diffusers/transformers upgrade that renames modules must be noticed before a build."""
+    names = [line.strip() for line in (PACKAGING / "runtime_modules.txt").read_text().splitlines() if line.strip()]
+    assert any(name.startswith("diffusers.models.unets") for name in names)
+    assert any(name.startswith("transformers.models.clip") for name in names)
+    missing = [name for name in names if importlib.util.find_spec(name) is None]
+    assert not missing, f"re-run packaging/record_runtime_modules.py; gone: {missing[:5]}"
+
+
+def test_runtime_hook_forces_offline_mode(tmp_path):
+    env = {**os.environ, "HF_HUB_OFFLINE": "0", "PYTHONPATH": str(ROOT)}
+    env.pop("TRANSFORMERS_OFFLINE", None)
+    probe = (
+        "import os, runpy; runpy.run_path(os.environ['HOOK']); "
+        "print(os.environ['HF_HUB_OFFLINE'], os.environ['TRANSFORMERS_OFFLINE'], os.environ['HF_HUB_DISABLE_TELEMETRY'])"
+    )
+    env["HOOK"] = str(PACKAGING / "pyi_rth_lego_offline.py")
+    result = subprocess.run([sys.executable, "-c", probe], env=env, capture_output=True, text=True, check=True)
+    assert result.stdout.split() == ["1", "1", "1"]
+
+
+def test_entry_point_is_the_cli(tmp_path):
+    env = {**os.environ, "PYTHONPATH": str(ROOT)}
+    result = subprocess.run(
+        [sys.executable, str(PACKAGING / "lego_studio_main.py"), "--help"], env=env, capture_output=True, text=True
+    )
+    assert result.returncode == 0
+    assert "--self-test" in result.stdout and "selftest" in result.stdout
+
+
+def read_desktop_entry(path: Path) -> dict[str, str]:
+    parser = configparser.ConfigParser(interpolation=None)
+    parser.optionxform = str  # keys are case-sensitive in desktop entries
+    parser.read(path, encoding="utf-8")
+    return dict(parser["Desktop Entry"])
+
+
+def test_desktop_entry_has_the_required_keys():
+    entry = read_desktop_entry(PACKAGING / "lego-studio.desktop")
+    assert entry["Type"] == "Application"
+    assert entry["Name"] == "Lego Studio"
+    assert entry["Exec"] and entry["Icon"] == "lego-studio"
+    assert entry["Categories"].endswith(";") and "Graphics" in entry["Categories"].split(";")
+    assert entry["Terminal"] == "false"
+
+
+def test_icon_set_has_every_size():
+    assert (ROOT / "resources" / "icons" / "lego-studio.svg").is_file()
+    for size in ICON_SIZES:
+        with Image.open(ROOT / "resources" / "icons" / f"lego-studio-{size}.png") as icon:
+            assert icon.format == "PNG" and icon.size == (size, size) and icon.mode == "RGBA"
+            # Transparent corners (rounded tile), opaque middle: a real drawing, not an empty canvas.
+            assert icon.getpixel((0, 0))[3] == 0 and icon.getpixel((size // 2, size // 2))[3] == 255
+
+
+def test_shell_scripts_parse():
+    for script in ("build.sh", "build_and_selftest.sh", "install.sh", "uninstall.sh"):
+        path = PACKAGING / script
+        assert os.access(path, os.X_OK), f"{script} is not executable"
+        subprocess.run(["bash", "-n", str(path)], check=True)
+
+
+# ------------------------------------------------------------------- install / uninstall
+
+
+@pytest.fixture
+def fake_bundle(tmp_path) -> Path:
+    """A folder shaped like dist/LegoStudio: an executable and the bundled icons."""
+    bundle = tmp_path / "dist" / "LegoStudio"
+    icons = bundle / "_internal" / "resources" / "icons"
+    icons.mkdir(parents=True)
+    for path in (ROOT / "resources" / "icons").glob("lego-studio*"):
+        shutil.copy(path, icons / path.name)
+    exe = bundle / "LegoStudio"
+    exe.write_text("#!/bin/sh\necho fake lego studio \"$@\"\n")
+    exe.chmod(0o755)
+    return bundle
+
+
+@pytest.fixture
+def user_env(tmp_path) -> dict[str, str]:
+    home = tmp_path / "home"
+    home.mkdir()
+    env = {k: v for k, v in os.environ.items() if k not in ("LEGO_STUDIO_HOME",)}
+    env.update(
+        HOME=str(home),
+        PREFIX=str(tmp_path / "prefix"),
+        XDG_DATA_HOME=str(home / "data"),
+        XDG_CONFIG_HOME=str(home / "config"),
+        XDG_CACHE_HOME=str(home / "cache"),
+    )
+    return env
+
+
+def run_script(name: str, *args, env) -> subprocess.CompletedProcess:
+    return subprocess.run(["bash", str(PACKAGING / name), *args], env=env, capture_output=True, text=True)
+
+
+def test_install_then_uninstall_keeps_user_data(fake_bundle, user_env):
+    prefix = Path(user_env["PREFIX"])
+    result = run_script("install.sh", str(fake_bundle), env=user_env)
+    assert result.returncode == 0, result.stderr
+
+    app = prefix / "opt" / "LegoStudio" / "LegoStudio"
+    assert app.is_file()
+    entry = read_desktop_entry(prefix / "share" / "applications" / "lego-studio.desktop")
+    assert entry["Exec"] == f'"{app}"' and entry["TryExec"] == str(app)
+    for size in ICON_SIZES:
+        assert (prefix / "share" / "icons" / "hicolor" / f"{size}x{size}" / "apps" / "lego-studio.png").is_file()
+    assert (prefix / "share" / "icons" / "hicolor" / "scalable" / "apps" / "lego-studio.svg").is_file()
+    launched = subprocess.run([str(prefix / "bin" / "lego-studio"), "--self-test"], capture_output=True, text=True)
+    assert launched.stdout.strip() == "fake lego studio --self-test"
+
+    # Installing again replaces the app (a file only the old copy had is gone).
+    (app.parent / "stale.txt").write_text("old")
+    assert run_script("install.sh", str(fake_bundle), env=user_env).returncode == 0
+    assert not (app.parent / "stale.txt").exists()
+
+    data_dir = Path(user_env["XDG_DATA_HOME"]) / "LegoStudio"
+    (data_dir / "library").mkdir(parents=True)
+    (data_dir / "library" / "frozen.safetensors").write_bytes(b"concept")
+
+    result = run_script("uninstall.sh", env=user_env)
+    assert result.returncode == 0, result.stderr
+    assert not (prefix / "opt" / "LegoStudio").exists()
+    assert not (prefix / "share" / "applications" / "lego-studio.desktop").exists()
+    assert not list((prefix / "share" / "icons").rglob("lego-studio.*"))
+    assert not (prefix / "bin" / "lego-studio").exists()
+    assert (data_dir / "library" / "frozen.safetensors").is_file()
+    assert str(data_dir) in result.stdout and "--purge" in result.stdout
+
+
+def test_uninstall_purge_deletes_user_data(fake_bundle, user_env):
+    assert run_script("install.sh", str(fake_bundle), env=user_env).returncode == 0
+    data_dir = Path(user_env["XDG_DATA_HOME"]) / "LegoStudio"
+    config_dir = Path(user_env["XDG_CONFIG_HOME"]) / "LegoStudio"
+    for folder in (data_dir, config_dir):
+        folder.mkdir(parents=True)
+        (folder / "file").write_text("x")
+
+    result = run_script("uninstall.sh", "--purge", env=user_env)
+
+    assert result.returncode == 0, result.stderr
+    assert not data_dir.exists() and not config_dir.exists()
+    assert not (Path(user_env["PREFIX"]) / "opt" / "LegoStudio").exists()
+
+
+def test_uninstall_leaves_a_foreign_lego_studio_command(fake_bundle, user_env):
+    bin_dir = Path(user_env["PREFIX"]) / "bin"
+    bin_dir.mkdir(parents=True)
+    pip_script = bin_dir / "lego-studio"
+    pip_script.write_text("#!/bin/sh\n")
+    result = run_script("uninstall.sh", env=user_env)
+    assert result.returncode == 0
+    assert pip_script.is_file()
+    assert "was not installed" in result.stdout
+
+
+def test_install_refuses_a_folder_that_is_not_a_bundle(tmp_path, user_env):
+    not_a_bundle = tmp_path / "empty"
+    not_a_bundle.mkdir()
+    result = run_script("install.sh", str(not_a_bundle), env=user_env)
+    assert result.returncode != 0
+    assert result.stderr.strip().splitlines() == [f"error: {not_a_bundle}/LegoStudio: missing or not executable (not a Lego Studio bundle?)"]
+    assert not (Path(user_env["PREFIX"]) / "opt" / "LegoStudio").exists()
