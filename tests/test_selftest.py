@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 import socket
 
@@ -92,6 +93,33 @@ def test_sam_checkpoint_that_does_not_load_fails_the_sam_check(monkeypatch, tmp_
     assert code == 1
     sam_line = next(line for line in lines if line.split()[1:2] == ["sam"])
     assert sam_line.startswith("FAIL") and str(broken) in sam_line
+
+
+def test_configured_sam_checkpoint_is_loaded_and_scored(monkeypatch, tmp_path, lego_home):
+    """The SAM path runs end to end (load, embed, predict, IoU against the true mask); a random
+    tiny SAM draws a poor mask, so the check fails and says by how much."""
+    import torch
+
+    from lego_studio.core.segmentation import SamArchitecture, build_sam
+
+    torch.manual_seed(0)
+    tiny = SamArchitecture(
+        encoder_embed_dim=16, encoder_depth=2, encoder_num_heads=2, encoder_global_attn_indexes=(1,),
+        window_size=4, patch_size=128, image_size=1024, mlp_ratio=2.0, prompt_embed_dim=32, mask_in_chans=8,
+        num_multimask_outputs=3, decoder_depth=1, decoder_mlp_dim=32, iou_head_depth=2, iou_head_hidden_dim=16,
+    )
+    checkpoint = tmp_path / "sam_tiny.pth"
+    torch.save(build_sam(tiny).state_dict(), checkpoint)
+    # Configured the way a user does it: in settings.json, which the self-test only reads.
+    (lego_home / "config").mkdir(parents=True)
+    (lego_home / "config" / "settings.json").write_text(json.dumps({"sam_checkpoint": str(checkpoint)}))
+    monkeypatch.setattr(selftest, "CHECKS", [("sam", selftest.check_sam)])
+
+    code, lines = run_collecting()
+
+    sam_line = next(line for line in lines if line.split()[1:2] == ["sam"])
+    assert "SAM mask IoU" in sam_line and str(checkpoint) in sam_line
+    assert sam_line.startswith("FAIL") and code == 1
 
 
 def test_zero_steps_is_refused():
