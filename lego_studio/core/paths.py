@@ -23,54 +23,39 @@ def _home() -> Path | None:
     return Path(value).expanduser() if value else None
 
 
-def data_dir() -> Path:
-    """Root of user data (the concept library lives below it unless moved in settings)."""
+def _user_dir(home_subdir: str, platform_dir) -> Path:
+    """``$LEGO_STUDIO_HOME/<home_subdir>`` when the variable is set, else ``platform_dir()``
+    (a platformdirs lookup, imported lazily to keep start-up fast); created on first use."""
     home = _home()
-    if home is not None:
-        path = home / "data"
-    else:
-        import platformdirs
-
-        path = Path(platformdirs.user_data_dir(APP_NAME, appauthor=False))
+    path = home / home_subdir if home is not None else Path(platform_dir())
     path.mkdir(parents=True, exist_ok=True)
     return path
+
+
+def data_dir() -> Path:
+    """Root of user data (the concept library lives below it unless moved in settings)."""
+    import platformdirs
+
+    return _user_dir("data", lambda: platformdirs.user_data_dir(APP_NAME, appauthor=False))
 
 
 def config_dir() -> Path:
     """Where settings.json lives."""
-    home = _home()
-    if home is not None:
-        path = home / "config"
-    else:
-        import platformdirs
+    import platformdirs
 
-        path = Path(platformdirs.user_config_dir(APP_NAME, appauthor=False))
-    path.mkdir(parents=True, exist_ok=True)
-    return path
+    return _user_dir("config", lambda: platformdirs.user_config_dir(APP_NAME, appauthor=False))
 
 
 def cache_dir() -> Path:
-    home = _home()
-    if home is not None:
-        path = home / "cache"
-    else:
-        import platformdirs
+    import platformdirs
 
-        path = Path(platformdirs.user_cache_dir(APP_NAME, appauthor=False))
-    path.mkdir(parents=True, exist_ok=True)
-    return path
+    return _user_dir("cache", lambda: platformdirs.user_cache_dir(APP_NAME, appauthor=False))
 
 
 def default_projects_dir() -> Path:
-    home = _home()
-    if home is not None:
-        path = home / "projects"
-    else:
-        import platformdirs
+    import platformdirs
 
-        path = Path(platformdirs.user_documents_dir()) / "Lego Studio Projects"
-    path.mkdir(parents=True, exist_ok=True)
-    return path
+    return _user_dir("projects", lambda: Path(platformdirs.user_documents_dir()) / "Lego Studio Projects")
 
 
 def resources_dir() -> Path:
