@@ -70,6 +70,7 @@ class SelfTestState:
     device: str
     steps: int
     sam_checkpoint: str | None
+    generation_steps: int = 10
     model: object = None
     concept: object = None
     exemplars: list = field(default_factory=list)
@@ -321,7 +322,9 @@ def check_generation(state: SelfTestState) -> str:
 
     if state.model is None or state.concept is None:
         raise LegoError("no trained concept to generate with (see the checks above)")
-    request = GenerationRequest(prompt=f"a blue square {state.concept.placeholder}", seed=0, steps=10, guidance=5.0)
+    request = GenerationRequest(
+        prompt=f"a blue square {state.concept.placeholder}", seed=0, steps=state.generation_steps, guidance=5.0
+    )
     image = generate(state.model, request, [state.concept])
     pixels = np.asarray(image.convert("RGB"), dtype=np.float32)
     expected = int(state.model.family.resolution)
@@ -431,12 +434,13 @@ def run_self_test(
     device: str = "auto",
     sam_checkpoint: str | None = None,
     verbose: bool = False,
+    generation_steps: int = 10,
 ) -> int:
     """Run every check, ``report`` one line each; 0 when none failed, 1 otherwise.
 
     ``sam_checkpoint`` None: the one in the user's settings (if any) is tested."""
-    if steps < 1:
-        raise InputError(f"self-test steps must be at least 1 (got {steps})")
+    if steps < 1 or generation_steps < 1:
+        raise InputError(f"self-test steps must be at least 1 (got {steps} training, {generation_steps} generation)")
     started = time.perf_counter()
     if sam_checkpoint is None:
         sam_checkpoint = configured_sam_checkpoint()
@@ -452,7 +456,7 @@ def run_self_test(
         except Exception as exc:  # torch itself does not import: every check below will say so too
             results.append(CheckResult("imports", FAIL, 0.0, _failure_line(exc)))
             report(f"{FAIL}  {'imports':<10} {'':>7}    {_failure_line(exc)}")
-        state = SelfTestState(work_dir, str(model), device, int(steps), sam_checkpoint)
+        state = SelfTestState(work_dir, str(model), device, int(steps), sam_checkpoint, int(generation_steps))
         for name, check in CHECKS:
             began = time.perf_counter()
             try:

@@ -30,7 +30,7 @@ def test_self_test_passes_with_the_tiny_model(tiny_model_dir, lego_home):
     connect_before = socket.socket.connect
     home_before = os.environ["LEGO_STUDIO_HOME"]
 
-    code, lines = run_collecting(model=str(tiny_model_dir), steps=2)
+    code, lines = run_collecting(model=str(tiny_model_dir), steps=2, generation_steps=2)
 
     assert code == 0, "\n".join(lines)
     for check in ("qt", "model", "training", "generation", "grabcut", "network"):
@@ -38,6 +38,7 @@ def test_self_test_passes_with_the_tiny_model(tiny_model_dir, lego_home):
     assert status_of(lines, "sam") == "SKIP"  # no checkpoint configured in the test home
     assert lines[0].startswith("Lego Studio") and "torch" in lines[1] and lines[2].startswith("device: cpu")
     assert "2 Lego steps on 3 masked 32 px renders" in next(line for line in lines if " training " in line)
+    assert "32x32 image, 2 DDIM steps" in next(line for line in lines if " generation " in line)
     assert lines[-1].startswith("self-test passed")
     # The run borrowed a temporary home and the socket guard, and gave both back.
     assert os.environ["LEGO_STUDIO_HOME"] == home_before
