@@ -51,6 +51,7 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
+    args.invocation = ["lego-studio", *(sys.argv[1:] if argv is None else argv)]
     if args.self_test and not getattr(args, "func", None):
         # The packaged app's smoke test: `LegoStudio --self-test`, with the selftest defaults.
         args = parser.parse_args(["selftest"])

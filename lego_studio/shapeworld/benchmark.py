@@ -862,7 +862,8 @@ def config_from_args(args) -> BenchmarkConfig:
 
 def run_from_args(args) -> int:
     config = config_from_args(args)
-    command = shlex.join([Path(sys.argv[0]).name, *sys.argv[1:]]) if sys.argv else ""
+    # The command as the user typed it (set by the front end that parsed it), for reproduction.
+    command = shlex.join(getattr(args, "invocation", None) or [Path(sys.argv[0]).name, *sys.argv[1:]])
     run_benchmark(config, args.out, log=lambda message: print(message, flush=True), command=command)
     return 0
 
@@ -875,6 +876,7 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="shapeworld_benchmark", description=__doc__.split("\n\n")[0])
     add_arguments(parser)
     args = parser.parse_args(argv)
+    args.invocation = ["python benchmarks/shapeworld_benchmark.py", *(sys.argv[1:] if argv is None else argv)]
     try:
         return run_from_args(args)
     except LegoError as exc:
