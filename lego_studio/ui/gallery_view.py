@@ -29,7 +29,6 @@ from PySide6.QtWidgets import (
     QProgressBar,
     QPushButton,
     QSpinBox,
-    QSplitter,
     QTableWidget,
     QTableWidgetItem,
     QVBoxLayout,
@@ -39,6 +38,7 @@ from PySide6.QtWidgets import (
 from lego_studio.core.errors import InputError, LegoError
 from lego_studio.ui.model_cache import model_choices
 from lego_studio.ui.workers import TaskRunner
+from lego_studio.ui.layouts import install_two_pane_layout
 
 CELL = 160
 DEFAULT_TEMPLATE = "a photo of {subject} {concept}"
@@ -218,12 +218,7 @@ class GalleryView(QWidget):
         right_layout.addLayout(result_buttons)
         right_layout.addWidget(self.table, 1)
 
-        splitter = QSplitter()
-        splitter.addWidget(left)
-        splitter.addWidget(right)
-        splitter.setStretchFactor(1, 1)
-        layout = QVBoxLayout(self)
-        layout.addWidget(splitter)
+        install_two_pane_layout(self, left, right)
 
         context.library_changed.connect(self.refresh_concepts)
         context.settings_changed.connect(self.refresh_models)

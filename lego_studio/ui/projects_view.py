@@ -22,7 +22,6 @@ from PySide6.QtWidgets import (
     QListWidgetItem,
     QMessageBox,
     QPushButton,
-    QSplitter,
     QVBoxLayout,
     QWidget,
 )
@@ -30,6 +29,7 @@ from PySide6.QtWidgets import (
 from lego_studio.core.errors import LegoError
 from lego_studio.ui import project_io
 from lego_studio.ui.workers import TaskRunner
+from lego_studio.ui.layouts import install_two_pane_layout
 
 THUMB = 112
 
@@ -204,12 +204,7 @@ class ProjectsView(QWidget):
         right_stack.addWidget(self.empty_label, 1)
         right_stack.addWidget(self.project_panel, 1)
 
-        splitter = QSplitter()
-        splitter.addWidget(left)
-        splitter.addWidget(right)
-        splitter.setStretchFactor(1, 1)
-        layout = QVBoxLayout(self)
-        layout.addWidget(splitter)
+        install_two_pane_layout(self, left, right)
 
         context.project_changed.connect(lambda _: self.refresh())
         context.project_edited.connect(self.refresh_images)

@@ -29,7 +29,6 @@ from PySide6.QtWidgets import (
     QPushButton,
     QScrollArea,
     QSpinBox,
-    QSplitter,
     QVBoxLayout,
     QWidget,
 )
@@ -41,6 +40,7 @@ from lego_studio.ui.loss_chart import LossChart
 from lego_studio.ui.mask_canvas import pil_to_qimage
 from lego_studio.ui.model_cache import model_choices
 from lego_studio.ui.workers import TaskRunner
+from lego_studio.ui.layouts import install_two_pane_layout
 
 STUDIO_RUN_FILE = "studio.json"  # which model/device the app used for a run, to resume it alike
 RESUMABLE = ("interrupted", "cancelled", "failed", "running")
@@ -309,12 +309,7 @@ class TrainingView(QWidget):
         right_layout.addLayout(runs_header)
         right_layout.addWidget(self.runs_list)
 
-        splitter = QSplitter()
-        splitter.addWidget(left)
-        splitter.addWidget(right)
-        splitter.setStretchFactor(1, 1)
-        layout = QVBoxLayout(self)
-        layout.addWidget(splitter)
+        install_two_pane_layout(self, left, right)
 
         context.project_changed.connect(self.set_project)
         context.project_edited.connect(self.refresh_runs)
