@@ -1,11 +1,13 @@
 """Write a PNG of each main view of the desktop app to docs/screenshots/<view>.png.
 
-    python scripts/screenshots.py [--out docs/screenshots] [--steps 12]
+    python scripts/screenshots.py [--out docs/screenshots] [--steps 12] [--model shapeworld|tiny]
 
 Runs offscreen in a throw-away LEGO_STUDIO_HOME: builds the Shape World demo project (or, when
 this build has no demo, a project of rendered shapes), paints a mask, trains a concept and its
-Textual Inversion baseline for a few steps on a random tiny model, generates a side-by-side grid,
-and grabs every view. The tiny model draws noise; the screenshots show the app, not results.
+Textual Inversion baseline for a few steps on the shipped Shape World model (or a random tiny model
+with --model tiny), generates a side-by-side grid,
+and grabs every view. The screenshots show the app; the few training steps and 4-step previews are
+not a quality result (see the README's Shape World section for that).
 """
 
 from __future__ import annotations
@@ -49,6 +51,9 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--out", default=str(REPO / "docs" / "screenshots"))
     parser.add_argument("--steps", type=int, default=12)
+    parser.add_argument("--model", default="shapeworld",
+                        help="model to show: 'shapeworld' (the shipped model, falls back to a random tiny "
+                             "model when it is missing) or 'tiny'")
     args = parser.parse_args(argv)
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
@@ -65,9 +70,13 @@ def main(argv: list[str] | None = None) -> int:
     from lego_studio.ui.context import AppContext
     from lego_studio.ui.main_window import MainWindow
 
-    model_dir = make_tiny_model(home / "tiny-sd", sample_size=32)
+    from lego_studio.core.paths import resource
+
     settings = Settings.load()
-    settings.add_model(model_dir, name="tiny (random)")
+    if args.model == "shapeworld" and resource("models", "shapeworld", "model_index.json").exists():
+        settings.add_model(resource("models", "shapeworld"), name="Shape World")
+    else:
+        settings.add_model(make_tiny_model(home / "tiny-sd", sample_size=32), name="tiny (random)")
     settings.default_device = "cpu"
     settings.save()
     window = MainWindow(AppContext(settings))
