@@ -38,4 +38,5 @@ echo "bundle: $BUNDLE"
 echo "bundle size: $size in $files files"
 echo "build time: ${seconds} s"
 echo "largest parts:"
-du -sh "$BUNDLE"/_internal/* 2>/dev/null | sort -rh | head -8 | sed 's/^/  /'
+# `head` closes the pipe early; under pipefail that SIGPIPE would fail the whole build.
+{ du -sh "$BUNDLE"/_internal/* 2>/dev/null | sort -rh | head -8 | sed 's/^/  /'; } || true
