@@ -20,7 +20,6 @@ File formats (auto-detected from the file's content, not its extension):
 
 from __future__ import annotations
 
-import hashlib
 import json
 import os
 import re
@@ -95,14 +94,6 @@ def placeholder_for(name: str) -> str:
 
 def _name_from_token(token: str) -> str:
     return token.strip().strip("<>").strip() or token
-
-
-def file_sha256(path: str | os.PathLike) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as handle:
-        for block in iter(lambda: handle.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
 
 
 # ----------------------------------------------------------------------------- reading

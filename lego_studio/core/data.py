@@ -25,7 +25,7 @@ from PIL import Image
 
 from lego_studio.core.errors import InputError
 from lego_studio.core.images import load_image, load_mask
-from lego_studio.core.paths import atomic_save
+from lego_studio.core.paths import atomic_save, file_sha256
 
 if TYPE_CHECKING:  # torch is imported lazily; annotations only
     import torch
@@ -71,12 +71,11 @@ def image_to_tensor(image: Image.Image) -> torch.Tensor:
 
 
 def _content_hash(image_source, image: Image.Image) -> str:
-    digest = hashlib.sha256()
     if isinstance(image_source, (str, os.PathLike)):
-        digest.update(Path(image_source).read_bytes())
-    else:
-        digest.update(f"{image.mode}:{image.size}".encode())
-        digest.update(image.tobytes())
+        return file_sha256(image_source)
+    digest = hashlib.sha256()
+    digest.update(f"{image.mode}:{image.size}".encode())
+    digest.update(image.tobytes())
     return digest.hexdigest()
 
 

@@ -84,7 +84,7 @@ class GenerationRequest:
 
 def concept_record(concept) -> dict:
     """What a generated image remembers about a concept: enough to find and verify the file."""
-    from lego_studio.core.concepts import file_sha256
+    from lego_studio.core.paths import file_sha256
 
     source = getattr(concept, "source_file", None)
     record = {"name": concept.name, "placeholder": concept.placeholder, "file": None, "sha256": None}
@@ -321,7 +321,8 @@ def parse_a1111_parameters(text: str, where: str = "parameters") -> GenerationRe
 def load_recorded_concepts(request: GenerationRequest, where: str = "image") -> list:
     """Load the concept files an image was made with, refusing missing or changed files
     (they would silently give a different image)."""
-    from lego_studio.core.concepts import file_sha256, load_concept
+    from lego_studio.core.concepts import load_concept
+    from lego_studio.core.paths import file_sha256
 
     loaded = []
     for record in request.concepts:

@@ -31,7 +31,6 @@ Decisions (user-visible; the README repeats them):
 
 from __future__ import annotations
 
-import hashlib
 import json
 import os
 import re
@@ -85,14 +84,6 @@ def safe_folder_name(name: str) -> str:
     """A project/file name usable on Windows, macOS and Linux (spaces kept, separators not)."""
     cleaned = _UNSAFE_NAME_CHARS.sub("-", name).strip().strip(".")
     return cleaned or "untitled"
-
-
-def _file_sha256(path: Path) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as handle:
-        for chunk in iter(lambda: handle.read(1 << 20), b""):
-            digest.update(chunk)
-    return digest.hexdigest()
 
 
 def _stored_rotated(path: Path) -> bool:
@@ -348,7 +339,7 @@ class Project:
         from lego_studio.core.images import load_image
 
         image = load_image(source)  # raises InputError naming the file when it is unusable
-        digest = _file_sha256(source)
+        digest = paths.file_sha256(source)
         for existing in self._entries(kind):
             if existing.source_sha256 == digest:
                 raise InputError(f"{source}: already in the project as {existing.file}")
