@@ -93,9 +93,10 @@ def test_methods_are_the_documented_ablations():
     ex, ev = ("circle", "red"), [("square", "blue")]
     cfg = {name: bench.train_config(spec, ex, ev, 5, 0) for name, spec in specs.items()}
     assert cfg["ti-1"].num_vectors == 1 and cfg["ti-3"].num_vectors == 3 and cfg["ti-3"].method == "ti"
-    assert cfg["lego"].num_vectors == 3 and cfg["lego"].w_subj > 0 and cfg["lego"].w_ctx > 0 and specs["lego"].uses_masks
-    assert cfg["lego-no-subj"].w_subj == 0 and cfg["lego-no-subj"].rec_region == "full" and not specs["lego-no-subj"].uses_masks
-    assert cfg["lego-no-ctx"].w_ctx == 0 and cfg["lego-no-ctx"].w_subj > 0
+    assert cfg["lego"].num_vectors == 3 and cfg["lego"].w_ctx > 0 and specs["lego"].uses_masks
+    assert cfg["lego"].subject_in_prompt and cfg["lego"].subject == "a red circle"
+    assert not cfg["lego-no-subj"].subject_in_prompt and cfg["lego-no-subj"].w_ctx > 0 and not specs["lego-no-subj"].uses_masks
+    assert cfg["lego-no-ctx"].w_ctx == 0 and cfg["lego-no-ctx"].subject_in_prompt
     assert cfg["lego-1"].num_vectors == 1 and cfg["lego-1"].method == "lego"
     assert [s.name for s in bench.resolve_methods(["ti-N"], num_vectors=4)] == ["ti-4"]
 

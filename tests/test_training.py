@@ -57,7 +57,8 @@ def exemplar_files(tmp_path_factory):
 def small(method="lego", **overrides):
     values = dict(steps=4, subject="a red square", checkpoint_every=2, seed=3)
     if method == "lego":
-        values.update(num_vectors=2, positive_words=["frozen", "ice"])
+        # Every term on (the masked ones are off in the preset), so each one is exercised.
+        values.update(num_vectors=2, positive_words=["frozen", "ice"], w_subj=1.0, rec_region="concept")
     values.update(overrides)
     return TrainConfig.preset(method, **values)
 
@@ -462,3 +463,22 @@ def test_v_prediction_models_train_against_the_velocity(tiny_model, exemplar_fil
     noise = torch.randn(z0.shape, generator=generator)
     expected = tiny_model.noise_scheduler.get_velocity(z0, noise, t)
     assert torch.allclose(target, expected) and not torch.allclose(target, noise)
+
+
+def test_no_subject_separation_ablation_leaves_the_subject_out_of_every_prompt(tiny_model, exemplar_files, tmp_path):
+    with pytest.raises(InputError, match="needs the subject"):
+        TrainConfig.preset("lego", subject="")
+    seen = []
+    original = Trainer.encode
+
+    def spy(self, prompts, *args, **kwargs):
+        seen.extend(str(p) for p in prompts)
+        return original(self, prompts, *args, **kwargs)
+
+    for flag in (True, False):
+        seen.clear()
+        with pytest.MonkeyPatch.context() as mp:
+            mp.setattr(Trainer, "encode", spy)
+            train(tiny_model, small(steps=1, subject_in_prompt=flag, w_subj=0.0), exemplar_files, tmp_path / str(flag))
+        with_subject = [p for p in seen if "red square" in p]
+        assert bool(with_subject) is flag, (flag, seen[:4])

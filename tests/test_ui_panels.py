@@ -75,7 +75,7 @@ def test_presets_switch_between_lego_and_the_ti_baseline(window, tmp_path):
     assert ti.steps == 123
     view.preset_combo.setCurrentText("Lego")
     lego = view.form.config()
-    assert lego.method == "lego" and lego.w_subj > 0 and lego.w_ctx > 0 and lego.subject == "a toy robot"
+    assert lego.method == "lego" and lego.w_ctx > 0 and lego.subject_in_prompt and lego.subject == "a toy robot"
 
 
 def test_invalid_settings_are_reported_and_nothing_starts(window, tmp_path):
