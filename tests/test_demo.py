@@ -118,3 +118,19 @@ def test_quick_demo_end_to_end(tmp_path, capsys):
         assert f'src="images/{path.name}"' in page
     assert page.count("judge:") >= 4 or "no judge verdicts" in page
     assert 'src="project/images/' in page and 'src="project/masks/' in page
+
+
+def test_progress_in_a_log_is_a_few_plain_lines_not_hundreds_of_redraws():
+    import io
+
+    from lego_studio.shapeworld.demo import TerminalProgress
+
+    log = io.StringIO()  # not a terminal, like CI's log
+    progress = TerminalProgress(stream=log)
+    for stage in ("lego", "ti"):
+        for done in range(1, 301):
+            progress(stage, done, 300)
+    lines = log.getvalue().splitlines()
+    assert "\r" not in log.getvalue()
+    assert 2 <= len(lines) <= 22  # about one line per tenth, per stage
+    assert lines[-1].startswith("training TI") and "300/300" in lines[-1]

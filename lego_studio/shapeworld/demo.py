@@ -269,26 +269,35 @@ with the prompt “a {{colour}} {{shape}} &lt;concept&gt;” ({gen_steps} DDIM s
 
 
 class TerminalProgress:
-    """A one-line progress bar on stderr for ``run_demo(on_progress=...)``."""
+    """A one-line progress bar on stderr for ``run_demo(on_progress=...)``. When the stream is not
+    a terminal (a CI log, a pipe) it writes one plain line per tenth instead of redrawing, so logs
+    stay short."""
 
     def __init__(self, stream=None, width: int = 30):
         self.stream = stream or sys.stderr
         self.width = width
         self.stage = None
         self.started = time.time()
+        self.interactive = bool(getattr(self.stream, "isatty", lambda: False)())
+        self.last_tenth = -1
 
     def __call__(self, stage: str, done: int, total: int) -> None:
         if stage != self.stage:
-            if self.stage is not None:
+            if self.stage is not None and self.interactive:
                 self.stream.write("\n")
-            self.stage, self.started = stage, time.time()
+            self.stage, self.started, self.last_tenth = stage, time.time(), -1
         filled = int(self.width * done / max(total, 1))
         elapsed = time.time() - self.started
         eta = elapsed / done * (total - done) if done else 0.0
         label = {"lego": "training Lego", "ti": "training TI", "generate": "drawing"}.get(stage, stage)
-        self.stream.write(f"\r{label:<14} [{'#' * filled}{'.' * (self.width - filled)}] {done}/{total} "
-                          f"{elapsed:4.0f}s eta {eta:4.0f}s")
+        line = f"{label:<14} [{'#' * filled}{'.' * (self.width - filled)}] {done}/{total} {elapsed:4.0f}s eta {eta:4.0f}s"
+        if self.interactive:
+            self.stream.write("\r" + line + ("\n" if done >= total else ""))
+        else:
+            tenth = 10 * done // max(total, 1)
+            if tenth != self.last_tenth:
+                self.stream.write(line + "\n")
+                self.last_tenth = tenth
         if done >= total:
-            self.stream.write("\n")
             self.stage = None
         self.stream.flush()
