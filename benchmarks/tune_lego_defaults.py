@@ -35,8 +35,6 @@ VARIANTS: dict[str, tuple[str, dict, bool]] = {
     "lego[full,subj=0,ctx=1]": ("lego", {"num_vectors": N, "rec_region": "full", "w_subj": 0.0, "w_ctx": 1.0}, False),
     "lego[no subject in prompt]": ("lego", {"num_vectors": N, "rec_region": "full", "w_subj": 0.0,
                                            "subject_in_prompt": False}, False),
-    # No subject words: the subject token is learned first from the exemplars inside their masks.
-    "lego[subject token from masks]": ("lego", {"num_vectors": N, "subject": "", "subject_token_steps": 100}, True),
 }
 
 

@@ -74,7 +74,7 @@ def register(subparsers) -> None:
     p.add_argument("--batch-size", type=int, metavar="N")
     p.add_argument("--resolution", type=int, metavar="PX", help="training resolution (default: the model's)")
     p.add_argument("--seed", type=int, metavar="N")
-    p.add_argument("--subject-token-steps", type=int, metavar="N", help="first learn a subject token for N steps (from --subject-images, else from the exemplars inside their masks)")
+    p.add_argument("--subject-token-steps", type=int, metavar="N", help="first learn a subject token for N steps from --subject-images")
     p.add_argument("--no-flip", action="store_true", help="no horizontal-flip augmentation")
     p.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda", "mps"])
     p.add_argument("--precision", default="auto", choices=["auto", "fp32", "fp16", "bf16"])

@@ -497,16 +497,9 @@ class Trainer:
         masks = None if config.method == "ti" else self.masks
         self._emit(TrainEvent("log", total=total, message=f"encoding {len(self.images)} images at {resolution} px"))
         self.exemplars = build_exemplars(model, self.images, masks, resolution, cache)
-        # Stage 0 learns the subject token from subject-only images when there are some; otherwise
-        # from the exemplars themselves with the loss inside the subject masks only (the masks are
-        # what separates the subject's appearance from the concept around and on it).
-        self.subject_from_masks = bool(config.subject_token_steps) and not self.subject_images
-        if not config.subject_token_steps:
-            self.subject_set = None
-        elif self.subject_from_masks:
-            self.subject_set = self.exemplars
-        else:
-            self.subject_set = build_exemplars(model, self.subject_images, None, resolution, cache)
+        self.subject_set = (
+            build_exemplars(model, self.subject_images, None, resolution, cache) if config.subject_token_steps else None
+        )
 
         checkpointing_before = bool(getattr(model.unet, "is_gradient_checkpointing", False))
         if config.gradient_checkpointing and not checkpointing_before:
@@ -643,11 +636,8 @@ class Trainer:
             raise InputError("no training images given")
         if self.masks is not None and len(self.masks) != len(self.images):
             raise InputError(f"got {len(self.masks)} masks for {len(self.images)} images; give one per image (or None)")
-        if config.subject_token_steps and not self.subject_images and not self._has_any_mask():
-            raise InputError("subject_token_steps > 0 needs subject-only images (--subject-images) or subject masks")
-
-    def _has_any_mask(self) -> bool:
-        return self.masks is not None and any(m is not None for m in self.masks)
+        if config.subject_token_steps and not self.subject_images:
+            raise InputError("subject_token_steps > 0 needs subject-only images (--subject-images)")
 
     def _write_or_check_config(self, resume: bool) -> None:
         path = self.run_dir / "config.json"
@@ -814,18 +804,14 @@ class Trainer:
         return model.unet(sample, t.repeat(copies), encoder_hidden_states=conditioning.to(model.dtype)).sample.float()
 
     def _subject_token_loss(self, generator) -> dict:
-        """Stage 0: plain textual inversion of the subject token, on the subject-only images, or on
-        the exemplars inside their subject masks."""
+        """Stage 0: plain textual inversion of the subject token on the subject-only images."""
         import torch
 
-        z_t, t, target, mask, has_mask = self._noisy_batch(self.subject_set, generator)
+        z_t, t, target, _, _ = self._noisy_batch(self.subject_set, generator)
         picks = torch.randint(len(self.config.templates), (z_t.shape[0],), generator=generator).tolist()
         prompts = [fill_template(self.config.templates[i], slots(1, start=self.config.num_vectors)) for i in picks]
         prediction = self._unet(z_t, t, self.encode(prompts), 1)
-        if self.subject_from_masks:
-            rec = region_mse(prediction, target, mask * has_mask.float().view(-1, 1, 1, 1))
-        else:
-            rec = region_mse(prediction, target)
+        rec = region_mse(prediction, target)
         zero = rec.detach() * 0.0
         return {"total": rec, "rec": rec, "subj": zero, "ctx": zero, "words": zero}
 

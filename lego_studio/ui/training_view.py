@@ -55,7 +55,7 @@ OPTIONS: dict[str, tuple[str, str, str, dict]] = {
     "init_words": ("Concept", "Start from words", "Comma-separated words whose embeddings start the vectors; empty = average word", {"list": ","}),
     "init_from": ("Concept", "Start from concept", "A concept file whose vectors start the run (optional)", {"optional": True}),
     "subject": ("Subject separation", "Subject words", "The subject in words, e.g. 'a toy robot'. Explains the subject so its look does not leak into the concept.", {}),
-    "subject_token_steps": ("Subject separation", "Subject-token steps", "Stage 0: learn a <subject> token first, from subject-only images or else from the exemplars inside their masks (0 = use the words)", {"min": 0, "max": 100000}),
+    "subject_token_steps": ("Subject separation", "Subject-token steps", "Stage 0: learn a <subject> token from subject-only images first (0 = use the words)", {"min": 0, "max": 100000}),
     "w_subj": ("Subject separation", "Subject weight", "Weight of the subject-separation loss inside the mask (0 = off)", {"max": 100.0, "decimals": 3}),
     "rec_region": ("Subject separation", "Reconstruct", "concept: learn only outside the subject mask; full: the whole image", {"choices": REC_REGIONS}),
     "w_ctx": ("Context", "Context weight", "Weight of the context loss: the concept must act the same on other subjects (0 = off)", {"max": 100.0, "decimals": 3}),
