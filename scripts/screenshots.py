@@ -6,7 +6,7 @@ Runs offscreen in a throw-away LEGO_STUDIO_HOME: builds the Shape World demo pro
 this build has no demo, a project of rendered shapes), paints a mask, trains a concept and its
 Textual Inversion baseline for a few steps on the shipped Shape World model (or a random tiny model
 with --model tiny), generates a side-by-side grid,
-and grabs every view. The screenshots show the app; the few training steps and 4-step previews are
+and grabs every view. The screenshots show the app; a short training run (--steps) is
 not a quality result (see the README's Shape World section for that).
 """
 
@@ -131,9 +131,8 @@ def main(argv: list[str] | None = None) -> int:
         form.set_value("name", f"{project.concept_name}-{name}")
         form.set_value("steps", args.steps)
         form.set_value("preview_every", max(1, args.steps // 3))
-        form.set_value("preview_steps", 2)
+        form.set_value("preview_steps", 15)
         form.set_value("checkpoint_every", max(1, args.steps // 2))
-        form.set_value("resolution", 32)
         if not training.start():
             raise SystemExit(f"training did not start: {training.status_label.text()}")
         wait(app, lambda: not training.is_running())
@@ -154,7 +153,7 @@ def main(argv: list[str] | None = None) -> int:
     gallery.choose_concepts(gallery.concept_names()[:2])
     gallery.subjects_edit.setPlainText("a blue square\na green star")
     gallery.seeds_edit.setText("0, 1")
-    gallery.steps_spin.setValue(4)
+    gallery.steps_spin.setValue(20)
     gallery.generate()
     wait(app, lambda: not gallery.runner.busy)
     print(gallery.status_label.text())

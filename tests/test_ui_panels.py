@@ -69,13 +69,17 @@ def test_presets_switch_between_lego_and_the_ti_baseline(window, tmp_path):
     new_project(window, tmp_path)
     view.form.set_value("subject", "a toy robot")
     view.form.set_value("steps", 123)
+    # A project's own world (its caption templates and context subjects) survives preset switches.
+    view.form.set_value("templates", ["a drawing of {}"])
+    view.form.set_value("context_subjects", ["a blue star", "a green heart"])
     view.preset_combo.setCurrentText("Textual Inversion baseline")
     ti = view.form.config()
     assert (ti.method, ti.num_vectors, ti.w_subj, ti.w_ctx, ti.w_words, ti.rec_region) == ("ti", 1, 0, 0, 0, "full")
-    assert ti.steps == 123
+    assert ti.steps == 123 and ti.templates == ["a drawing of {}"]
     view.preset_combo.setCurrentText("Lego")
     lego = view.form.config()
     assert lego.method == "lego" and lego.w_ctx > 0 and lego.subject_in_prompt and lego.subject == "a toy robot"
+    assert lego.templates == ["a drawing of {}"] and lego.context_subjects == ["a blue star", "a green heart"]
 
 
 def test_invalid_settings_are_reported_and_nothing_starts(window, tmp_path):

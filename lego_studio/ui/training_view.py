@@ -213,7 +213,10 @@ class ConfigForm(QWidget):
 
     def apply_preset(self, method: str) -> None:
         """Switch to a preset's engine settings, keeping what describes this project."""
-        keep = {k: self.value(k) for k in ("name", "subject", "positive_words", "negative_words", "steps", "seed")}
+        # Templates and context subjects describe the project's world (a Shape World project uses
+        # Shape World captions and subjects), not the method, so they survive the switch too.
+        keep = {k: self.value(k) for k in ("name", "subject", "positive_words", "negative_words", "steps", "seed",
+                                           "templates", "context_subjects")}
         preset = TrainConfig.preset(method, subject=keep["subject"] or ("" if method == "ti" else "a subject"))
         self.set_config(preset)
         for key, value in keep.items():
