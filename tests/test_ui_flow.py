@@ -126,7 +126,7 @@ def test_create_mask_train_library_gallery(window, qtbot, tmp_path):
     to_widget = lambda x, y: canvas.image_to_widget(QPointF(x, y)).toPoint()  # noqa: E731
     click_drag(canvas, [to_widget(10, 20), to_widget(25, 20), to_widget(38, 20)])
     first = masks.current_image()
-    qtbot.waitUntil(lambda: window.context.project.mask_status(first) == "painted", timeout=3000)
+    qtbot.waitUntil(lambda: window.context.project.mask_status(first) == "painted", timeout=15000)
     stored = window.context.project.mask_for(first)
     assert stored[20, 25] == 255 and stored[0, 0] == 0
 

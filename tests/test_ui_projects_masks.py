@@ -169,7 +169,7 @@ def test_masks_navigation_shortcuts_and_autosave(window, qtbot, tmp_path):
     qtbot.keyClick(canvas, Qt.Key.Key_Z, Qt.KeyboardModifier.ControlModifier | Qt.KeyboardModifier.ShiftModifier)
     assert canvas.mask()[5, 20] == 255
     project = window.context.project
-    qtbot.waitUntil(lambda: project.mask_status(project.images[0]) == "painted", timeout=3000)
+    qtbot.waitUntil(lambda: project.mask_status(project.images[0]) == "painted", timeout=15000)
     assert "✔" in view.image_list.item(0).text()
 
     view.next_image()
