@@ -57,3 +57,9 @@ def test_dtype_rules():
 def test_unknown_precision():
     with pytest.raises(ModelError, match="unknown precision 'fp8'"):
         pick_dtype(torch.device("cpu"), "fp8")
+
+
+def test_the_app_leaves_one_core_free_for_the_ui():
+    from lego_studio.core.devices import app_cpu_threads
+
+    assert [app_cpu_threads(n) for n in (1, 2, 4, 16)] == [1, 1, 3, 15]

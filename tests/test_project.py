@@ -277,3 +277,23 @@ def test_create_from_folder_pairs_masks_by_stem(tmp_path):
     assert project.mask_statuses() == {"a.jpg": MASK_PAINTED, "b.png": MASK_PAINTED, "c.png": MASK_NONE}
     assert np.array_equal(project.mask_for("a.jpg"), mask)
     assert len(problems) == 1 and problems[0][0].name == "c.png" and "5x5" in problems[0][1]
+
+
+def test_a_run_listed_while_it_replaces_a_file_is_still_read(tmp_path, monkeypatch):
+    # A live run writes files atomically (hidden temp file, then rename): the temp file can be in
+    # a directory listing and gone by the time it is looked at. The UI lists runs during training.
+    run = tmp_path / "run"
+    run.mkdir()
+    (run / "config.json").write_text(json.dumps({"method": "lego", "steps": 10}))
+    (run / "log.jsonl").write_text(json.dumps({"kind": "step", "step": 3, "total": 10}) + "\n")
+    vanished = run / ".concept.tmp123.safetensors"
+    real_iterdir = type(run).iterdir
+
+    def listing_with_a_vanished_file(self):
+        yield from real_iterdir(self)
+        if self == run:
+            yield vanished
+
+    monkeypatch.setattr(type(run), "iterdir", listing_with_a_vanished_file)
+    info = read_run(run)
+    assert info.step == 3 and info.status == "running"

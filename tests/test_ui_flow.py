@@ -165,6 +165,11 @@ def test_create_mask_train_library_gallery(window, qtbot, tmp_path):
                         ("preview_steps", 1), ("random_negatives", 2)):
         form.set_value(name, value)
     qtbot.waitUntil(lambda: window.warmed_up, timeout=60000)
+    import torch
+
+    from lego_studio.core.devices import app_cpu_threads
+
+    assert torch.get_num_threads() == app_cpu_threads()  # one core left for the UI
     import gc
 
     gc_pauses = []

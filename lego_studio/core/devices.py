@@ -16,6 +16,19 @@ PRECISION_CHOICES = ("auto", "fp32", "fp16", "bf16")
 _DTYPES = {"fp32": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}
 
 
+def app_cpu_threads(cpu_count: int | None = None) -> int:
+    """Torch CPU threads for the desktop app: every core but one, at least one.
+
+    The free core keeps the UI thread (and the rest of the desktop) responsive, and it keeps torch's
+    OpenMP workers from spinning against another busy process: on a 2-core machine with one other
+    CPU-bound job, a training run with torch's default 2 threads took over 300 s for what 1 thread
+    did in about 30 s alone (scripts/screenshots.py, measured 2026-11-26)."""
+    import os
+
+    count = cpu_count if cpu_count is not None else (os.cpu_count() or 1)
+    return max(1, int(count) - 1)
+
+
 def _mps_available() -> bool:
     backend = getattr(torch.backends, "mps", None)
     return bool(backend is not None and backend.is_available())

@@ -757,6 +757,16 @@ def _last_events(log: Path, max_bytes: int = 65536) -> list[dict]:
     return events
 
 
+def _mtime_or_zero(path: Path) -> float:
+    """Modification time, or 0 for a file that vanished meanwhile: a live run replaces its files
+    atomically (write a hidden temp file, rename), so a listing can name a file that is gone a
+    moment later."""
+    try:
+        return path.stat().st_mtime
+    except FileNotFoundError:
+        return 0.0
+
+
 def read_run(run_dir: str | os.PathLike) -> RunInfo:
     """Describe one run from its files.
 
@@ -794,13 +804,10 @@ def read_run(run_dir: str | os.PathLike) -> RunInfo:
         status = RUN_FAILED
         message = str(events[-1].get("message") or "")
     else:
-        newest = max((p.stat().st_mtime for p in [run_dir, *run_dir.iterdir()]), default=0.0)
+        newest = max((_mtime_or_zero(p) for p in [run_dir, *run_dir.iterdir()]), default=0.0)
         status = RUN_RUNNING if time.time() - newest < RUN_STALE_SECONDS else RUN_INTERRUPTED
     if status == RUN_RUNNING and isinstance(status_file, dict) and status_file.get("status") == RUN_RUNNING:
-        updated = (run_dir / "status.json").stat().st_mtime
-        log = run_dir / "log.jsonl"
-        if log.exists():
-            updated = max(updated, log.stat().st_mtime)
+        updated = max(_mtime_or_zero(run_dir / "status.json"), _mtime_or_zero(run_dir / "log.jsonl"))
         if time.time() - updated >= RUN_STALE_SECONDS:
             status = RUN_INTERRUPTED
     created = config.get("created") if isinstance(config.get("created"), str) else None

@@ -197,7 +197,11 @@ class MainWindow(QMainWindow):
         models = self.context.models
 
         def detect(state):
-            from lego_studio.core.devices import pick_device
+            import torch
+
+            from lego_studio.core.devices import app_cpu_threads, pick_device
+
+            torch.set_num_threads(app_cpu_threads())  # before any model work: see app_cpu_threads
 
             device = str(pick_device(wanted).type)
             state.emit(device)
@@ -229,6 +233,13 @@ class MainWindow(QMainWindow):
         # garbage collection walking them all pauses whichever thread triggers it (the UI thread
         # too) for 100+ ms. Freezing moves them out of the collector's sight for good.
         gc.freeze()
+        # torch keeps its thread count per OS thread once a thread has used it: set it here too so
+        # work started from the UI thread follows the same rule (torch is already imported by now).
+        import torch
+
+        from lego_studio.core.devices import app_cpu_threads
+
+        torch.set_num_threads(app_cpu_threads())
         self.warmed_up = True
         self.statusBar().clearMessage()
 
