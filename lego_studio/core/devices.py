@@ -6,6 +6,8 @@ on the CPU fp16 matmuls are slow or unsupported, so the CPU always runs fp32.
 
 from __future__ import annotations
 
+import os
+
 import torch
 
 from lego_studio.core.errors import ModelError
@@ -16,6 +18,14 @@ PRECISION_CHOICES = ("auto", "fp32", "fp16", "bf16")
 _DTYPES = {"fp32": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}
 
 
+def use_app_cpu_threads() -> int:
+    """Set torch's CPU thread count to :func:`app_cpu_threads` for the calling thread and for
+    threads that have not used torch yet (torch keeps the count per OS thread once used)."""
+    count = app_cpu_threads()
+    torch.set_num_threads(count)
+    return count
+
+
 def app_cpu_threads(cpu_count: int | None = None) -> int:
     """Torch CPU threads for the desktop app: every core but one, at least one.
 
@@ -23,8 +33,6 @@ def app_cpu_threads(cpu_count: int | None = None) -> int:
     OpenMP workers from spinning against another busy process: on a 2-core machine with one other
     CPU-bound job, a training run with torch's default 2 threads took over 300 s for what 1 thread
     did in about 30 s alone (scripts/screenshots.py, measured 2026-11-26)."""
-    import os
-
     count = cpu_count if cpu_count is not None else (os.cpu_count() or 1)
     return max(1, int(count) - 1)
 

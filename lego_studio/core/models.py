@@ -482,6 +482,11 @@ def _load_folder(path: Path, prediction_type: str | None) -> SDModel:
         tokenizer = load_tokenizer(family.name)
     if not scheduler_config:
         scheduler_config = _read_json(resource("configs", "sd1", "scheduler", "scheduler_config.json"))
+    return _loaded_on_cpu(tokenizer, text_encoder, unet, vae, scheduler_config, family, path)
+
+
+def _loaded_on_cpu(tokenizer, text_encoder, unet, vae, scheduler_config: dict, family, path: Path) -> "SDModel":
+    """The SDModel of freshly loaded parts: fp32 on the CPU until load_model moves it."""
     return SDModel(
         tokenizer=tokenizer,
         text_encoder=text_encoder,
@@ -596,18 +601,8 @@ def _load_single_file(path: Path, prediction_type: str | None, config_dir: Path 
         text_state = {k.removeprefix("text_model."): v for k, v in text_state.items()}
     _load_weights(text_encoder, text_state, path, "text encoder")
     del state
-    return SDModel(
-        tokenizer=load_tokenizer("sd2" if layout == "open_clip" else "sd1"),
-        text_encoder=text_encoder,
-        unet=unet,
-        vae=vae,
-        noise_scheduler=_noise_scheduler(scheduler_config, family.prediction_type),
-        family=family,
-        source=str(path),
-        device=torch.device("cpu"),
-        dtype=torch.float32,
-        scheduler_config=dict(scheduler_config),
-    )
+    return _loaded_on_cpu(load_tokenizer("sd2" if layout == "open_clip" else "sd1"), text_encoder, unet, vae,
+                          scheduler_config, family, path)
 
 
 def _load_weights(module: torch.nn.Module, state: Mapping[str, torch.Tensor], path: Path, part: str) -> None:

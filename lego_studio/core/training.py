@@ -110,10 +110,9 @@ class TrainConfig:
     # False: the subject (words or token) is left out of the concept prompts — the "no Subject
     # Separation" ablation; the concept then has to explain the subject's appearance too.
     subject_in_prompt: bool = True
-    # L_subj and rec_region="concept" are off by default: measured on the Shape World tuning
-    # concepts, any weight >= 0.1 stopped the concept from being learned at all (concept fidelity
-    # 0.00-0.25 against 1.00 without), because most concepts (ice, fire, cracks, melting) change
-    # pixels inside the subject mask. They suit concepts that live wholly outside the subject.
+    # L_subj is off by default: measured on the Shape World tuning concepts, any weight >= 0.1
+    # stopped the concept from being learned at all (concept fidelity 0.00-0.25 against 1.00
+    # without), and so it did for a shadow drawn wholly outside the mask (README, tuning table).
     w_subj: float = 0.0
     w_ctx: float = 0.5
     w_words: float = 0.1
@@ -141,8 +140,9 @@ class TrainConfig:
         """The settings that differ between the two methods (the rest are shared defaults)."""
         if method == "ti":
             return {"method": "ti", "num_vectors": 1, "w_subj": 0.0, "w_ctx": 0.0, "w_words": 0.0, "rec_region": "full"}
-        if method == "lego":
-            return {"method": "lego", "num_vectors": 4, "w_subj": 0.0, "w_ctx": 0.5, "w_words": 0.1, "rec_region": "full"}
+        if method == "lego":  # Lego is what the field defaults describe
+            defaults = {f.name: f.default for f in dataclasses.fields(TrainConfig)}
+            return {key: defaults[key] for key in ("method", "num_vectors", "w_subj", "w_ctx", "w_words", "rec_region")}
         raise InputError(f"config: method must be one of {', '.join(METHODS)} (got {method!r})")
 
     @classmethod

@@ -36,7 +36,7 @@ from PySide6.QtWidgets import (
 )
 
 from lego_studio.core.errors import InputError, LegoError
-from lego_studio.ui.model_cache import model_choices
+from lego_studio.ui.model_cache import refill_model_combos
 from lego_studio.ui.workers import TaskRunner
 from lego_studio.ui.layouts import install_two_pane_layout
 
@@ -227,14 +227,7 @@ class GalleryView(QWidget):
 
     # ------------------------------------------------------------ choices
     def refresh_models(self) -> None:
-        current = self.model_combo.currentData()
-        self.model_combo.clear()
-        for label, spec in model_choices(self.context.settings):
-            self.model_combo.addItem(label, spec)
-        index = self.model_combo.findData(current)
-        if index >= 0:
-            self.model_combo.setCurrentIndex(index)
-        self.device_combo.setCurrentText(self.context.settings.default_device)
+        refill_model_combos(self.model_combo, self.device_combo, self.context.settings)
 
     def refresh_concepts(self) -> None:
         library = self.context.library()

@@ -197,11 +197,9 @@ class MainWindow(QMainWindow):
         models = self.context.models
 
         def detect(state):
-            import torch
+            from lego_studio.core.devices import pick_device, use_app_cpu_threads
 
-            from lego_studio.core.devices import app_cpu_threads, pick_device
-
-            torch.set_num_threads(app_cpu_threads())  # before any model work: see app_cpu_threads
+            use_app_cpu_threads()  # before any model work: see app_cpu_threads
 
             device = str(pick_device(wanted).type)
             state.emit(device)
@@ -233,13 +231,10 @@ class MainWindow(QMainWindow):
         # garbage collection walking them all pauses whichever thread triggers it (the UI thread
         # too) for 100+ ms. Freezing moves them out of the collector's sight for good.
         gc.freeze()
-        # torch keeps its thread count per OS thread once a thread has used it: set it here too so
-        # work started from the UI thread follows the same rule (torch is already imported by now).
-        import torch
+        # The UI thread too (torch is imported by now), so work it starts follows the same rule.
+        from lego_studio.core.devices import use_app_cpu_threads
 
-        from lego_studio.core.devices import app_cpu_threads
-
-        torch.set_num_threads(app_cpu_threads())
+        use_app_cpu_threads()
         self.warmed_up = True
         self.statusBar().clearMessage()
 

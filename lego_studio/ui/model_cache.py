@@ -76,3 +76,16 @@ def model_choices(settings) -> list[tuple[str, str]]:
     if default is not None:
         choices.sort(key=lambda c: c[1] != default.spec)
     return choices
+
+
+def refill_model_combos(model_combo, device_combo, settings) -> None:
+    """Refill a view's model and device choosers from the settings, keeping the chosen model
+    when it is still configured (the training and gallery views share these two choosers)."""
+    current = model_combo.currentData()
+    model_combo.clear()
+    for label, spec in model_choices(settings):
+        model_combo.addItem(label, spec)
+    index = model_combo.findData(current)
+    if index >= 0:
+        model_combo.setCurrentIndex(index)
+    device_combo.setCurrentText(settings.default_device)

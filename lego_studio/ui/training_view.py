@@ -38,7 +38,7 @@ from lego_studio.core.paths import atomic_write_json
 from lego_studio.core.training import LR_SCHEDULES, MAX_VECTORS, METHODS, REC_REGIONS, TrainConfig
 from lego_studio.ui.loss_chart import LossChart
 from lego_studio.ui.mask_canvas import pil_to_qimage
-from lego_studio.ui.model_cache import model_choices
+from lego_studio.ui.model_cache import refill_model_combos
 from lego_studio.ui.workers import TaskRunner
 from lego_studio.ui.layouts import install_two_pane_layout
 
@@ -326,14 +326,7 @@ class TrainingView(QWidget):
         return self.runner.busy
 
     def refresh_models(self) -> None:
-        current = self.model_combo.currentData()
-        self.model_combo.clear()
-        for label, spec in model_choices(self.context.settings):
-            self.model_combo.addItem(label, spec)
-        index = self.model_combo.findData(current)
-        if index >= 0:
-            self.model_combo.setCurrentIndex(index)
-        self.device_combo.setCurrentText(self.context.settings.default_device)
+        refill_model_combos(self.model_combo, self.device_combo, self.context.settings)
 
     def set_project(self, project) -> None:
         if project is not None and not self.runner.busy:
