@@ -25,6 +25,7 @@ N = bm.DEFAULT_VECTORS
 # name -> (preset, overrides, uses_masks)
 VARIANTS: dict[str, tuple[str, dict, bool]] = {
     "ti-1": ("ti", {"num_vectors": 1}, False),
+    "lego": ("lego", {"num_vectors": N}, True),  # the current defaults, masks given
     "lego[concept-region,subj=1]": ("lego", {"num_vectors": N, "rec_region": "concept", "w_subj": 1.0}, True),
     "lego[full,subj=1]": ("lego", {"num_vectors": N, "rec_region": "full", "w_subj": 1.0}, True),
     "lego[full,subj=0.3]": ("lego", {"num_vectors": N, "rec_region": "full", "w_subj": 0.3}, True),
@@ -35,6 +36,19 @@ VARIANTS: dict[str, tuple[str, dict, bool]] = {
     "lego[full,subj=0,ctx=1]": ("lego", {"num_vectors": N, "rec_region": "full", "w_subj": 0.0, "w_ctx": 1.0}, False),
     "lego[no subject in prompt]": ("lego", {"num_vectors": N, "rec_region": "full", "w_subj": 0.0,
                                            "subject_in_prompt": False}, False),
+    # Partial subject words (issue 9): where the subject's unexplained appearance goes.
+    "lego[ctx-out]": ("lego", {"num_vectors": N, "ctx_region": "outside"}, True),
+    "lego[in=0.1]": ("lego", {"num_vectors": N, "concept_inside_weight": 0.1}, True),
+    "lego[in=0.1,ctx-out]": ("lego", {"num_vectors": N, "concept_inside_weight": 0.1, "ctx_region": "outside"}, True),
+    "lego[joint,in=0.3]": ("lego", {"num_vectors": N, "joint_subject_token": True, "concept_inside_weight": 0.3}, True),
+    "lego[joint,in=0.3,ctx-out]": ("lego", {"num_vectors": N, "joint_subject_token": True, "concept_inside_weight": 0.3,
+                                            "ctx_region": "outside"}, True),
+    "lego[joint,in=1]": ("lego", {"num_vectors": N, "joint_subject_token": True}, True),
+    "lego[joint,in=0]": ("lego", {"num_vectors": N, "joint_subject_token": True, "concept_inside_weight": 0.0}, True),
+    "lego[ctx=0]": ("lego", {"num_vectors": N, "w_ctx": 0.0}, True),
+    "lego[ctx-rec]": ("lego", {"num_vectors": N, "ctx_mode": "rec", "w_ctx": 1.0}, True),
+    "lego[ctx-rec,in=0.3]": ("lego", {"num_vectors": N, "ctx_mode": "rec", "w_ctx": 1.0, "concept_inside_weight": 0.3}, True),
+    "lego[ctx-rec,in=0.1]": ("lego", {"num_vectors": N, "ctx_mode": "rec", "w_ctx": 1.0, "concept_inside_weight": 0.1}, True),
 }
 
 
@@ -42,6 +56,8 @@ def main(argv=None) -> int:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--concepts", nargs="+", default=["tuning"])
     p.add_argument("--variants", nargs="+", default=list(VARIANTS))
+    p.add_argument("--tracks", nargs="+", default=["full"], choices=bm.TRACKS,
+                   help="subject-word tracks: full, no-colour, no-shape (default: full)")
     p.add_argument("--seeds", nargs="+", type=int, default=[0])
     p.add_argument("--steps", type=int, default=150)
     p.add_argument("--lr", type=float, default=bm.DEFAULT_LR)
@@ -70,20 +86,27 @@ def main(argv=None) -> int:
     with tempfile.TemporaryDirectory(prefix="lego-tune-") as tmp:
         for concept in concepts:
             renders = bm.render_exemplars(concept, bm.exemplar_subject(concept), config.n_exemplars)
-            for seed in args.seeds:
-                for name in args.variants:
-                    preset, overrides, masks = VARIANTS[name]
-                    spec = bm.MethodSpec(name, preset, overrides, masks, name)
-                    row = bm.run_one(model, judge_model, spec, concept, seed, args.steps, config, Path(tmp), renders).row
-                    rows.append(row)
-                    bm.write_csv(out / "tuning.csv", rows)
-                    print(f"{concept} | {name} | seed {seed}: concept {row['concept_fidelity']:.2f} subject "
-                          f"{row['subject_fidelity']:.2f} success {row['success']:.2f} leakage {row['leakage']:.2f} "
-                          f"({row['train_s']:.0f}+{row['generate_s']:.0f} s; {(time.time() - started) / 60:.1f} min)", flush=True)
-    lines = ["| variant | " + " | ".join(bm.METRICS) + " |", "|---|" + "---:|" * len(bm.METRICS)]
-    for name in args.variants:
-        mine = [r for r in rows if r["method"] == name]
-        lines.append(f"| {name} | " + " | ".join(f"{sum(r[m] for r in mine) / len(mine):.2f}" for m in bm.METRICS) + " |")
+            for track in args.tracks:
+                for seed in args.seeds:
+                    for name in args.variants:
+                        preset, overrides, masks = VARIANTS[name]
+                        spec = bm.MethodSpec(name, preset, overrides, masks, name)
+                        result = bm.run_one(model, judge_model, spec, concept, seed, args.steps, config, Path(tmp), renders,
+                                            track=track)
+                        row = result.row
+                        bm._save_run_sheet(out / track, concept, name, seed, result, config)
+                        rows.append(row)
+                        bm.write_csv(out / "tuning.csv", rows)
+                        print(f"{track} | {concept} | {name} | seed {seed}: concept {row['concept_fidelity']:.2f} subject "
+                              f"{row['subject_fidelity']:.2f} success {row['success']:.2f} leakage {row['leakage']:.2f} "
+                              f"(colour {row['colour_leakage']:.2f}, shape {row['shape_leakage']:.2f}) "
+                              f"({row['train_s']:.0f}+{row['generate_s']:.0f} s; {(time.time() - started) / 60:.1f} min)",
+                              flush=True)
+    lines = ["| track | variant | " + " | ".join(bm.METRICS) + " |", "|---|---|" + "---:|" * len(bm.METRICS)]
+    for track in args.tracks:
+        for name in args.variants:
+            mine = [r for r in rows if r["method"] == name and r["track"] == track]
+            lines.append(f"| {track} | {name} | " + " | ".join(f"{sum(r[m] for r in mine) / len(mine):.2f}" for m in bm.METRICS) + " |")
     (out / "tuning.md").write_text("\n".join(lines) + "\n", encoding="utf-8")
     print("\n".join(lines))
     return 0

@@ -200,9 +200,9 @@ def test_ti_prompts_hold_the_placeholder_alone_and_lego_adds_subjects(tiny_model
         prompts = []
         original = trainer.encode
 
-        def spy(segments, grad=True, original=original, prompts=prompts):
+        def spy(segments, grad=True, original=original, prompts=prompts, **kwargs):
             prompts.extend(segments)
-            return original(segments, grad)
+            return original(segments, grad, **kwargs)
 
         trainer.encode = spy
         trainer.run()

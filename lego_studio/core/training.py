@@ -73,6 +73,8 @@ from lego_studio.core.prompts import (
 METHODS = ("lego", "ti")
 LR_SCHEDULES = ("constant", "cosine", "linear")
 REC_REGIONS = ("concept", "full")
+CTX_REGIONS = ("full", "outside")
+CTX_MODES = ("delta", "rec")
 UNET_BATCHING = ("stacked", "split")
 MAX_VECTORS = 16
 CHECKPOINT_FORMAT = "lego-studio-checkpoint/1"
@@ -117,6 +119,23 @@ class TrainConfig:
     w_ctx: float = 0.5
     w_words: float = 0.1
     rec_region: str = "full"
+    # How much the subject region's reconstruction error trains the concept vectors (1 = as much as
+    # the rest of the image, 0 = not at all). Below 1 the exemplar subject's own appearance pulls
+    # less on the concept. Only where a mask is given; rec_region="concept" is the same as 0.
+    concept_inside_weight: float = 1.0
+    # A second learned token after the subject words ("a hexagon <subject>"), trained together with
+    # the concept and owning the subject region: it takes what the words leave unexplained there.
+    joint_subject_token: bool = False
+    # Where L_ctx compares the concept's effect on the exemplar subject with its effect on other
+    # subjects: the whole latent, or only outside the exemplar's subject mask (where the exemplar's
+    # unexplained appearance is not).
+    ctx_region: str = "full"
+    # "delta": the concept's effect on other subjects is held to its effect on the exemplar's.
+    # "rec": with a mask, the exemplar is reconstructed outside its subject mask from prompts that
+    # name *other* subjects, so the concept is trained to carry what surrounds the subject whatever
+    # the subject is, and never rewarded for the exemplar's own appearance (images without a mask
+    # fall back to "delta").
+    ctx_mode: str = "delta"
     context_subjects: list[str] = field(default_factory=lambda: list(DEFAULT_CONTEXT_SUBJECTS))
     positive_words: list[str] = field(default_factory=list)
     negative_words: list[str] | None = None  # None: the subject's appearance words
@@ -249,6 +268,14 @@ class TrainConfig:
                 bad(f"{name} must be a number >= 0 (got {value!r})")
         if self.rec_region not in REC_REGIONS:
             bad(f"rec_region must be one of {', '.join(REC_REGIONS)} (got {self.rec_region!r})")
+        if self.ctx_mode not in CTX_MODES:
+            bad(f"ctx_mode must be one of {', '.join(CTX_MODES)} (got {self.ctx_mode!r})")
+        if self.ctx_region not in CTX_REGIONS:
+            bad(f"ctx_region must be one of {', '.join(CTX_REGIONS)} (got {self.ctx_region!r})")
+        if not is_number(self.concept_inside_weight) or not 0 <= self.concept_inside_weight <= 1:
+            bad(f"concept_inside_weight must be a number from 0 to 1 (got {self.concept_inside_weight!r})")
+        if not isinstance(self.joint_subject_token, bool):
+            bad("joint_subject_token must be true or false")
         word_list("context_subjects", self.context_subjects)
         word_list("positive_words", self.positive_words)
         word_list("negative_words", self.negative_words, allow_none=True)
@@ -274,12 +301,14 @@ class TrainConfig:
             lego_terms = [n for n in ("w_subj", "w_ctx", "w_words") if getattr(self, n)]
             if lego_terms:
                 bad(f"method ti is plain Textual Inversion and has no Lego terms; set {', '.join(lego_terms)} to 0")
-            if self.subject_token_steps:
-                bad("method ti does not learn a subject token; set subject_token_steps to 0")
+            if self.subject_token_steps or self.joint_subject_token:
+                bad("method ti does not learn a subject token; set subject_token_steps to 0 and joint_subject_token to false")
         else:
             if not isinstance(self.subject_in_prompt, bool):
                 bad("subject_in_prompt must be true or false")
-            if self.subject_in_prompt and not self.subject.strip() and not self.subject_token_steps:
+            if self.subject_token_steps and self.joint_subject_token:
+                bad("choose one subject token: learned first (subject_token_steps) or jointly (joint_subject_token)")
+            if self.subject_in_prompt and not self.subject.strip() and not self.subject_token_steps and not self.joint_subject_token:
                 bad("method lego needs the subject in words (e.g. \"a toy robot\") or subject_token_steps > 0")
             if self.w_ctx and not self.context_subjects:
                 bad("w_ctx > 0 needs at least one context subject")
@@ -487,7 +516,7 @@ class Trainer:
         self._vocab_limit = self._regular_vocab_limit()
         # Before the (slow) image encoding, so a bad --init-from or init word fails at once.
         self._initial = self._initial_concept_vectors()
-        self._initial_subject = self._initial_subject_vector() if config.subject_token_steps else None
+        self._initial_subject = self._initial_subject_vector() if self._learns_subject_token() else None
         if config.w_words and config.positive_words:
             for word in config.positive_words + config.effective_negative_words():
                 self._word_embedding(word)
@@ -518,7 +547,7 @@ class Trainer:
         start = 0
         state = self._latest_checkpoint() if resume else None
         self.concept_vectors = torch.nn.Parameter(self._initial.clone().to(device))
-        if config.subject_token_steps:
+        if self._learns_subject_token():
             self.subject_vector = torch.nn.Parameter(self._initial_subject.clone().to(device))
         optimizer = None
         streak = 0
@@ -530,13 +559,7 @@ class Trainer:
                     self.subject_vector.copy_(state["tensors"]["subject"].to(device))
             streak = int(state["meta"].get("nonfinite_streak", 0))
             optimizer = self._optimizer_for(start)
-            if "adam.exp_avg" in state["tensors"]:
-                param = optimizer.param_groups[0]["params"][0]
-                optimizer.state[param] = {
-                    "step": state["tensors"]["adam.step"].clone(),
-                    "exp_avg": state["tensors"]["adam.exp_avg"].to(device).clone(),
-                    "exp_avg_sq": state["tensors"]["adam.exp_avg_sq"].to(device).clone(),
-                }
+            self._restore_moments(optimizer, state["tensors"])
             self._truncate_log(start)
             self._emit(TrainEvent("log", step=start, total=total, message=f"resumed from {step_name(start)}"))
         else:
@@ -716,10 +739,29 @@ class Trainer:
 
         # No weight decay: it would shrink the vectors below the norm of real token embeddings,
         # where the text encoder has never seen inputs.
-        param = self.subject_vector if step < self.config.subject_token_steps else self.concept_vectors
-        if self.subject_vector is not None and param is self.concept_vectors:
-            self.subject_vector.requires_grad_(False)  # frozen in stage 1: no gradient to keep
-        return torch.optim.AdamW([param], lr=self.config.lr, betas=(0.9, 0.999), eps=1e-8, weight_decay=0.0)
+        if self.config.joint_subject_token:
+            params = [self.concept_vectors, self.subject_vector]
+        elif step < self.config.subject_token_steps:
+            params = [self.subject_vector]
+        else:
+            params = [self.concept_vectors]
+            if self.subject_vector is not None:
+                self.subject_vector.requires_grad_(False)  # frozen in stage 1: no gradient to keep
+        return torch.optim.AdamW(params, lr=self.config.lr, betas=(0.9, 0.999), eps=1e-8, weight_decay=0.0)
+
+    @staticmethod
+    def _restore_moments(optimizer, tensors: dict) -> None:
+        """Put a checkpoint's Adam moments back on the optimizer's parameters (see _save_checkpoint)."""
+        for prefix, param in zip(("adam.", "adam2."), optimizer.param_groups[0]["params"]):
+            if prefix + "exp_avg" in tensors:
+                optimizer.state[param] = {
+                    "step": tensors[prefix + "step"].clone(),
+                    "exp_avg": tensors[prefix + "exp_avg"].to(param.device).clone(),
+                    "exp_avg_sq": tensors[prefix + "exp_avg_sq"].to(param.device).clone(),
+                }
+
+    def _learns_subject_token(self) -> bool:
+        return bool(self.config.subject_token_steps or self.config.joint_subject_token)
 
     # -- prompt encoding with learned vectors
 
@@ -732,23 +774,25 @@ class Trainer:
         replacement = table[slot_index].to(output.dtype)
         return torch.where(slot_mask[..., None], replacement, output)
 
-    def _vector_table(self):
+    def _vector_table(self, trainable: str = "all"):
         import torch
 
+        concept = self.concept_vectors if trainable in ("all", "concept") else self.concept_vectors.detach()
         if self.subject_vector is None:
-            return self.concept_vectors
-        return torch.cat([self.concept_vectors, self.subject_vector], dim=0)
+            return concept
+        subject = self.subject_vector if trainable in ("all", "subject") else self.subject_vector.detach()
+        return torch.cat([concept, subject], dim=0)
 
-    def encode(self, prompts: list[list], grad: bool = True):
-        """Text-encoder hidden states [B, 77, d] for segment-list prompts (see core/prompts.py)."""
+    def encode(self, prompts: list[list], grad: bool = True, trainable: str = "all"):
+        """Text-encoder hidden states [B, 77, d] for segment-list prompts (see core/prompts.py).
+
+        ``trainable`` names the learned vectors that pass gradient: "all", "concept" or "subject"."""
         import torch
 
         model = self.model
         tokens = tokenize_segments(model.tokenizer, prompts)
         device = model.device
-        table = self._vector_table()
-        if not grad:
-            table = table.detach()
+        table = self._vector_table(trainable if grad else "none")
         self._splice = (tokens.slot_mask.to(device), tokens.slot_index.to(device), table)
         # The hook lives only for this call: outside it the text encoder is untouched.
         hook = model.text_encoder.get_input_embeddings().register_forward_hook(self._splice_hook)
@@ -769,9 +813,12 @@ class Trainer:
     def _subject_phrase(self) -> list:
         if not self.config.subject_in_prompt:
             return []
+        words = [self.config.subject.strip()] if self.config.subject.strip() else []
         if self.subject_vector is not None:
-            return slots(1, start=self.config.num_vectors)
-        return [self.config.subject.strip()]
+            token = slots(1, start=self.config.num_vectors)
+            # Joint: the token follows the words and carries only what they leave unexplained.
+            return words + token if self.config.joint_subject_token else token
+        return words
 
     # -- one step
 
@@ -825,60 +872,81 @@ class Trainer:
         templates = [config.templates[i] for i in picks]
         concept = self._concept_slots()
         lego = config.method == "lego"
-        use_subj = lego and config.w_subj > 0 and bool(has_mask.any())
+        masked = lego and bool(has_mask.any())
+        # The subject region per sample (all zero for an image without a mask).
+        subject_region = mask * has_mask.float().view(-1, 1, 1, 1)
+        use_subj = masked and config.w_subj > 0
         use_ctx = lego and config.w_ctx > 0
+        joint = lego and config.joint_subject_token and self.subject_vector is not None
         if use_ctx:
             chosen = torch.randint(len(config.context_subjects), (b,), generator=generator).tolist()
             others = [config.context_subjects[i] for i in chosen]
-        if lego:
-            subject = self._subject_phrase()
-            with_concept = [fill_template(tp, subject + concept) for tp in templates]
-        else:
-            with_concept = [fill_template(tp, concept) for tp in templates]
+        subject = self._subject_phrase() if lego else []
+        with_concept = [fill_template(tp, subject + concept) for tp in templates]
 
-        # One text-encoder call with gradient (prompts containing C), one without (the rest), then
-        # one UNet call on the stacked conditionings [SC; S; RC; R].
-        grad_prompts = list(with_concept)
-        plain_prompts: list = []
-        if use_subj or use_ctx:
-            plain_prompts += [fill_template(tp, subject) for tp in templates]
+        # Conditionings with gradient (prompts holding a learned vector) and without. With a joint
+        # subject token the exemplar prompt is encoded twice, each copy passing gradient to one of
+        # the two owners only, so each region's error trains its own vectors.
+        grad_parts = {"SC": self.encode(with_concept, trainable="concept" if joint else "all")}
+        if joint:
+            grad_parts["SC|subject"] = self.encode(with_concept, trainable="subject")
         if use_ctx:
-            grad_prompts += [fill_template(tp, [other] + concept) for tp, other in zip(templates, others)]
-            plain_prompts += [fill_template(tp, [other]) for tp, other in zip(templates, others)]
-        grad_cond = self.encode(grad_prompts)
-        if not plain_prompts:
-            predictions = [self._unet(z_t, t, grad_cond, 1)]
-        else:
-            with torch.no_grad():
-                plain_cond = self.encode(plain_prompts, grad=False)
-            if config.unet_batching == "split":
-                with_grad = self._unet(z_t, t, grad_cond, len(grad_prompts) // b).split(b)
-                with torch.no_grad():
-                    without = self._unet(z_t, t, plain_cond, len(plain_prompts) // b).split(b)
-                predictions = [with_grad[0], without[0]] + ([with_grad[1], without[1]] if use_ctx else [])
-            else:
-                parts = [grad_cond[:b], plain_cond[:b]] + ([grad_cond[b:], plain_cond[b:]] if use_ctx else [])
-                predictions = self._unet(z_t, t, torch.cat(parts), len(parts)).split(b)
-        pred_sc = predictions[0]
+            grad_parts["RC"] = self.encode([fill_template(tp, [other] + concept) for tp, other in zip(templates, others)])
+        ctx_rec = use_ctx and config.ctx_mode == "rec" and bool(has_mask.all())
+        plain_parts = {}
+        with torch.no_grad():
+            if use_subj or (use_ctx and not ctx_rec):
+                plain_parts["S"] = self.encode([fill_template(tp, subject) for tp in templates], grad=False)
+            if use_ctx and not ctx_rec:
+                plain_parts["R"] = self.encode([fill_template(tp, [other]) for tp, other in zip(templates, others)], grad=False)
+        predictions = self._predict(z_t, t, grad_parts, plain_parts)
+        pred_sc = predictions["SC"]
 
-        if config.rec_region == "concept" and lego and bool(has_mask.any()):
-            rec = region_mse(pred_sc, target, 1.0 - mask)
+        # L_rec: the concept's share of the subject region is concept_inside_weight (rec_region
+        # "concept" = 0); with a joint subject token, the token reconstructs the subject region.
+        inside = 0.0 if config.rec_region == "concept" else config.concept_inside_weight
+        if masked and inside < 1.0:
+            rec = region_mse(pred_sc, target, 1.0 - (1.0 - inside) * subject_region)
         else:
             rec = region_mse(pred_sc, target)
+        if joint and masked:
+            rec = rec + region_mse(predictions["SC|subject"], target, subject_region)
         zero = rec.detach() * 0.0
         subj = ctx = words = zero
-        if plain_prompts:
-            pred_s = predictions[1].detach()
         if use_subj:
-            subj = region_mse(pred_sc, pred_s, mask * has_mask.float().view(-1, 1, 1, 1))
-        if use_ctx:
-            pred_rc, pred_r = predictions[2], predictions[3].detach()
-            delta_s = (pred_sc.detach() - pred_s)
-            ctx = region_mse(pred_rc - pred_r, delta_s)
+            subj = region_mse(pred_sc, predictions["S"].detach(), subject_region)
+        if ctx_rec:
+            ctx = region_mse(predictions["RC"], target, 1.0 - subject_region)
+        elif use_ctx:
+            delta_s = pred_sc.detach() - predictions["S"]
+            region = 1.0 - subject_region if config.ctx_region == "outside" and masked else None
+            ctx = region_mse(predictions["RC"] - predictions["R"], delta_s, region)
         if lego and config.w_words > 0 and config.positive_words:
             words = self._words_loss(generator)
         total = rec + config.w_subj * subj + config.w_ctx * ctx + config.w_words * words
         return {"total": total, "rec": rec, "subj": subj, "ctx": ctx, "words": words}
+
+    def _predict(self, z_t, t, grad_parts: dict, plain_parts: dict) -> dict:
+        """UNet predictions for every named conditioning, all on the same noisy latents.
+
+        "stacked" makes one UNet call over every conditioning; "split" one call with gradient and
+        one without (less backward work, one more call)."""
+        import torch
+
+        b = z_t.shape[0]
+        names = list(grad_parts) + list(plain_parts)
+        if self.config.unet_batching == "split" or not plain_parts:
+            outputs = list(self._unet(z_t, t, torch.cat(list(grad_parts.values())), len(grad_parts)).split(b))
+            if plain_parts:
+                with torch.no_grad():
+                    outputs += list(self._unet(z_t, t, torch.cat(list(plain_parts.values())), len(plain_parts)).split(b))
+        else:
+            stacked = torch.cat(list(grad_parts.values()) + list(plain_parts.values()))
+            outputs = list(self._unet(z_t, t, stacked, len(names)).split(b))
+        predictions = dict(zip(names, outputs))
+        for name in plain_parts:
+            predictions[name] = predictions[name].detach()
+        return predictions
 
     def _words_loss(self, generator):
         import torch
@@ -943,11 +1011,13 @@ class Trainer:
         # optimizer still holds the subject vector's, which stage 1 does not use.
         expected = self.subject_vector if step < self.config.subject_token_steps else self.concept_vectors
         if optimizer is not None and optimizer.param_groups[0]["params"][0] is expected:
-            moments = optimizer.state.get(expected)
-            if moments:
-                tensors["adam.step"] = moments["step"].detach().cpu().reshape(()).clone()
-                tensors["adam.exp_avg"] = moments["exp_avg"].detach().cpu().contiguous()
-                tensors["adam.exp_avg_sq"] = moments["exp_avg_sq"].detach().cpu().contiguous()
+            # "adam." holds the first parameter's moments; "adam2." the joint subject token's.
+            for prefix, param in zip(("adam.", "adam2."), optimizer.param_groups[0]["params"]):
+                moments = optimizer.state.get(param)
+                if moments:
+                    tensors[prefix + "step"] = moments["step"].detach().cpu().reshape(()).clone()
+                    tensors[prefix + "exp_avg"] = moments["exp_avg"].detach().cpu().contiguous()
+                    tensors[prefix + "exp_avg_sq"] = moments["exp_avg_sq"].detach().cpu().contiguous()
         stage = 0 if step < self.config.subject_token_steps else 1
         meta = {
             "format": CHECKPOINT_FORMAT,

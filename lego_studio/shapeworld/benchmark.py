@@ -75,6 +75,7 @@ from lego_studio.shapeworld.world import (
     COLOUR_NAMES,
     CONCEPTS,
     SHAPES,
+    article,
     is_held_out,
     subject_phrase,
 )
@@ -100,12 +101,15 @@ EXEMPLAR_SUBJECTS: dict[str, tuple[str, str]] = {
 
 ALL_METHODS: tuple[str, ...] = ("ti-1", "ti-N", "lego", "lego-no-subj", "lego-no-ctx", "lego-1")
 QUICK_METHODS: tuple[str, ...] = ("ti-1", "lego")
-METRICS: tuple[str, ...] = ("concept_fidelity", "subject_fidelity", "success", "leakage", "diversity")
+METRICS: tuple[str, ...] = ("concept_fidelity", "subject_fidelity", "success", "leakage", "colour_leakage",
+                             "shape_leakage", "diversity")
 METRIC_HELP = {
     "concept_fidelity": "judge's concept == the exemplars' concept",
     "subject_fidelity": "judge's shape and colour == the requested ones",
     "success": "concept and subject both right",
     "leakage": "judge sees the exemplar's shape or colour instead of the requested one (lower is better)",
+    "colour_leakage": "judge sees the exemplar's colour instead of the requested one (lower is better)",
+    "shape_leakage": "judge sees the exemplar's shape instead of the requested one (lower is better)",
     "diversity": "mean absolute pixel difference between seeds of one prompt (0-1)",
 }
 
@@ -260,10 +264,40 @@ def benchmark_prompt(shape: str, colour: str, placeholder: str) -> str:
     return f"{subject_phrase(shape, colour)} {placeholder}"
 
 
+# What the trainer is told about the exemplars' subject. A real user's words never describe their
+# subject completely ("a cat" for their own cat), so besides the full description there are two
+# partial tracks, each leaving one attribute unexplained:
+#   full       "a green hexagon"  the words say everything (the words alone can separate)
+#   no-colour  "a hexagon"        the colour is left out
+#   no-shape   "a green thing"    the shape is left out. "thing" is the generic noun a person uses for
+#              an object they cannot name; the Shape World model never saw it (its text encoder only
+#              learned the seven shape nouns), so it says nothing about the shape, just as "a cat"
+#              says nothing about which cat.
+TRACKS: tuple[str, ...] = ("full", "no-colour", "no-shape")
+PARTIAL_TRACKS: tuple[str, ...] = ("no-colour", "no-shape")
+TRACK_HELP = {
+    "full": "subject words describe the exemplar completely (\"a green hexagon\")",
+    "no-colour": "the colour is left out of the subject words (\"a hexagon\")",
+    "no-shape": "the shape is left out of the subject words (\"a green thing\")",
+}
+
+
+def subject_words(exemplar: tuple[str, str], track: str = "full") -> str:
+    """The subject words the trainer gets on ``track`` for an exemplar (shape, colour)."""
+    shape, colour = exemplar
+    if track == "full":
+        return subject_phrase(shape, colour)
+    if track == "no-colour":
+        return f"{article(shape)} {shape}"
+    if track == "no-shape":
+        return f"{article(colour)} {colour} thing"
+    raise InputError(f"unknown benchmark track {track!r}; choose from {', '.join(TRACKS)}")
+
+
 def train_config(spec: MethodSpec, exemplar: tuple[str, str], evaluation: Sequence[tuple[str, str]],
-                 steps: int, seed: int, lr: float = DEFAULT_LR):
+                 steps: int, seed: int, lr: float = DEFAULT_LR, track: str = "full"):
     """The TrainConfig of one benchmark run. No positive or init words: the concept's name never
-    reaches the trainer."""
+    reaches the trainer. ``track`` decides how much of the subject its words describe."""
     from lego_studio.core.training import TrainConfig
 
     values = dict(
@@ -278,7 +312,7 @@ def train_config(spec: MethodSpec, exemplar: tuple[str, str], evaluation: Sequen
         preview_every=0,
     )
     if spec.preset == "lego":
-        values.update(subject=subject_phrase(*exemplar), context_subjects=context_subjects(exemplar, evaluation))
+        values.update(subject=subject_words(exemplar, track), context_subjects=context_subjects(exemplar, evaluation))
     values.update(spec.overrides)
     return TrainConfig.preset(spec.preset, **values)
 
@@ -351,7 +385,7 @@ def score_predictions(predictions, requested: Sequence[tuple[str, str]], exempla
     if n == 0 or n != len(requested):
         raise ValueError("score_predictions needs one requested subject per prediction")
     ex_shape, ex_colour = exemplar
-    concept_ok = subject_ok = success = leaked = 0
+    concept_ok = subject_ok = success = leaked = colour_leaked = shape_leaked = 0
     for pred, (shape, colour) in zip(predictions, requested):
         c_ok = pred.concept == concept
         s_ok = pred.shape == shape and pred.colour == colour
@@ -359,8 +393,13 @@ def score_predictions(predictions, requested: Sequence[tuple[str, str]], exempla
         subject_ok += s_ok
         success += c_ok and s_ok
         # The requested subject never shares the exemplar's shape or colour, so seeing either is leakage.
-        leaked += (pred.shape == ex_shape and shape != ex_shape) or (pred.colour == ex_colour and colour != ex_colour)
-    return {"concept_fidelity": concept_ok / n, "subject_fidelity": subject_ok / n, "success": success / n, "leakage": leaked / n}
+        shape_leak = pred.shape == ex_shape and shape != ex_shape
+        colour_leak = pred.colour == ex_colour and colour != ex_colour
+        leaked += shape_leak or colour_leak
+        shape_leaked += shape_leak
+        colour_leaked += colour_leak
+    return {"concept_fidelity": concept_ok / n, "subject_fidelity": subject_ok / n, "success": success / n,
+            "leakage": leaked / n, "colour_leakage": colour_leaked / n, "shape_leakage": shape_leaked / n}
 
 
 def mean_std(values: Sequence[float]) -> tuple[float, float]:
@@ -539,15 +578,16 @@ def measure_costs(model, config: BenchmarkConfig, specs: Sequence[MethodSpec], w
 
 
 def run_one(model, judge_model, spec: MethodSpec, concept: str, seed: int, steps: int, config: BenchmarkConfig,
-            work_dir: Path, renders, on_step: Callable | None = None) -> RunResult:
-    """Train ``spec`` on the concept's exemplars, draw the held-out subjects, judge them."""
+            work_dir: Path, renders, on_step: Callable | None = None, track: str = "full") -> RunResult:
+    """Train ``spec`` on the concept's exemplars (subject words of ``track``), draw the held-out
+    subjects, judge them."""
     from lego_studio.shapeworld.judge import judge
 
     exemplar = exemplar_subject(concept)
     evaluation = held_out_subjects(concept, exemplar, config.n_subjects)
     images, masks = [im for im, _ in renders], [m for _, m in renders]
-    cfg = train_config(spec, exemplar, evaluation, steps, seed, lr=config.lr)
-    run_dir = work_dir / _slug(concept) / f"{spec.name}-seed{seed}"
+    cfg = train_config(spec, exemplar, evaluation, steps, seed, lr=config.lr, track=track)
+    run_dir = work_dir / track / _slug(concept) / f"{spec.name}-seed{seed}"
     started = time.perf_counter()
     learned = _train(model, cfg, images, masks if spec.uses_masks else None, run_dir, on_step)
     trained = time.perf_counter()
@@ -562,6 +602,7 @@ def run_one(model, judge_model, spec: MethodSpec, concept: str, seed: int, steps
     k = len(config.gen_seeds)
     scores["diversity"] = pixel_diversity([pictures[i : i + k] for i in range(0, len(pictures), k)])
     row = {
+        "track": track,
         "concept": concept,
         "split": concept_split(concept),
         "method": spec.name,
@@ -569,6 +610,7 @@ def run_one(model, judge_model, spec: MethodSpec, concept: str, seed: int, steps
         "steps": steps,
         "num_vectors": cfg.num_vectors,
         "exemplar": subject_phrase(*exemplar),
+        "subject_words": cfg.subject if spec.preset == "lego" else "",
         "subjects": "; ".join(subject_phrase(*pair) for pair in evaluation),
         "n_images": len(pictures),
         **{m: round(float(scores[m]), 4) for m in METRICS},
@@ -719,7 +761,7 @@ def _save_run_sheet(out: Path, concept: str, method: str, seed: int, result: Run
 # ------------------------------------------------------------------------------ outputs
 
 
-CSV_FIELDS = ("concept", "split", "method", "seed", "steps", "num_vectors", "exemplar", "subjects", "n_images",
+CSV_FIELDS = ("track", "concept", "split", "method", "seed", "steps", "num_vectors", "exemplar", "subject_words", "subjects", "n_images",
               *METRICS, "train_s", "generate_s", "final_loss")
 
 
