@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import sys
 import threading
+import time
 
 import pytest
 from PySide6.QtCore import QThread
@@ -68,7 +69,25 @@ def test_bug_in_task_does_not_kill_the_app(runner, qtbot):
     errors = []
     runner.start(lambda state: 1 / 0, on_error=errors.append)
     qtbot.waitUntil(lambda: bool(errors), timeout=15000)
-    assert errors[0].startswith("ZeroDivisionError")
+    # One line for the user that names the log file; the traceback is in that file.
+    from lego_studio.ui.errors import log_path
+
+    assert "ZeroDivisionError" in errors[0] and str(log_path()) in errors[0] and "\n" not in errors[0]
+    logged = log_path().read_text()
+    assert "Traceback" in logged and "1 / 0" in logged
+
+
+def test_run_and_wait_keeps_the_ui_turning(runner, qtbot):
+    from PySide6.QtCore import QTimer
+
+    ticks = []
+    timer = QTimer()
+    timer.timeout.connect(lambda: ticks.append(1))
+    timer.start(5)
+    ok, result = runner.run_and_wait(lambda state: (time.sleep(0.3), 42)[1])
+    timer.stop()
+    assert (ok, result) == (True, 42) and len(ticks) >= 5  # events were processed meanwhile
+    assert runner.run_and_wait(lambda state: 1 / 0)[0] is False
 
 
 def test_cooperative_cancel_and_one_task_at_a_time(runner, qtbot):

@@ -165,14 +165,24 @@ def safe_torch_load(path: str | os.PathLike) -> Any:
     try:
         return torch.load(path, map_location="cpu", weights_only=True)
     except pickle.UnpicklingError as exc:
-        if "weights only" in str(exc).lower() or "weights_only" in str(exc):
+        if "unsupported global" in str(exc).lower() or "global" in str(exc.__context__ or "").lower():
             raise InputError(
                 f"{path}: refused to load: the file contains Python code (unsafe pickle); "
                 "use a .safetensors version of it"
             ) from exc
-        raise InputError(f"{path}: cannot read: the file is corrupt or truncated ({_first_line(exc)})") from exc
+        raise InputError(f"{path}: not a PyTorch checkpoint (it is some other kind of file)") from exc
     except (RuntimeError, EOFError, OSError, ValueError, KeyError, IndexError, AttributeError, TypeError) as exc:
-        raise InputError(f"{path}: cannot read: the file is corrupt or truncated ({_first_line(exc)})") from exc
+        raise InputError(f"{path}: not a PyTorch checkpoint, or a corrupt or truncated one{_detail(exc)}") from exc
+
+
+def _detail(exc: BaseException) -> str:
+    """" (reason)" when the library's message says something a user can read; nothing for bare
+    internals such as a KeyError of a pickle opcode ("101") or torch's multi-line help text."""
+    text = _first_line(exc).strip().strip("'\"")
+    if isinstance(exc, KeyError) or len(text) < 12 or not any(ch.isalpha() for ch in text):
+        return ""
+    text = text.split(". ")[0].split("Weights only load failed")[0].strip()
+    return f" ({text})" if text else ""
 
 
 def _first_line(exc: BaseException) -> str:

@@ -31,6 +31,9 @@ def main(argv: list[str] | None = None) -> int:
     window.show()
     # After the first paint: the window is already on screen while torch loads.
     QTimer.singleShot(0, window.detect_device)
+    if os.environ.get("LEGO_STUDIO_EXIT_AFTER_SHOW") != "1":
+        # The last project reopened; a run of it that the last session left unfinished is offered.
+        QTimer.singleShot(0, window.offer_interrupted_run)
     if os.environ.get("LEGO_STUDIO_EXIT_AFTER_SHOW") == "1":
         # Start-up timing (packaging/README figures): report once the window is up, then quit.
         # Queued after detect_device so that close() finds its worker and waits for it.

@@ -408,6 +408,11 @@ class TrainingView(QWidget):
                 item.setToolTip("Resumable: select it and press Resume")
             self.runs_list.addItem(item)
 
+    def select_run(self, run_dir: Path) -> None:
+        for i in range(self.runs_list.count()):
+            if Path(self.runs_list.item(i).data(Qt.ItemDataRole.UserRole)) == Path(run_dir):
+                self.runs_list.setCurrentRow(i)
+
     def resumable_runs(self) -> list[Path]:
         return [
             Path(self.runs_list.item(i).data(Qt.ItemDataRole.UserRole))
