@@ -22,6 +22,12 @@ def create_app(argv: list[str] | None = None):
 
 
 def main(argv: list[str] | None = None) -> int:
+    from lego_studio.ui.system_libs import check_before_qt
+
+    problem = check_before_qt()
+    if problem is not None:  # Qt would abort with a message that names only one of them
+        print(problem, file=sys.stderr)
+        return 1
     app = create_app(argv)
     from PySide6.QtCore import QTimer
 
@@ -44,7 +50,19 @@ def main(argv: list[str] | None = None) -> int:
             window.close()  # the normal way out: waits for the start-up workers, then Qt quits
 
         QTimer.singleShot(0, report_and_quit)
-    return app.exec()
+    from lego_studio.ui.errors import install_excepthook
+
+    install_excepthook(lambda line: window.context.status_message.emit(line))
+    # However the event loop ends (window closed, session logout, app.quit()), every worker
+    # thread is stopped and joined while the widgets and the QApplication still exist.
+    app.aboutToQuit.connect(window.shutdown_workers)
+    code = app.exec()
+    window.shutdown_workers()  # idempotent
+    del window  # widgets before the QApplication
+    import gc
+
+    gc.collect()
+    return code
 
 
 if __name__ == "__main__":

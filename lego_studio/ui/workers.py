@@ -258,11 +258,20 @@ class TaskRunner(QObject):
             self._cleanup()
 
     def _cleanup(self) -> None:
+        """Forget the finished task's thread and worker.
+
+        Teardown order matters: both are owned by Python (no Qt parent), so they are deleted
+        when the last reference goes, and only after the thread has *finished* (every caller
+        has waited for it). They are not also handed to ``deleteLater``: a deferred delete that
+        Qt runs while Python still owns the object, or that Python pre-empts by deleting it
+        directly, is the "shared QObject was deleted directly" warning seen on quit during
+        training. The worker goes first (it lives in the thread), then the thread."""
         thread, worker = self._thread, self._worker
         self._thread = self._worker = None
         self._callbacks = {}
-        if worker is not None:
-            worker.deleteLater()
+        if thread is not None and thread.isRunning():
+            thread.quit()
+            thread.wait()
+        del worker
         if thread is not None:
-            thread.deleteLater()
             self.busy_changed.emit(False)
