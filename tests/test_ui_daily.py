@@ -276,3 +276,25 @@ def test_library_rename_keeps_the_selection_and_an_import_shows_through_a_search
     with qtbot.waitSignal(view.entries_loaded, timeout=10000):
         view.import_files([file])
     assert "melt" in view.visible_names() and view.selected_name() == "melt"
+
+
+def test_a_trained_concept_whose_name_is_taken_is_asked_about(window, qtbot, tmp_path, monkeypatch):
+    from lego_studio.core.concepts import save_concept
+    from lego_studio.ui import library_io
+
+    project = window.projects_view.create_project("P", [image_folder(tmp_path / "src")])
+    library = window.context.library()
+    library.add(Concept("ice", "<ice>", torch.randn(1, 32), {"method": "lego"}))
+    run = project.new_run_dir()
+    trained = Concept("ice", "<ice>", torch.randn(1, 32), {"method": "lego"})
+    save_concept(trained, run / "concept.safetensors")
+    clash = library_io.add_trained(library, run / "concept.safetensors", trained, project)  # what the worker returns
+    assert sorted(library.names()) == ["ice"]  # nothing added behind the user's back
+
+    view = window.training_view
+    view._run_dir = run
+    asked = []
+    monkeypatch.setattr(view, "ask_name_clash", lambda name, free: asked.append((name, free)) or "rename")
+    with qtbot.waitSignal(view.concept_trained, timeout=15000):
+        view._finished(clash)
+    assert asked == [("ice", "ice-2")] and sorted(library.names()) == ["ice", "ice-2"]

@@ -85,6 +85,21 @@ class ExportDialog(QDialog):
         return self.format_combo.currentData()
 
 
+def ask_name_clash(parent, name: str, free_name: str) -> str | None:
+    """"replace", "rename" (keep both, the new one as ``free_name``) or None (do not add)."""
+    box = QMessageBox(parent)
+    box.setIcon(QMessageBox.Icon.Question)
+    box.setWindowTitle("Name taken")
+    box.setText(f"The library already has a concept named <{name}>.")
+    box.setInformativeText(f"Replace it, or keep both (the new one as <{free_name}>)?")
+    replace = box.addButton("Replace", QMessageBox.ButtonRole.DestructiveRole)
+    keep = box.addButton(f"Keep both as <{free_name}>", QMessageBox.ButtonRole.AcceptRole)
+    box.addButton(QMessageBox.StandardButton.Cancel)
+    box.exec()
+    clicked = box.clickedButton()
+    return "replace" if clicked is replace else "rename" if clicked is keep else None
+
+
 @dataclass
 class LibraryChange:
     """What a library operation did: the status text, the concepts to select afterwards, and
@@ -302,18 +317,7 @@ class LibraryView(QWidget):
         self.runner.start(task, on_done=done, on_error=self._failed, name="library-op")
 
     def ask_name_clash(self, name: str, free_name: str) -> str | None:
-        """"replace", "rename" (keep both, the new one as ``free_name``) or None (skip)."""
-        box = QMessageBox(self)
-        box.setIcon(QMessageBox.Icon.Question)
-        box.setWindowTitle("Name taken")
-        box.setText(f"The library already has a concept named <{name}>.")
-        box.setInformativeText(f"Replace it, or keep both (the new one as <{free_name}>)?")
-        replace = box.addButton("Replace", QMessageBox.ButtonRole.DestructiveRole)
-        keep = box.addButton(f"Keep both as <{free_name}>", QMessageBox.ButtonRole.AcceptRole)
-        box.addButton(QMessageBox.StandardButton.Cancel)
-        box.exec()
-        clicked = box.clickedButton()
-        return "replace" if clicked is replace else "rename" if clicked is keep else None
+        return ask_name_clash(self, name, free_name)
 
     def _resolve_clash(self, path: Path, clash) -> None:
         choice = self.ask_name_clash(clash.name, clash.free_name)

@@ -503,7 +503,7 @@ class TrainingView(QWidget):
                 concept = trainer.run(resume=resume)
             from lego_studio.ui import library_io
 
-            return library_io.add_trained(library, trainer.concept_path, concept, project)
+            return library_io.add_trained(library, trainer.concept_path, concept, project)  # path, or NameTaken
 
         self._run_dir = run_dir
         self.last_error = ""
@@ -574,7 +574,17 @@ class TrainingView(QWidget):
             self.refresh_runs()
         self.event_received.emit(event)
 
+    def ask_name_clash(self, name: str, free_name: str) -> str | None:
+        from lego_studio.ui.library_view import ask_name_clash
+
+        return ask_name_clash(self, name, free_name)
+
     def _finished(self, concept_path) -> None:
+        from lego_studio.core.library import NameTaken
+
+        if isinstance(concept_path, NameTaken):  # the library has a concept of this name: ask
+            self._add_with_choice(concept_path)
+            return
         self._pause.clear()
         self.last_concept_path = Path(concept_path)
         self.progress.setValue(self.progress.maximum())
@@ -585,6 +595,27 @@ class TrainingView(QWidget):
         self.concept_trained.emit(concept_path)
         self.refresh_runs()
         self._update_buttons()
+
+    def _add_with_choice(self, clash) -> None:
+        run_dir = self._run_dir
+        choice = self.ask_name_clash(clash.name, clash.free_name)
+        if choice is None:
+            self._pause.clear()
+            self.status_label.setText(f"Done. Not added to the library (it has a <{clash.name}>); "
+                                      f"the concept is in {run_dir / 'concept.safetensors'}")
+            self.refresh_runs()
+            self._update_buttons()
+            return
+        library, project = self.context.library(), self.context.project
+
+        def add(state):
+            from lego_studio.core.concepts import load_concept
+            from lego_studio.ui import library_io
+
+            concept_file = run_dir / "concept.safetensors"
+            return library_io.add_trained(library, concept_file, load_concept(concept_file), project, on_conflict=choice)
+
+        self.runner.start(add, on_done=self._finished, on_error=self._failed, name="library-add")
 
     def _failed(self, message: str) -> None:
         self._pause.clear()
