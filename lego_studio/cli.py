@@ -38,13 +38,8 @@ def build_parser() -> argparse.ArgumentParser:
     )
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
     for name in COMMAND_MODULES:
-        try:
-            module = importlib.import_module(f"lego_studio.commands.{name}")
-        except ModuleNotFoundError as exc:
-            if exc.name == f"lego_studio.commands.{name}":
-                continue  # command not built yet
-            raise
-        module.register(sub)
+        # A command module that fails to import is a broken install: let the error show.
+        importlib.import_module(f"lego_studio.commands.{name}").register(sub)
     return parser
 
 

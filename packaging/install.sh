@@ -24,6 +24,23 @@ die() { echo "error: $*" >&2; exit 1; }
 [ -x "$BUNDLE/LegoStudio" ] || die "$BUNDLE/LegoStudio: missing or not executable (not a Lego Studio bundle?)"
 [ -f "$HERE/lego-studio.desktop" ] || die "$HERE/lego-studio.desktop: desktop entry template missing"
 
+# System libraries: Qt's X11 plugin needs libxcb-cursor0, libxcb-icccm4, libxcb-keysyms1 (and
+# libxcb-image0, libxcb-render-util0, libxcb-randr0, libxcb-shape0, libxcb-xfixes0, libxcb-xkb1,
+# libxkbcommon-x11-0), which a fresh desktop may lack. Ask the dynamic linker which are missing.
+missing_system_libraries() {
+    local plugin
+    plugin="$(find "$1" -name libqxcb.so -print -quit 2>/dev/null || true)"
+    [ -n "$plugin" ] && command -v ldd >/dev/null 2>&1 || return 0
+    ldd "$plugin" 2>/dev/null | awk '/=> not found/ {print $1}' | sort -u
+}
+MISSING_LIBS=""
+if [ "$(uname -s)" = Linux ]; then
+    MISSING_LIBS="$(missing_system_libraries "$BUNDLE" | tr '\n' ' ' | sed 's/ *$//')"
+fi
+MISSING_PACKAGES="$(for so in $MISSING_LIBS; do
+    echo "$so" | sed -E -e 's/^(lib.*[0-9])\.so\.([0-9]+).*$/\1-\2/' -e 's/^(lib.*)\.so\.([0-9]+).*$/\1\2/'
+done | tr '\n' ' ' | sed 's/ *$//')"
+
 # Icons: from the bundle itself, else from the source checkout.
 ICON_SRC="$BUNDLE/_internal/resources/icons"
 [ -f "$ICON_SRC/lego-studio-48.png" ] || ICON_SRC="$ROOT/resources/icons"
@@ -73,3 +90,7 @@ echo "installed Lego Studio to $APP_DIR"
 echo "  menu entry: $DESKTOP_DIR/lego-studio.desktop"
 echo "  icons:      $installed_icons sizes under $ICON_ROOT"
 echo "  command:    $BIN_DIR/lego-studio (check it with: lego-studio --self-test)"
+if [ -n "$MISSING_LIBS" ]; then
+    echo "warning: the app cannot open a window until these system libraries are installed: $MISSING_LIBS" >&2
+    echo "  on Debian/Ubuntu: sudo apt install $MISSING_PACKAGES" >&2
+fi

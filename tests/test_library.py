@@ -142,4 +142,42 @@ def test_hand_copied_and_broken_files_in_the_folder(tmp_path):
 def test_family_badge_infers_from_width():
     assert family_badge(None, 768) == "SD 1.x"
     assert family_badge("sd2-base", 1024) == "SD 2.x"
-    assert family_badge(None, 64) == "tiny/custom (width 64)"
+    assert family_badge(None, 64) == "unknown model, width 64"
+    assert family_badge("tiny", 64) == "tiny/custom (width 64)"
+
+
+def test_a1111_round_trip_keeps_the_base_model_and_the_original_record(tmp_path):
+    from lego_studio.core.concepts import export_concept, load_concept
+
+    library = ConceptLibrary(tmp_path / "lib")
+    original = _concept("ice", n=2, width=96, family="shapeworld")
+    original.metadata.update(base_model="/home/me/resources/models/shapeworld", method="lego", subject="a red circle")
+    library.add(original)
+    exported = export_concept(library.get("ice"), tmp_path / "ice.pt", "a1111")
+    back = load_concept(exported)
+    assert back.metadata["family"] == "shapeworld" and back.metadata["base_model"].endswith("shapeworld")
+
+    # Into another library (no original there): the file alone says which model it is for.
+    other = ConceptLibrary(tmp_path / "other")
+    assert other.add(exported).badge == "Shape World"
+    # Into the same library: the original's record is kept, and the copy says where it came from.
+    copy = library.add(exported, name="ice-copy")
+    assert copy.badge == "Shape World" and copy.metadata["method"] == "lego" and copy.subject == "a red circle"
+    assert copy.metadata["imported_from"]["format"] == "a1111"
+
+    # A file that carries no model at all (a plain A1111 embedding of an odd width) says so.
+    import torch
+
+    bare = tmp_path / "bare.pt"
+    torch.save({"string_to_token": {"*": 265}, "string_to_param": {"*": torch.randn(1, 96)}, "name": "bare"}, bare)
+    assert other.add(bare).badge == "unknown model, width 96"
+
+
+def test_a_taken_name_can_be_refused_instead_of_renamed(tmp_path):
+    from lego_studio.core.library import NameTaken
+
+    library = ConceptLibrary(tmp_path / "lib")
+    library.add(_concept("ice"))
+    with pytest.raises(NameTaken) as caught:
+        library.add(_concept("ice"), on_conflict="error")
+    assert (caught.value.name, caught.value.free_name) == ("ice", "ice-2")

@@ -15,8 +15,9 @@ from lego_studio.core.models import (
     load_model,
     make_tiny_model,
     safe_torch_load,
-    write_single_file_checkpoint,
 )
+from lego_studio.core import ldm_export
+from lego_studio.core.ldm_export import write_single_file_checkpoint
 from lego_studio.core.paths import resource
 from lego_studio.core.tokenizer import build, load_tokenizer
 
@@ -273,13 +274,13 @@ def _meta_ldm_state(config_name: str, text_layout: str) -> tuple[dict, object, o
         vae = AutoencoderKL.from_config(json.loads((folder / "vae" / "config.json").read_text()))
         text = CLIPTextModel(CLIPTextConfig.from_json_file(str(folder / "text_encoder" / "config.json")))
     state = {}
-    state.update(models_module._unet_to_ldm(unet.state_dict(), unet.config))
-    state.update(models_module._vae_to_ldm(vae.state_dict(), vae.config))
+    state.update(ldm_export._unet_to_ldm(unet.state_dict(), unet.config))
+    state.update(ldm_export._vae_to_ldm(vae.state_dict(), vae.config))
     text_state = text.state_dict()
     if text_layout == "clip":
-        state.update(models_module._clip_to_ldm(text_state))
+        state.update(ldm_export._clip_to_ldm(text_state))
     else:
-        state.update(models_module._open_clip_to_ldm(text_state, text.config.hidden_size))
+        state.update(ldm_export._open_clip_to_ldm(text_state, text.config.hidden_size))
     return state, unet, vae, text
 
 

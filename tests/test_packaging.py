@@ -198,3 +198,51 @@ def test_install_refuses_a_folder_that_is_not_a_bundle(tmp_path, user_env):
     assert result.returncode != 0
     assert result.stderr.strip().splitlines() == [f"error: {not_a_bundle}/LegoStudio: missing or not executable (not a Lego Studio bundle?)"]
     assert not (Path(user_env["PREFIX"]) / "opt" / "LegoStudio").exists()
+
+
+# ------------------------------------------------------------------ system libraries (X11)
+
+XCB_LIBS = ("libxcb-cursor0", "libxcb-icccm4", "libxcb-keysyms1")
+
+
+def test_readme_and_install_script_name_the_system_libraries_qt_needs():
+    readme = (ROOT / "README.md").read_text()
+    install = (PACKAGING / "install.sh").read_text()
+    for package in XCB_LIBS:
+        assert package in readme and package in install
+
+
+def test_install_says_which_system_libraries_are_missing(fake_bundle, user_env, tmp_path):
+    plugin = fake_bundle / "_internal" / "PySide6" / "Qt" / "plugins" / "platforms" / "libqxcb.so"
+    plugin.parent.mkdir(parents=True)
+    plugin.write_bytes(b"")
+    tools = tmp_path / "tools"
+    tools.mkdir()
+    fake_ldd = tools / "ldd"  # what the dynamic linker says on a fresh desktop
+    fake_ldd.write_text("#!/bin/sh\necho '\tlibxcb-icccm.so.4 => not found'\necho '\tlibxcb-keysyms.so.1 => not found'\n"
+                        "echo '\tlibxkbcommon-x11.so.0 => not found'\necho '\tlibc.so.6 => /lib/libc.so.6'\n")
+    fake_ldd.chmod(0o755)
+    env = dict(user_env, PATH=f"{tools}:{user_env['PATH']}")
+    result = run_script("install.sh", str(fake_bundle), env=env)
+    assert result.returncode == 0, result.stderr
+    if sys.platform.startswith("linux"):
+        assert "libxcb-icccm.so.4 libxcb-keysyms.so.1 libxkbcommon-x11.so.0" in result.stderr
+        assert "sudo apt install libxcb-icccm4 libxcb-keysyms1 libxkbcommon-x11-0" in result.stderr
+
+
+def test_app_says_in_one_line_what_is_missing_before_qt_aborts(monkeypatch, capsys):
+    from lego_studio.ui import app, system_libs
+
+    assert system_libs.package_for("libxcb-cursor.so.0") == "libxcb-cursor0"
+    assert system_libs.package_for("libxkbcommon-x11.so.0") == "libxkbcommon-x11-0"
+    assert system_libs.missing_from_ldd("\tlibxcb-icccm.so.4 => not found\n\tlibxcb.so.1 => /lib/libxcb.so.1\n"
+                                        "\tlibxcb-icccm.so.4 => not found\n") == ["libxcb-icccm.so.4"]
+    assert system_libs.uses_xcb({"DISPLAY": ":0"}) == sys.platform.startswith("linux")
+    assert not system_libs.uses_xcb({"DISPLAY": ":0", "QT_QPA_PLATFORM": "offscreen"})
+
+    monkeypatch.setattr(system_libs, "uses_xcb", lambda environ=None: True)
+    monkeypatch.setattr(system_libs, "missing_xcb_libraries", lambda plugin=None: ["libxcb-icccm.so.4", "libxcb-keysyms.so.1"])
+    assert app.main([]) == 1
+    err = capsys.readouterr().err.strip()
+    assert err.count("\n") == 0
+    assert "libxcb-icccm.so.4" in err and "libxcb-keysyms.so.1" in err and "apt install libxcb-icccm4 libxcb-keysyms1" in err

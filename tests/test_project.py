@@ -22,8 +22,6 @@ from lego_studio.core.project import (
     SCHEMA_VERSION,
     Project,
     read_run,
-    tracked_run,
-    write_run_status,
 )
 from lego_studio.core.settings import Settings
 
@@ -219,34 +217,28 @@ def test_runs_listing_reads_status_from_files(project):
     assert runs[running].concept_path is None
 
 
-def test_tracked_run_records_finished_cancelled_failed(project):
-    from lego_studio.core.errors import Cancelled, TrainingError
+def test_run_record_end_states_are_listed(project):
+    from lego_studio.core import runs
 
     ok = project.new_run_dir()
     (ok / "config.json").write_text(json.dumps({"method": "lego", "steps": 50, "subject_token_steps": 10}))
     (ok / "log.jsonl").write_text(json.dumps({"step": 60, "stage": "concept", "losses": {}}) + "\n")
-    with tracked_run(ok):
-        assert read_run(ok).status == RUN_RUNNING
+    runs.begin_run(ok)
+    assert read_run(ok).status == RUN_RUNNING
+    runs.end_run(ok, RUN_FINISHED)
     assert (read_run(ok).status, read_run(ok).step, read_run(ok).total_steps) == (RUN_FINISHED, 60, 60)
 
     cancelled = project.new_run_dir()
-    with pytest.raises(Cancelled):
-        with tracked_run(cancelled):
-            raise Cancelled("training cancelled at step 3 of 50")
+    runs.begin_run(cancelled)
+    runs.end_run(cancelled, RUN_CANCELLED, "training cancelled at step 3 of 50")
     assert read_run(cancelled).status == RUN_CANCELLED
 
     failed = project.new_run_dir()
-    with pytest.raises(TrainingError):
-        with tracked_run(failed):
-            raise TrainingError("training stopped at step 9: the loss was not finite")
+    runs.begin_run(failed)
+    runs.end_run(failed, RUN_FAILED, "training stopped at step 9:\n the loss was not finite")
     info = read_run(failed)
-    assert info.status == RUN_FAILED and "not finite" in info.message
-
-    old = time.time() - RUN_STALE_SECONDS - 60  # "running" but nothing written for ages: crashed
-    stuck = project.new_run_dir()
-    write_run_status(stuck, RUN_RUNNING)
-    os.utime(stuck / "status.json", (old, old))
-    assert read_run(stuck).status == RUN_INTERRUPTED
+    assert info.status == RUN_FAILED and info.message == "training stopped at step 9: the loss was not finite"
+    assert [r.status for r in project.runs()] == [RUN_FAILED, RUN_CANCELLED, RUN_FINISHED]
 
 
 def test_gallery_lists_pngs_newest_first(project):

@@ -197,6 +197,8 @@ def test_create_mask_train_library_gallery(window, qtbot, tmp_path):
     qtbot.waitUntil(lambda: not training.is_running(), timeout=60000)
     assert checkpoints == [2]
     assert "Cancelled" in training.status_label.text()
+    # The trainer recorded its end state: the run reads "cancelled", not "interrupted".
+    assert " — cancelled — " in training.runs_list.item(0).text()
     meter.phase = "resuming"
     resumable = training.resumable_runs()
     assert len(resumable) == 1

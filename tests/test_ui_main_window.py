@@ -93,7 +93,10 @@ def test_device_is_detected_in_a_worker(window, qtbot):
 
 
 def test_status_bar_shows_current_model(window, tiny_model_dir):
-    assert "none" in window.model_label.text()
+    # No model configured: Training and Gallery use the built-in Shape World model, and so says
+    # the status bar (it used to say "none (add one in Settings)").
+    assert window.model_label.text() == "Model: Shape World (built in)"
+    assert window.training_view.model_combo.currentText() == "Shape World (built in)"
     window.context.settings.add_model(tiny_model_dir)
     window.context.apply_settings()
     assert window.model_label.text() == f"Model: {window.context.model_name()}"

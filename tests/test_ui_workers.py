@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import sys
 import threading
+import time
 
 import pytest
 from PySide6.QtCore import QThread
@@ -68,7 +69,25 @@ def test_bug_in_task_does_not_kill_the_app(runner, qtbot):
     errors = []
     runner.start(lambda state: 1 / 0, on_error=errors.append)
     qtbot.waitUntil(lambda: bool(errors), timeout=15000)
-    assert errors[0].startswith("ZeroDivisionError")
+    # One line for the user that names the log file; the traceback is in that file.
+    from lego_studio.ui.errors import log_path
+
+    assert "ZeroDivisionError" in errors[0] and str(log_path()) in errors[0] and "\n" not in errors[0]
+    logged = log_path().read_text()
+    assert "Traceback" in logged and "1 / 0" in logged
+
+
+def test_run_and_wait_keeps_the_ui_turning(runner, qtbot):
+    from PySide6.QtCore import QTimer
+
+    ticks = []
+    timer = QTimer()
+    timer.timeout.connect(lambda: ticks.append(1))
+    timer.start(5)
+    ok, result = runner.run_and_wait(lambda state: (time.sleep(0.3), 42)[1])
+    timer.stop()
+    assert (ok, result) == (True, 42) and len(ticks) >= 5  # events were processed meanwhile
+    assert runner.run_and_wait(lambda state: 1 / 0)[0] is False
 
 
 def test_cooperative_cancel_and_one_task_at_a_time(runner, qtbot):
@@ -137,3 +156,55 @@ def test_background_work_runs_at_lower_priority_than_the_ui(runner, qtbot):
     qtbot.waitUntil(lambda: bool(seen), timeout=15000)
     assert seen[0] > ui_nice
     assert os.getpriority(os.PRIO_PROCESS, threading.get_native_id()) == ui_nice  # the UI thread is untouched
+
+
+def test_shutdown_during_a_task_tears_down_thread_then_objects_without_qt_warnings(qtbot, qtlog):
+    # Quit during training: the worker and its thread must be gone (deleted by their owner,
+    # after the thread finished) without Qt complaining that a QObject was deleted directly.
+    import gc
+
+    import shiboken6
+    from PySide6.QtCore import QCoreApplication
+    from PySide6.QtWidgets import QWidget
+
+    for round_ in range(20):
+        parent = QWidget()
+        runner = TaskRunner(parent)
+        started = threading.Event()
+
+        def task(state):
+            started.set()
+            while not state.cancelled:
+                state.emit("step")
+                time.sleep(0.001)
+            return None
+
+        runner.start(task, on_event=lambda e: None)
+        started.wait(5)
+        thread, worker = runner._thread, runner._worker
+        runner.shutdown()
+        assert not runner.busy
+        assert thread.isFinished()
+        del worker, thread
+        QCoreApplication.processEvents()
+        gc.collect()
+        parent.deleteLater()
+        del runner, parent
+    QCoreApplication.processEvents()
+    gc.collect()
+    bad = [r.message for r in qtlog.records if "QObject" in r.message or "QThread" in r.message]
+    assert bad == []
+
+
+def test_the_runner_does_not_hand_its_objects_to_deleteLater(qtbot, monkeypatch):
+    # Python owns the worker and the thread; a deferred delete on top of that is the teardown
+    # race behind "shared QObject was deleted directly".
+    from PySide6.QtCore import QObject
+
+    calls = []
+    monkeypatch.setattr(QObject, "deleteLater", lambda self: calls.append(type(self).__name__))
+    runner = TaskRunner()
+    done = []
+    runner.start(lambda state: 7, on_done=done.append)
+    qtbot.waitUntil(lambda: done == [7] and not runner.busy, timeout=15000)
+    assert calls == []

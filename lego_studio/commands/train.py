@@ -3,16 +3,21 @@
 Settings come, in increasing priority, from the method's preset, ``--config FILE.json`` and the
 flags given on the command line. The run folder (``--run-dir``, default ``<out>.run`` next to the
 output file) holds config.json, log.jsonl, checkpoints/, previews/ and latents/; ``--resume``
-continues the run found there with the images and model it was started with.
+continues the run found there with the images and model it was started with (recorded in the
+run's ``run.json``, core/runs.py). Ctrl+C stops after the current step: the run is recorded as
+cancelled and ``--resume`` finishes it.
 """
 
 from __future__ import annotations
 
 import argparse
+import signal
 import sys
+import threading
+from contextlib import contextmanager
 from pathlib import Path
 
-from lego_studio.core.errors import InputError
+from lego_studio.core.errors import Cancelled, InputError
 
 # Flag name -> TrainConfig field, for flags whose value goes straight into the config.
 CONFIG_FLAGS = {
@@ -40,7 +45,6 @@ CONFIG_FLAGS = {
     "preview_every": "preview_every",
     "preview_steps": "preview_steps",
 }
-INPUTS_FILE = "inputs.json"
 
 
 def register(subparsers) -> None:
@@ -90,15 +94,10 @@ def register(subparsers) -> None:
 
 
 def _read_inputs(run_dir: Path) -> dict:
-    import json
+    """What a run was started with (core/runs.py: run.json, or inputs.json of older runs)."""
+    from lego_studio.core.runs import run_inputs
 
-    path = run_dir / INPUTS_FILE
-    if not path.is_file():
-        return {}
-    try:
-        return json.loads(path.read_text(encoding="utf-8"))
-    except (OSError, ValueError) as exc:
-        raise InputError(f"{path}: cannot read the run's inputs ({exc})") from None
+    return run_inputs(run_dir)
 
 
 def _collect_images(args, saved: dict) -> tuple[list[str], list[str | None] | None, list[str]]:
@@ -204,8 +203,32 @@ def format_eta(seconds) -> str:
     return f"{hours}h{minutes:02d}m" if hours else f"{minutes}m{secs:02d}s"
 
 
+@contextmanager
+def cancel_on_ctrl_c(trainer):
+    """The first Ctrl+C asks the trainer to stop after the current step (it writes a checkpoint
+    and records the run as cancelled); a second one interrupts at once (recorded as cancelled
+    too, resumable from the last periodic checkpoint)."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    previous = signal.getsignal(signal.SIGINT)
+
+    def on_sigint(signum, frame):
+        if getattr(on_sigint, "asked", False):
+            raise KeyboardInterrupt
+        on_sigint.asked = True
+        print("\nstopping after this step (Ctrl+C again to stop at once)…", file=sys.stderr, flush=True)
+        trainer.cancel()
+
+    signal.signal(signal.SIGINT, on_sigint)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGINT, previous)
+
+
 def run(args: argparse.Namespace) -> int:
-    from lego_studio.core.paths import atomic_write_json
+    from lego_studio.core.runs import create_run
 
     if args.resume and not args.run_dir:
         raise InputError("--resume needs --run-dir DIR (the run to continue)")
@@ -240,13 +263,19 @@ def run(args: argparse.Namespace) -> int:
     from lego_studio.core.training import Trainer
 
     model = load_model(model_spec, device=args.device, precision=args.precision)
-    run_dir.mkdir(parents=True, exist_ok=True)
-    atomic_write_json(run_dir / INPUTS_FILE, {
+    create_run(run_dir, {
         "images": images, "masks": masks, "subject_images": subject_images, "model": str(model_spec), "out": str(out),
-    })
+        "device": args.device, "precision": args.precision,
+    }, config)
     progress = ProgressLine(enabled=not args.quiet)
     trainer = Trainer(model, config, images, masks, run_dir, subject_images=subject_images or None, on_event=progress)
-    concept = trainer.run(resume=args.resume)
+    try:
+        with cancel_on_ctrl_c(trainer):
+            concept = trainer.run(resume=args.resume)
+    except Cancelled as exc:
+        progress._newline("")
+        print(f"cancelled: {exc}; continue with: lego-studio train --resume --run-dir {run_dir}", file=sys.stderr)
+        return 130
 
     from lego_studio.core.concepts import save_concept
 

@@ -34,6 +34,20 @@ from lego_studio.core.errors import InputError
 from lego_studio.core.paths import atomic_save
 
 FORMATS = ("lego", "diffusers", "a1111", "kohya")
+A1111_EXTRA_KEY = "lego_studio"  # our own key in an A1111 .pt: {"family", "base_model"}
+
+
+def model_display_name(spec) -> str:
+    """A base model's name as people know it: the file or folder name of a path, else the spec
+    itself ("shapeworld", "runwayml/stable-diffusion-v1-5")."""
+    if not spec:
+        return ""
+    text = str(spec)
+    if "/" in text or "\\" in text:
+        path = Path(text)
+        if path.is_absolute() or text.startswith((".", "~")):
+            return path.stem if path.suffix in (".safetensors", ".ckpt") else path.name
+    return text
 LEGO_TENSOR = "lego.vectors"
 LEGO_FORMAT_TAG = "lego-studio-concept"
 FORMAT_VERSION = 1
@@ -233,6 +247,9 @@ def _read_any(path: Path) -> tuple[str, str, torch.Tensor, dict]:
         for key in ("name", "step", "sd_checkpoint", "sd_checkpoint_name"):
             if data.get(key) is not None and isinstance(data.get(key), (str, int, float)):
                 info[key] = data[key]
+        ours = data.get(A1111_EXTRA_KEY)
+        if isinstance(ours, dict):  # written by export_concept: the base model's family
+            info.update({k: v for k, v in ours.items() if k in ("family", "base_model") and isinstance(v, str)})
         return "a1111", str(data.get("name") or ""), _as_vectors(path, value, "string_to_param"), info
     if "emb_params" in data:
         return "kohya", "", _as_vectors(path, data["emb_params"], "emb_params"), {}
@@ -270,6 +287,10 @@ def _load_concept(path: Path, name: str | None) -> Concept:
             metadata["steps"] = info["step"]
         if info.get("sd_checkpoint_name"):
             metadata["base_model"] = info["sd_checkpoint_name"]
+        if info.get("base_model"):
+            metadata["base_model"] = info["base_model"]
+        if info.get("family"):
+            metadata["family"] = info["family"]
     if name:
         return Concept(name, placeholder_for(name), vectors, metadata)
     if fmt == "diffusers" and token and not any(ch.isspace() for ch in token):
@@ -339,8 +360,12 @@ def export_concept(concept: Concept, path: str | os.PathLike, fmt: str) -> Path:
             "name": concept.name,
             "step": int(steps) if isinstance(steps, (int, float)) else 0,
             "sd_checkpoint": None,
-            "sd_checkpoint_name": str(concept.metadata.get("base_model") or ""),
+            "sd_checkpoint_name": model_display_name(concept.metadata.get("base_model")),
         }
+        # A1111 ignores keys it does not know; this one brings the base model back on import.
+        ours = {k: str(concept.metadata[k]) for k in ("family", "base_model") if concept.metadata.get(k)}
+        if ours:
+            data[A1111_EXTRA_KEY] = ours
         return atomic_save(path, lambda tmp: torch.save(data, tmp))
     if fmt == "kohya":
         if suffix != ".safetensors":

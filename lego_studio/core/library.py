@@ -39,11 +39,14 @@ _WIDTH_FAMILIES = {768: "sd1", 1024: "sd2"}
 
 
 def family_badge(family: str | None, width: int) -> str:
-    """Short label for the base model a concept was made for."""
+    """Short label for the base model a concept was made for; a concept whose file does not say
+    (an imported A1111/kohya embedding of an unusual width) is an "unknown model"."""
     family = family or _WIDTH_FAMILIES.get(width)
     if family in _BADGES:
         return _BADGES[family]
-    return f"tiny/custom (width {width})"
+    if family in ("tiny", "custom"):
+        return f"tiny/custom (width {width})"
+    return f"unknown model, width {width}"
 
 
 def library_name(name: str) -> str:
@@ -51,6 +54,16 @@ def library_name(name: str) -> str:
     from lego_studio.core.concepts import placeholder_for
 
     return placeholder_for(name)[1:-1]
+
+
+class NameTaken(InputError):
+    """The library already has a concept of this name (``on_conflict="error"``); front ends ask
+    the user whether to replace it or keep both."""
+
+    def __init__(self, message: str, name: str, free_name: str):
+        super().__init__(message)
+        self.name = name
+        self.free_name = free_name  # what "keep both" would call the new one
 
 
 @dataclass
@@ -232,10 +245,12 @@ class ConceptLibrary:
         if not isinstance(concept, Concept):
             source = source or str(Path(concept).resolve())
             concept = load_concept(concept)
+        concept = self._with_original_record(concept)
         wanted = library_name(name or concept.name)
         if wanted in self:
             if on_conflict == "error":
-                raise InputError(f"{self.concept_path(wanted)}: the library already has a concept named {wanted!r}")
+                raise NameTaken(f"{self.concept_path(wanted)}: the library already has a concept named {wanted!r}",
+                                wanted, self._free_name(wanted))
             if on_conflict == "rename":
                 wanted = self._free_name(wanted)
         stored = Concept(wanted, f"<{wanted}>", concept.vectors, dict(concept.metadata))
@@ -252,6 +267,29 @@ class ConceptLibrary:
         }
         self._write_index(index)
         return self.entry(wanted)
+
+    def _with_original_record(self, concept):
+        """An imported file (A1111, diffusers, kohya) carries little metadata; when the library
+        holds the concept it came from (the same vectors), keep that concept's record (method,
+        config, subject, base model) and note where this copy came from."""
+        from lego_studio.core.concepts import Concept
+
+        imported = concept.metadata.get("imported_from")
+        if not imported:
+            return concept
+        import torch
+
+        for path in sorted(self.root.glob("*.safetensors")):
+            if path.name.startswith("."):
+                continue
+            try:
+                original = self.get(path.stem)
+            except LegoError:
+                continue
+            if original.vectors.shape == concept.vectors.shape and torch.equal(original.vectors, concept.vectors):
+                metadata = {**original.metadata, "imported_from": imported}
+                return Concept(concept.name, concept.placeholder, concept.vectors, metadata)
+        return concept
 
     def set_thumbnail(self, name: str, image) -> Path:
         """Store a thumbnail (image path or PIL image), shrunk to 256 px on the long side."""

@@ -24,9 +24,9 @@ Decisions (user-visible; the README repeats them):
   by a mis-click; empty that folder to reclaim the space).
 * Masks present in ``masks/`` but not listed in ``project.json`` (copied in by hand) are picked up
   when the project is opened: the files are the truth.
-* Run status comes from the run's own files (see :meth:`Project.runs`); a run whose log stopped
-  growing without a final event is ``interrupted`` (the app crashed or was killed): it can be
-  resumed from its last checkpoint.
+* Run status comes from each run's record ``runs/<id>/run.json`` (core/runs.py): the trainer
+  writes its end state; a run whose process is gone is ``interrupted`` (the app crashed or was
+  killed) and can be resumed from its last checkpoint.
 """
 
 from __future__ import annotations
@@ -35,8 +35,6 @@ import json
 import os
 import re
 import shutil
-import time
-from contextlib import contextmanager
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from pathlib import Path
@@ -62,15 +60,18 @@ MASK_PAINTED = "painted"
 MASK_MISSING = "missing"  # listed in project.json, file gone
 MASK_INVALID = "invalid"  # unreadable, or not the size of its image
 
-# Run states.
-RUN_RUNNING = "running"
-RUN_FINISHED = "finished"
-RUN_CANCELLED = "cancelled"
-RUN_FAILED = "failed"
-RUN_INTERRUPTED = "interrupted"
-# A run whose files have not changed for this long without a final event is not running any more
-# (the trainer logs every step and checkpoints regularly, both far more often than this).
-RUN_STALE_SECONDS = 15 * 60
+# Run states and the run record live in core/runs.py (re-exported here for callers of old).
+from lego_studio.core.runs import (  # noqa: E402,F401
+    RUN_CANCELLED,
+    RUN_FAILED,
+    RUN_FINISHED,
+    RUN_INTERRUPTED,
+    RUN_RUNNING,
+    RUN_STALE_SECONDS,
+    RunInfo,
+    list_runs,
+    read_run,
+)
 
 _EXIF_ORIENTATION = 0x0112
 _UNSAFE_NAME_CHARS = re.compile(r'[<>:"/\\|?*\x00-\x1f]')
@@ -127,19 +128,6 @@ class ImageEntry:
         if self.source_sha256:
             data["source_sha256"] = self.source_sha256
         return data
-
-
-@dataclass
-class RunInfo:
-    id: str
-    path: Path
-    status: str  # RUN_* constant
-    step: int  # last step logged
-    total_steps: int | None
-    method: str | None  # "lego" | "ti"
-    concept_path: Path | None  # the final concept, when the run finished
-    created: str
-    message: str = ""  # why it failed, when the files say
 
 
 def _relative_file(value, source: Path) -> str:
@@ -529,12 +517,8 @@ class Project:
                 counter += 1
 
     def runs(self) -> list[RunInfo]:
-        """Every run, newest first, with its status read from its files."""
-        runs_dir = self.folder / RUNS_DIR
-        if not runs_dir.is_dir():
-            return []
-        infos = [read_run(p) for p in runs_dir.iterdir() if p.is_dir() and not p.name.startswith(".")]
-        return sorted(infos, key=lambda r: r.id, reverse=True)
+        """Every run, newest first, with its status read from its record (core/runs.py)."""
+        return list_runs(self.folder / RUNS_DIR)
 
     # ---------------------------------------------------------------- gallery
 
@@ -727,137 +711,6 @@ def _validated(raw: dict, folder: Path, source: Path) -> dict:
             )
         data[key] = entries
     return data
-
-
-def _read_json(path: Path):
-    try:
-        return json.loads(path.read_text(encoding="utf-8"))
-    except (OSError, ValueError, UnicodeDecodeError):
-        return None
-
-
-def _last_events(log: Path, max_bytes: int = 65536) -> list[dict]:
-    """The JSON events at the end of ``log.jsonl``; a half-written last line is ignored."""
-    try:
-        with open(log, "rb") as handle:
-            handle.seek(0, os.SEEK_END)
-            size = handle.tell()
-            handle.seek(max(0, size - max_bytes))
-            tail = handle.read().decode("utf-8", errors="replace")
-    except OSError:
-        return []
-    events = []
-    for line in tail.splitlines():
-        try:
-            event = json.loads(line)
-        except ValueError:
-            continue
-        if isinstance(event, dict):
-            events.append(event)
-    return events
-
-
-def _mtime_or_zero(path: Path) -> float:
-    """Modification time, or 0 for a file that vanished meanwhile: a live run replaces its files
-    atomically (write a hidden temp file, rename), so a listing can name a file that is gone a
-    moment later."""
-    try:
-        return path.stat().st_mtime
-    except FileNotFoundError:
-        return 0.0
-
-
-def read_run(run_dir: str | os.PathLike) -> RunInfo:
-    """Describe one run from its files.
-
-    Status: ``status.json`` ``{"status": ...}`` when the trainer wrote one; otherwise a
-    ``concept.safetensors`` or a final ``done`` event means finished, a ``cancelled`` / ``error``
-    / ``failed`` event means cancelled / failed, files touched in the last 15 minutes mean
-    running, and anything else is interrupted (resumable).
-    """
-    run_dir = Path(run_dir)
-    config = _read_json(run_dir / "config.json")
-    config = config if isinstance(config, dict) else {}
-    events = _last_events(run_dir / "log.jsonl")
-    step, total = 0, config.get("steps") if isinstance(config.get("steps"), int) else None
-    if total is not None and isinstance(config.get("subject_token_steps"), int):
-        total += config["subject_token_steps"]  # stage 0 steps come first in the same count
-    for event in events:
-        if isinstance(event.get("step"), int):
-            step = max(step, event["step"])
-        if isinstance(event.get("total"), int):
-            total = event["total"]
-    concept = run_dir / "concept.safetensors"
-    status_file = _read_json(run_dir / "status.json")
-    last_kind = str(events[-1].get("kind", "")) if events else ""
-    message = ""
-    if isinstance(status_file, dict) and status_file.get("status") in (
-        RUN_RUNNING, RUN_FINISHED, RUN_CANCELLED, RUN_FAILED
-    ):
-        status = status_file["status"]
-        message = str(status_file.get("message") or "")
-    elif concept.is_file() or last_kind == "done":
-        status = RUN_FINISHED
-    elif last_kind in ("cancelled", "cancel"):
-        status = RUN_CANCELLED
-    elif last_kind in ("error", "failed"):
-        status = RUN_FAILED
-        message = str(events[-1].get("message") or "")
-    else:
-        newest = max((_mtime_or_zero(p) for p in [run_dir, *run_dir.iterdir()]), default=0.0)
-        status = RUN_RUNNING if time.time() - newest < RUN_STALE_SECONDS else RUN_INTERRUPTED
-    if status == RUN_RUNNING and isinstance(status_file, dict) and status_file.get("status") == RUN_RUNNING:
-        updated = max(_mtime_or_zero(run_dir / "status.json"), _mtime_or_zero(run_dir / "log.jsonl"))
-        if time.time() - updated >= RUN_STALE_SECONDS:
-            status = RUN_INTERRUPTED
-    created = config.get("created") if isinstance(config.get("created"), str) else None
-    if not created:
-        created = datetime.fromtimestamp(run_dir.stat().st_mtime, timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ")
-    method = config.get("method") if isinstance(config.get("method"), str) else None
-    return RunInfo(
-        id=run_dir.name,
-        path=run_dir,
-        status=status,
-        step=step,
-        total_steps=total,
-        method=method,
-        concept_path=concept if concept.is_file() else None,
-        created=created,
-        message=message,
-    )
-
-
-def write_run_status(run_dir: str | os.PathLike, status: str, message: str = "") -> Path:
-    """Record a run's state in ``runs/<id>/status.json`` (what :func:`read_run` trusts first)."""
-    if status not in (RUN_RUNNING, RUN_FINISHED, RUN_CANCELLED, RUN_FAILED):
-        raise InputError(f"unknown run status {status!r}")
-    return paths.atomic_write_json(
-        Path(run_dir) / "status.json", {"status": status, "message": message, "updated": now_iso()}
-    )
-
-
-@contextmanager
-def tracked_run(run_dir: str | os.PathLike):
-    """Wrap ``Trainer.run`` so the run's status survives on disk for :meth:`Project.runs`::
-
-        with tracked_run(run_dir):
-            trainer.run()
-
-    running on entry; finished on success; cancelled on :class:`Cancelled` (or Ctrl+C); failed,
-    with the one-line reason, on any other exception (which is re-raised).
-    """
-    from lego_studio.core.errors import Cancelled
-
-    write_run_status(run_dir, RUN_RUNNING)
-    try:
-        yield
-    except (Cancelled, KeyboardInterrupt) as exc:
-        write_run_status(run_dir, RUN_CANCELLED, str(exc))
-        raise
-    except BaseException as exc:
-        write_run_status(run_dir, RUN_FAILED, " ".join(str(exc).split()) or type(exc).__name__)
-        raise
-    write_run_status(run_dir, RUN_FINISHED)
 
 
 def _update_recent(old: Path, new: Path | None) -> None:

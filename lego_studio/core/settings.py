@@ -122,6 +122,7 @@ class Settings:
     default_device: str = "auto"
     library_dir: str | None = None  # None = paths.data_dir()/"library"
     recent_projects: list[str] = field(default_factory=list)  # most recent first
+    last_project: str | None = None  # open when the app last closed; reopened at start
     projects_dir: str | None = None  # None = paths.default_projects_dir()
     window_state: bytes | None = None  # Qt saveState() blob; opaque to the core
     first_run: bool = True
@@ -166,7 +167,7 @@ class Settings:
         problems: list[str] = []
         known = {
             "schema", "models", "default_model", "sam_checkpoint", "default_device", "library_dir",
-            "recent_projects", "projects_dir", "window_state", "first_run",
+            "recent_projects", "projects_dir", "window_state", "first_run", "last_project",
         }
         settings.extra = {k: v for k, v in data.items() if k not in known}
 
@@ -179,7 +180,7 @@ class Settings:
         else:
             problems.append("models")
 
-        for key in ("default_model", "sam_checkpoint", "library_dir", "projects_dir"):
+        for key in ("default_model", "sam_checkpoint", "library_dir", "projects_dir", "last_project"):
             value = data.get(key)
             if value is None or isinstance(value, str):
                 setattr(settings, key, _optional_str(value))
@@ -224,6 +225,7 @@ class Settings:
                 "library_dir": self.library_dir,
                 "recent_projects": list(self.recent_projects[:MAX_RECENT_PROJECTS]),
                 "projects_dir": self.projects_dir,
+                "last_project": self.last_project,
                 "window_state": base64.b64encode(self.window_state).decode("ascii")
                 if self.window_state is not None
                 else None,

@@ -437,11 +437,19 @@ class Trainer:
     """Trains a concept on ``images`` (paths or PIL images) with optional ``masks`` (one per image:
     path, uint8 array, or None) into ``run_dir``. ``subject_images`` feed stage 0 (subject token).
 
-    ``on_event(TrainEvent)`` is called from the training thread. ``cancel``/``pause``/``unpause``
-    may be called from any thread.
+    Controls, like :func:`~lego_studio.core.generation.generate`: ``cancel()`` -> True stops the run
+    after the current step (a checkpoint is written, :class:`Cancelled` raised); ``paused()`` -> True
+    holds it between steps; ``progress(step, total)`` is called after each step. ``on_event(TrainEvent)``
+    streams everything else (losses, previews, checkpoints). All are called from the training
+    thread. The methods ``cancel``/``pause``/``unpause`` do the same from any thread.
+
+    The trainer owns the run's end state: it records the run as running in ``run.json`` when it
+    starts and as finished, cancelled or failed (with the reason) when it stops (core/runs.py).
     """
 
-    def __init__(self, model, config: TrainConfig, images, masks=None, run_dir=None, subject_images=None, on_event: Callable | None = None):
+    def __init__(self, model, config: TrainConfig, images, masks=None, run_dir=None, subject_images=None,
+                 on_event: Callable | None = None, *, cancel: Callable[[], bool] | None = None,
+                 paused: Callable[[], bool] | None = None, progress: Callable[[int, int], None] | None = None):
         if run_dir is None:
             raise InputError("a training run needs a run folder")
         self.model = model
@@ -451,6 +459,9 @@ class Trainer:
         self.run_dir = Path(run_dir)
         self.subject_images = list(subject_images) if subject_images else []
         self.on_event = on_event
+        self._cancel_fn = cancel
+        self._paused_fn = paused
+        self._progress_fn = progress
         self._cancel = threading.Event()
         self._running = threading.Event()
         self._running.set()
@@ -472,7 +483,10 @@ class Trainer:
 
     @property
     def paused(self) -> bool:
-        return not self._running.is_set()
+        return not self._running.is_set() or bool(self._paused_fn and self._paused_fn())
+
+    def _cancel_requested(self) -> bool:
+        return self._cancel.is_set() or bool(self._cancel_fn and self._cancel_fn())
 
     # -- paths
 
@@ -499,8 +513,24 @@ class Trainer:
 
         ``resume=True`` continues from the newest checkpoint in ``run_dir`` (from scratch when there
         is none). Raises :class:`Cancelled` after writing a checkpoint when cancelled,
-        :class:`TrainingError` after ``max_nonfinite_in_a_row`` non-finite steps.
+        :class:`TrainingError` after ``max_nonfinite_in_a_row`` non-finite steps. The end state
+        (finished / cancelled / failed + reason) is written to the run record either way.
         """
+        from lego_studio.core import runs
+
+        runs.begin_run(self.run_dir, self.config)
+        try:
+            concept = self._run(resume)
+        except (Cancelled, KeyboardInterrupt) as exc:
+            runs.end_run(self.run_dir, runs.RUN_CANCELLED, str(exc) or "cancelled (interrupted from the keyboard)")
+            raise
+        except BaseException as exc:
+            runs.end_run(self.run_dir, runs.RUN_FAILED, str(exc) or type(exc).__name__)
+            raise
+        runs.end_run(self.run_dir, runs.RUN_FINISHED)
+        return concept
+
+    def _run(self, resume: bool):
         config = self.config.validate()
         model = self.model
         self._check_inputs()
@@ -540,77 +570,31 @@ class Trainer:
                 model.unet.disable_gradient_checkpointing()
 
     def _train(self, resume: bool, total: int):
-        import torch
-
+        """The training loop: one step at a time until ``total``, with checkpoints and previews."""
         config = self.config
-        device = self.model.device
-        start = 0
-        state = self._latest_checkpoint() if resume else None
-        self.concept_vectors = torch.nn.Parameter(self._initial.clone().to(device))
-        if self._learns_subject_token():
-            self.subject_vector = torch.nn.Parameter(self._initial_subject.clone().to(device))
-        optimizer = None
-        streak = 0
-        if state is not None:
-            start = state["step"]
-            with torch.no_grad():
-                self.concept_vectors.copy_(state["tensors"]["concept"].to(device))
-                if self.subject_vector is not None:
-                    self.subject_vector.copy_(state["tensors"]["subject"].to(device))
-            streak = int(state["meta"].get("nonfinite_streak", 0))
-            optimizer = self._optimizer_for(start)
-            self._restore_moments(optimizer, state["tensors"])
-            self._truncate_log(start)
-            self._emit(TrainEvent("log", step=start, total=total, message=f"resumed from {step_name(start)}"))
-        else:
-            self._clear_previous_run()
-
+        start, optimizer, streak = self._start_or_resume(resume, total)
         rate = None
         step = start
         while step < total:
             self._wait_if_paused(step, total)
-            if self._cancel.is_set():
+            if self._cancel_requested():
                 path = self._save_checkpoint(step, optimizer, streak)
                 self._emit(TrainEvent("checkpoint", step=step, total=total, path=str(path)))
                 raise Cancelled(f"training cancelled at step {step} of {total}; resume continues from {path}")
-            stage = 0 if step < config.subject_token_steps else 1
-            if optimizer is None or (stage == 1 and step == config.subject_token_steps and optimizer.param_groups[0]["params"][0] is not self.concept_vectors):
-                optimizer = self._optimizer_for(step)
-            stage_step = step if stage == 0 else step - config.subject_token_steps
-            stage_steps = config.subject_token_steps if stage == 0 else config.steps
-            lr = lr_at(config, stage_step, stage_steps)
-            for group in optimizer.param_groups:
-                group["lr"] = lr
-            started = time.perf_counter()
-            generator = torch.Generator().manual_seed(step_seed(config.seed, step))
-            optimizer.zero_grad(set_to_none=True)
-            if stage == 0:
-                losses = self._subject_token_loss(generator)
-            else:
-                losses = self._concept_loss(generator)
-            loss = losses.pop("total")
-            finite = bool(torch.isfinite(loss))
-            if finite:
-                loss.backward()
-                grads = [p.grad for group in optimizer.param_groups for p in group["params"] if p.grad is not None]
-                finite = all(bool(torch.isfinite(g).all()) for g in grads)
-            report = {"total": float(loss.detach())}
-            report.update({k: float(v.detach()) if hasattr(v, "detach") else float(v) for k, v in losses.items()})
+            optimizer = self._optimizer_for_step(step, optimizer)
+            report, finite, lr, stage, elapsed = self._step(step, optimizer)
             step += 1
-            if finite:
-                optimizer.step()
-                streak = 0
-            else:
-                optimizer.zero_grad(set_to_none=True)
-                streak += 1
+            streak = 0 if finite else streak + 1
+            if not finite:
                 self._emit(TrainEvent("skipped", step=step, total=total, losses=report, lr=lr, stage=stage,
                                       message=f"step {step}: loss was not finite, step skipped"))
-            elapsed = time.perf_counter() - started
             rate = (1.0 / elapsed if rate is None else 0.8 * rate + 0.2 / elapsed) if elapsed > 0 else rate
             self._append_log({"step": step, "stage": stage, "losses": report, "lr": lr, "time": elapsed,
                               "skipped": not finite})
             eta = (total - step) / rate if rate else None
             self._emit(TrainEvent("step", step=step, total=total, losses=report, lr=lr, eta_s=eta, steps_per_s=rate, stage=stage))
+            if self._progress_fn is not None:
+                self._progress_fn(step, total)
             if streak >= config.max_nonfinite_in_a_row:
                 raise TrainingError(
                     f"training stopped at step {step}: the loss was not finite for {streak} steps in a row "
@@ -622,7 +606,72 @@ class Trainer:
             if config.preview_every and stage == 1 and step % config.preview_every == 0:
                 images, path = self._preview(step)
                 self._emit(TrainEvent("preview", step=step, total=total, images=images, path=str(path)))
+        return self._finish(total, optimizer, streak)
 
+    def _start_or_resume(self, resume: bool, total: int):
+        """Fresh vectors, or the newest checkpoint's vectors and Adam state: (start, optimizer, streak)."""
+        import torch
+
+        device = self.model.device
+        state = self._latest_checkpoint() if resume else None
+        self.concept_vectors = torch.nn.Parameter(self._initial.clone().to(device))
+        if self._learns_subject_token():
+            self.subject_vector = torch.nn.Parameter(self._initial_subject.clone().to(device))
+        if state is None:
+            self._clear_previous_run()
+            return 0, None, 0
+        start = state["step"]
+        with torch.no_grad():
+            self.concept_vectors.copy_(state["tensors"]["concept"].to(device))
+            if self.subject_vector is not None:
+                self.subject_vector.copy_(state["tensors"]["subject"].to(device))
+        streak = int(state["meta"].get("nonfinite_streak", 0))
+        optimizer = self._optimizer_for(start)
+        self._restore_moments(optimizer, state["tensors"])
+        self._truncate_log(start)
+        self._emit(TrainEvent("log", step=start, total=total, message=f"resumed from {step_name(start)}"))
+        return start, optimizer, streak
+
+    def _optimizer_for_step(self, step: int, optimizer):
+        """The optimizer of the step's stage (a new one when stage 1 begins)."""
+        config = self.config
+        stage = 0 if step < config.subject_token_steps else 1
+        if optimizer is None or (stage == 1 and step == config.subject_token_steps
+                                 and optimizer.param_groups[0]["params"][0] is not self.concept_vectors):
+            optimizer = self._optimizer_for(step)
+        return optimizer
+
+    def _step(self, step: int, optimizer):
+        """One optimisation step: (loss report, finite, lr, stage, seconds)."""
+        import torch
+
+        config = self.config
+        stage = 0 if step < config.subject_token_steps else 1
+        stage_step = step if stage == 0 else step - config.subject_token_steps
+        stage_steps = config.subject_token_steps if stage == 0 else config.steps
+        lr = lr_at(config, stage_step, stage_steps)
+        for group in optimizer.param_groups:
+            group["lr"] = lr
+        started = time.perf_counter()
+        generator = torch.Generator().manual_seed(step_seed(config.seed, step))
+        optimizer.zero_grad(set_to_none=True)
+        losses = self._subject_token_loss(generator) if stage == 0 else self._concept_loss(generator)
+        loss = losses.pop("total")
+        finite = bool(torch.isfinite(loss))
+        if finite:
+            loss.backward()
+            grads = [p.grad for group in optimizer.param_groups for p in group["params"] if p.grad is not None]
+            finite = all(bool(torch.isfinite(g).all()) for g in grads)
+        report = {"total": float(loss.detach())}
+        report.update({k: float(v.detach()) if hasattr(v, "detach") else float(v) for k, v in losses.items()})
+        if finite:
+            optimizer.step()
+        else:
+            optimizer.zero_grad(set_to_none=True)
+        return report, finite, lr, stage, time.perf_counter() - started
+
+    def _finish(self, total: int, optimizer, streak: int):
+        """Final checkpoint and concept file."""
         path = self._save_checkpoint(total, optimizer, streak)
         self._emit(TrainEvent("checkpoint", step=total, total=total, path=str(path)))
         concept = self.concept()
@@ -1098,11 +1147,12 @@ class Trainer:
             self.on_event(event)
 
     def _wait_if_paused(self, step: int, total: int) -> None:
-        if self._running.is_set():
+        if not self.paused:
             return
         self._emit(TrainEvent("log", step=step, total=total, message="paused"))
-        while not self._running.wait(timeout=0.1):
-            if self._cancel.is_set():
-                break
-        if not self._cancel.is_set():
+        while self.paused and not self._cancel_requested():
+            self._running.wait(timeout=0.05)  # wakes at once on unpause(); polls paused()
+            if self._running.is_set() and self.paused:
+                time.sleep(0.05)
+        if not self._cancel_requested():
             self._emit(TrainEvent("log", step=step, total=total, message="resumed"))

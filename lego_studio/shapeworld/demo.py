@@ -125,7 +125,7 @@ def _run_demo(out_dir, steps, device, on_progress, quick, model, judge, seed) ->
 
     from lego_studio.core.concepts import save_concept
     from lego_studio.core.generation import make_grid, save_generated
-    from lego_studio.core.project import tracked_run
+    from lego_studio.core.runs import create_run
     from lego_studio.core.training import TrainConfig, Trainer
     from lego_studio.shapeworld.benchmark import benchmark_prompt, generate_images, held_out_subjects
 
@@ -165,9 +165,11 @@ def _run_demo(out_dir, steps, device, on_progress, quick, model, judge, seed) ->
             if event.kind == "step":
                 progress(method, event.step, event.total)
 
-        trainer = Trainer(sw_model, config, images, masks if method == "lego" else None, run_dir, on_event=on_event)
-        with tracked_run(run_dir):
-            concepts[method] = trainer.run()
+        run_masks = masks if method == "lego" else None
+        create_run(run_dir, {"images": images, "masks": run_masks, "model": model, "device": device,
+                             "out": str(out / "concepts" / f"{method}.safetensors")}, config)
+        trainer = Trainer(sw_model, config, images, run_masks, run_dir, on_event=on_event)
+        concepts[method] = trainer.run()  # the trainer records its end state in run.json
         files[method] = save_concept(concepts[method], out / "concepts" / f"{method}.safetensors")
 
     records = []

@@ -22,6 +22,12 @@ def create_app(argv: list[str] | None = None):
 
 
 def main(argv: list[str] | None = None) -> int:
+    from lego_studio.ui.system_libs import check_before_qt
+
+    problem = check_before_qt()
+    if problem is not None:  # Qt would abort with a message that names only one of them
+        print(problem, file=sys.stderr)
+        return 1
     app = create_app(argv)
     from PySide6.QtCore import QTimer
 
@@ -31,6 +37,9 @@ def main(argv: list[str] | None = None) -> int:
     window.show()
     # After the first paint: the window is already on screen while torch loads.
     QTimer.singleShot(0, window.detect_device)
+    if os.environ.get("LEGO_STUDIO_EXIT_AFTER_SHOW") != "1":
+        # The last project reopened; a run of it that the last session left unfinished is offered.
+        QTimer.singleShot(0, window.offer_interrupted_run)
     if os.environ.get("LEGO_STUDIO_EXIT_AFTER_SHOW") == "1":
         # Start-up timing (packaging/README figures): report once the window is up, then quit.
         # Queued after detect_device so that close() finds its worker and waits for it.
@@ -41,7 +50,19 @@ def main(argv: list[str] | None = None) -> int:
             window.close()  # the normal way out: waits for the start-up workers, then Qt quits
 
         QTimer.singleShot(0, report_and_quit)
-    return app.exec()
+    from lego_studio.ui.errors import install_excepthook
+
+    install_excepthook(lambda line: window.context.status_message.emit(line))
+    # However the event loop ends (window closed, session logout, app.quit()), every worker
+    # thread is stopped and joined while the widgets and the QApplication still exist.
+    app.aboutToQuit.connect(window.shutdown_workers)
+    code = app.exec()
+    window.shutdown_workers()  # idempotent
+    del window  # widgets before the QApplication
+    import gc
+
+    gc.collect()
+    return code
 
 
 if __name__ == "__main__":

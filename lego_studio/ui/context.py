@@ -15,7 +15,8 @@ from lego_studio.core.settings import Settings
 
 class AppContext(QObject):
     project_changed = Signal(object)  # the open Project, or None
-    project_edited = Signal()  # images/masks of the open project changed
+    project_edited = Signal()  # images of the open project added or removed (views reload)
+    masks_changed = Signal(object)  # the image (Path) whose mask was saved or cleared
     project_fields_changed = Signal()  # subject, concept name, word lists changed
     library_changed = Signal()
     settings_changed = Signal()
@@ -46,16 +47,30 @@ class AppContext(QObject):
         self.model_changed.emit(self.model_name())
 
     def model_name(self) -> str:
-        entry = self.settings.model()
-        return entry.name if entry is not None else ""
+        """The model Training and Gallery use unless another is picked: the default configured
+        one, else the built-in Shape World model (the same list their choosers show)."""
+        from lego_studio.ui.model_cache import model_choices
+
+        choices = model_choices(self.settings)
+        return choices[0][0] if choices else ""
 
     # ------------------------------------------------------------ project
     def set_project(self, project) -> None:
+        """Open ``project`` (or close with None); it is remembered as the last project, so the
+        app reopens it on the next start."""
         self.project = project
         if project is not None:
             self.settings.add_recent_project(project.folder)
-            self.save_settings()
+        self.settings.last_project = str(project.folder) if project is not None else None
+        self.save_settings()
         self.project_changed.emit(project)
+
+    def last_project_folder(self) -> Path | None:
+        """The project open when the app last closed, if it is still there."""
+        folder = self.settings.last_project
+        if folder and (Path(folder) / "project.json").is_file():
+            return Path(folder)
+        return None
 
     # ------------------------------------------------------------ library
     def library(self):

@@ -20,10 +20,18 @@ def run_thumbnail(run_dir: Path, project):
     return None
 
 
-def add_trained(library, concept_file: Path, concept, project) -> Path:
-    """Add a freshly trained concept (tagged with its method) and return its library file."""
+def add_trained(library, concept_file: Path, concept, project, on_conflict: str = "error"):
+    """Add a freshly trained concept (tagged with its method) and return its library file; with
+    ``on_conflict="error"`` a taken name returns the :class:`~lego_studio.core.library.NameTaken`
+    instead, so the UI can ask (replace, keep both) rather than rename silently."""
+    from lego_studio.core.library import NameTaken
+
     run_dir = Path(concept_file).parent
     method = str(concept.metadata.get("method") or "")
     tags = [t for t in (method, project.name if project is not None else "") if t]
-    entry = library.add(concept, thumbnail=run_thumbnail(run_dir, project), tags=tags, source=str(run_dir))
+    try:
+        entry = library.add(concept, thumbnail=run_thumbnail(run_dir, project), tags=tags, source=str(run_dir),
+                            on_conflict=on_conflict)
+    except NameTaken as clash:
+        return clash
     return entry.path

@@ -5,6 +5,7 @@ family each concept fits. Reading the library loads tensors (torch), so it happe
 from __future__ import annotations
 
 import html
+from dataclasses import dataclass, field
 from pathlib import Path
 
 from PySide6.QtCore import QSize, Qt, Signal
@@ -84,6 +85,31 @@ class ExportDialog(QDialog):
         return self.format_combo.currentData()
 
 
+def ask_name_clash(parent, name: str, free_name: str) -> str | None:
+    """"replace", "rename" (keep both, the new one as ``free_name``) or None (do not add)."""
+    box = QMessageBox(parent)
+    box.setIcon(QMessageBox.Icon.Question)
+    box.setWindowTitle("Name taken")
+    box.setText(f"The library already has a concept named <{name}>.")
+    box.setInformativeText(f"Replace it, or keep both (the new one as <{free_name}>)?")
+    replace = box.addButton("Replace", QMessageBox.ButtonRole.DestructiveRole)
+    keep = box.addButton(f"Keep both as <{free_name}>", QMessageBox.ButtonRole.AcceptRole)
+    box.addButton(QMessageBox.StandardButton.Cancel)
+    box.exec()
+    clicked = box.clickedButton()
+    return "replace" if clicked is replace else "rename" if clicked is keep else None
+
+
+@dataclass
+class LibraryChange:
+    """What a library operation did: the status text, the concepts to select afterwards, and
+    imports that found their name taken (asked about on the UI thread)."""
+
+    text: str
+    select: list = field(default_factory=list)
+    clashes: list = field(default_factory=list)
+
+
 class LibraryView(QWidget):
     settings_requested = Signal()
     entries_loaded = Signal()
@@ -94,6 +120,7 @@ class LibraryView(QWidget):
         self.runner = TaskRunner(self)
         self.entries: list = []
         self._refresh_again = False
+        self._select_after: list[str] = []  # concepts to select once the list is reloaded
         self._queued: list = []  # operations asked for while another library task ran
 
         self.search_edit = QLineEdit()
@@ -173,10 +200,13 @@ class LibraryView(QWidget):
         entries, problems = result
         self.entries = entries
         self._apply_filter()
+        select, self._select_after = self._select_after, []
+        if select:
+            if not set(select) <= set(self.visible_names()):
+                self.search_edit.setText("")  # a search that hides what was just added or renamed
+            self.select(select[0])
         if problems:
-            path, reason = problems[0]
-            more = f" (and {len(problems) - 1} more)" if len(problems) > 1 else ""
-            self.status_label.setText(f"Skipped unreadable file: {reason}{more}")
+            self.status_label.setText("Skipped unreadable files: " + "; ".join(reason for _path, reason in problems))
         self.entries_loaded.emit()
         self._next()
 
@@ -273,15 +303,41 @@ class LibraryView(QWidget):
             return fn(library)
 
         def done(result):
+            select, clashes = None, []
+            if isinstance(result, LibraryChange):
+                select, clashes, result = result.select, result.clashes, result.text
             self.status_label.setStyleSheet("color: #2e7d32;")
             self.status_label.setText(done_message.format(result=result))
+            if select:
+                self._select_after = select
             self.context.library_changed.emit()  # -> refresh(), which then runs what is queued
+            for path, clash in clashes:
+                self._resolve_clash(path, clash)
 
         self.runner.start(task, on_done=done, on_error=self._failed, name="library-op")
 
-    def import_files(self, files: list[Path]) -> bool:
+    def ask_name_clash(self, name: str, free_name: str) -> str | None:
+        return ask_name_clash(self, name, free_name)
+
+    def _resolve_clash(self, path: Path, clash) -> None:
+        choice = self.ask_name_clash(clash.name, clash.free_name)
+        if choice is not None:
+            self.import_files([path], on_conflict=choice)
+
+    def import_files(self, files: list[Path], on_conflict: str = "error") -> bool:
+        """Import concept files; a name the library already has is asked about, not renamed
+        silently. The imported concepts are selected (and shown even when a search hides them)."""
+        from lego_studio.core.library import NameTaken
+
         def add_all(library):
-            return ", ".join(library.add(Path(f)).placeholder for f in files)
+            names, clashes = [], []
+            for f in files:
+                try:
+                    names.append(library.add(Path(f), on_conflict=on_conflict).name)
+                except NameTaken as clash:
+                    clashes.append((Path(f), clash))
+            text = ", ".join(f"<{n}>" for n in names) or "nothing"
+            return LibraryChange(text, names, clashes)
 
         return self._run(add_all, "Imported {result}")
 
@@ -295,7 +351,11 @@ class LibraryView(QWidget):
         name = self.selected_name()
         if name is None:
             return False
-        return self._run(lambda library: library.rename(name, new_name).placeholder, "Renamed to {result}")
+        def rename(library):
+            entry = library.rename(name, new_name)
+            return LibraryChange(entry.placeholder, [entry.name])
+
+        return self._run(rename, "Renamed to {result}")
 
     def set_tags_selected(self, tags: list[str]) -> bool:
         name = self.selected_name()

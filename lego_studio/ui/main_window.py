@@ -117,6 +117,8 @@ class MainWindow(QMainWindow):
         self._on_project_changed(self.context.project)
         self.show_place("projects")
         self._restore_state()
+        if self.context.project is None:
+            self.reopen_last_project()
         if self.context.settings.load_warning:
             QTimer.singleShot(0, lambda: self.context.status_message.emit(self.context.settings.load_warning))
 
@@ -173,6 +175,52 @@ class MainWindow(QMainWindow):
             "(adjectives and verbs) from a few images, offline.\n\n"
             "Method: Lego (ECCV 2024, arXiv 2311.13833); baseline: Textual Inversion.",
         )
+
+    # ------------------------------------------------------------ the last session
+    def reopen_last_project(self):
+        """Open the project that was open when the app last closed (quietly: a project that
+        cannot be opened any more is only mentioned in the status bar)."""
+        folder = self.context.last_project_folder()
+        if folder is None:
+            return None
+        from lego_studio.core.errors import LegoError
+        from lego_studio.core.project import Project
+
+        try:
+            project = Project.open(folder)
+        except LegoError as exc:
+            QTimer.singleShot(0, lambda: self.context.status_message.emit(str(exc)))
+            return None
+        self.context.set_project(project)
+        return project
+
+    def offer_interrupted_run(self):
+        """After a restart: offer to resume the open project's newest run whose process is gone
+        (the app was closed during training, crashed, or the machine went down). Returns the
+        run folder that was resumed, else None."""
+        project = self.context.project
+        if project is None or self.training_view.is_running():
+            return None
+        from lego_studio.core.runs import interrupted_runs
+
+        runs = interrupted_runs(project.folder / "runs")
+        if not runs:
+            return None
+        info = runs[0]
+        total = info.total_steps or "?"
+        answer = QMessageBox.question(
+            self,
+            "Resume training?",
+            f"A training run of “{project.name}” was interrupted at step {info.step} of {total} "
+            f"({info.method or 'lego'}, {info.id}). Resume it from its last checkpoint?",
+            QMessageBox.StandardButton.Yes | QMessageBox.StandardButton.No,
+            QMessageBox.StandardButton.Yes,
+        )
+        self.show_place("training")
+        self.training_view.select_run(info.path)
+        if answer != QMessageBox.StandardButton.Yes:
+            return None
+        return info.path if self.training_view.resume_run(info.path) else None
 
     # ------------------------------------------------------------ status bar
     def _show_model(self, name: str) -> None:

@@ -47,13 +47,6 @@ def pil_to_qimage(image) -> QImage:
     return QImage(rgb.data, w, h, 3 * w, QImage.Format.Format_RGB888).copy()
 
 
-def qimage_to_rgb_array(image: QImage) -> np.ndarray:
-    image = image.convertToFormat(QImage.Format.Format_RGB888)
-    h, w = image.height(), image.width()
-    buf = np.frombuffer(image.constBits(), dtype=np.uint8, count=image.bytesPerLine() * h)
-    return buf.reshape(h, image.bytesPerLine())[:, : 3 * w].reshape(h, w, 3).copy()
-
-
 class MaskCanvas(QWidget):
     mask_edited = Signal()  # after every completed edit (stroke, fill, clear, undo...): autosave hook
     sam_prompt_changed = Signal(object)  # SamPrompt

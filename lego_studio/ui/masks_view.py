@@ -30,7 +30,7 @@ from PySide6.QtWidgets import (
 )
 
 from lego_studio.core.errors import LegoError
-from lego_studio.ui import project_io
+from lego_studio.ui import operations, project_io
 from lego_studio.ui.mask_canvas import BRUSH, ERASER, FILL, SAM, MaskCanvas, SamPrompt
 from lego_studio.ui.workers import TaskRunner
 
@@ -170,6 +170,7 @@ class MasksView(QWidget):
 
         context.project_changed.connect(self.set_project)
         context.project_edited.connect(self.reload_images)
+        context.masks_changed.connect(lambda _image: self._refresh_badges())
         context.settings_changed.connect(self._forget_segmenter)
         self.set_project(context.project)
 
@@ -279,12 +280,11 @@ class MasksView(QWidget):
         if not self._dirty or path is None or not self.canvas.has_image() or self.context.project is None:
             return
         try:
-            project_io.save_mask(self.context.project, path, self.canvas.mask())
+            operations.save_mask(self.context, path, self.canvas.mask())  # -> masks_changed
         except (LegoError, OSError) as exc:
             self.info_label.setText(f"Could not save the mask: {exc}")
             return
         self._dirty = False
-        self._refresh_badges()
         self.context.status_message.emit(f"Saved mask for {path.name}")
 
     def flush_autosave(self) -> None:

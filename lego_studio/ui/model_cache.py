@@ -56,15 +56,6 @@ class ModelCache:
         with self.lease(spec, device, precision):
             pass
 
-    def cached_key(self) -> tuple[str, str, str] | None:
-        return self._key
-
-    def forget(self) -> None:
-        with self._lock:
-            if not self._leased:
-                self._model = None
-                self._key = None
-
 
 def model_choices(settings) -> list[tuple[str, str]]:
     """(label, spec) of every model the user can pick: the configured ones, else Shape World.

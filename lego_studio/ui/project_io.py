@@ -33,30 +33,33 @@ def free_folder(parent: Path, name: str) -> Path:
     return candidate
 
 
-def create_project(projects_dir: Path, name: str, sources: list[Path]) -> Project:
+def create_project(projects_dir: Path, name: str, sources: list[Path]) -> tuple[Project, list[tuple[Path, str]]]:
     """New project ``name`` in ``projects_dir`` (a free folder name is chosen); ``sources`` are
-    image files and/or folders of images. A single folder is imported with its masks."""
+    image files and/or folders of images. A single folder is imported with its masks. Returns the
+    project and every file that was skipped, with its reason. SLOW (decodes, hashes, copies):
+    call it from a worker."""
     name = name.strip()
     if not name:
         raise InputError("a project needs a name")
     folder = free_folder(Path(projects_dir), name)
     if len(sources) == 1 and Path(sources[0]).is_dir():
-        project, _problems = Project.create_from_folder(sources[0], folder=folder, name=name)
-        return project
+        return Project.create_from_folder(sources[0], folder=folder, name=name)
     project = Project.create(folder, name=name)
+    problems: list[tuple[Path, str]] = []
     if sources:
-        add_images(project, sources)
-    return project
+        _added, problems = add_images(project, sources)
+    return project, problems
 
 
 def open_project(folder: Path) -> Project:
     return Project.open(folder)
 
 
-def _expand(sources: list[Path]) -> list[Path]:
+def _expand(sources: list[Path]) -> tuple[list[Path], list[tuple[Path, str]]]:
     from lego_studio.core.images import is_image_file, list_images
 
     files: list[Path] = []
+    problems: list[tuple[Path, str]] = []
     for source in sources:
         source = Path(source)
         if source.is_dir():
@@ -64,22 +67,18 @@ def _expand(sources: list[Path]) -> list[Path]:
         elif is_image_file(source):
             files.append(source)
         else:
-            raise InputError(f"{source}: not an image or a folder of images")
-    return files
+            problems.append((source, f"{source}: not an image or a folder of images"))
+    return files, problems
 
 
-def add_images(project: Project, sources: list[Path], subject_only: bool = False) -> int:
-    """Copy images (files or folders) into the project. Returns how many were added; when some
-    could not be added, the first reason is raised after the good ones are in."""
-    files = _expand(sources)
+def add_images(project: Project, sources: list[Path], subject_only: bool = False) -> tuple[int, list[tuple[Path, str]]]:
+    """Copy images (files or folders) into the project. Returns how many were added and every
+    file that was skipped, with its reason. SLOW: call it from a worker."""
+    files, problems = _expand(sources)
     before = len(project.subject_images if subject_only else project.images)
-    failures = project.add_images(files, kind="subject" if subject_only else "exemplar")
+    problems += project.add_images(files, kind="subject" if subject_only else "exemplar")
     added = len(project.subject_images if subject_only else project.images) - before
-    if failures:
-        path, reason = failures[0]
-        more = f" (and {len(failures) - 1} more)" if len(failures) > 1 else ""
-        raise InputError(f"added {added} image(s); skipped {reason}{more}")
-    return added
+    return added, problems
 
 
 def image_paths(project: Project) -> list[Path]:

@@ -27,7 +27,7 @@ from PySide6.QtWidgets import (
 )
 
 from lego_studio.core.errors import LegoError
-from lego_studio.ui import project_io
+from lego_studio.ui import operations, project_io
 from lego_studio.ui.workers import TaskRunner
 from lego_studio.ui.layouts import install_two_pane_layout
 
@@ -208,6 +208,7 @@ class ProjectsView(QWidget):
 
         context.project_changed.connect(lambda _: self.refresh())
         context.project_edited.connect(self.refresh_images)
+        context.masks_changed.connect(lambda _image: self.refresh_images())
         self.refresh()
 
     # ------------------------------------------------------------ display
@@ -264,8 +265,8 @@ class ProjectsView(QWidget):
         if project is None:
             return
         try:
-            project_io.set_fields(
-                project,
+            operations.set_fields(
+                self.context,
                 subject=self.subject_edit.text().strip(),
                 concept_name=self.concept_edit.text().strip(),
                 positive_words=_words(self.positive_edit.text()),
@@ -277,22 +278,31 @@ class ProjectsView(QWidget):
             return
         self.fields_status.setStyleSheet("color: #2e7d32;")
         self.fields_status.setText("Saved.")
-        self.context.project_fields_changed.emit()
 
     # ------------------------------------------------------------ project commands
-    def _error(self, title: str, exc: Exception) -> None:
+    def _error(self, title: str, exc) -> None:
         self.context.status_message.emit(str(exc))
         QMessageBox.warning(self, title, str(exc))
 
+    def _report_skipped(self, added: int, problems: list) -> None:
+        """Every skipped file with its reason (none hidden behind "and N more")."""
+        if not problems:
+            return
+        summary = f"Added {added} image(s); skipped {len(problems)}:"
+        self.context.status_message.emit(f"{summary} {problems[0][1]}" + (" …" if len(problems) > 1 else ""))
+        self.skipped_report = f"{summary}\n{operations.describe_skipped(problems)}"
+        QMessageBox.warning(self, "Some files were skipped", self.skipped_report)
+
     def create_project(self, name: str, sources: list[Path] | None = None):
-        """Create ``name`` under the projects folder from image files/folders and open it."""
-        try:
-            project = project_io.create_project(self.context.settings.projects_path(), name, sources or [])
-        except LegoError as exc:
-            self._error("Cannot create the project", exc)
+        """Create ``name`` under the projects folder from image files/folders (in the worker)
+        and open it; every file that was skipped is listed with its reason."""
+        project, problems, error = operations.create_project(
+            self.context, self.runner, self.context.settings.projects_path(), name, list(sources or [])
+        )
+        if error is not None:
+            self._error("Cannot create the project", error)
             return None
-        self.context.settings.first_run = False
-        self.context.set_project(project)
+        self._report_skipped(len(project.images) + len(project.subject_images), problems)
         return project
 
     def new_project(self) -> None:
@@ -394,13 +404,12 @@ class ProjectsView(QWidget):
             first = Path(paths[0])
             name = first.name if first.is_dir() else first.stem
             return 0 if self.create_project(name, list(paths)) is None else len(project_io.image_paths(self.context.project))
-        try:
-            added = project_io.add_images(project, list(paths), subject_only=subject_only)
-        except LegoError as exc:
-            self._error("Cannot add the images", exc)
+        added, problems, error = operations.add_images(self.context, self.runner, list(paths), subject_only=subject_only)
+        if error is not None:
+            self._error("Cannot add the images", error)
             return 0
         self.context.status_message.emit(f"Added {added} image(s)")
-        self.context.project_edited.emit()
+        self._report_skipped(added, problems)
         return added
 
     def _add_images_dialog(self, subject_only: bool) -> None:
@@ -424,12 +433,9 @@ class ProjectsView(QWidget):
         answer = QMessageBox.question(self, "Remove images", f"Remove {len(selected)} image(s) and their masks from the project?")
         if answer != QMessageBox.StandardButton.Yes:
             return
-        try:
-            for path in selected:
-                project_io.remove_image(project, path)
-        except LegoError as exc:
-            self._error("Cannot remove the images", exc)
-        self.context.project_edited.emit()
+        problems = operations.remove_images(self.context, selected)
+        if problems:
+            self._error("Cannot remove the images", operations.describe_skipped(problems))
 
     # ------------------------------------------------------------ demo
     @staticmethod

@@ -39,6 +39,8 @@ class SettingsDialog(QDialog):
         self.context = context
         self.draft = copy.deepcopy(context.settings)
         self._runner = TaskRunner(self)
+        self._sam_verdicts: dict[str, bool] = {}  # checkpoint path -> passed the check
+        self._accept_after_check = False
 
         # --- models
         models_box = QGroupBox("Models")
@@ -186,9 +188,10 @@ class SettingsDialog(QDialog):
             self.sam_status.setText("No checkpoint: the assist uses GrabCut.")
             return
         if not Path(path).expanduser().is_file():
-            self.sam_status.setStyleSheet(ERROR_STYLE)
-            self.sam_status.setText(f"{path}: no such file")
+            self._sam_failed(path, f"{path}: no such file")
             return
+        if self._runner.busy:
+            return  # a check is running; accept() waits for it
 
         def check(state):
             from lego_studio.core.segmentation import load_sam_model
@@ -199,17 +202,41 @@ class SettingsDialog(QDialog):
         self.sam_status.setStyleSheet("")
         self.sam_status.setText("Checking…")
         self.sam_check_button.setEnabled(False)
-        self._runner.start(check, on_done=self._sam_ok, on_error=self._sam_failed, name="sam-check")
+        self._runner.start(check, on_done=lambda model_type: self._sam_ok(path, model_type),
+                           on_error=lambda message: self._sam_failed(path, message), name="sam-check")
 
-    def _sam_ok(self, model_type: str) -> None:
+    def _sam_ok(self, path: str, model_type: str) -> None:
+        self._sam_verdicts[path] = True
         self.sam_check_button.setEnabled(True)
         self.sam_status.setStyleSheet(OK_STYLE)
         self.sam_status.setText(f"OK: Segment Anything {model_type}")
+        if self._accept_after_check:
+            self.accept()
 
-    def _sam_failed(self, message: str) -> None:
+    def _sam_failed(self, path: str, message: str) -> None:
+        self._sam_verdicts[path] = False
+        self._accept_after_check = False
         self.sam_check_button.setEnabled(True)
         self.sam_status.setStyleSheet(ERROR_STYLE)
         self.sam_status.setText(message)
+
+    def _sam_acceptable(self) -> bool:
+        """OK saves a SAM checkpoint only once it has been checked and found good (or it is the
+        one already saved); an unchecked one is checked first, and OK completes when it passes."""
+        path = self.sam_input.text().strip()
+        if not path or path == (self.context.settings.sam_checkpoint or ""):
+            return True
+        verdict = self._sam_verdicts.get(path)
+        if verdict is None:
+            self._accept_after_check = True
+            self.validate_sam(path)
+            return False
+        if verdict is False:
+            self.sam_status.setStyleSheet(ERROR_STYLE)
+            if not self.sam_status.text() or self.sam_status.text().startswith("OK"):
+                self.sam_status.setText(f"{path}: not a usable Segment Anything checkpoint")
+            self.sam_input.setFocus()
+        return verdict is True
 
     # ------------------------------------------------------------ library
     def _browse_library(self) -> None:
@@ -219,6 +246,8 @@ class SettingsDialog(QDialog):
 
     # ------------------------------------------------------------ accept
     def accept(self) -> None:
+        if not self._sam_acceptable():
+            return  # the reason is in the SAM line; the dialog stays open
         try:
             self.draft.set_sam_checkpoint(self.sam_input.text().strip() or None)
         except LegoError as exc:

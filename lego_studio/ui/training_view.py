@@ -9,6 +9,7 @@ responsive (a test measures the event-loop stall). A finished concept goes into 
 from __future__ import annotations
 
 import dataclasses
+import threading
 from pathlib import Path
 
 from PySide6.QtCore import QSize, Qt, Signal
@@ -33,8 +34,8 @@ from PySide6.QtWidgets import (
     QWidget,
 )
 
+from lego_studio.core import runs
 from lego_studio.core.errors import LegoError
-from lego_studio.core.paths import atomic_write_json
 from lego_studio.core.training import LR_SCHEDULES, MAX_VECTORS, METHODS, REC_REGIONS, TrainConfig
 from lego_studio.ui.loss_chart import LossChart
 from lego_studio.ui.mask_canvas import pil_to_qimage
@@ -42,9 +43,26 @@ from lego_studio.ui.model_cache import refill_model_combos
 from lego_studio.ui.workers import TaskRunner
 from lego_studio.ui.layouts import install_two_pane_layout
 
-STUDIO_RUN_FILE = "studio.json"  # which model/device the app used for a run, to resume it alike
-RESUMABLE = ("interrupted", "cancelled", "failed", "running")
 PREVIEW_THUMB = 96
+# The app's form starts with previews on, so a new user sees the concept form while it trains.
+# Measured on the Shape World demo on a 2-core CPU (scripts/measure_preview_cost.py): one preview
+# costs about 7 training steps (Lego 1.21 s vs 182 ms a step; TI 0.54 s vs 75 ms), so previews
+# every 100 steps slow a run by about 7 % (every 50: 13-14 %, too much).
+APP_PREVIEW_EVERY = 100
+# Fields the project owns (its page in Projects); the form shows them, a preset never changes them.
+PROJECT_FIELDS = ("name", "subject", "positive_words", "negative_words")
+
+
+def app_defaults(method: str = "lego", train_defaults: dict | None = None) -> TrainConfig:
+    """What the form shows for a project: the method's preset, the app's own defaults
+    (previews on), then the project's saved training settings."""
+    data = {**TrainConfig.preset_values(method), "preview_every": APP_PREVIEW_EVERY}
+    for key, value in (train_defaults or {}).items():
+        if key in {f.name for f in dataclasses.fields(TrainConfig)} and key != "method":
+            data[key] = value
+    if method == "lego" and not data.get("subject"):
+        data["subject"] = "a subject"
+    return TrainConfig.from_dict(data, source="project training settings")
 
 # field -> (group, label, tooltip, extra). Every TrainConfig field appears exactly once; a test
 # checks that nothing is missing when the engine grows a new option.
@@ -212,17 +230,13 @@ class ConfigForm(QWidget):
         return TrainConfig.from_dict(data, source="training settings")
 
     def apply_preset(self, method: str) -> None:
-        """Switch to a preset's engine settings, keeping what describes this project."""
-        # Templates and context subjects describe the project's world (a Shape World project uses
-        # Shape World captions and subjects), not the method, so they survive the switch too.
-        keep = {k: self.value(k) for k in ("name", "subject", "positive_words", "negative_words", "steps", "seed",
-                                           "templates", "context_subjects")}
-        preset = TrainConfig.preset(method, subject=keep["subject"] or ("" if method == "ti" else "a subject"))
-        self.set_config(preset)
-        for key, value in keep.items():
-            if method == "ti" and key == "subject":
-                continue  # the baseline has no subject words
+        """Switch the method: only the settings that differ between the methods change (vectors,
+        loss weights, reconstruction region); everything else the user set stays, and so does
+        what describes the project (name, subject, words, templates, context subjects)."""
+        for key, value in TrainConfig.preset_values(method).items():
             self.set_value(key, value)
+        if method == "lego" and not self.value("subject"):
+            self.set_value("subject", "a subject")
 
 
 class TrainingView(QWidget):
@@ -233,9 +247,9 @@ class TrainingView(QWidget):
         super().__init__(parent)
         self.context = context
         self.runner = TaskRunner(self)
-        self._holder: dict = {}
+        self._pause = threading.Event()  # read by the trainer between steps (its paused() control)
         self._run_dir: Path | None = None
-        self._paused = False
+        self._project_folder: Path | None = None
         self.last_concept_path: Path | None = None
         self.last_error = ""
 
@@ -316,7 +330,7 @@ class TrainingView(QWidget):
 
         context.project_changed.connect(self.set_project)
         context.project_edited.connect(self.refresh_runs)
-        context.project_fields_changed.connect(lambda: self.set_project(self.context.project))
+        context.project_fields_changed.connect(self.show_project_fields)
         context.settings_changed.connect(self.refresh_models)
         self.refresh_models()
         self.set_project(context.project)
@@ -328,18 +342,49 @@ class TrainingView(QWidget):
     def refresh_models(self) -> None:
         refill_model_combos(self.model_combo, self.device_combo, self.context.settings)
 
+    @property
+    def _paused(self) -> bool:
+        return self._pause.is_set()
+
     def set_project(self, project) -> None:
+        """Show ``project``'s own training settings: the form is reset to the defaults, then the
+        project's saved settings and fields are applied, so nothing leaks from the last project."""
         if project is not None and not self.runner.busy:
-            self.form.set_value("name", project.concept_name)
-            self.form.set_value("subject", project.subject)
-            self.form.set_value("positive_words", project.positive_words)
-            self.form.set_value("negative_words", project.negative_words or None)
-            if project.train_defaults:
-                for key, value in project.train_defaults.items():
-                    if key in self.form.widgets:
-                        self.form.set_value(key, value)
+            saved = dict(project.train_defaults or {})
+            method = saved.get("method") if saved.get("method") in PRESETS.values() else "lego"
+            try:
+                config = app_defaults(method, saved)
+            except LegoError as exc:  # a hand-edited project.json: say so, use the defaults
+                self.status_label.setText(str(exc))
+                config = app_defaults(method)
+            self.form.set_config(config)
+            self.preset_combo.blockSignals(True)
+            self.preset_combo.setCurrentText(next(k for k, v in PRESETS.items() if v == method))
+            self.preset_combo.blockSignals(False)
+            self.show_project_fields()
+            self._project_folder = project.folder
         self.refresh_runs()
         self._update_buttons()
+
+    def show_project_fields(self) -> None:
+        """The project's name, subject and word lists (edited in Projects) into the form."""
+        project = self.context.project
+        if project is None or self.runner.busy:
+            return
+        self.form.set_value("name", project.concept_name)
+        self.form.set_value("subject", project.subject)
+        self.form.set_value("positive_words", project.positive_words)
+        self.form.set_value("negative_words", project.negative_words or None)
+
+    def remember_settings(self, project, config: TrainConfig) -> None:
+        """Store the form's settings in the project (what differs from the app's defaults), so the
+        project trains with them again after a restart. Project fields are stored by Projects."""
+        defaults = app_defaults(config.method).to_dict()
+        changed = {k: v for k, v in config.to_dict().items() if k not in PROJECT_FIELDS and v != defaults.get(k)}
+        changed["method"] = config.method
+        if changed != project.train_defaults:
+            project.train_defaults = changed
+            project.save()
 
     def refresh_runs(self) -> None:
         self.runs_list.clear()
@@ -348,18 +393,25 @@ class TrainingView(QWidget):
             return
         for info in project.runs():
             ours = self._run_dir is not None and info.path == self._run_dir and self.runner.busy
-            status = "training now" if ours else ("interrupted" if info.status == "running" else info.status)
+            status = "training now" if ours else info.status
+            if info.status == runs.RUN_RUNNING and not ours:
+                status = "running in another process"
             total = info.total_steps or "?"
             text = f"{info.id} — {info.method or '?'} — {status} — step {info.step}/{total}"
-            if info.message:
+            if info.message and info.status != runs.RUN_INTERRUPTED:
                 text += f" — {info.message}"
             item = QListWidgetItem(text)
             item.setData(Qt.ItemDataRole.UserRole, str(info.path))
-            resumable = not ours and info.status in RESUMABLE and (info.path / "config.json").is_file()
+            resumable = not ours and info.resumable
             item.setData(Qt.ItemDataRole.UserRole + 1, resumable)
             if resumable:
                 item.setToolTip("Resumable: select it and press Resume")
             self.runs_list.addItem(item)
+
+    def select_run(self, run_dir: Path) -> None:
+        for i in range(self.runs_list.count()):
+            if Path(self.runs_list.item(i).data(Qt.ItemDataRole.UserRole)) == Path(run_dir):
+                self.runs_list.setCurrentRow(i)
 
     def resumable_runs(self) -> list[Path]:
         return [
@@ -397,6 +449,11 @@ class TrainingView(QWidget):
         if not images:
             self.status_label.setText("The project has no images yet: add some in Projects.")
             return False
+        try:
+            self.remember_settings(project, config)
+        except LegoError as exc:
+            self.status_label.setText(str(exc))
+            return False
         run_dir = project.new_run_dir()
         spec = self.model_combo.currentData() or "shapeworld"
         device = self.device_combo.currentText()
@@ -409,22 +466,14 @@ class TrainingView(QWidget):
         return self.resume_run(Path(item.data(Qt.ItemDataRole.UserRole)))
 
     def resume_run(self, run_dir: Path) -> bool:
-        import json
-
         try:
             config = TrainConfig.load(run_dir / "config.json")
+            saved = runs.run_inputs(run_dir)  # the model and device it was started with
         except LegoError as exc:
             self.status_label.setText(str(exc))
             return False
-        spec = self.model_combo.currentData() or "shapeworld"
-        device = self.device_combo.currentText()
-        studio = run_dir / STUDIO_RUN_FILE
-        if studio.is_file():
-            try:
-                saved = json.loads(studio.read_text(encoding="utf-8"))
-                spec, device = saved.get("model", spec), saved.get("device", device)
-            except (OSError, ValueError):
-                pass  # fall back to the current choice; the trainer checks the config anyway
+        spec = saved.get("model") or self.model_combo.currentData() or "shapeworld"
+        device = saved.get("device") or self.device_combo.currentText()
         self.form.set_config(config)
         self.preset_combo.blockSignals(True)
         self.preset_combo.setCurrentText("Lego" if config.method == "lego" else "Textual Inversion baseline")
@@ -437,27 +486,26 @@ class TrainingView(QWidget):
         subject_images = [project.folder / e.file for e in project.subject_images]
         models = self.context.models
         library = self.context.library()  # opened here: the worker must not touch the context
-        holder = {}
+        pause = self._pause
+        pause.clear()
 
         def train(state):
             from lego_studio.core.training import Trainer
 
-            if not resume:  # remembered so that a resume uses the same model (fsync: not on the UI thread)
-                atomic_write_json(run_dir / STUDIO_RUN_FILE, {"model": spec, "device": device})
-
+            # The run's record (core/runs.py): which inputs, model and device, so that a resume
+            # (also after a restart) uses the same ones. Written here: fsync is not for the UI thread.
+            runs.create_run(run_dir, {"images": images, "masks": masks, "subject_images": subject_images,
+                                      "model": spec, "device": device}, config)
             with models.lease(spec, device, state=state) as model:
                 state.check()
-                trainer = Trainer(model, config, images, masks, run_dir, subject_images=subject_images, on_event=state.emit)
-                holder["trainer"] = trainer  # set before checking cancel: see cancel()
-                if state.cancelled:
-                    trainer.cancel()
+                trainer = Trainer(model, config, images, masks, run_dir, subject_images=subject_images,
+                                  on_event=state.emit, cancel=lambda: state.cancelled, paused=pause.is_set)
                 concept = trainer.run(resume=resume)
             from lego_studio.ui import library_io
 
-            return library_io.add_trained(library, trainer.concept_path, concept, project)
+            return library_io.add_trained(library, trainer.concept_path, concept, project)  # path, or NameTaken
 
         self._run_dir = run_dir
-        self._paused = False
         self.last_error = ""
         self.chart.clear()
         self.chart.total_steps = config.total_steps
@@ -466,7 +514,6 @@ class TrainingView(QWidget):
         self.progress.setValue(0)
         self.eta_label.setText("ETA —")
         self.status_label.setText(("Resuming" if resume else "Starting") + f" {config.placeholder} ({config.method})…")
-        self._holder = holder
         started = self.runner.start(
             train,
             on_done=self._finished,
@@ -481,32 +528,23 @@ class TrainingView(QWidget):
         return started
 
     def toggle_pause(self) -> None:
-        trainer = self._trainer
-        if trainer is None:
+        if not self.runner.busy:
             return
         if self._paused:
-            trainer.unpause()
-            self._paused = False
+            self._pause.clear()
             self.status_label.setText("Training…")
         else:
-            trainer.pause()
-            self._paused = True
+            self._pause.set()
             self.status_label.setText("Paused after the current step. Press Resume to go on.")
         self._update_buttons()
 
     def cancel(self) -> None:
-        # Flag first, then look for the trainer; the worker stores the trainer, then reads the
-        # flag. Whichever order the threads run in, one of them sees the other.
+        # The trainer's cancel() control reads the task's cancel flag between steps; a paused
+        # run wakes up to see it.
         self.runner.cancel()
-        if self._trainer is not None:
-            self._trainer.cancel()
         self.status_label.setText("Cancelling after the current step…")
 
     # ------------------------------------------------------------ events from the worker
-    @property
-    def _trainer(self):
-        return self._holder.get("trainer")
-
     def _on_event(self, event) -> None:
         kind = getattr(event, "kind", "")
         if kind in ("step", "skipped"):
@@ -536,9 +574,18 @@ class TrainingView(QWidget):
             self.refresh_runs()
         self.event_received.emit(event)
 
+    def ask_name_clash(self, name: str, free_name: str) -> str | None:
+        from lego_studio.ui.library_view import ask_name_clash
+
+        return ask_name_clash(self, name, free_name)
+
     def _finished(self, concept_path) -> None:
-        self._holder = {}
-        self._paused = False
+        from lego_studio.core.library import NameTaken
+
+        if isinstance(concept_path, NameTaken):  # the library has a concept of this name: ask
+            self._add_with_choice(concept_path)
+            return
+        self._pause.clear()
         self.last_concept_path = Path(concept_path)
         self.progress.setValue(self.progress.maximum())
         self.eta_label.setText("done")
@@ -549,24 +596,40 @@ class TrainingView(QWidget):
         self.refresh_runs()
         self._update_buttons()
 
+    def _add_with_choice(self, clash) -> None:
+        run_dir = self._run_dir
+        choice = self.ask_name_clash(clash.name, clash.free_name)
+        if choice is None:
+            self._pause.clear()
+            self.status_label.setText(f"Done. Not added to the library (it has a <{clash.name}>); "
+                                      f"the concept is in {run_dir / 'concept.safetensors'}")
+            self.refresh_runs()
+            self._update_buttons()
+            return
+        library, project = self.context.library(), self.context.project
+
+        def add(state):
+            from lego_studio.core.concepts import load_concept
+            from lego_studio.ui import library_io
+
+            concept_file = run_dir / "concept.safetensors"
+            return library_io.add_trained(library, concept_file, load_concept(concept_file), project, on_conflict=choice)
+
+        self.runner.start(add, on_done=self._finished, on_error=self._failed, name="library-add")
+
     def _failed(self, message: str) -> None:
-        self._holder = {}
-        self._paused = False
+        self._pause.clear()
         self.last_error = message
         self.status_label.setText(f"Training stopped: {message}")
         self.refresh_runs()
         self._update_buttons()
 
     def _cancelled(self) -> None:
-        self._holder = {}
-        self._paused = False
+        self._pause.clear()
         self.status_label.setText("Cancelled. The run can be resumed from its checkpoint.")
         self.refresh_runs()
         self._update_buttons()
 
     # ------------------------------------------------------------ lifecycle
     def shutdown(self) -> None:
-        if self._trainer is not None:
-            self._trainer.cancel()
         self.runner.shutdown(timeout_ms=120000)
-

@@ -14,7 +14,6 @@ from __future__ import annotations
 import os
 import sys
 import threading
-import traceback
 from typing import Any, Callable
 
 from PySide6.QtCore import QObject, QThread, Signal, Slot
@@ -97,10 +96,10 @@ class Worker(QObject):
             self.cancelled.emit()
         except LegoError as exc:
             self.failed.emit(str(exc))
-        except Exception as exc:  # a bug, not a user error: keep the UI alive, show the gist
-            traceback.print_exc()
-            message = f"{type(exc).__name__}: {exc}".splitlines()[0]
-            self.failed.emit(message)
+        except Exception:  # a bug, not a user error: keep the UI alive, log it, name the log
+            from lego_studio.ui.errors import log_bug
+
+            self.failed.emit(log_bug(*sys.exc_info()))
         else:
             if self.state.cancelled:
                 self.cancelled.emit()
@@ -131,10 +130,6 @@ class TaskRunner(QObject):
     @property
     def busy(self) -> bool:
         return self._thread is not None
-
-    @property
-    def task_name(self) -> str:
-        return self._name
 
     def start(
         self,
@@ -170,6 +165,33 @@ class TaskRunner(QObject):
         thread.start(QThread.Priority.LowPriority)
         self.busy_changed.emit(True)
         return True
+
+    def run_and_wait(self, fn: Callable[[TaskState], Any], name: str = "") -> tuple[bool, Any]:
+        """Run ``fn`` in the worker and return ``(True, result)`` or ``(False, message)`` once it
+        is done. The UI thread keeps processing events meanwhile (like a modal dialog), so file-
+        heavy work (decoding, hashing and copying images) never freezes the window, while the
+        caller reads as one step. Returns ``(False, "busy")`` when a task is running already."""
+        from PySide6.QtCore import QEventLoop
+
+        loop = QEventLoop()
+        outcome: list = []
+
+        def finish(ok: bool, value) -> None:
+            outcome.append((ok, value))
+            loop.quit()
+
+        started = self.start(
+            fn,
+            on_done=lambda result: finish(True, result),
+            on_error=lambda message: finish(False, message),
+            on_cancelled=lambda: finish(False, "cancelled"),
+            name=name,
+        )
+        if not started:
+            return False, "busy"
+        if not outcome:
+            loop.exec()
+        return outcome[0]
 
     def cancel(self) -> None:
         if self._worker is not None:
@@ -236,24 +258,20 @@ class TaskRunner(QObject):
             self._cleanup()
 
     def _cleanup(self) -> None:
+        """Forget the finished task's thread and worker.
+
+        Teardown order matters: both are owned by Python (no Qt parent), so they are deleted
+        when the last reference goes, and only after the thread has *finished* (every caller
+        has waited for it). They are not also handed to ``deleteLater``: a deferred delete that
+        Qt runs while Python still owns the object, or that Python pre-empts by deleting it
+        directly, is the "shared QObject was deleted directly" warning seen on quit during
+        training. The worker goes first (it lives in the thread), then the thread."""
         thread, worker = self._thread, self._worker
         self._thread = self._worker = None
         self._callbacks = {}
-        if worker is not None:
-            worker.deleteLater()
+        if thread is not None and thread.isRunning():
+            thread.quit()
+            thread.wait()
+        del worker
         if thread is not None:
-            thread.deleteLater()
             self.busy_changed.emit(False)
-
-
-def wait_until_idle(runner: TaskRunner, timeout_ms: int = 60000) -> bool:
-    """Process events until ``runner`` is idle; for scripts that drive views without a user
-    (screenshots). Returns False on timeout."""
-    from PySide6.QtCore import QCoreApplication, QElapsedTimer
-
-    clock = QElapsedTimer()
-    clock.start()
-    while runner.busy and clock.elapsed() < timeout_ms:
-        QCoreApplication.processEvents()
-        QThread.msleep(5)
-    return not runner.busy

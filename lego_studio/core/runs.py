@@ -1,0 +1,344 @@
+"""One owner for training runs: the run record ``runs/<id>/run.json``.
+
+A run folder holds what the trainer writes (``config.json``, ``log.jsonl``, ``checkpoints/``,
+``previews/``, ``latents/``, ``concept.safetensors``) and **one record** of the run itself::
+
+    run.json  {"schema": 1, "status": "running" | "finished" | "cancelled" | "failed",
+               "message": one line (why it failed / where a cancelled run resumes),
+               "config": the TrainConfig as a dict,
+               "inputs": {"images", "masks", "subject_images", "model", "device", "precision", "out"},
+               "pid", "host", "process_started": who is running it,
+               "created", "started", "updated", "ended": UTC ISO times}
+
+Who writes what:
+
+* the front end (CLI, app, demo, benchmark) calls :func:`create_run` with the run's inputs before
+  it starts the trainer, so a resume knows the images and the model without asking again;
+* the :class:`~lego_studio.core.training.Trainer` calls :func:`begin_run` when it starts (status
+  running, this process's pid/host) and :func:`end_run` with its end state: finished, cancelled
+  (``Cancelled`` or Ctrl+C) or failed with the one-line reason;
+* :func:`read_run` describes a run: a ``running`` record whose process is gone (same host, pid no
+  longer alive, or alive but a different process) reads as **interrupted at once**, resumable
+  from its last checkpoint.
+
+Runs written before ``run.json`` existed (``status.json``, ``inputs.json``, the app's
+``studio.json``) are still read.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import socket
+import time
+from dataclasses import dataclass
+from datetime import datetime, timezone
+from pathlib import Path
+
+from lego_studio.core import paths
+from lego_studio.core.errors import InputError
+
+RUN_FILE = "run.json"
+SCHEMA = 1
+
+RUN_RUNNING = "running"
+RUN_FINISHED = "finished"
+RUN_CANCELLED = "cancelled"
+RUN_FAILED = "failed"
+RUN_INTERRUPTED = "interrupted"  # read only: a running record whose process is gone
+END_STATES = (RUN_FINISHED, RUN_CANCELLED, RUN_FAILED)
+RESUMABLE = (RUN_INTERRUPTED, RUN_CANCELLED, RUN_FAILED)
+
+# Only for runs without a pid we can check (another host, or folders from before run.json): one
+# whose files have not changed for this long without a final event is not running any more.
+RUN_STALE_SECONDS = 15 * 60
+
+# Files of runs written before run.json existed.
+LEGACY_STATUS_FILE = "status.json"
+LEGACY_INPUTS_FILE = "inputs.json"
+LEGACY_STUDIO_FILE = "studio.json"
+
+
+def now_iso() -> str:
+    return datetime.now(timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ")
+
+
+@dataclass
+class RunInfo:
+    id: str
+    path: Path
+    status: str  # RUN_* constant
+    step: int  # last step logged
+    total_steps: int | None
+    method: str | None  # "lego" | "ti"
+    concept_path: Path | None  # the final concept, when the run finished
+    created: str
+    message: str = ""  # why it failed / where a cancelled run resumes
+
+    @property
+    def resumable(self) -> bool:
+        return self.status in RESUMABLE and (self.path / "config.json").is_file()
+
+
+# ------------------------------------------------------------------------------- process identity
+
+
+def _process_start(pid: int) -> str | None:
+    """An identifier of when process ``pid`` started (Linux: /proc start time), to tell a live
+    run from an unrelated process that got the same pid later. None where it cannot be read."""
+    try:
+        text = Path(f"/proc/{pid}/stat").read_text()
+    except OSError:
+        return None
+    # Field 22 (starttime); the command name (field 2) may hold spaces, so split after ")".
+    fields = text.rsplit(")", 1)[-1].split()
+    return fields[19] if len(fields) > 19 else None
+
+
+def _this_process() -> dict:
+    pid = os.getpid()
+    return {"pid": pid, "host": socket.gethostname(), "process_started": _process_start(pid)}
+
+
+def process_alive(pid, host, process_started=None) -> bool | None:
+    """True / False for a process on this host; None when it cannot be told (another host)."""
+    if not isinstance(pid, int) or pid <= 0:
+        return None
+    if host and host != socket.gethostname():
+        return None
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        pass  # exists, owned by someone else
+    except OSError:
+        return None
+    if process_started is not None:
+        current = _process_start(pid)
+        if current is not None and current != process_started:
+            return False  # the pid was reused by another process
+    return True
+
+
+# ------------------------------------------------------------------------------- the record
+
+
+def _read_json(path: Path):
+    try:
+        return json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, ValueError, UnicodeDecodeError):
+        return None
+
+
+def read_record(run_dir: str | os.PathLike) -> dict:
+    """The run's ``run.json`` as a dict ({} when there is none or it is unreadable)."""
+    data = _read_json(Path(run_dir) / RUN_FILE)
+    return data if isinstance(data, dict) else {}
+
+
+def _write_record(run_dir: Path, record: dict) -> Path:
+    record["schema"] = SCHEMA
+    record["updated"] = now_iso()
+    return paths.atomic_write_json(run_dir / RUN_FILE, record)
+
+
+def create_run(run_dir: str | os.PathLike, inputs: dict | None = None, config=None) -> Path:
+    """Record a run's inputs before training starts (keeps what an earlier record said that
+    ``inputs`` does not override, so a resume may add the device without losing the images)."""
+    run_dir = Path(run_dir)
+    run_dir.mkdir(parents=True, exist_ok=True)
+    record = read_record(run_dir)
+    record.setdefault("created", now_iso())
+    record.setdefault("status", RUN_RUNNING)
+    merged = dict(record.get("inputs") or {})
+    merged.update({k: _jsonable(v) for k, v in (inputs or {}).items()})
+    record["inputs"] = merged
+    if config is not None:
+        record["config"] = config.to_dict() if hasattr(config, "to_dict") else dict(config)
+    record.update(_this_process())
+    return _write_record(run_dir, record)
+
+
+def _jsonable(value):
+    if isinstance(value, (list, tuple)):
+        return [_jsonable(v) for v in value]
+    if isinstance(value, os.PathLike):
+        return str(value)
+    return value
+
+
+def begin_run(run_dir: str | os.PathLike, config=None) -> Path:
+    """The trainer starts (or resumes) the run in this process: status running, pid/host."""
+    run_dir = Path(run_dir)
+    run_dir.mkdir(parents=True, exist_ok=True)
+    record = read_record(run_dir)
+    record.setdefault("created", now_iso())
+    if config is not None:
+        record["config"] = config.to_dict() if hasattr(config, "to_dict") else dict(config)
+    record.update(_this_process())
+    record.update(status=RUN_RUNNING, message="", started=now_iso(), ended=None)
+    return _write_record(run_dir, record)
+
+
+def end_run(run_dir: str | os.PathLike, status: str, message: str = "") -> Path:
+    """The run's end state: finished, cancelled or failed (with its one-line reason)."""
+    if status not in END_STATES:
+        raise InputError(f"unknown end state {status!r} (one of {', '.join(END_STATES)})")
+    run_dir = Path(run_dir)
+    record = read_record(run_dir)
+    record.setdefault("created", now_iso())
+    record.update(status=status, message=" ".join(str(message).split()), ended=now_iso())
+    return _write_record(run_dir, record)
+
+
+def run_inputs(run_dir: str | os.PathLike) -> dict:
+    """What the run was started with (images, masks, subject_images, model, device, out), from
+    run.json, or from the files older versions wrote (inputs.json / studio.json)."""
+    run_dir = Path(run_dir)
+    record = read_record(run_dir)
+    if isinstance(record.get("inputs"), dict) and record["inputs"]:
+        return dict(record["inputs"])
+    merged: dict = {}
+    for name in (LEGACY_STUDIO_FILE, LEGACY_INPUTS_FILE):
+        path = run_dir / name
+        if path.is_file():
+            data = _read_json(path)
+            if not isinstance(data, dict):
+                raise InputError(f"{path}: cannot read the run's inputs")
+            merged.update(data)
+    return merged
+
+
+# ------------------------------------------------------------------------------- reading a run
+
+
+def _last_events(log: Path, max_bytes: int = 65536) -> list[dict]:
+    """The JSON events at the end of ``log.jsonl``; a half-written last line is ignored."""
+    try:
+        with open(log, "rb") as handle:
+            handle.seek(0, os.SEEK_END)
+            size = handle.tell()
+            handle.seek(max(0, size - max_bytes))
+            tail = handle.read().decode("utf-8", errors="replace")
+    except OSError:
+        return []
+    events = []
+    for line in tail.splitlines():
+        try:
+            event = json.loads(line)
+        except ValueError:
+            continue
+        if isinstance(event, dict):
+            events.append(event)
+    return events
+
+
+def _mtime_or_zero(path: Path) -> float:
+    """Modification time, or 0 for a file that vanished meanwhile (a live run replaces its files
+    atomically, so a listing can name a file that is gone a moment later)."""
+    try:
+        return path.stat().st_mtime
+    except FileNotFoundError:
+        return 0.0
+
+
+def _legacy_status(run_dir: Path, events: list[dict], concept: Path) -> tuple[str, str]:
+    """Status of a run folder without run.json (written by older versions)."""
+    status_file = _read_json(run_dir / LEGACY_STATUS_FILE)
+    last_kind = str(events[-1].get("kind", "")) if events else ""
+    if isinstance(status_file, dict) and status_file.get("status") in END_STATES:
+        return status_file["status"], str(status_file.get("message") or "")
+    if concept.is_file() or last_kind == "done":
+        return RUN_FINISHED, ""
+    if last_kind in ("cancelled", "cancel"):
+        return RUN_CANCELLED, ""
+    if last_kind in ("error", "failed"):
+        return RUN_FAILED, str(events[-1].get("message") or "")
+    try:
+        entries = [run_dir, *run_dir.iterdir()]
+    except OSError:
+        entries = [run_dir]
+    newest = max((_mtime_or_zero(p) for p in entries), default=0.0)
+    return (RUN_RUNNING if time.time() - newest < RUN_STALE_SECONDS else RUN_INTERRUPTED), ""
+
+
+def record_status(run_dir: str | os.PathLike, record: dict | None = None) -> tuple[str, str]:
+    """(status, message) of a run from its record; a running record whose process is gone is
+    interrupted."""
+    run_dir = Path(run_dir)
+    record = read_record(run_dir) if record is None else record
+    status = record.get("status")
+    message = str(record.get("message") or "")
+    if status in END_STATES:
+        return status, message
+    if status == RUN_RUNNING:
+        alive = process_alive(record.get("pid"), record.get("host"), record.get("process_started"))
+        if alive is False:
+            return RUN_INTERRUPTED, "the process that ran it is gone; resume continues from its last checkpoint"
+        if alive is None:  # another machine: fall back to the files' age
+            updated = max(_mtime_or_zero(run_dir / RUN_FILE), _mtime_or_zero(run_dir / "log.jsonl"))
+            if time.time() - updated >= RUN_STALE_SECONDS:
+                return RUN_INTERRUPTED, message
+        return RUN_RUNNING, message
+    return RUN_INTERRUPTED, message
+
+
+def read_run(run_dir: str | os.PathLike) -> RunInfo:
+    """Describe one run from its record and files."""
+    run_dir = Path(run_dir)
+    record = read_record(run_dir)
+    config = record.get("config") if isinstance(record.get("config"), dict) else None
+    if config is None:
+        config = _read_json(run_dir / "config.json")
+        config = config if isinstance(config, dict) else {}
+    events = _last_events(run_dir / "log.jsonl")
+    step, total = 0, config.get("steps") if isinstance(config.get("steps"), int) else None
+    if total is not None and isinstance(config.get("subject_token_steps"), int):
+        total += config["subject_token_steps"]  # stage 0 steps come first in the same count
+    for event in events:
+        if isinstance(event.get("step"), int):
+            step = max(step, event["step"])
+        if isinstance(event.get("total"), int):
+            total = event["total"]
+    concept = run_dir / "concept.safetensors"
+    if record:
+        status, message = record_status(run_dir, record)
+    else:
+        status, message = _legacy_status(run_dir, events, concept)
+    created = record.get("created") if isinstance(record.get("created"), str) else None
+    created = created or (config.get("created") if isinstance(config.get("created"), str) else None)
+    if not created:
+        created = datetime.fromtimestamp(_mtime_or_zero(run_dir), timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ")
+    method = config.get("method") if isinstance(config.get("method"), str) else None
+    return RunInfo(
+        id=run_dir.name,
+        path=run_dir,
+        status=status,
+        step=step,
+        total_steps=total,
+        method=method,
+        concept_path=concept if concept.is_file() else None,
+        created=created,
+        message=message,
+    )
+
+
+def list_runs(runs_dir: str | os.PathLike) -> list[RunInfo]:
+    """Every run under ``runs_dir``, newest first."""
+    runs_dir = Path(runs_dir)
+    if not runs_dir.is_dir():
+        return []
+    infos = []
+    for path in runs_dir.iterdir():
+        if path.is_dir() and not path.name.startswith("."):
+            try:
+                infos.append(read_run(path))
+            except OSError:
+                continue  # removed while listing
+    return sorted(infos, key=lambda r: r.id, reverse=True)
+
+
+def interrupted_runs(runs_dir: str | os.PathLike) -> list[RunInfo]:
+    """Runs whose process is gone before they ended (offered for resume after a restart)."""
+    return [info for info in list_runs(runs_dir) if info.status == RUN_INTERRUPTED and info.resumable]

@@ -1,0 +1,300 @@
+"""The faults a walkthrough of the app found (issue 10), one regression test each: settings that
+follow the project, run states, the Projects page's mask count, restart, the status bar, Settings
+and SAM, skipped files, presets, library names, selection and search."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+from PySide6.QtWidgets import QMessageBox
+
+from lego_studio.core import runs
+from lego_studio.core.concepts import Concept, export_concept
+from lego_studio.core.project import Project
+from lego_studio.core.settings import Settings
+from lego_studio.core.training import TrainConfig
+from lego_studio.ui.context import AppContext
+from lego_studio.ui.main_window import MainWindow
+from lego_studio.ui.training_view import APP_PREVIEW_EVERY
+
+pytestmark = pytest.mark.gui
+
+
+@pytest.fixture
+def warnings(monkeypatch):
+    shown = []
+    monkeypatch.setattr(QMessageBox, "warning", lambda parent, title, text, *a: shown.append(text))
+    return shown
+
+
+@pytest.fixture
+def window(qtbot, monkeypatch, warnings):
+    monkeypatch.setattr(QMessageBox, "question", lambda *a, **k: QMessageBox.StandardButton.Yes)
+    win = MainWindow(AppContext(Settings.load()))
+    qtbot.addWidget(win)
+    win.show()
+    yield win
+    win.shutdown_workers()
+
+
+def image_folder(folder, count=2, size=(32, 32)):
+    folder.mkdir(parents=True)
+    for i in range(count):
+        Image.new("RGB", size, (40 * i, 90, 200)).save(folder / f"pic{i}.png")
+    return folder
+
+
+def demo_like_project(tmp_path):
+    """A project that saved its own training settings (like the Shape World demo)."""
+    return Project.create(tmp_path / "demo", name="Demo", subject="a red circle", concept_name="ice", train_defaults={
+        "steps": 300, "templates": ["a render of {}"], "context_subjects": ["a blue star", "a green heart"]})
+
+
+# ------------------------------------------------------------------------------ 1: settings follow the project
+
+
+def test_training_settings_do_not_leak_between_projects(window, tmp_path):
+    view = window.training_view
+    window.projects_view.open_project(demo_like_project(tmp_path).folder)
+    assert view.form.value("context_subjects") == ["a blue star", "a green heart"]
+    assert view.form.value("steps") == 300
+    view.form.set_value("lr", 0.0123)  # an edit on the demo project stays with the demo project
+
+    other = window.projects_view.create_project("Mine", [image_folder(tmp_path / "mine")])
+    defaults = TrainConfig()
+    assert view.form.value("context_subjects") == defaults.context_subjects
+    assert view.form.value("templates") == defaults.templates
+    assert view.form.value("steps") == defaults.steps
+    assert view.form.value("lr") == pytest.approx(defaults.lr)
+    # ...and so after a restart (the same project, the same settings).
+    view.form.set_value("subject", "a cat")
+    view.form.set_value("steps", 77)
+    view.remember_settings(other, view.form.config())
+    window.projects_view.open_project(tmp_path / "demo")
+    window.projects_view.open_project(other.folder)
+    assert view.form.value("steps") == 77
+    assert view.form.value("context_subjects") == defaults.context_subjects
+
+
+# ------------------------------------------------------------------------------ 2: run states in the list
+
+
+def test_runs_list_shows_cancelled_failed_and_a_dead_process_as_interrupted(window, tmp_path):
+    project = window.projects_view.create_project("Runs", [image_folder(tmp_path / "src")])
+    config = TrainConfig(subject="a cat", steps=10)
+    cancelled, failed, dead = (project.new_run_dir() for _ in range(3))
+    for run in (cancelled, failed, dead):
+        config.save(run / "config.json")
+        runs.begin_run(run, config)
+    runs.end_run(cancelled, runs.RUN_CANCELLED, "training cancelled at step 3 of 10")
+    runs.end_run(failed, runs.RUN_FAILED, "the loss was not finite")
+    record = runs.read_record(dead)
+    gone = subprocess.Popen([sys.executable, "-c", "pass"])
+    gone.wait()
+    record["pid"] = gone.pid
+    (dead / runs.RUN_FILE).write_text(json.dumps(record))
+    view = window.training_view
+    view.refresh_runs()
+    texts = {view.runs_list.item(i).data(0x0100): view.runs_list.item(i).text() for i in range(view.runs_list.count())}
+    assert "— cancelled —" in texts[str(cancelled)]
+    assert "— failed —" in texts[str(failed)] and "not finite" in texts[str(failed)]
+    assert "— interrupted —" in texts[str(dead)]
+    assert sorted(view.resumable_runs()) == sorted([cancelled, failed, dead])
+
+
+# ------------------------------------------------------------------------------ 3: mask count
+
+
+def test_projects_page_mask_count_follows_painted_masks(window, qtbot, tmp_path):
+    window.projects_view.create_project("Masks", [image_folder(tmp_path / "src")])
+    assert "0 with a mask" in window.projects_view.images_label.text()
+    window.show_place("masks")
+    masks = window.masks_view
+    mask = np.zeros((32, 32), np.uint8)
+    mask[4:20, 4:20] = 255
+    masks.canvas.set_mask(mask)  # an edit: autosaves (flushed here at once)
+    masks.flush_autosave()
+    assert "1 with a mask" in window.projects_view.images_label.text()
+
+
+# ------------------------------------------------------------------------------ 4: restart
+
+
+def test_restart_reopens_the_last_project_and_offers_its_interrupted_run(qtbot, tmp_path, monkeypatch):
+    first = MainWindow(AppContext(Settings.load()))
+    qtbot.addWidget(first)
+    project = first.projects_view.create_project("Again", [image_folder(tmp_path / "src")])
+    run = project.new_run_dir()
+    config = TrainConfig(subject="a cat", steps=10)
+    config.save(run / "config.json")
+    runs.create_run(run, {"model": "shapeworld", "device": "cpu"}, config)
+    record = runs.read_record(run)
+    gone = subprocess.Popen([sys.executable, "-c", "pass"])
+    gone.wait()
+    record["pid"] = gone.pid  # the app that ran it is gone
+    (run / runs.RUN_FILE).write_text(json.dumps(record))
+    first.close()
+
+    asked = []
+    monkeypatch.setattr(QMessageBox, "question", lambda *a, **k: asked.append(a[2]) or QMessageBox.StandardButton.No)
+    second = MainWindow(AppContext(Settings.load()))
+    qtbot.addWidget(second)
+    assert second.context.project is not None and second.context.project.folder == project.folder
+    assert second.project_label.text() == "Project: Again"
+    assert second.offer_interrupted_run() is None  # declined
+    assert len(asked) == 1 and "interrupted" in asked[0]
+    assert second.current_place() == "training"
+    assert second.training_view.runs_list.currentItem().data(0x0100) == str(run)
+    assert second.training_view.resume_button.isEnabled()
+    second.shutdown_workers()
+
+
+# ------------------------------------------------------------------------------ 5: status bar
+
+
+def test_status_bar_names_the_built_in_model_training_uses(window):
+    assert "none" not in window.model_label.text()
+    assert window.model_label.text() == f"Model: {window.training_view.model_combo.currentText()}"
+
+
+# ------------------------------------------------------------------------------ 6: Settings and SAM
+
+
+def test_settings_ok_does_not_save_a_sam_checkpoint_the_dialog_rejected(window, qtbot, tmp_path):
+    from lego_studio.ui.settings_dialog import SettingsDialog
+
+    bad = tmp_path / "notes.pth"
+    bad.write_text("hello, not a checkpoint")
+    dialog = SettingsDialog(window.context, window)
+    qtbot.addWidget(dialog)
+    dialog.sam_input.setText(str(bad))
+    dialog.validate_sam(str(bad))
+    qtbot.waitUntil(lambda: dialog.sam_status.text() not in ("", "Checking…"), timeout=30000)
+    message = dialog.sam_status.text()
+    assert "notes.pth" in message and "(101)" not in message and "checkpoint" in message
+    dialog.accept()
+    assert dialog.result() == 0 and dialog.isVisible() is not None  # stayed open
+    assert window.context.settings.sam_checkpoint is None
+
+    # OK on an unchecked file checks it first, and refuses it.
+    other = tmp_path / "other.pth"
+    other.write_text("also not one")
+    dialog.sam_input.setText(str(other))
+    dialog.accept()
+    qtbot.waitUntil(lambda: "other.pth" in dialog.sam_status.text(), timeout=30000)
+    assert window.context.settings.sam_checkpoint is None
+
+
+# ------------------------------------------------------------------------------ 7: skipped files
+
+
+def test_new_from_folder_lists_every_skipped_file_with_its_reason(window, warnings, tmp_path):
+    folder = image_folder(tmp_path / "shots", count=2)
+    (folder / "broken.png").write_bytes(b"\x89PNG not really")
+    (folder / "empty.jpg").write_bytes(b"")
+    project = window.projects_view.create_project("Shots", [folder])
+    assert project is not None and len(project.images) == 2
+    assert warnings, "skipped files must be reported"
+    report = warnings[-1]
+    assert "broken.png" in report and "empty.jpg" in report and "more" not in report
+
+    warnings.clear()
+    bad = [tmp_path / "x.png", tmp_path / "y.png"]
+    for path in bad:
+        path.write_bytes(b"junk")
+    window.projects_view.add_paths(bad)
+    assert "x.png" in warnings[-1] and "y.png" in warnings[-1] and "and 1 more" not in warnings[-1]
+
+
+# ------------------------------------------------------------------------------ 8: presets, names
+
+
+def test_switching_presets_keeps_unrelated_settings(window, tmp_path):
+    window.projects_view.create_project("P", [image_folder(tmp_path / "src")])
+    view = window.training_view
+    view.form.set_value("preview_every", 40)
+    view.form.set_value("checkpoint_every", 7)
+    view.form.set_value("lr", 0.002)
+    view.preset_combo.setCurrentText("Textual Inversion baseline")
+    view.preset_combo.setCurrentText("Lego")
+    config = view.form.config()
+    assert (config.preview_every, config.checkpoint_every, config.lr) == (40, 7, 0.002)
+
+
+def test_a_taken_library_name_is_asked_about(window, qtbot, tmp_path, monkeypatch):
+    view = window.library_view
+    library = window.context.library()
+    library.add(Concept("ice", "<ice>", torch.randn(1, 32), {}))
+    qtbot.waitUntil(lambda: not view.runner.busy, timeout=10000)
+    file = export_concept(Concept("ice", "<ice>", torch.randn(1, 32), {}), tmp_path / "ice.pt", "a1111")
+    answers = ["rename"]
+    asked = []
+    monkeypatch.setattr(view, "ask_name_clash", lambda name, free: asked.append((name, free)) or answers.pop(0))
+    view.import_files([file])
+    qtbot.waitUntil(lambda: "ice-2" in view.visible_names(), timeout=15000)
+    assert asked == [("ice", "ice-2")]
+    # Declining adds nothing.
+    asked.clear()
+    answers.append(None)
+    view.import_files([file])
+    qtbot.waitUntil(lambda: asked != [] and not view.runner.busy, timeout=15000)
+    assert sorted(library.names()) == ["ice", "ice-2"]
+
+
+# ------------------------------------------------------------------------------ 11: previews on
+
+
+def test_a_new_project_trains_with_previews(window, tmp_path):
+    window.projects_view.create_project("P", [image_folder(tmp_path / "src")])
+    assert window.training_view.form.value("preview_every") == APP_PREVIEW_EVERY > 0
+
+
+# ------------------------------------------------------------------------------ 12: library selection and search
+
+
+def test_library_rename_keeps_the_selection_and_an_import_shows_through_a_search(window, qtbot, tmp_path):
+    view = window.library_view
+    library = window.context.library()
+    library.add(Concept("ice", "<ice>", torch.randn(1, 32), {}))
+    library.add(Concept("fire", "<fire>", torch.randn(1, 32), {}))
+    window.context.library_changed.emit()
+    qtbot.waitUntil(lambda: sorted(view.visible_names()) == ["fire", "ice"] and not view.runner.busy, timeout=10000)
+    view.select("ice")
+    with qtbot.waitSignal(view.entries_loaded, timeout=10000):
+        view.rename_selected("frost")
+    assert view.selected_name() == "frost"
+
+    view.search_edit.setText("fire")
+    assert view.visible_names() == ["fire"]
+    file = export_concept(Concept("melt", "<melt>", torch.randn(1, 32), {}), tmp_path / "melt.pt", "a1111")
+    with qtbot.waitSignal(view.entries_loaded, timeout=10000):
+        view.import_files([file])
+    assert "melt" in view.visible_names() and view.selected_name() == "melt"
+
+
+def test_a_trained_concept_whose_name_is_taken_is_asked_about(window, qtbot, tmp_path, monkeypatch):
+    from lego_studio.core.concepts import save_concept
+    from lego_studio.ui import library_io
+
+    project = window.projects_view.create_project("P", [image_folder(tmp_path / "src")])
+    library = window.context.library()
+    library.add(Concept("ice", "<ice>", torch.randn(1, 32), {"method": "lego"}))
+    run = project.new_run_dir()
+    trained = Concept("ice", "<ice>", torch.randn(1, 32), {"method": "lego"})
+    save_concept(trained, run / "concept.safetensors")
+    clash = library_io.add_trained(library, run / "concept.safetensors", trained, project)  # what the worker returns
+    assert sorted(library.names()) == ["ice"]  # nothing added behind the user's back
+
+    view = window.training_view
+    view._run_dir = run
+    asked = []
+    monkeypatch.setattr(view, "ask_name_clash", lambda name, free: asked.append((name, free)) or "rename")
+    with qtbot.waitSignal(view.concept_trained, timeout=15000):
+        view._finished(clash)
+    assert asked == [("ice", "ice-2")] and sorted(library.names()) == ["ice", "ice-2"]
