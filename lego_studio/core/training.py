@@ -79,8 +79,12 @@ CHECKPOINT_FORMAT = "lego-studio-checkpoint/1"
 KEEP_CHECKPOINTS = 2
 # Config keys that may differ when a run is resumed: they change what is reported or kept, or how
 # long the run goes on, not what the steps already taken computed.
+# unet_batching and batch_size may change too, so that a run stopped by running out of memory
+# resumes with the setting that fits (core/memory.py): split batching computes the same
+# predictions; a smaller batch changes the steps still to come, not the ones taken.
 RESUMABLE_CHANGES = frozenset(
-    {"steps", "checkpoint_every", "preview_every", "preview_prompts", "preview_steps", "gradient_checkpointing"}
+    {"steps", "checkpoint_every", "preview_every", "preview_prompts", "preview_steps", "gradient_checkpointing",
+     "unet_batching", "batch_size"}
 )
 
 
@@ -428,6 +432,8 @@ class Trainer:
         self._splice = None  # (slot_mask, slot_index, table) during encode()
         self.concept_vectors = None
         self.subject_vector = None
+        # Settings the user chose (CLI flags, app form); an out-of-memory stop never suggests changing them.
+        self.explicit_settings: set[str] = set()
 
     # -- control (thread-safe)
 
@@ -561,16 +567,27 @@ class Trainer:
             started = time.perf_counter()
             generator = torch.Generator().manual_seed(step_seed(config.seed, step))
             optimizer.zero_grad(set_to_none=True)
-            if stage == 0:
-                losses = self._subject_token_loss(generator)
-            else:
-                losses = self._concept_loss(generator)
-            loss = losses.pop("total")
-            finite = bool(torch.isfinite(loss))
-            if finite:
-                loss.backward()
-                grads = [p.grad for group in optimizer.param_groups for p in group["params"] if p.grad is not None]
-                finite = all(bool(torch.isfinite(g).all()) for g in grads)
+            out_of_memory = False
+            try:
+                if stage == 0:
+                    losses = self._subject_token_loss(generator)
+                else:
+                    losses = self._concept_loss(generator)
+                loss = losses.pop("total")
+                finite = bool(torch.isfinite(loss))
+                if finite:
+                    loss.backward()
+                    grads = [p.grad for group in optimizer.param_groups for p in group["params"] if p.grad is not None]
+                    finite = all(bool(torch.isfinite(g).all()) for g in grads)
+            except Exception as exc:  # noqa: BLE001 - only out-of-memory errors are handled here
+                from lego_studio.core.memory import is_out_of_memory
+
+                if not is_out_of_memory(exc):
+                    raise
+                out_of_memory = True
+            if out_of_memory:  # outside the except block, so the failed step's tensors can be freed
+                losses = loss = None
+                self._out_of_memory(step, total, optimizer, streak)
             report = {"total": float(loss.detach())}
             report.update({k: float(v.detach()) if hasattr(v, "detach") else float(v) for k, v in losses.items()})
             step += 1
@@ -608,6 +625,28 @@ class Trainer:
         save_concept(concept, self.concept_path)
         self._emit(TrainEvent("done", step=total, total=total, path=str(self.concept_path)))
         return concept
+
+    def _out_of_memory(self, step: int, total: int, optimizer, streak: int):
+        """Save what the run has (the failed step changed nothing), note the setting that would
+        fit next to the run, and stop with one line naming it."""
+        import gc
+
+        import torch
+
+        from lego_studio.core.errors import OutOfMemory
+        from lego_studio.core.memory import oom_advice, write_oom_hint
+
+        optimizer.zero_grad(set_to_none=True)
+        gc.collect()
+        if self.model.device.type == "cuda":
+            torch.cuda.empty_cache()
+        elif self.model.device.type == "mps" and hasattr(torch, "mps"):
+            torch.mps.empty_cache()
+        path = self._save_checkpoint(step, optimizer, streak)
+        self._emit(TrainEvent("checkpoint", step=step, total=total, path=str(path)))
+        line, changed = oom_advice(self.config, step, self.model.device.type, self.explicit_settings)
+        write_oom_hint(self.run_dir, step, changed, line)
+        raise OutOfMemory(line, changed)
 
     def concept(self):
         """The concept as trained so far (CPU float32 vectors, metadata filled in)."""
