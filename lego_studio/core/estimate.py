@@ -72,6 +72,8 @@ def format_duration(seconds: float) -> str:
 
 @dataclass
 class Estimate:
+    kind = "estimate"  # travels with the trainer's events (the app shows it on arrival)
+
     seconds_per_step: float
     steps_left: int
     total_steps: int

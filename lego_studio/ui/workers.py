@@ -110,6 +110,9 @@ class Worker(QObject):
             self.done.emit()
 
 
+_ABANDONED: set = set()  # runners whose task finishes in the background (TaskRunner.abandon)
+
+
 class TaskRunner(QObject):
     """One task at a time for one view.
 
@@ -187,6 +190,27 @@ class TaskRunner(QObject):
             thread.terminate()
             thread.wait()
         self._cleanup()
+
+    def abandon(self) -> None:
+        """Stop caring about the running task without waiting for it: its callbacks are dropped,
+        cancel is requested, and the runner hands itself to the application object so that the
+        thread can finish (and be cleaned up) after the view that started it is gone. For tasks
+        that cannot be interrupted, such as loading a checkpoint to check it. No-op when idle."""
+        if self._thread is None:
+            return
+        from PySide6.QtCore import QCoreApplication
+
+        self._callbacks = {}
+        self.cancel()
+        app = QCoreApplication.instance()
+        if app is not None and self.parent() is not app:
+            self.setParent(app)
+            _ABANDONED.add(self)
+            self.busy_changed.connect(lambda busy: busy or self._forget_abandoned())
+
+    def _forget_abandoned(self) -> None:
+        _ABANDONED.discard(self)
+        self.deleteLater()
 
     # ------------------------------------------------------------- private
     def _call(self, key: str, *args) -> None:
