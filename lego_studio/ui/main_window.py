@@ -284,6 +284,9 @@ class MainWindow(QMainWindow):
         for view in self.views.values():
             view.shutdown()
         self._device_runner.shutdown()
+        from lego_studio.ui.workers import shutdown_abandoned
+
+        shutdown_abandoned()  # checks a closed dialog left running (Settings: OK never waits for them)
 
     def closeEvent(self, event: QCloseEvent) -> None:  # noqa: N802
         if self.training_view.is_running():

@@ -270,6 +270,13 @@ class TaskRunner(QObject):
             self.busy_changed.emit(False)
 
 
+def shutdown_abandoned(timeout_ms: int = 30000) -> None:
+    """Wait for the tasks that closed views abandoned (at application exit)."""
+    for runner in list(_ABANDONED):
+        runner.shutdown(timeout_ms)
+        _ABANDONED.discard(runner)
+
+
 def wait_until_idle(runner: TaskRunner, timeout_ms: int = 60000) -> bool:
     """Process events until ``runner`` is idle; for scripts that drive views without a user
     (screenshots). Returns False on timeout."""
