@@ -79,6 +79,19 @@ class Estimate:
     total_steps: int
     device: str  # "cpu", "cuda", "mps" or what was asked
     source: str  # "timed" (this run's first steps) | "cached" (a figure measured before)
+    step: int = 0  # the run's step when it was made (it travels among the TrainEvents, so it reads like one)
+
+    @property
+    def total(self) -> int:
+        return self.total_steps
+
+    @property
+    def message(self) -> str:
+        return self.line()
+
+    @property
+    def eta_s(self) -> float:
+        return self.seconds
 
     @property
     def seconds(self) -> float:
@@ -136,7 +149,7 @@ class StepClock:
                 self._reported = True
                 per_step = self.intervals[0]
                 self._record()
-                return Estimate(per_step, max(0, event.total - event.step), event.total, self.device, "timed")
+                return Estimate(per_step, max(0, event.total - event.step), event.total, self.device, "timed", event.step)
         elif kind in ("done",):
             self._record()
         elif kind in ("preview", "checkpoint", "log"):
