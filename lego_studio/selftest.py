@@ -412,7 +412,14 @@ def _environment_lines(device: str) -> list[str]:
     accelerators = f"cuda {'yes' if torch.cuda.is_available() else 'no'}"
     if torch.cuda.is_available():
         accelerators += f" ({torch.cuda.get_device_name(0)})"
-    frozen = "bundle" if getattr(sys, "frozen", False) else "source"
+    from lego_studio.core.paths import resources_dir
+
+    if getattr(sys, "frozen", False):
+        frozen = "bundle"
+    elif Path(__file__).resolve().parent / "resources" == resources_dir():
+        frozen = "installed package"
+    else:
+        frozen = "source"
     return [
         f"Lego Studio {__version__} self-test ({frozen}, {platform.system()} {platform.machine()})",
         "versions: " + ", ".join(versions),

@@ -87,7 +87,12 @@ def register(subparsers) -> None:
     p.add_argument("--checkpoint-every", type=int, metavar="N")
     p.add_argument("--preview-every", type=int, metavar="N", help="save preview images every N steps (0 = never)")
     p.add_argument("--preview-steps", type=int, metavar="N", help="sampling steps of a preview")
-    p.add_argument("--gradient-checkpointing", action="store_true", help="save GPU memory at some speed")
+    p.add_argument("--gradient-checkpointing", action=argparse.BooleanOptionalAction, default=None,
+                   help="save memory at some speed (default: on when the free memory needs it)")
+    p.add_argument("--unet-batching", choices=["stacked", "split"],
+                   help="Lego's UNet calls: stacked (fastest) or split (less memory; default: split when memory needs it)")
+    p.add_argument("--memory", choices=["auto", "off"], default="auto",
+                   help="auto (default): turn on memory savings the free memory needs; off: use the settings as given")
     p.add_argument("--config", metavar="FILE.json", help="training settings as JSON (flags override it)")
     p.add_argument("--quiet", action="store_true", help="no progress line")
     p.set_defaults(func=run)
@@ -147,9 +152,27 @@ def _build_config(args, run_dir: Path, out: Path):
             data[key] = value
     if args.no_flip:
         data["flip"] = False
-    if args.gradient_checkpointing:
-        data["gradient_checkpointing"] = True
+    if args.gradient_checkpointing is not None:
+        data["gradient_checkpointing"] = bool(args.gradient_checkpointing)
+    if args.unet_batching:
+        data["unet_batching"] = args.unet_batching
     return TrainConfig.from_dict(data, source)
+
+
+def explicit_memory_settings(args) -> set[str]:
+    """Memory settings the user chose (flags or a --config file): the automatic choice keeps off them."""
+    explicit = set()
+    if args.gradient_checkpointing is not None:
+        explicit.add("gradient_checkpointing")
+    if args.unet_batching:
+        explicit.add("unet_batching")
+    if args.batch_size is not None:
+        explicit.add("batch_size")
+    if args.config:
+        from lego_studio.core.training import read_config_dict
+
+        explicit |= {k for k in read_config_dict(args.config) if k in ("gradient_checkpointing", "unet_batching", "batch_size")}
+    return explicit
 
 
 class ProgressLine:
@@ -173,6 +196,8 @@ class ProgressLine:
                     f"  lr {event.lr:.1e}  {speed}  ETA {format_eta(event.eta_s)}")
             self._write(text)
         elif event.kind in ("skipped", "log") and event.message:
+            self._newline(event.message)
+        elif event.kind == "estimate" and event.message:
             self._newline(event.message)
         elif event.kind == "preview" and event.path:
             self._newline(f"preview: {event.path}")
@@ -227,6 +252,60 @@ def cancel_on_ctrl_c(trainer):
         signal.signal(signal.SIGINT, previous)
 
 
+def _fit_memory(args, model, config, run_dir: Path):
+    """Resume: the settings an out-of-memory stop named. Then (``--memory auto``) the memory
+    savings the free memory needs; one line says what changed. Explicit settings are kept."""
+    from lego_studio.core.memory import apply_oom_hint, describe_changes, fit_config
+
+    explicit = explicit_memory_settings(args)
+    if args.resume:
+        config, applied = apply_oom_hint(config, run_dir, explicit)
+        if applied:
+            print(f"memory: resuming with {describe_changes(applied)} (the run ran out of memory before)")
+    if args.memory == "auto":
+        plan = fit_config(model, config, explicit)
+        if plan.note:
+            print(plan.note)
+        config = plan.config
+    return config
+
+
+def _with_estimate(args, model_spec, model, config, progress):
+    """The expected duration before the first step (a figure measured earlier on this machine),
+    else right after the first two steps; a warning naming the fastest option when it is long."""
+    from lego_studio.core.estimate import StepClock, estimate_from_cache, figure_key
+    from lego_studio.core.training import TrainEvent
+
+    key = figure_key(model_spec, args.device, config.method, config.resolution, config.batch_size)
+    device = model.device.type
+    clock = StepClock(key, device)
+    shown = {"warned": False}
+    cached = estimate_from_cache(key, config.total_steps, config.total_steps, device)
+    if cached is not None:
+        print(cached.line())
+        if cached.long:
+            print(f"warning: {cached.warning()}")
+            shown["warned"] = True
+    else:
+        print("expected duration: timing the first two steps…")
+
+    def on_event(event):
+        progress(event)
+        estimate = clock.observe(event)
+        if estimate is not None and estimate.steps_left:
+            message = estimate.line()
+            if estimate.long and not shown["warned"]:
+                message += f"\nwarning: {estimate.warning()}"
+                shown["warned"] = True
+            progress(TrainEvent("estimate", step=event.step, total=event.total, eta_s=estimate.seconds,
+                                steps_per_s=1.0 / estimate.seconds_per_step, message=message))
+            if args.quiet:
+                print(message)
+
+    on_event.clock = clock
+    return on_event
+
+
 def run(args: argparse.Namespace) -> int:
     from lego_studio.core.runs import create_run
 
@@ -263,12 +342,21 @@ def run(args: argparse.Namespace) -> int:
     from lego_studio.core.training import Trainer
 
     model = load_model(model_spec, device=args.device, precision=args.precision)
+    if model.family.name == "shapeworld":
+        from lego_studio.shapeworld.recognise import foreign_images_warning
+
+        warning = foreign_images_warning(images, cli=True)
+        if warning:
+            print(f"warning: {warning}")
+    config = _fit_memory(args, model, config, run_dir)
     create_run(run_dir, {
         "images": images, "masks": masks, "subject_images": subject_images, "model": str(model_spec), "out": str(out),
         "device": args.device, "precision": args.precision,
     }, config)
     progress = ProgressLine(enabled=not args.quiet)
-    trainer = Trainer(model, config, images, masks, run_dir, subject_images=subject_images or None, on_event=progress)
+    on_event = _with_estimate(args, model_spec, model, config, progress)
+    trainer = Trainer(model, config, images, masks, run_dir, subject_images=subject_images or None, on_event=on_event)
+    trainer.explicit_settings = explicit_memory_settings(args)
     try:
         with cancel_on_ctrl_c(trainer):
             concept = trainer.run(resume=args.resume)
@@ -276,6 +364,11 @@ def run(args: argparse.Namespace) -> int:
         progress._newline("")
         print(f"cancelled: {exc}; continue with: lego-studio train --resume --run-dir {run_dir}", file=sys.stderr)
         return 130
+    except BaseException:
+        progress._newline("")  # the error line must not land on the end of the progress line
+        raise
+    finally:
+        on_event.clock.finish()
 
     from lego_studio.core.concepts import save_concept
 

@@ -30,3 +30,11 @@ class TrainingError(LegoError):
 
 class Cancelled(LegoError):
     """A long job was cancelled by the user."""
+
+
+class OutOfMemory(TrainingError):
+    """A run ran out of memory; its checkpoint is saved and ``settings`` would need less."""
+
+    def __init__(self, message: str, settings: dict | None = None):
+        super().__init__(message)
+        self.settings = dict(settings or {})

@@ -60,15 +60,23 @@ def default_projects_dir() -> Path:
 
 
 def resources_dir() -> Path:
-    """The shipped ``resources/`` folder: in a source checkout, next to the package; in a
-    PyInstaller bundle, inside ``sys._MEIPASS``."""
+    """The shipped ``resources/`` folder.
+
+    In order: ``$LEGO_STUDIO_RESOURCES``; a PyInstaller bundle's ``sys._MEIPASS/resources``; an
+    installed wheel's ``lego_studio/resources`` (setup.py copies it there); a source checkout's
+    ``resources/`` next to the package (editable installs and ``python -m lego_studio``).
+    """
     override = os.environ.get(RESOURCES_ENV)
     if override:
         return Path(override)
     bundle = getattr(sys, "_MEIPASS", None)
     if bundle:
         return Path(bundle) / "resources"
-    return Path(__file__).resolve().parents[2] / "resources"
+    package = Path(__file__).resolve().parents[1]
+    installed = package / "resources"
+    if installed.is_dir():
+        return installed
+    return package.parent / "resources"
 
 
 def resource(*parts: str) -> Path:

@@ -81,8 +81,12 @@ CHECKPOINT_FORMAT = "lego-studio-checkpoint/1"
 KEEP_CHECKPOINTS = 2
 # Config keys that may differ when a run is resumed: they change what is reported or kept, or how
 # long the run goes on, not what the steps already taken computed.
+# unet_batching and batch_size may change too, so that a run stopped by running out of memory
+# resumes with the setting that fits (core/memory.py): split batching computes the same
+# predictions; a smaller batch changes the steps still to come, not the ones taken.
 RESUMABLE_CHANGES = frozenset(
-    {"steps", "checkpoint_every", "preview_every", "preview_prompts", "preview_steps", "gradient_checkpointing"}
+    {"steps", "checkpoint_every", "preview_every", "preview_prompts", "preview_steps", "gradient_checkpointing",
+     "unet_batching", "batch_size"}
 )
 
 
@@ -468,6 +472,8 @@ class Trainer:
         self._splice = None  # (slot_mask, slot_index, table) during encode()
         self.concept_vectors = None
         self.subject_vector = None
+        # Settings the user chose (CLI flags, app form); an out-of-memory stop never suggests changing them.
+        self.explicit_settings: set[str] = set()
 
     # -- control (thread-safe)
 
@@ -582,7 +588,17 @@ class Trainer:
                 self._emit(TrainEvent("checkpoint", step=step, total=total, path=str(path)))
                 raise Cancelled(f"training cancelled at step {step} of {total}; resume continues from {path}")
             optimizer = self._optimizer_for_step(step, optimizer)
-            report, finite, lr, stage, elapsed = self._step(step, optimizer)
+            out_of_memory = False
+            try:
+                report, finite, lr, stage, elapsed = self._step(step, optimizer)
+            except Exception as exc:  # noqa: BLE001 - only out-of-memory errors are handled here
+                from lego_studio.core.memory import is_out_of_memory
+
+                if not is_out_of_memory(exc):
+                    raise
+                out_of_memory = True
+            if out_of_memory:  # outside the except block, so the failed step's tensors can be freed
+                self._out_of_memory(step, total, optimizer, streak)
             step += 1
             streak = 0 if finite else streak + 1
             if not finite:
@@ -680,6 +696,28 @@ class Trainer:
         save_concept(concept, self.concept_path)
         self._emit(TrainEvent("done", step=total, total=total, path=str(self.concept_path)))
         return concept
+
+    def _out_of_memory(self, step: int, total: int, optimizer, streak: int):
+        """Save what the run has (the failed step changed nothing), note the setting that would
+        fit next to the run, and stop with one line naming it."""
+        import gc
+
+        import torch
+
+        from lego_studio.core.errors import OutOfMemory
+        from lego_studio.core.memory import oom_advice, write_oom_hint
+
+        optimizer.zero_grad(set_to_none=True)
+        gc.collect()
+        if self.model.device.type == "cuda":
+            torch.cuda.empty_cache()
+        elif self.model.device.type == "mps" and hasattr(torch, "mps"):
+            torch.mps.empty_cache()
+        path = self._save_checkpoint(step, optimizer, streak)
+        self._emit(TrainEvent("checkpoint", step=step, total=total, path=str(path)))
+        line, changed = oom_advice(self.config, step, self.model.device.type, self.explicit_settings)
+        write_oom_hint(self.run_dir, step, changed, line)
+        raise OutOfMemory(line, changed)
 
     def concept(self):
         """The concept as trained so far (CPU float32 vectors, metadata filled in)."""

@@ -113,6 +113,7 @@ class MainWindow(QMainWindow):
         self.context.project_changed.connect(self._on_project_changed)
         self.projects_view.open_masks_requested.connect(lambda: self.show_place("masks"))
         self.library_view.settings_requested.connect(self.open_settings)
+        self.training_view.settings_requested.connect(self.open_settings)
         self._show_model(self.context.model_name())
         self._on_project_changed(self.context.project)
         self.show_place("projects")
@@ -331,6 +332,9 @@ class MainWindow(QMainWindow):
         for view in self.views.values():
             view.shutdown()
         self._device_runner.shutdown()
+        from lego_studio.ui.workers import shutdown_abandoned
+
+        shutdown_abandoned()  # checks a closed dialog left running (Settings: OK never waits for them)
 
     def closeEvent(self, event: QCloseEvent) -> None:  # noqa: N802
         if self.training_view.is_running():

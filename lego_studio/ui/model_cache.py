@@ -71,12 +71,18 @@ def model_choices(settings) -> list[tuple[str, str]]:
 
 def refill_model_combos(model_combo, device_combo, settings) -> None:
     """Refill a view's model and device choosers from the settings, keeping the chosen model
-    when it is still configured (the training and gallery views share these two choosers)."""
+    when it is still configured (the training and gallery views share these two choosers).
+    When the default model changed (a model just added and made the default in Settings), the
+    new default is selected instead."""
     current = model_combo.currentData()
+    default = settings.model()
+    default_spec = default.spec if default is not None else None
+    default_changed = model_combo.property("lego_default_spec") != default_spec
+    model_combo.setProperty("lego_default_spec", default_spec)
     model_combo.clear()
     for label, spec in model_choices(settings):
         model_combo.addItem(label, spec)
-    index = model_combo.findData(current)
+    index = model_combo.findData(default_spec if default_changed and default_spec else current)
     if index >= 0:
         model_combo.setCurrentIndex(index)
     device_combo.setCurrentText(settings.default_device)

@@ -61,6 +61,13 @@ class SettingsDialog(QDialog):
         self.default_model_button.clicked.connect(self._make_default)
         self.model_error = QLabel()
         self.model_error.setWordWrap(True)
+        # After a model is added: the offer to make it the default (then Training and the Gallery
+        # select it when the dialog is accepted).
+        self.offer_default_button = QPushButton()
+        self.offer_default_button.setToolTip("Training and the Gallery will select it")
+        self.offer_default_button.clicked.connect(self._accept_default_offer)
+        self.offer_default_button.hide()
+        self._offered: str | None = None
         row = QHBoxLayout()
         row.addWidget(self.model_input, 1)
         row.addWidget(add_spec)
@@ -73,6 +80,7 @@ class SettingsDialog(QDialog):
         models_layout.addLayout(row)
         models_layout.addLayout(buttons)
         models_layout.addWidget(self.model_error)
+        models_layout.addWidget(self.offer_default_button)
 
         # --- SAM
         sam_box = QGroupBox("Segment Anything")
@@ -145,7 +153,27 @@ class SettingsDialog(QDialog):
         self.model_error.setText(f"Added {entry.name} ({entry.kind}).")
         self.model_input.clear()
         self._refresh_models()
+        self._select_model(entry.name)
+        if self.draft.default_model != entry.name:
+            self._offered = entry.name
+            self.offer_default_button.setText(f"Make {entry.name} the default model (Training and the Gallery use it)")
+            self.offer_default_button.show()
         return True
+
+    def _select_model(self, name: str) -> None:
+        for row in range(self.models_list.count()):
+            if self.models_list.item(row).data(256) == name:
+                self.models_list.setCurrentRow(row)
+
+    def _accept_default_offer(self) -> None:
+        if self._offered and self.draft.model(self._offered) is not None:
+            self.draft.default_model = self._offered
+            self.model_error.setStyleSheet(OK_STYLE)
+            self.model_error.setText(f"{self._offered} is the default model: Training and the Gallery select it after OK.")
+            self._refresh_models()
+            self._select_model(self._offered)
+        self._offered = None
+        self.offer_default_button.hide()
 
     def _selected_model(self) -> str | None:
         item = self.models_list.currentItem()
@@ -263,13 +291,16 @@ class SettingsDialog(QDialog):
         settings = self.context.settings
         for name in ("models", "default_model", "sam_checkpoint", "default_device", "library_dir", "projects_dir"):
             setattr(settings, name, getattr(self.draft, name))
-        self._runner.shutdown()
+        self._runner.abandon()
         super().accept()
 
     def reject(self) -> None:
-        self._runner.shutdown()
+        self._runner.abandon()
         super().reject()
 
     def done(self, result: int) -> None:
-        self._runner.shutdown()
+        # Never wait for a running check (a SAM checkpoint load takes seconds, up to its timeout):
+        # it finishes in the background and its answer is dropped. The path typed in the field
+        # is what OK saves, checked or not, as before.
+        self._runner.abandon()
         super().done(result)

@@ -26,6 +26,7 @@ from PySide6.QtWidgets import (
     QListView,
     QListWidget,
     QListWidgetItem,
+    QMessageBox,
     QProgressBar,
     QPushButton,
     QScrollArea,
@@ -113,6 +114,12 @@ def option_for(name: str, default) -> tuple[str, str, str, dict]:
         extra["list"] = ","
     return ("Other", name.replace("_", " ").capitalize(), f"Engine option {name!r}", extra)
 PRESETS = {"Lego": "lego", "Textual Inversion baseline": "ti"}
+
+
+def _duration(seconds: float) -> str:
+    from lego_studio.core.estimate import format_duration
+
+    return format_duration(seconds)
 
 
 def format_eta(seconds: float | None) -> str:
@@ -239,15 +246,28 @@ class ConfigForm(QWidget):
             self.set_value("subject", "a subject")
 
 
+def explicit_memory_settings(config: TrainConfig) -> set[str]:
+    """Memory settings the user changed from the defaults in the form: the automatic choice keeps
+    off them (turning a saving on is always explicit; leaving the default lets the app decide)."""
+    defaults = TrainConfig()
+    return {name for name in ("gradient_checkpointing", "unet_batching", "batch_size")
+            if getattr(config, name) != getattr(defaults, name)}
+
+
 class TrainingView(QWidget):
     concept_trained = Signal(object)  # path of the library entry
     event_received = Signal(object)  # every TrainEvent, after the view handled it
+    settings_requested = Signal()  # the foreign-images line's link
 
     def __init__(self, context, parent: QWidget | None = None):
         super().__init__(parent)
         self.context = context
         self.runner = TaskRunner(self)
         self._pause = threading.Event()  # read by the trainer between steps (its paused() control)
+        self.check_runner = TaskRunner(self)  # the foreign-images check (judge), off the UI thread
+        self._foreign: dict = {}  # (spec, images) -> warning or ""
+        self._foreign_pending = False
+        self._long_confirmed = False
         self._run_dir: Path | None = None
         self._project_folder: Path | None = None
         self.last_concept_path: Path | None = None
@@ -294,6 +314,18 @@ class TrainingView(QWidget):
         self.eta_label = QLabel("ETA —")
         self.status_label = QLabel("Ready.")
         self.status_label.setWordWrap(True)
+        self.estimate_label = QLabel()
+        self.estimate_label.setWordWrap(True)
+        self.estimate_label.setToolTip("Measured on this machine: an earlier run's time per step, or this run's first steps")
+        self.memory_label = QLabel()
+        self.memory_label.setWordWrap(True)
+        self.memory_label.hide()
+        self.foreign_label = QLabel()
+        self.foreign_label.setWordWrap(True)
+        self.foreign_label.setTextFormat(Qt.TextFormat.RichText)
+        self.foreign_label.setStyleSheet("color: #a15c00;")
+        self.foreign_label.linkActivated.connect(lambda _link: self.settings_requested.emit())
+        self.foreign_label.hide()
         progress_row = QHBoxLayout()
         progress_row.addWidget(self.progress, 1)
         progress_row.addWidget(self.eta_label)
@@ -319,6 +351,9 @@ class TrainingView(QWidget):
         right_layout.addLayout(buttons)
         right_layout.addLayout(progress_row)
         right_layout.addWidget(self.status_label)
+        right_layout.addWidget(self.estimate_label)
+        right_layout.addWidget(self.memory_label)
+        right_layout.addWidget(self.foreign_label)
         right_layout.addWidget(QLabel("<b>Loss</b> (smoothed)"))
         right_layout.addWidget(self.chart, 2)
         right_layout.addWidget(QLabel("<b>Previews</b>"))
@@ -332,8 +367,13 @@ class TrainingView(QWidget):
         context.project_edited.connect(self.refresh_runs)
         context.project_fields_changed.connect(self.show_project_fields)
         context.settings_changed.connect(self.refresh_models)
+        context.project_edited.connect(self.check_foreign_images)
+        self.form.changed.connect(self.update_estimate)
+        self.model_combo.currentIndexChanged.connect(lambda _i: (self.update_estimate(), self.check_foreign_images()))
+        self.device_combo.currentIndexChanged.connect(lambda _i: self.update_estimate())
         self.refresh_models()
         self.set_project(context.project)
+        self.update_estimate()
 
     # ------------------------------------------------------------ state
     def is_running(self) -> bool:
@@ -341,6 +381,91 @@ class TrainingView(QWidget):
 
     def refresh_models(self) -> None:
         refill_model_combos(self.model_combo, self.device_combo, self.context.settings)
+        self.update_estimate()
+        self.check_foreign_images()
+
+    # ------------------------------------------------------------ estimate and checks
+    def _choice(self) -> tuple[str, str]:
+        return self.model_combo.currentData() or "shapeworld", self.device_combo.currentText() or "auto"
+
+    def cached_estimate(self, config: TrainConfig | None = None):
+        from lego_studio.core.estimate import estimate_from_cache, figure_key
+
+        if config is None:
+            try:
+                config = self.form.config()
+            except LegoError:
+                return None
+        spec, device = self._choice()
+        key = figure_key(spec, device, config.method, config.resolution, config.batch_size)
+        return estimate_from_cache(key, config.total_steps, config.total_steps, device)
+
+    def update_estimate(self) -> None:
+        """The expected duration of the run as set up now (a figure measured on this machine)."""
+        if self.runner.busy:
+            return
+        guess = self.cached_estimate()
+        if guess is None:
+            self.estimate_label.setText("Expected duration: measured on the first two steps after Start.")
+        else:
+            self.estimate_label.setText(guess.line()[0].upper() + guess.line()[1:] + ".")
+
+    def is_shapeworld_model(self) -> bool:
+        spec, _device = self._choice()
+        if spec == "shapeworld":
+            return True
+        entry = next((m for m in self.context.settings.models if m.spec == spec), None)
+        return entry is not None and entry.family == "shapeworld"
+
+    def check_foreign_images(self) -> None:
+        """Warn (one line) when the built-in Shape World model would learn from pictures it does not
+        know. The judge runs in a worker; the answer is remembered per model and image list."""
+        project = self.context.project
+        images = project.training_inputs()[0] if project is not None else []
+        if not images or not self.is_shapeworld_model():
+            self.foreign_label.hide()
+            return
+        key = (self._choice()[0], tuple(str(p) for p in images))
+        if key in self._foreign:
+            self._show_foreign(self._foreign[key])
+            return
+        if self.check_runner.busy:
+            self._foreign_pending = True
+            return
+
+        def check(state):
+            from lego_studio.shapeworld.recognise import foreign_images_warning
+
+            return foreign_images_warning(images) or ""
+
+        def done(warning):
+            self._foreign[key] = warning
+            self._after_check()
+
+        self.check_runner.start(check, on_done=done, on_error=lambda _m: self._after_check(), name="foreign-images")
+
+    def _after_check(self) -> None:
+        self._foreign_pending = False
+        self.check_foreign_images()  # shows the answer, or checks what changed meanwhile
+
+    def _show_foreign(self, warning: str) -> None:
+        if warning:
+            self.foreign_label.setText(f'{warning} <a href="settings">Open Settings</a>')
+            self.foreign_label.show()
+        else:
+            self.foreign_label.hide()
+
+    def confirm_long_run(self, guess) -> bool:
+        answer = QMessageBox.question(
+            self,
+            "A long training run",
+            f"This run is expected to take about {_duration(guess.seconds)} "
+            f"({guess.seconds_per_step:.3g} s a step on {guess.device}, {guess.steps_left} steps).\n\n"
+            f"The fastest option is {guess.fastest_option()}.\n\nTrain anyway?",
+            QMessageBox.StandardButton.Yes | QMessageBox.StandardButton.No,
+            QMessageBox.StandardButton.No,
+        )
+        return answer == QMessageBox.StandardButton.Yes
 
     @property
     def _paused(self) -> bool:
@@ -365,6 +490,7 @@ class TrainingView(QWidget):
             self._project_folder = project.folder
         self.refresh_runs()
         self._update_buttons()
+        self.check_foreign_images()
 
     def show_project_fields(self) -> None:
         """The project's name, subject and word lists (edited in Projects) into the form."""
@@ -449,6 +575,10 @@ class TrainingView(QWidget):
         if not images:
             self.status_label.setText("The project has no images yet: add some in Projects.")
             return False
+        guess = self.cached_estimate(config)
+        if guess is not None and guess.long and not self.confirm_long_run(guess):
+            self.status_label.setText(f"Not started: {guess.warning()}.")
+            return False
         try:
             self.remember_settings(project, config)
         except LegoError as exc:
@@ -457,7 +587,8 @@ class TrainingView(QWidget):
         run_dir = project.new_run_dir()
         spec = self.model_combo.currentData() or "shapeworld"
         device = self.device_combo.currentText()
-        return self._launch(config, run_dir, resume=False, spec=spec, device=device)
+        return self._launch(config, run_dir, resume=False, spec=spec, device=device,
+                            confirmed=guess is not None and guess.long)
 
     def resume_selected(self) -> bool:
         item = self.runs_list.currentItem()
@@ -480,8 +611,11 @@ class TrainingView(QWidget):
         self.preset_combo.blockSignals(False)
         return self._launch(config, run_dir, resume=True, spec=spec, device=device)
 
-    def _launch(self, config: TrainConfig, run_dir: Path, resume: bool, spec: str, device: str) -> bool:
+    def _launch(self, config: TrainConfig, run_dir: Path, resume: bool, spec: str, device: str,
+                confirmed: bool = False) -> bool:
         project = self.context.project
+        explicit = explicit_memory_settings(config)
+        self._long_confirmed = confirmed
         images, masks = project.training_inputs()
         subject_images = [project.folder / e.file for e in project.subject_images]
         models = self.context.models
@@ -496,11 +630,39 @@ class TrainingView(QWidget):
             # (also after a restart) uses the same ones. Written here: fsync is not for the UI thread.
             runs.create_run(run_dir, {"images": images, "masks": masks, "subject_images": subject_images,
                                       "model": spec, "device": device}, config)
+            from lego_studio.core.estimate import StepClock, figure_key
+            from lego_studio.core.memory import apply_oom_hint, describe_changes, fit_config
+            from lego_studio.core.training import TrainEvent
+
             with models.lease(spec, device, state=state) as model:
                 state.check()
-                trainer = Trainer(model, config, images, masks, run_dir, subject_images=subject_images,
-                                  on_event=state.emit, cancel=lambda: state.cancelled, paused=pause.is_set)
-                concept = trainer.run(resume=resume)
+                fitted, notes = config, []
+                if resume:
+                    fitted, applied = apply_oom_hint(fitted, run_dir, explicit)
+                    if applied:
+                        notes.append(f"Memory: resuming with {describe_changes(applied)} (the run ran out of memory before).")
+                plan = fit_config(model, fitted, explicit)
+                fitted = plan.config
+                if plan.note:
+                    notes.append(plan.note[0].upper() + plan.note[1:] + ".")
+                if notes:
+                    state.emit(TrainEvent("memory", message=" ".join(notes)))
+                clock = StepClock(figure_key(spec, device, config.method, config.resolution, config.batch_size),
+                                  model.device.type)
+
+                def on_event(event):
+                    state.emit(event)
+                    guess = clock.observe(event)
+                    if guess is not None and guess.steps_left:
+                        state.emit(guess)
+
+                trainer = Trainer(model, fitted, images, masks, run_dir, subject_images=subject_images, on_event=on_event,
+                                  cancel=lambda: state.cancelled, paused=pause.is_set)
+                trainer.explicit_settings = explicit
+                try:
+                    concept = trainer.run(resume=resume)
+                finally:
+                    clock.finish()
             from lego_studio.ui import library_io
 
             return library_io.add_trained(library, trainer.concept_path, concept, project)  # path, or NameTaken
@@ -514,6 +676,7 @@ class TrainingView(QWidget):
         self.progress.setValue(0)
         self.eta_label.setText("ETA —")
         self.status_label.setText(("Resuming" if resume else "Starting") + f" {config.placeholder} ({config.method})…")
+        self.memory_label.hide()
         started = self.runner.start(
             train,
             on_done=self._finished,
@@ -570,6 +733,11 @@ class TrainingView(QWidget):
         elif kind in ("log", "start"):
             if event.message:
                 self.status_label.setText(event.message)
+        elif kind == "memory":
+            self.memory_label.setText(event.message)
+            self.memory_label.show()
+        elif kind == "estimate":
+            self._on_estimate(event)
         elif kind == "checkpoint":
             self.refresh_runs()
         self.event_received.emit(event)
@@ -578,6 +746,21 @@ class TrainingView(QWidget):
         from lego_studio.ui.library_view import ask_name_clash
 
         return ask_name_clash(self, name, free_name)
+
+    def _on_estimate(self, guess) -> None:
+        """The first steps are timed: show the expected duration; a long run waits (paused) for
+        the user's yes, and a no cancels it with a checkpoint (resumable)."""
+        self.estimate_label.setText(guess.line()[0].upper() + guess.line()[1:] + ".")
+        if not guess.long or self._long_confirmed or not self.runner.busy:
+            return
+        self._long_confirmed = True
+        self._pause.set()  # the trainer waits between steps while this is set
+        if self.confirm_long_run(guess):
+            if not self._paused:
+                self._pause.clear()
+        else:
+            self.cancel()
+            self.status_label.setText(f"Cancelling: {guess.warning()}.")
 
     def _finished(self, concept_path) -> None:
         from lego_studio.core.library import NameTaken
@@ -633,3 +816,5 @@ class TrainingView(QWidget):
     # ------------------------------------------------------------ lifecycle
     def shutdown(self) -> None:
         self.runner.shutdown(timeout_ms=120000)
+        self.check_runner.shutdown()
+

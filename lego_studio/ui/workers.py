@@ -109,6 +109,9 @@ class Worker(QObject):
             self.done.emit()
 
 
+_ABANDONED: set = set()  # runners whose task finishes in the background (TaskRunner.abandon)
+
+
 class TaskRunner(QObject):
     """One task at a time for one view.
 
@@ -210,6 +213,27 @@ class TaskRunner(QObject):
             thread.wait()
         self._cleanup()
 
+    def abandon(self) -> None:
+        """Stop caring about the running task without waiting for it: its callbacks are dropped,
+        cancel is requested, and the runner hands itself to the application object so that the
+        thread can finish (and be cleaned up) after the view that started it is gone. For tasks
+        that cannot be interrupted, such as loading a checkpoint to check it. No-op when idle."""
+        if self._thread is None:
+            return
+        from PySide6.QtCore import QCoreApplication
+
+        self._callbacks = {}
+        self.cancel()
+        app = QCoreApplication.instance()
+        if app is not None and self.parent() is not app:
+            self.setParent(app)
+            _ABANDONED.add(self)
+            self.busy_changed.connect(lambda busy: busy or self._forget_abandoned())
+
+    def _forget_abandoned(self) -> None:
+        _ABANDONED.discard(self)
+        self.deleteLater()
+
     # ------------------------------------------------------------- private
     def _call(self, key: str, *args) -> None:
         callback = self._callbacks.get(key)
@@ -275,3 +299,23 @@ class TaskRunner(QObject):
         del worker
         if thread is not None:
             self.busy_changed.emit(False)
+
+
+def shutdown_abandoned(timeout_ms: int = 30000) -> None:
+    """Wait for the tasks that closed views abandoned (at application exit)."""
+    for runner in list(_ABANDONED):
+        runner.shutdown(timeout_ms)
+        _ABANDONED.discard(runner)
+
+
+def wait_until_idle(runner: TaskRunner, timeout_ms: int = 60000) -> bool:
+    """Process events until ``runner`` is idle; for scripts that drive views without a user
+    (screenshots). Returns False on timeout."""
+    from PySide6.QtCore import QCoreApplication, QElapsedTimer
+
+    clock = QElapsedTimer()
+    clock.start()
+    while runner.busy and clock.elapsed() < timeout_ms:
+        QCoreApplication.processEvents()
+        QThread.msleep(5)
+    return not runner.busy

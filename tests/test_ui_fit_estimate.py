@@ -1,0 +1,153 @@
+"""The Training place before and during a run: the expected duration, the long-run question, the
+memory line, and the warning when the built-in model meets pictures it does not know."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+from PIL import Image
+from PySide6.QtWidgets import QMessageBox
+
+from lego_studio.core import estimate, memory
+from lego_studio.core.project import Project
+from lego_studio.core.settings import Settings
+from lego_studio.ui.context import AppContext
+from lego_studio.ui.main_window import MainWindow
+from lego_studio.ui.workers import wait_until_idle
+
+pytestmark = pytest.mark.gui
+
+
+class Questions:
+    def __init__(self, answer):
+        self.answer, self.texts = answer, []
+
+    def __call__(self, parent, title, text, *args, **kwargs):
+        self.texts.append(text)
+        return self.answer
+
+
+@pytest.fixture
+def make_window(qtbot, tiny_model_dir):
+    windows = []
+
+    def make(with_tiny=False):
+        settings = Settings.load()
+        if with_tiny:
+            settings.add_model(tiny_model_dir, name="tiny")
+        win = MainWindow(AppContext(settings))
+        qtbot.addWidget(win)
+        win.show()
+        windows.append(win)
+        return win
+
+    yield make
+    for win in windows:
+        win.shutdown_workers()
+
+
+def open_project(window, tmp_path, images):
+    folder = tmp_path / "src"
+    folder.mkdir()
+    for i, image in enumerate(images):
+        image.save(folder / f"ex{i}.png")
+    project, _problems = Project.create_from_folder(folder, tmp_path / "project", name="P", subject="a toy")
+    window.context.set_project(project)
+    return project
+
+
+def photos():
+    import numpy as np
+
+    rng = np.random.default_rng(0)
+    return [Image.fromarray((rng.random((48, 64, 3)) * 255).astype("uint8")) for _ in range(3)]
+
+
+def test_shapeworld_model_with_foreign_images_says_so_and_points_to_settings(make_window, qtbot, tmp_path):
+    window = make_window()
+    training = window.training_view
+    assert training.is_shapeworld_model()
+    open_project(window, tmp_path, photos())
+    qtbot.waitUntil(lambda: not training.foreign_label.isHidden(), timeout=30000)
+    text = training.foreign_label.text()
+    assert "only knows Shape World pictures" in text and "Settings" in text
+    # The link opens Settings (where a Stable Diffusion model is added).
+    from PySide6.QtCore import QTimer
+    from PySide6.QtWidgets import QApplication
+
+    seen = []
+
+    def close_dialog():
+        dialog = QApplication.activeModalWidget()
+        seen.append(dialog.windowTitle() if dialog is not None else None)
+        if dialog is not None:
+            dialog.reject()
+
+    QTimer.singleShot(300, close_dialog)
+    training.foreign_label.linkActivated.emit("settings")
+    assert seen == ["Settings"]
+
+
+def test_shapeworld_renders_raise_no_warning(make_window, qtbot, tmp_path):
+    import random
+
+    from lego_studio.shapeworld.render import render
+
+    window = make_window()
+    training = window.training_view
+    rng = random.Random(0)
+    open_project(window, tmp_path, [render("circle", "red", "frozen in ice", rng)[0] for _ in range(3)])
+    qtbot.waitUntil(lambda: not training.check_runner.busy and bool(training._foreign), timeout=30000)
+    assert list(training._foreign.values()) == [""]
+    assert training.foreign_label.isHidden()
+
+
+def test_a_long_run_asks_before_it_starts(make_window, qtbot, tmp_path, monkeypatch):
+    window = make_window()
+    training = window.training_view
+    open_project(window, tmp_path, photos())
+    training.form.set_value("steps", 500)
+    key = estimate.figure_key("shapeworld", training.device_combo.currentText(), "lego", None, 1)
+    estimate.record_figure(key, 70.0, 5, "cpu")
+    training.update_estimate()
+    assert "about 9 h 43 min" in training.estimate_label.text()
+    questions = Questions(QMessageBox.StandardButton.No)
+    monkeypatch.setattr(QMessageBox, "question", questions)
+    assert not training.start()
+    assert len(questions.texts) == 1
+    assert "about 9 h 43 min" in questions.texts[0] and "fewer steps (51 steps" in questions.texts[0]
+    assert "a GPU" in questions.texts[0]
+    assert training.status_label.text().startswith("Not started: this run is expected to take about 9 h 43 min")
+    assert not training.runner.busy and not list((tmp_path / "project" / "runs").glob("*"))
+
+
+def test_timed_estimate_memory_line_and_a_no_cancels_a_long_run(make_window, qtbot, tmp_path, monkeypatch):
+    window = make_window(with_tiny=True)
+    training = window.training_view
+    open_project(window, tmp_path, photos())
+    training.model_combo.setCurrentIndex(training.model_combo.findData(str(window.context.settings.models[0].spec)))
+    training.device_combo.setCurrentText("cpu")
+    training.form.set_value("steps", 6)
+    training.form.set_value("checkpoint_every", 1)
+    assert "measured on the first two steps" in training.estimate_label.text()
+    # A machine with little memory free, and every run counts as long: the app must say both.
+    monkeypatch.setattr(memory, "free_memory", lambda device: int(memory.MIN_HEADROOM_BYTES) + 1)
+    monkeypatch.setattr(estimate, "LONG_RUN_SECONDS", 0.0)
+    questions = Questions(QMessageBox.StandardButton.No)
+    monkeypatch.setattr(QMessageBox, "question", questions)
+    assert training.start()
+    qtbot.waitUntil(lambda: not training.runner.busy, timeout=120000)
+    assert len(questions.texts) == 1 and "The fastest option is fewer steps" in questions.texts[0]
+    assert training.estimate_label.text().startswith("Expected duration: about")
+    assert "timed on its first steps" in training.estimate_label.text()
+    assert not training.memory_label.isHidden()
+    assert "turned on split UNet batching and gradient checkpointing" in training.memory_label.text()
+    run_dir = training._run_dir
+    saved = json.loads((run_dir / "config.json").read_text())
+    assert saved["unet_batching"] == "split" and saved["gradient_checkpointing"] is True
+    assert "Cancelled" in training.status_label.text()
+    assert run_dir in training.resumable_runs()
+    # The figure is remembered: the next start shows the estimate before it runs.
+    training.update_estimate()
+    assert "from an earlier run on this machine" in training.estimate_label.text()
