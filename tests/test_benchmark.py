@@ -126,7 +126,10 @@ def test_scores_count_fidelity_and_leakage():
         _pred("star", "green", "melting"),  # wrong subject, but not the exemplar's
     ]
     scores = bench.score_predictions(predictions, requested, exemplar, "melting")
-    assert scores == {"concept_fidelity": 0.75, "subject_fidelity": 0.25, "success": 0.25, "leakage": 0.5}
+    assert scores == {"concept_fidelity": 0.75, "subject_fidelity": 0.25, "success": 0.25, "leakage": 0.5,
+                      "colour_leakage": 0.25, "shape_leakage": 0.25}
+    both = bench.score_predictions([_pred("circle", "red", "melting")], [("square", "blue")], exemplar, "melting")
+    assert (both["leakage"], both["colour_leakage"], both["shape_leakage"]) == (1.0, 1.0, 1.0)
 
 
 def test_pixel_diversity_is_zero_for_copies_and_one_for_opposites():
@@ -150,11 +153,12 @@ def test_summary_is_mean_and_std_over_training_seeds():
 
 
 def test_plan_fits_the_budget_or_says_so():
-    config = bench.BenchmarkConfig(budget_minutes=10).validate()
+    config = bench.BenchmarkConfig(budget_minutes=20).validate()
     costs = {m: 0.1 for m in config.methods}
     steps, note = bench.choose_steps(config, costs, generation=5.0, overhead=1.0)
     assert bench.MIN_STEPS <= steps <= bench.DEFAULT_STEPS
-    assert bench.estimate_seconds(config, steps, costs, 5.0, 1.0) <= 600
+    assert bench.estimate_seconds(config, steps, costs, 5.0, 1.0) <= 1200
+    assert bench.estimate_seconds(bench.BenchmarkConfig(jobs=2), 100, costs, 5.0, 1.0) == bench.estimate_seconds(bench.BenchmarkConfig(), 100, costs, 5.0, 1.0) / 2
     assert "lowered" in note
     steps, note = bench.choose_steps(config, {m: 10.0 for m in config.methods}, 5.0, 1.0)
     assert steps == bench.MIN_STEPS and note.startswith("WARNING")
@@ -200,7 +204,7 @@ def test_quick_benchmark_writes_tables_sheet_and_json(tmp_path, tiny_model_dir, 
     assert {r["num_vectors"] for r in rows} == {"1", "4"}
 
     markdown = (out / "results.md").read_text(encoding="utf-8")
-    assert "## Tuning concepts (used to pick the defaults): frozen in ice" in markdown
+    assert "## Track full, tuning concepts (used to pick the defaults): frozen in ice" in markdown
     assert re.search(r"^\| ti-1 \| \d\.\d\d ± \d\.\d\d \|", markdown, re.M)
     assert re.search(r"^\| lego \| \d\.\d\d ± \d\.\d\d \|", markdown, re.M)
     assert "Quick (CI) run" in markdown and "**Verdict: " in markdown
@@ -217,7 +221,38 @@ def test_quick_benchmark_writes_tables_sheet_and_json(tmp_path, tiny_model_dir, 
     assert len(lines) == 8
     first = json.loads(lines[0])
     assert first["prompt"] == rows[0]["subjects"].split("; ")[0] + " <sw-concept>"
-    assert (out / "samples" / "frozen-in-ice" / "lego-seed0.png").is_file()
+    assert (out / "samples" / "full" / "frozen-in-ice" / "lego-seed0.png").is_file()
+    assert (out / "samples" / "any-track" / "frozen-in-ice" / "ti-1-seed0.png").is_file()
+
+
+def test_partial_word_tracks_share_the_runs_that_never_see_the_words(tmp_path, tiny_model_dir, untrained_judge_dir, capsys):
+    """Two partial-words tracks in two worker processes: Lego trains once per track with that
+    track's words; TI (which never sees the words) trains once and its row stands in both tracks."""
+    from lego_studio.cli import main
+
+    out = tmp_path / "bench"
+    code = main(["shapeworld", "benchmark", "--quick", "--tracks", "no-colour", "no-shape", "--jobs", "2",
+                 "--model", str(tiny_model_dir), "--judge", str(untrained_judge_dir), "--device", "cpu", "--out", str(out)])
+    assert code == 0, capsys.readouterr().err
+    assert "plan: 3 runs x 10 steps" in capsys.readouterr().out
+    with open(out / "results.csv", newline="") as handle:
+        rows = list(csv.DictReader(handle))
+    assert [(r["track"], r["method"], r["subject_words"]) for r in rows] == [
+        ("no-colour", "ti-1", ""), ("no-colour", "lego", "a circle"), ("no-shape", "ti-1", ""), ("no-shape", "lego", "a red thing")]
+    assert rows[0]["train_s"] == rows[2]["train_s"]  # one TI run, reported in both tracks
+    markdown = (out / "results.md").read_text(encoding="utf-8")
+    assert "## Track no-colour, tuning" in markdown and "## Track no-shape, tuning" in markdown
+    assert (out / "samples" / "no-shape" / "frozen-in-ice" / "lego-seed0.png").is_file()
+    summary = json.loads((out / "benchmark.json").read_text(encoding="utf-8"))
+    assert set(summary["summary"]) == {"no-colour", "no-shape"}
+
+
+def test_subject_words_leave_out_one_attribute_per_track():
+    assert bench.subject_words(("hexagon", "green"), "full") == "a green hexagon"
+    assert bench.subject_words(("hexagon", "green"), "no-colour") == "a hexagon"
+    assert bench.subject_words(("circle", "orange"), "no-shape") == "an orange thing"
+    with pytest.raises(InputError, match="unknown benchmark track"):
+        bench.subject_words(("circle", "red"), "no-size")
 
 
 def test_missing_judge_fails_before_training(tmp_path, capsys):

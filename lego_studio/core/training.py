@@ -74,7 +74,7 @@ METHODS = ("lego", "ti")
 LR_SCHEDULES = ("constant", "cosine", "linear")
 REC_REGIONS = ("concept", "full")
 CTX_REGIONS = ("full", "outside")
-CTX_MODES = ("delta", "rec")
+CTX_MODES = ("delta", "rec", "cosine")
 UNET_BATCHING = ("stacked", "split")
 MAX_VECTORS = 16
 CHECKPOINT_FORMAT = "lego-studio-checkpoint/1"
@@ -1007,7 +1007,14 @@ class Trainer:
         elif use_ctx:
             delta_s = pred_sc.detach() - predictions["S"]
             region = 1.0 - subject_region if config.ctx_region == "outside" and masked else None
-            ctx = region_mse(predictions["RC"] - predictions["R"], delta_s, region)
+            if config.ctx_mode == "cosine":
+                # Direction only: a weaker (or zero) effect earns nothing, so the term cannot be
+                # met by the concept doing nothing.
+                weight = region if region is not None else torch.ones_like(subject_region)
+                effect = ((predictions["RC"] - predictions["R"]) * weight).flatten(1)
+                ctx = (1.0 - torch.nn.functional.cosine_similarity(effect, (delta_s * weight).flatten(1), dim=1, eps=1e-8)).mean()
+            else:
+                ctx = region_mse(predictions["RC"] - predictions["R"], delta_s, region)
         if lego and config.w_words > 0 and config.positive_words:
             words = self._words_loss(generator)
         total = rec + config.w_subj * subj + config.w_ctx * ctx + config.w_words * words

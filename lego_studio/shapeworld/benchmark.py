@@ -141,6 +141,12 @@ class MethodSpec:
     uses_masks: bool
     description: str
 
+    @property
+    def uses_words(self) -> bool:
+        """Whether the subject words reach the trainer, i.e. whether the track changes the run
+        (TI and Lego without Subject Separation never see them: one run serves every track)."""
+        return self.preset == "lego" and self.overrides.get("subject_in_prompt", True)
+
 
 def method_specs(num_vectors: int = DEFAULT_VECTORS) -> dict[str, MethodSpec]:
     """Every benchmark method by its CLI name (``ti-N`` is listed under that literal name)."""
@@ -454,18 +460,25 @@ class BenchmarkConfig:
     threads: int = 1
     budget_minutes: float = DEFAULT_BUDGET_MINUTES
     quick: bool = False
+    tracks: list[str] = field(default_factory=lambda: list(TRACKS))
+    jobs: int = 1  # worker processes (one torch thread each by default)
 
     @classmethod
     def quick_config(cls, **overrides) -> "BenchmarkConfig":
         """CI smoke run: one concept, TI vs Lego, 10 steps, one seed, 2 subjects x 2 seeds."""
         values = dict(concepts=[TUNING_CONCEPTS[0]], methods=list(QUICK_METHODS), seeds=[0], steps=10, n_exemplars=5,
-                      n_subjects=2, gen_seeds=[1000, 1001], gen_steps=5, quick=True, budget_minutes=1.0)
+                      n_subjects=2, gen_seeds=[1000, 1001], gen_steps=5, quick=True, budget_minutes=1.0, tracks=["full"])
         values.update({k: v for k, v in overrides.items() if v is not None})
         return cls(**values)
 
     def validate(self) -> "BenchmarkConfig":
         self.concepts = resolve_concepts(self.concepts)
         resolve_methods(self.methods, self.num_vectors)
+        unknown = [t for t in self.tracks if t not in TRACKS]
+        if unknown or not self.tracks:
+            raise InputError(f"unknown benchmark track {unknown[0] if unknown else ''!r}; choose from {', '.join(TRACKS)}")
+        if not 1 <= int(self.jobs) <= 64:
+            raise InputError(f"--jobs must be 1-64 (got {self.jobs})")
         if not self.seeds:
             raise InputError("give at least one training seed (--seeds 0 1 2)")
         if len(set(self.seeds)) != len(self.seeds):
@@ -501,8 +514,11 @@ class Plan:
 
 
 def estimate_seconds(config: BenchmarkConfig, steps: int, step_seconds: dict[str, float], generation: float, overhead: float) -> float:
-    per_seed_concept = sum(steps * cost + generation + overhead for cost in step_seconds.values())
-    return per_seed_concept * len(config.seeds) * len(config.concepts)
+    """Wall time of the whole run: every job's training, drawing and set-up, shared by the workers."""
+    specs = {s.name: s for s in resolve_methods(config.methods, config.num_vectors)}
+    per_seed_concept = sum((steps * cost + generation + overhead) * (len(config.tracks) if specs[name].uses_words else 1)
+                           for name, cost in step_seconds.items() if name in specs)
+    return per_seed_concept * len(config.seeds) * len(config.concepts) / max(1, int(config.jobs))
 
 
 def choose_steps(config: BenchmarkConfig, step_seconds: dict[str, float], generation: float, overhead: float) -> tuple[int, str]:
@@ -658,6 +674,104 @@ def torch_threads(count: int | None):
             torch.set_num_threads(before)
 
 
+@dataclass(frozen=True)
+class Job:
+    """One training run of the benchmark: a method on a concept with a seed, on a track."""
+
+    concept: str
+    seed: int
+    spec: MethodSpec
+    track: str
+
+    @property
+    def row_name(self) -> str:
+        """The method as shown in the contact sheet: with its track where the track matters."""
+        return f"{self.track}: {self.spec.name}" if self.spec.uses_words else self.spec.name
+
+
+def plan_jobs(config: BenchmarkConfig, specs: Sequence[MethodSpec]) -> list[Job]:
+    """Every run, in order: concept, seed, method, track. A method that never sees the subject
+    words runs once (on the first track) and stands for all of them."""
+    jobs = []
+    for concept in config.concepts:
+        for seed in config.seeds:
+            for spec in specs:
+                for track in (config.tracks if spec.uses_words else config.tracks[:1]):
+                    jobs.append(Job(concept, int(seed), spec, track))
+    return jobs
+
+
+def _sorted_rows(rows: list[dict], config: BenchmarkConfig, specs: Sequence[MethodSpec]) -> list[dict]:
+    """Rows in plan order whatever order parallel workers finished them in."""
+    methods = [s.name for s in specs]
+    return sorted(rows, key=lambda r: (config.tracks.index(r["track"]), config.concepts.index(r["concept"]),
+                                       config.seeds.index(r["seed"]), methods.index(r["method"])))
+
+
+def _png_bytes(image) -> bytes:
+    buffer = io.BytesIO()
+    image.save(buffer, format="PNG")
+    return buffer.getvalue()
+
+
+def _png_image(data: bytes):
+    from PIL import Image
+
+    return Image.open(io.BytesIO(data)).convert("RGB")
+
+
+def _execute_job(model, judge_model, config: BenchmarkConfig, steps: int, job: Job, work: Path, out: Path) -> dict:
+    """Run one job and write its sample sheet; return its row, images (PNG bytes) and the judge's
+    verdicts as JSON lines, all plain data so that a worker process can send them back."""
+    renders = render_exemplars(job.concept, exemplar_subject(job.concept), config.n_exemplars)
+    result = run_one(model, judge_model, job.spec, job.concept, job.seed, steps, config, work / "runs", renders, track=job.track)
+    sheet_dir = out / "samples" / (job.track if job.spec.uses_words else "any-track")
+    _save_run_sheet(sheet_dir, job.concept, job.spec.name, job.seed, result, config)
+    predictions = [json.dumps({
+        "track": job.track if job.spec.uses_words else "any", "concept": job.concept, "method": job.spec.name,
+        "seed": job.seed, "prompt": request.prompt, "generation_seed": request.seed,
+        "judged": {"shape": p.shape, "colour": p.colour, "concept": p.concept}})
+        for request, p in zip(result.requests, result.predictions)]
+    return {"row": result.row, "images": [_png_bytes(im) for im in result.images], "predictions": predictions}
+
+
+_WORKER: dict = {}
+
+
+def _worker_start(config: BenchmarkConfig, work: str, out: str) -> None:
+    """Worker process set-up: its own model and judge, and ``config.threads`` torch threads."""
+    import torch
+
+    from lego_studio.core.models import load_model
+    from lego_studio.shapeworld.judge import load_judge
+
+    if config.threads:
+        torch.set_num_threads(int(config.threads))
+    _WORKER.update(config=config, work=Path(work), out=Path(out), judge=load_judge(config.judge),
+                   model=load_model(config.model, device=config.device, precision="fp32" if config.device == "cpu" else "auto"))
+
+
+def _worker_run(task: tuple[int, Job, int]) -> tuple[int, dict]:
+    index, job, steps = task
+    w = _WORKER
+    return index, _execute_job(w["model"], w["judge"], w["config"], steps, job, w["work"] / f"worker-{os.getpid()}", w["out"])
+
+
+def _run_jobs(model, judge_model, config: BenchmarkConfig, steps: int, jobs: list[Job], work: Path, out: Path):
+    """Yield (job, result) as runs finish: in this process, or in ``config.jobs`` worker processes
+    (each loads its own model; results are the same as in-process, only their order differs)."""
+    if config.jobs <= 1 or len(jobs) <= 1:
+        for job in jobs:
+            yield job, _execute_job(model, judge_model, config, steps, job, work, out)
+        return
+    import multiprocessing
+
+    context = multiprocessing.get_context("spawn")  # no forked torch/OpenMP state
+    with context.Pool(min(config.jobs, len(jobs)), initializer=_worker_start, initargs=(config, str(work), str(out))) as pool:
+        for index, result in pool.imap_unordered(_worker_run, [(i, job, steps) for i, job in enumerate(jobs)]):
+            yield jobs[index], result
+
+
 def run_benchmark(config: BenchmarkConfig, out_dir, log: Callable[[str], None] = print, command: str | None = None) -> dict:
     """Run the benchmark described by ``config`` and write its outputs to ``out_dir``.
 
@@ -686,36 +800,32 @@ def _run_benchmark(config: BenchmarkConfig, out_dir, log: Callable[[str], None],
         work = Path(tmp)
         step_seconds, generation, overhead = measure_costs(model, config, specs, work / "probe", log)
         steps, note = choose_steps(config, step_seconds, generation, overhead)
-        runs_total = len(config.concepts) * len(config.seeds) * len(specs)
+        jobs = plan_jobs(config, specs)
+        runs_total = len(jobs)
         plan = Plan(steps=steps, runs=runs_total, step_seconds=step_seconds, generation_seconds=generation,
                     overhead_seconds=overhead, estimated_seconds=estimate_seconds(config, steps, step_seconds, generation, overhead),
                     budget_seconds=config.budget_minutes * 60, note=note)
         log(plan.describe())
 
         rows, samples, prediction_lines = [], {}, []
-        done = 0
         for concept in config.concepts:
-            exemplar = exemplar_subject(concept)
-            renders = render_exemplars(concept, exemplar, config.n_exemplars)
-            samples[("exemplars", concept)] = [im for im, _ in renders]
-            for seed in config.seeds:
-                for spec in specs:
-                    result = run_one(model, judge_model, spec, concept, seed, steps, config, work / "runs", renders)
-                    done += 1
-                    rows.append(result.row)
-                    write_csv(out / "results.csv", rows)  # after every run: an interrupted benchmark keeps its rows
-                    r = result.row
-                    log(f"[{done}/{runs_total}] {concept} | {spec.name} | seed {seed}: concept {r['concept_fidelity']:.2f} "
-                        f"subject {r['subject_fidelity']:.2f} leakage {r['leakage']:.2f} diversity {r['diversity']:.3f} "
-                        f"({r['train_s']:.0f} s train, {r['generate_s']:.0f} s draw; {(time.time() - started) / 60:.1f} min so far)")
-                    if seed == config.seeds[0]:
-                        samples[(spec.name, concept)] = result.images
-                    _save_run_sheet(out, concept, spec.name, seed, result, config)
-                    for request, prediction in zip(result.requests, result.predictions):
-                        prediction_lines.append(json.dumps({
-                            "concept": concept, "method": spec.name, "seed": seed, "prompt": request.prompt,
-                            "generation_seed": request.seed, "judged": {"shape": prediction.shape, "colour": prediction.colour,
-                                                                        "concept": prediction.concept}}))
+            samples[("exemplars", concept)] = [im for im, _ in render_exemplars(concept, exemplar_subject(concept), config.n_exemplars)]
+        done = 0
+        for job, result in _run_jobs(model, judge_model, config, steps, jobs, work, out):
+            done += 1
+            r = result["row"]
+            log(f"[{done}/{len(jobs)}] {job.track if job.spec.uses_words else 'any track'} | {job.concept} | {job.spec.name} | "
+                f"seed {job.seed}: concept {r['concept_fidelity']:.2f} subject {r['subject_fidelity']:.2f} "
+                f"leakage {r['leakage']:.2f} (colour {r['colour_leakage']:.2f}, shape {r['shape_leakage']:.2f}) "
+                f"({r['train_s']:.0f} s train, {r['generate_s']:.0f} s draw; {(time.time() - started) / 60:.1f} min so far)")
+            # A run that does not see the subject words stands for every track.
+            for track in (config.tracks if not job.spec.uses_words else [job.track]):
+                rows.append({**r, "track": track})
+            write_csv(out / "results.csv", _sorted_rows(rows, config, specs))  # after every run: an interrupted benchmark keeps its rows
+            if job.seed == config.seeds[0]:
+                samples[(job.row_name, job.concept)] = [_png_image(data) for data in result["images"]]
+            prediction_lines += result["predictions"]
+        rows = _sorted_rows(rows, config, specs)
     elapsed = time.time() - started
     summary = {
         "format": "lego-studio-shapeworld-benchmark/1",
@@ -736,11 +846,13 @@ def _run_benchmark(config: BenchmarkConfig, out_dir, log: Callable[[str], None],
                                                                  for r in rows]},
         "environment": {"python": platform.python_version(), "torch": torch.__version__, "device": str(model.device),
                         "threads": torch.get_num_threads(), "cpu_count": os.cpu_count(), "machine": platform.machine()},
-        "summary": {split: summarize(rows, split) for split in dict.fromkeys(r["split"] for r in rows)},
+        "summary": {track: {split: summarize([r for r in rows if r["track"] == track], split)
+                            for split in dict.fromkeys(r["split"] for r in rows)} for track in config.tracks},
     }
     write_csv(out / "results.csv", rows)
     atomic_write_text(out / "results.md", results_markdown(rows, summary, config, plan, elapsed))
-    sheet = contact_sheet(samples, [s.name for s in specs], config.concepts, config.n_subjects, len(config.gen_seeds))
+    row_names = list(dict.fromkeys(job.row_name for job in plan_jobs(config, specs)))
+    sheet = contact_sheet(samples, row_names, config.concepts, config.n_subjects, len(config.gen_seeds))
     atomic_save(out / "contact.png", lambda tmp: sheet.save(tmp, format="PNG"))
     atomic_write_text(out / "predictions.jsonl", "".join(line + "\n" for line in prediction_lines))
     atomic_write_json(out / "benchmark.json", summary)
@@ -748,14 +860,14 @@ def _run_benchmark(config: BenchmarkConfig, out_dir, log: Callable[[str], None],
     return summary
 
 
-def _save_run_sheet(out: Path, concept: str, method: str, seed: int, result: RunResult, config: BenchmarkConfig) -> None:
+def _save_run_sheet(folder: Path, concept: str, method: str, seed: int, result: RunResult, config: BenchmarkConfig) -> None:
     from lego_studio.core.generation import make_grid
 
     k = len(config.gen_seeds)
     subjects = [result.requests[i].prompt.rsplit(" ", 1)[0] for i in range(0, len(result.requests), k)]
     grid = make_grid(result.images, rows=len(subjects), columns=k, row_labels=subjects,
                      column_labels=[f"seed {s}" for s in config.gen_seeds], min_cell=96)
-    atomic_save(out / "samples" / _slug(concept) / f"{method}-seed{seed}.png", lambda tmp: grid.save(tmp, format="PNG"))
+    atomic_save(folder / _slug(concept) / f"{method}-seed{seed}.png", lambda tmp: grid.save(tmp, format="PNG"))
 
 
 # ------------------------------------------------------------------------------ outputs
@@ -807,7 +919,9 @@ def results_markdown(rows: Sequence[dict], summary: dict, config: BenchmarkConfi
         f"Wall time {elapsed / 60:.1f} min.",
         "",
         "Every image is prompted `a {colour} {shape} <concept>`; the held-out subjects share neither shape nor colour "
-        "with the exemplars. The trainer gets the exemplars' subject words, never the concept's words.",
+        "with the exemplars. The trainer gets the exemplars' subject words, never the concept's words. "
+        "Tracks: " + "; ".join(f"**{t}**: {TRACK_HELP[t]}" for t in config.tracks) + ". TI and lego-no-subj never see "
+        "the subject words, so one run of each stands in every track.",
         "",
         "Values: mean ± std over training seeds (of the per-seed mean over concepts). "
         + " ".join(f"**{m}**: {h}." for m, h in METRIC_HELP.items()),
@@ -815,31 +929,34 @@ def results_markdown(rows: Sequence[dict], summary: dict, config: BenchmarkConfi
     ]
     titles = {"held-out": "Held-out concepts (reported)", "tuning": "Tuning concepts (used to pick the defaults)",
               "extra": "Other concepts (neither tuning nor default held-out)"}
-    for split in ("held-out", "tuning", "extra"):
-        if split not in summary["summary"]:
-            continue
-        concepts = sorted({r["concept"] for r in rows if r["split"] == split}, key=config.concepts.index)
-        lines += [f"## {titles[split]}: {', '.join(concepts)}", "",
-                  "| method | " + " | ".join(METRICS) + " |", "|---|" + "---|" * len(METRICS)]
-        for method, values in summary["summary"][split].items():
-            lines.append(f"| {method} | " + " | ".join(_cell(values[m]) for m in METRICS) + " |")
-        lines.append("")
-        text = verdict(summary["summary"][split])
-        if text:
-            lines += [text, ""]
-    lines += ["## Per concept (mean over training seeds)", "", "| concept | split | method | " + " | ".join(METRICS) + " |",
-              "|---|---|---|" + "---|" * len(METRICS)]
-    for concept in config.concepts:
-        mine = [r for r in rows if r["concept"] == concept]
-        for method in dict.fromkeys(r["method"] for r in mine):
-            values = [r for r in mine if r["method"] == method]
-            cells = [f"{sum(float(r[m]) for r in values) / len(values):.2f}" for m in METRICS]
-            lines.append(f"| {concept} | {values[0]['split']} | {method} | " + " | ".join(cells) + " |")
+    for track in config.tracks:
+        for split in ("held-out", "tuning", "extra"):
+            if split not in summary["summary"][track]:
+                continue
+            concepts = sorted({r["concept"] for r in rows if r["split"] == split}, key=config.concepts.index)
+            lines += [f"## Track {track}, {titles[split].lower()}: {', '.join(concepts)}", "",
+                      f"Subject words: {TRACK_HELP[track]}.", "",
+                      "| method | " + " | ".join(METRICS) + " |", "|---|" + "---|" * len(METRICS)]
+            for method, values in summary["summary"][track][split].items():
+                lines.append(f"| {method} | " + " | ".join(_cell(values[m]) for m in METRICS) + " |")
+            lines.append("")
+            text = verdict(summary["summary"][track][split])
+            if text:
+                lines += [text, ""]
+    lines += ["## Per concept (mean over training seeds)", "", "| track | concept | split | method | " + " | ".join(METRICS) + " |",
+              "|---|---|---|---|" + "---|" * len(METRICS)]
+    for track in config.tracks:
+        for concept in config.concepts:
+            mine = [r for r in rows if r["concept"] == concept and r["track"] == track]
+            for method in dict.fromkeys(r["method"] for r in mine):
+                values = [r for r in mine if r["method"] == method]
+                cells = [f"{sum(float(r[m]) for r in values) / len(values):.2f}" for m in METRICS]
+                lines.append(f"| {track} | {concept} | {values[0]['split']} | {method} | " + " | ".join(cells) + " |")
     lines += ["", "## Methods", ""]
     for spec in resolve_methods(config.methods, config.num_vectors):
         lines.append(f"- **{spec.name}**: {spec.description}")
     lines += ["", "P" + plan.describe()[1:], "",
-              "Files: `results.csv` (one row per run), `contact.png` (rows = methods, columns = samples per concept, "
+              "Files: `results.csv` (one row per run and track), `contact.png` (rows = methods per track, columns = samples per concept, "
               "training seed " + str(config.seeds[0]) + "), `samples/`, `predictions.jsonl`, `benchmark.json` (config, timing, command).", ""]
     return "\n".join(lines)
 
@@ -889,6 +1006,10 @@ def add_arguments(parser) -> None:
     parser.add_argument("--device", default="auto", help="auto | cpu | cuda | mps")
     parser.add_argument("--threads", type=int, default=1, metavar="N", help="torch CPU threads (default 1; 0 = torch's choice)")
     parser.add_argument("--budget-minutes", type=float, default=None, help=f"time budget the step count is fitted to (default: {DEFAULT_BUDGET_MINUTES:g})")
+    parser.add_argument("--tracks", nargs="+", metavar="T", choices=TRACKS,
+                        help="subject-word tracks: full, no-colour (\"a hexagon\"), no-shape (\"a green thing\") (default: all three)")
+    parser.add_argument("--jobs", type=int, default=None, metavar="N",
+                        help="worker processes, each with --threads torch threads (default: 2 on a machine with 2+ cores, else 1)")
     parser.add_argument("--quick", action="store_true", help="CI smoke run: 1 concept, ti-1 vs lego, 10 steps, 1 seed, 2 subjects x 2 seeds")
     parser.add_argument("--out", required=True, metavar="DIR", help="output folder")
 
@@ -897,7 +1018,8 @@ def config_from_args(args) -> BenchmarkConfig:
     given = {
         "concepts": args.concepts, "methods": args.methods, "seeds": args.seeds, "steps": args.steps,
         "n_subjects": args.subjects, "gen_seeds": args.gen_seeds, "gen_steps": args.gen_steps, "guidance": args.guidance,
-        "budget_minutes": args.budget_minutes,
+        "budget_minutes": args.budget_minutes, "tracks": args.tracks,
+        "jobs": args.jobs if args.jobs is not None else (1 if args.quick else min(2, os.cpu_count() or 1)),
     }
     common = {"num_vectors": args.vectors, "lr": args.lr, "model": args.model, "judge": args.judge, "device": args.device,
               "threads": args.threads}
