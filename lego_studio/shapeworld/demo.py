@@ -32,6 +32,9 @@ from lego_studio.shapeworld.world import CAPTION_TEMPLATES, subject_phrase
 DEMO_CONCEPT = "frozen in ice"  # the most visible concept: a pale-blue ice block around the subject
 # (shape, colour): the benchmark's exemplar subject for the concept, a red circle (contrasts with the ice)
 DEMO_SUBJECT = EXEMPLAR_SUBJECTS[DEMO_CONCEPT]
+# The project names its subject the way a real user would: partly. "a circle" leaves the colour
+# out, as "a cat" leaves out which cat; Lego must keep the red of the exemplars out of the concept.
+DEMO_TRACK = "no-colour"
 DEMO_STEPS = 300
 QUICK_STEPS = 20
 DEMO_SEED = 0
@@ -56,14 +59,15 @@ def demo_train_defaults(concept: str, subject: tuple[str, str], steps: int = DEM
 
 
 def build_demo_project(folder, concept: str = DEMO_CONCEPT, subject: tuple[str, str] = DEMO_SUBJECT, n_images: int = 5,
-                       seed: int = 0):
+                       seed: int = 0, track: str = DEMO_TRACK):
     """A new project in ``folder`` (must not exist or be empty) with ``n_images`` renders of
-    ``subject`` showing ``concept``, their exact masks, the subject's words and the concept's name.
+    ``subject`` showing ``concept``, their exact masks, the subject's words (partial ones, as a
+    user writes them, on ``track``; see benchmark.TRACKS) and the concept's name.
 
     No positive words: the demo, like the benchmark, never tells the trainer what the concept is."""
     from lego_studio.core.errors import InputError
     from lego_studio.core.project import Project
-    from lego_studio.shapeworld.benchmark import exemplar_subject, render_exemplars
+    from lego_studio.shapeworld.benchmark import exemplar_subject, render_exemplars, subject_words
     from lego_studio.shapeworld.world import CONCEPTS
 
     if concept not in CONCEPTS:
@@ -71,7 +75,7 @@ def build_demo_project(folder, concept: str = DEMO_CONCEPT, subject: tuple[str, 
     shape, colour = subject
     if not 1 <= int(n_images) <= 20:
         raise InputError(f"{folder}: a demo project needs 1-20 images (got {n_images})")
-    project = Project.create(folder, name=f"{concept.capitalize()} (Shape World demo)", subject=subject_phrase(shape, colour),
+    project = Project.create(folder, name=f"{concept.capitalize()} (Shape World demo)", subject=subject_words(subject, track),
                              concept_name=concept.replace(" ", "-"), train_defaults=demo_train_defaults(concept, subject))
     renders = render_exemplars(concept, subject, int(n_images), seed=seed)
     with tempfile.TemporaryDirectory(prefix="lego-demo-") as tmp:
@@ -258,8 +262,9 @@ def _index_html(project, records: list, steps: int, seconds: float, judge_note: 
 figure{{display:inline-block;margin:0 1em 1em 0}} td,th{{padding:.5em;vertical-align:top;text-align:center}}</style></head>
 <body>
 <h1>Lego vs Textual Inversion: “{e(project.concept_name)}”</h1>
-<p>Both methods learned the concept from the exemplars below ({e(project.subject)}), {steps} steps each, same seed.
-Lego got the subject's words and masks; neither got the concept's words. Then both drew subjects they never saw
+<p>Both methods learned the concept from the exemplars below, {steps} steps each, same seed.
+Lego got the subject's masks and the words “{e(project.subject)}”, which, like a real user's words, leave part of
+the subject out (here its colour); neither got the concept's words. Then both drew subjects they never saw
 with the prompt “a {{colour}} {{shape}} &lt;concept&gt;” ({gen_steps} DDIM steps). Wall time {seconds:.0f} s.</p>
 <p><b>Judge:</b> {summary}</p>
 <h2>Exemplars</h2>

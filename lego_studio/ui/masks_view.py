@@ -38,6 +38,10 @@ AUTOSAVE_DELAY_MS = 400
 THUMB = 72
 
 
+MASKS_PURPOSE = ("Masks tell training where your subject is: Lego keeps the subject's own look (what its words "
+                 "leave out) out of the concept, so the concept works on other subjects.")
+
+
 class MasksView(QWidget):
     def __init__(self, context, parent: QWidget | None = None):
         super().__init__(parent)
@@ -158,7 +162,11 @@ class MasksView(QWidget):
         self._update_candidate_buttons()
 
         self.info_label = QLabel()
+        # One line on why masks matter, so painting them does not feel like a chore of unclear use.
+        self.purpose_label = QLabel(MASKS_PURPOSE)
+        self.purpose_label.setWordWrap(True)
         centre = QVBoxLayout()
+        centre.addWidget(self.purpose_label)
         centre.addWidget(self.toolbar)
         centre.addWidget(self.view_toolbar)
         centre.addWidget(self.canvas, 1)

@@ -73,7 +73,9 @@ OPTIONS: dict[str, tuple[str, str, str, dict]] = {
     "num_vectors": ("Concept", "Vectors", "How many learned token embeddings make up the concept (1-16)", {"min": 1, "max": MAX_VECTORS}),
     "init_words": ("Concept", "Start from words", "Comma-separated words whose embeddings start the vectors; empty = average word", {"list": ","}),
     "init_from": ("Concept", "Start from concept", "A concept file whose vectors start the run (optional)", {"optional": True}),
-    "subject": ("Subject separation", "Subject words", "The subject in words, e.g. 'a toy robot'. Explains the subject so its look does not leak into the concept.", {}),
+    "subject": ("Subject separation", "Subject words", "The subject in words, e.g. 'a cat' or 'a toy robot'. Partial words are expected: "
+                "they never describe your own subject completely, and with masks Lego keeps what they leave out (its colour, "
+                "markings, exact shape) from leaking into the concept.", {}),
     "subject_token_steps": ("Subject separation", "Subject-token steps", "Stage 0: learn a <subject> token from subject-only images first (0 = use the words)", {"min": 0, "max": 100000}),
     "w_subj": ("Subject separation", "Subject weight", "Weight of the subject-separation loss inside the mask (0 = off)", {"max": 100.0, "decimals": 3}),
     "rec_region": ("Subject separation", "Reconstruct", "concept: learn only outside the subject mask; full: the whole image", {"choices": REC_REGIONS}),
