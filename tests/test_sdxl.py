@@ -148,6 +148,61 @@ def test_plain_diffusers_sdxl_pipeline_matches_ours(tiny_sdxl, tiny_sdxl_dir):
     assert torch.equal(ours, theirs) and torch.equal(our_pooled, pooled)
 
 
+def test_single_file_sdxl_round_trip_with_shipped_configs(tiny_sdxl, tmp_path):
+    from safetensors import safe_open
+
+    from lego_studio.core.ldm_export import write_single_file_checkpoint
+    from lego_studio.core.models import load_model
+
+    path = write_single_file_checkpoint(tiny_sdxl, tmp_path / "tiny-xl.safetensors")
+    with safe_open(str(path), "pt") as handle:
+        keys = set(handle.keys())
+    assert "conditioner.embedders.0.transformer.text_model.embeddings.token_embedding.weight" in keys
+    assert "conditioner.embedders.1.model.text_projection" in keys and "model.diffusion_model.label_emb.0.0.weight" in keys
+    loaded = load_model(path, device="cpu")  # configs from resources/configs/tiny-sdxl, nothing fetched
+    assert loaded.family == tiny_sdxl.family
+    for ours, theirs in zip(tiny_sdxl.modules, loaded.modules):
+        a, b = ours.state_dict(), theirs.state_dict()
+        assert [k for k in a if not torch.equal(a[k], b[k])] == []
+    assert torch.equal(loaded.encode_prompts_pooled(["a cat"])[1], tiny_sdxl.encode_prompts_pooled(["a cat"])[1])
+
+
+def test_real_sdxl_shapes_are_detected_and_map_onto_the_shipped_configs():
+    from accelerate import init_empty_weights
+    from diffusers import AutoencoderKL, UNet2DConditionModel
+    from diffusers.loaders.single_file_utils import convert_ldm_unet_checkpoint, infer_diffusers_model_type
+    from transformers import CLIPTextConfig, CLIPTextModel, CLIPTextModelWithProjection
+
+    from lego_studio.core import ldm_export
+    from lego_studio.core.models import detect_checkpoint_family
+    from lego_studio.core.paths import resource
+
+    folder = resource("configs", "sdxl")
+    with init_empty_weights():
+        unet = UNet2DConditionModel.from_config(json.loads((folder / "unet" / "config.json").read_text()))
+        vae = AutoencoderKL.from_config(json.loads((folder / "vae" / "config.json").read_text()))
+        clip_l = CLIPTextModel(CLIPTextConfig.from_json_file(str(folder / "text_encoder" / "config.json")))
+        clip_g = CLIPTextModelWithProjection(CLIPTextConfig.from_json_file(str(folder / "text_encoder_2" / "config.json")))
+    state = {}
+    state.update(ldm_export._unet_to_ldm(unet.state_dict(), unet.config))
+    state.update(ldm_export._vae_to_ldm(vae.state_dict(), vae.config))
+    state.update(ldm_export._clip_to_ldm(clip_l.state_dict(), ldm_export.SDXL_CLIP_PREFIX))
+    state.update(ldm_export._open_clip_to_ldm(clip_g.state_dict(), 1280, ldm_export.SDXL_OPEN_CLIP_PREFIX))
+    assert infer_diffusers_model_type(state) == "xl_base"  # diffusers itself calls this layout SDXL base
+    shapes = {key: tuple(t.shape) for key, t in state.items()}
+    layout, family = detect_checkpoint_family(shapes, "sd_xl_base_1.0.safetensors")
+    assert layout == "sdxl" and family.widths == (768, 1280) and family.name == "sdxl"
+    assert sum(p.numel() for p in unet.parameters()) == 2_567_463_684  # SDXL base UNet
+    converted = convert_ldm_unet_checkpoint(state, unet.config)
+    expected = {k: tuple(v.shape) for k, v in unet.state_dict().items()}
+    assert {k: tuple(v.shape) for k, v in converted.items() if k in expected} == expected
+
+    refiner = {k.replace("conditioner.embedders.1.", "conditioner.embedders.0."): v for k, v in shapes.items()
+               if not k.startswith("conditioner.embedders.0.")}
+    with pytest.raises(ModelError, match="refiner.safetensors: this is an SDXL refiner"):
+        detect_checkpoint_family(refiner, "refiner.safetensors")
+
+
 # ------------------------------------------------------------------------------ training
 
 

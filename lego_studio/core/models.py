@@ -50,6 +50,9 @@ _UNET_PREFIX = "model.diffusion_model."
 _VAE_PREFIX = "first_stage_model."
 _CLIP_PREFIX = "cond_stage_model.transformer."
 _OPEN_CLIP_PREFIX = "cond_stage_model.model."
+_SDXL_CLIP_PREFIX = "conditioner.embedders.0.transformer."
+_SDXL_OPEN_CLIP_PREFIX = "conditioner.embedders.1.model."
+_SDXL_REFINER_PREFIX = "conditioner.embedders.0.model."
 _MODEL_ID = re.compile(r"^[A-Za-z0-9][\w.-]*/[\w.-]+$")
 
 
@@ -399,14 +402,14 @@ def detect_checkpoint_family(
 ) -> tuple[str, ModelFamily]:
     """Text-encoder layout and family of an LDM-layout checkpoint, from its tensor shapes alone.
 
-    Returns ``(text_layout, family)`` with text_layout "clip" (SD1 style) or "open_clip" (SD2).
+    Returns ``(text_layout, family)`` with text_layout "clip" (SD1 style), "open_clip" (SD2) or
+    "sdxl" (CLIP ViT-L + OpenCLIP bigG under ``conditioner.embedders.*``; an SDXL refiner, which has
+    only the second, is refused).
     SD2 v-prediction vs epsilon: an explicit ``prediction_type`` wins; then the 2.x-base release
     step (875000); then the file name ("512"/"base" -> epsilon at 512 px, "768" -> v at 768 px);
     otherwise v-prediction at 768 px like SD 2.0/2.1.
     """
     label = filename or "checkpoint"
-    if any(key.startswith("conditioner.embedders.") for key in shapes):
-        raise ModelError(f"{label}: SDXL checkpoints are not supported (Stable Diffusion 1.x/2.x only)")
     if not any(key.startswith(_UNET_PREFIX) for key in shapes):
         raise ModelError(f"{label}: not a Stable Diffusion checkpoint (no model.diffusion_model.* weights)")
     conv_in = shapes.get(_UNET_PREFIX + "input_blocks.0.0.weight")
@@ -414,6 +417,8 @@ def detect_checkpoint_family(
         raise ModelError(f"{label}: inpainting/special UNets ({conv_in[1]} input channels) are not supported")
     if not any(key.startswith(_VAE_PREFIX) for key in shapes):
         raise ModelError(f"{label}: the VAE weights (first_stage_model.*) are missing")
+    if any(key.startswith("conditioner.embedders.") for key in shapes):
+        return "sdxl", _detect_sdxl(shapes, label, prediction_type)
 
     layout, width = None, None
     for key, shape in shapes.items():
@@ -449,6 +454,29 @@ def detect_checkpoint_family(
     return layout, ModelFamily("custom", width, prediction_type or "epsilon", 0)
 
 
+def _detect_sdxl(shapes: Mapping[str, Sequence[int]], label: str, prediction_type: str | None) -> ModelFamily:
+    if any(key.startswith(_SDXL_REFINER_PREFIX) for key in shapes) and not any(
+            key.startswith(_SDXL_CLIP_PREFIX) for key in shapes):
+        raise ModelError(f"{label}: this is an SDXL refiner (one text encoder, aesthetic-score conditioning); "
+                         "concepts are trained on an SDXL base model or SD 1.x/2.x")
+    clip_l = shapes.get(_SDXL_CLIP_PREFIX + "text_model.embeddings.token_embedding.weight")
+    clip_g = shapes.get(_SDXL_OPEN_CLIP_PREFIX + "token_embedding.weight")
+    if clip_l is None or clip_g is None:
+        missing = "the first (CLIP ViT-L, conditioner.embedders.0)" if clip_l is None else \
+            "the second (OpenCLIP, conditioner.embedders.1)"
+        raise ModelError(f"{label}: SDXL checkpoint without {missing} text encoder")
+    width_l, width_g = int(clip_l[-1]), int(clip_g[-1])
+    cross_dims = {int(shape[-1]) for key, shape in shapes.items() if key.endswith("attn2.to_k.weight")}
+    if cross_dims and cross_dims != {width_l + width_g}:
+        raise ModelError(f"{label}: UNet cross-attention width {sorted(cross_dims)} does not match the text "
+                         f"encoders' {width_l} + {width_g}")
+    if prediction_type is not None and prediction_type not in PREDICTION_TYPES:
+        raise ModelError(f"unknown prediction type '{prediction_type}' (choose epsilon or v_prediction)")
+    # v-prediction SDXL fine-tunes carry a "v_pred" key (as the ComfyUI/A1111 convention has it).
+    prediction = prediction_type or ("v_prediction" if "v_pred" in shapes else "epsilon")
+    return ModelFamily("sdxl", width_l, prediction, 1024 if width_l == SD1_TEXT_WIDTH else 0, width_g)
+
+
 def shipped_config_dir(family: ModelFamily) -> Path:
     """The shipped diffusers configs (unet/vae/text_encoder/scheduler) for a checkpoint family.
 
@@ -462,9 +490,16 @@ def shipped_config_dir(family: ModelFamily) -> Path:
     if root.is_dir():
         for folder in sorted(root.iterdir()):
             config = folder / "text_encoder" / "config.json"
-            if config.is_file() and _read_json(config).get("hidden_size") == family.text_width:
+            second = folder / "text_encoder_2" / "config.json"
+            if not config.is_file() or _read_json(config).get("hidden_size") != family.text_width:
+                continue
+            if family.text_width_2:
+                if second.is_file() and _read_json(second).get("hidden_size") == family.text_width_2:
+                    return folder
+            elif not second.exists():
                 return folder
-    raise ModelError(f"no shipped model config for a text encoder of width {family.text_width} in {root}")
+    widths = " + ".join(map(str, family.widths))
+    raise ModelError(f"no shipped model config for text encoders of width {widths} in {root}")
 
 
 # ---------------------------------------------------------------------------- loading
@@ -731,15 +766,22 @@ def _load_single_file(path: Path, prediction_type: str | None, config_dir: Path 
     shapes = {key: tuple(tensor.shape) for key, tensor in state.items()}
     layout, family = detect_checkpoint_family(shapes, str(path), global_step, prediction_type)
     configs = config_dir or shipped_config_dir(family)
-    for part, name in (("unet", "config.json"), ("vae", "config.json"), ("text_encoder", "config.json"),
-                       ("scheduler", "scheduler_config.json")):
+    parts = [("unet", "config.json"), ("vae", "config.json"), ("text_encoder", "config.json"),
+             ("scheduler", "scheduler_config.json")]
+    if layout == "sdxl":
+        parts.append(("text_encoder_2", "config.json"))
+    for part, name in parts:
         if not (configs / part / name).is_file():
             raise ModelError(f"{configs}: config folder lacks {part}/{name}")
     unet_config = _read_json(configs / "unet" / "config.json")
     vae_config = _read_json(configs / "vae" / "config.json")
     scheduler_config = _read_json(configs / "scheduler" / "scheduler_config.json")
     overrides = _read_json(configs / FAMILY_FILE) if (configs / FAMILY_FILE).is_file() else {}
-    if family.name in ("sd1", "sd2", "sd2-base"):
+    if layout == "sdxl":
+        family = sdxl_family(family.text_width, family.text_width_2, unet_config, vae_config,
+                             {**scheduler_config, "prediction_type": family.prediction_type}, overrides,
+                             prediction_type, str(path))
+    elif family.name in ("sd1", "sd2", "sd2-base"):
         unet_config["sample_size"] = family.resolution // 8
         vae_config["sample_size"] = family.resolution
         # SD 2.x v-models attend in fp32 to avoid fp16 overflow (as diffusers' SD 2.1 config).
@@ -756,8 +798,22 @@ def _load_single_file(path: Path, prediction_type: str | None, config_dir: Path 
         unet = UNet2DConditionModel.from_config(unet_config)
         vae = AutoencoderKL.from_config(vae_config)
         text_encoder = CLIPTextModel(CLIPTextConfig.from_json_file(str(configs / "text_encoder" / "config.json")))
+        if layout == "sdxl":
+            from transformers import CLIPTextModelWithProjection
+
+            text_encoder_2 = CLIPTextModelWithProjection(
+                CLIPTextConfig.from_json_file(str(configs / "text_encoder_2" / "config.json")))
     _load_weights(unet, convert_ldm_unet_checkpoint(state, unet.config), path, "UNet")
     _load_weights(vae, convert_ldm_vae_checkpoint(state, vae.config), path, "VAE")
+    if layout == "sdxl":
+        _load_weights(text_encoder, _flat_text_state(text_encoder, convert_ldm_clip_checkpoint(state)), path,
+                      "text encoder (clip_l)")
+        second = convert_open_clip_checkpoint(text_encoder_2, state, prefix=_SDXL_OPEN_CLIP_PREFIX)
+        _load_weights(text_encoder_2, _flat_text_state(text_encoder_2, second), path, "text encoder 2 (clip_g)")
+        del state
+        model = _loaded_on_cpu(load_tokenizer("sd1"), text_encoder, unet, vae, scheduler_config, family, path)
+        model.text_encoder_2, model.tokenizer_2 = text_encoder_2, load_tokenizer("sd2")
+        return model
     if layout == "clip":
         text_state = convert_ldm_clip_checkpoint(state)
     else:
@@ -768,6 +824,12 @@ def _load_single_file(path: Path, prediction_type: str | None, config_dir: Path 
     del state
     return _loaded_on_cpu(load_tokenizer("sd2" if layout == "open_clip" else "sd1"), text_encoder, unet, vae,
                           scheduler_config, family, path)
+
+
+def _flat_text_state(text_encoder, text_state: Mapping[str, torch.Tensor]) -> dict:
+    if not hasattr(text_encoder, "text_model"):  # transformers >= 5.6 flattened CLIPTextModel
+        return {k.removeprefix("text_model."): v for k, v in text_state.items()}
+    return dict(text_state)
 
 
 def _load_weights(module: torch.nn.Module, state: Mapping[str, torch.Tensor], path: Path, part: str) -> None:
