@@ -508,21 +508,12 @@ def check_concept_family(model, concept: Concept) -> None:
     )
 
 
-def install_concepts(model, concepts: Concept | Iterable[Concept]) -> None:
-    """Add the concepts' tokens to ``model.tokenizer`` and their vectors to the text encoder's
-    embedding table (cast to its dtype/device) — for SDXL ``clip_l`` into ``text_encoder`` and
-    ``clip_g`` into ``text_encoder_2`` (with ``tokenizer_2``). Idempotent: installing the same
-    concept again changes nothing; a concept with an already installed placeholder replaces its rows.
-
-    A concept of another family (SDXL on SD 1.x, SD 1.x on SDXL ...) or of other widths is
-    refused, naming both."""
-    concepts = _as_list(concepts)
-    if not concepts:
-        return
+def check_concepts_fit(model, concepts: Concept | Iterable[Concept]) -> None:
+    """Refuse, before anything is drawn, a concept of another family or of other text widths
+    than ``model``'s (one line naming both); the gallery checks every column this way first."""
     pairs = list(getattr(model, "text_encoders", None) or [(model.tokenizer, model.text_encoder)])
     widths = tuple(int(encoder.get_input_embeddings().weight.shape[1]) for _, encoder in pairs)
-    seen: dict[str, Concept] = {}
-    for concept in concepts:
+    for concept in _as_list(concepts):
         check_concept_family(model, concept)
         if tuple(concept.widths) != widths:
             if len(widths) == 2:
@@ -535,6 +526,23 @@ def install_concepts(model, concepts: Concept | Iterable[Concept]) -> None:
                 f"concept {concept.placeholder} has {concept.text_width}-wide vectors but the model's "
                 f"text encoder is {widths[0]} wide ({_family_label(model)})"
             )
+
+
+def install_concepts(model, concepts: Concept | Iterable[Concept]) -> None:
+    """Add the concepts' tokens to ``model.tokenizer`` and their vectors to the text encoder's
+    embedding table (cast to its dtype/device) — for SDXL ``clip_l`` into ``text_encoder`` and
+    ``clip_g`` into ``text_encoder_2`` (with ``tokenizer_2``). Idempotent: installing the same
+    concept again changes nothing; a concept with an already installed placeholder replaces its rows.
+
+    A concept of another family (SDXL on SD 1.x, SD 1.x on SDXL ...) or of other widths is
+    refused, naming both."""
+    concepts = _as_list(concepts)
+    if not concepts:
+        return
+    pairs = list(getattr(model, "text_encoders", None) or [(model.tokenizer, model.text_encoder)])
+    check_concepts_fit(model, concepts)
+    seen: dict[str, Concept] = {}
+    for concept in concepts:
         for token in concept.tokens:
             if token in seen and seen[token] is not concept:
                 raise InputError(f"two concepts use the token {token}; rename one of them")
