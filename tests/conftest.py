@@ -77,3 +77,29 @@ def fresh_tiny_model(tiny_model_dir):
     from lego_studio.core.models import load_model
 
     return load_model(tiny_model_dir, device="cpu", precision="fp32")
+
+
+@pytest.fixture(scope="session")
+def tiny_sdxl_dir(tmp_path_factory):
+    """A random-weight tiny SDXL-architecture model: two text encoders (widths 32 and 48, the
+    second with a projection), a text_time UNet."""
+    from lego_studio.core.models import make_tiny_model
+
+    out = tmp_path_factory.mktemp("tiny-sdxl") / "tiny-sdxl"
+    make_tiny_model(out, seed=0, family="sdxl")
+    return out
+
+
+@pytest.fixture(scope="session")
+def tiny_sdxl(tiny_sdxl_dir):
+    """The tiny SDXL model on CPU in fp32 (session-scoped: do not leave concepts installed)."""
+    from lego_studio.core.models import load_model
+
+    return load_model(tiny_sdxl_dir, device="cpu", precision="fp32")
+
+
+@pytest.fixture
+def fresh_tiny_sdxl(tiny_sdxl_dir):
+    from lego_studio.core.models import load_model
+
+    return load_model(tiny_sdxl_dir, device="cpu", precision="fp32")

@@ -122,10 +122,13 @@ def test_imports_files_written_by_other_tools(tmp_path):
     assert concept.tokens == ["<m>", "<m>_1"] and concept.vectors[0, 0] == 1 and concept.vectors[1, 0] == 0
 
 
-def test_sdxl_and_multi_embedding_files_are_refused(tmp_path):
+def test_sdxl_files_are_read_and_half_sdxl_and_multi_embedding_files_are_refused(tmp_path):
     save_file({"clip_l": torch.randn(2, 768), "clip_g": torch.randn(2, 1280)}, str(tmp_path / "xl.safetensors"))
-    with pytest.raises(InputError, match=r"xl\.safetensors: .*SDXL is not supported"):
-        load_concept(tmp_path / "xl.safetensors")
+    xl = load_concept(tmp_path / "xl.safetensors")
+    assert xl.widths == (768, 1280) and xl.family == "sdxl" and xl.num_vectors == 2
+    save_file({"clip_l": torch.randn(2, 768)}, str(tmp_path / "half.safetensors"))
+    with pytest.raises(InputError, match=r"half\.safetensors: SDXL embedding without its clip_g tensor"):
+        load_concept(tmp_path / "half.safetensors")
     save_file({"<a>": torch.randn(WIDTH), "<b>": torch.randn(WIDTH)}, str(tmp_path / "two.safetensors"))
     with pytest.raises(InputError, match=r"two\.safetensors: holds 2 separate embeddings"):
         load_concept(tmp_path / "two.safetensors")

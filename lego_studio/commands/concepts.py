@@ -5,7 +5,7 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-FORMAT_CHOICES = ("lego", "diffusers", "a1111", "kohya")  # core.concepts.FORMATS
+FORMAT_CHOICES = ("lego", "diffusers", "a1111", "kohya", "comfyui")  # core.concepts.FORMATS
 
 
 def register(subparsers) -> None:
@@ -29,7 +29,8 @@ def register(subparsers) -> None:
     exp.add_argument("concept", metavar="NAME_OR_FILE", help="library name or concept file")
     exp.add_argument("--format", required=True, choices=FORMAT_CHOICES, dest="fmt")
     exp.add_argument("--out", required=True, type=Path, metavar="FILE",
-                     help="diffusers: .safetensors or .bin; a1111: .pt; kohya and lego: .safetensors")
+                     help="diffusers: .safetensors or .bin; a1111: .pt; kohya, comfyui and lego: .safetensors; "
+                          "an SDXL concept: one .safetensors with clip_l and clip_g for every tool")
     exp.set_defaults(func=run_export)
 
     ins = sub.add_parser("inspect", help="show what a concept file holds")
@@ -88,9 +89,17 @@ def run_export(args) -> int:
         "diffusers": f'pipe.load_textual_inversion("{out}", token="{concept.placeholder}")',
         "a1111": f"put it in stable-diffusion-webui/embeddings/ and write {out.stem} in prompts",
         "kohya": f"use it as an embedding; write {out.stem} in prompts",
+        "comfyui": f"put it in ComfyUI/models/embeddings/ and write embedding:{out.stem} in prompts",
         "lego": f"import it with: lego-studio concepts import {out}",
     }[args.fmt]
-    print(f"wrote {args.fmt} file {out} ({concept.num_vectors} vectors of width {concept.text_width})")
+    if concept.is_sdxl and args.fmt == "diffusers":
+        hint = (f'state = safetensors.torch.load_file("{out}"); pipe.load_textual_inversion(state["clip_l"], '
+                f'token="{concept.placeholder}", text_encoder=pipe.text_encoder, tokenizer=pipe.tokenizer); '
+                f'pipe.load_textual_inversion(state["clip_g"], token="{concept.placeholder}", '
+                f'text_encoder=pipe.text_encoder_2, tokenizer=pipe.tokenizer_2)')
+    width = " + ".join(f"{name} {w}" for name, w in zip(("clip_l", "clip_g"), concept.widths)) \
+        if concept.is_sdxl else str(concept.text_width)
+    print(f"wrote {args.fmt} file {out} ({concept.num_vectors} vectors of width {width})")
     print(f"  use: {hint}")
     return 0
 
@@ -99,7 +108,7 @@ def describe(concept, path: Path) -> dict:
     from lego_studio.core.concepts import detect_concept_format
     from lego_studio.core.library import family_badge
 
-    family = concept.metadata.get("family") if isinstance(concept.metadata.get("family"), str) else None
+    family = concept.family
     return {
         "file": str(path),
         "format": detect_concept_format(path),
@@ -108,6 +117,7 @@ def describe(concept, path: Path) -> dict:
         "tokens": concept.tokens,
         "num_vectors": concept.num_vectors,
         "text_width": concept.text_width,
+        "text_width_2": concept.text_width_2,
         "family": family,
         "made_for": family_badge(family, concept.text_width),
         "metadata": concept.metadata,
@@ -125,7 +135,10 @@ def run_inspect(args) -> int:
     print(f"name:        {info['name']}")
     print(f"placeholder: {info['placeholder']}")
     print(f"tokens:      {' '.join(info['tokens'])}")
-    print(f"vectors:     {info['num_vectors']} x {info['text_width']}")
+    if info["text_width_2"]:
+        print(f"vectors:     {info['num_vectors']} x clip_l {info['text_width']} + clip_g {info['text_width_2']}")
+    else:
+        print(f"vectors:     {info['num_vectors']} x {info['text_width']}")
     print(f"made for:    {info['made_for']}")
     for key in sorted(info["metadata"]):
         value = info["metadata"][key]

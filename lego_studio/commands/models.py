@@ -14,6 +14,8 @@ def register(subparsers) -> None:
     tiny.add_argument("dir", help="output folder (created; an existing model folder is replaced)")
     tiny.add_argument("--seed", type=int, default=0, help="weights seed (same seed, same model)")
     tiny.add_argument("--size", type=int, default=32, help="native image size in pixels (multiple of 16)")
+    tiny.add_argument("--family", choices=("sd", "sdxl"), default="sd",
+                      help="architecture: sd (one text encoder) or sdxl (two text encoders of widths 32 and 48)")
     tiny.set_defaults(func=run_make_tiny_model)
 
     models = subparsers.add_parser("models", help="inspect Stable Diffusion models", description="Model tools.")
@@ -40,8 +42,10 @@ def run(args: argparse.Namespace) -> int:
 def run_make_tiny_model(args: argparse.Namespace) -> int:
     from lego_studio.core.models import make_tiny_model
 
-    out = make_tiny_model(args.dir, seed=args.seed, sample_size=args.size)
-    print(f"wrote tiny model (seed {args.seed}, {args.size} px) to {out}")
+    family = getattr(args, "family", "sd")
+    out = make_tiny_model(args.dir, seed=args.seed, sample_size=args.size, family=family)
+    label = "tiny SDXL model" if family == "sdxl" else "tiny model"
+    print(f"wrote {label} (seed {args.seed}, {args.size} px) to {out}")
     return 0
 
 
@@ -54,12 +58,16 @@ def run_inspect(args: argparse.Namespace) -> int:
     lines = [
         f"model:            {model.source}",
         f"family:           {family.name}",
-        f"text width:       {family.text_width}",
+        (f"text widths:      clip_l {family.text_width} (text_encoder), clip_g {family.text_width_2} "
+         f"(text_encoder_2, pooled {model.text_encoder_2.config.projection_dim})"
+         if model.is_sdxl else f"text width:       {family.text_width}"),
         f"cross-attention:  {model.unet.config.cross_attention_dim}",
         f"prediction type:  {family.prediction_type}",
         f"resolution:       {family.resolution} px (latents {family.resolution // model.vae_scale_factor} px, "
         f"VAE scale {model.vae_scale_factor})",
         f"vocabulary:       {len(model.tokenizer)} tokens",
+        *(["micro-conditioning: original size, crop, target size (time ids); VAE latents encoded in fp32"]
+          if model.is_sdxl else []),
         f"device / dtype:   {model.device} / {str(model.dtype).removeprefix('torch.')}",
         "parameters:       "
         + ", ".join(f"{name} {count:,}" for name, count in counts.items())

@@ -14,8 +14,16 @@ File formats (auto-detected from the file's content, not its extension):
 ``diffusers``  ``learned_embeds.safetensors`` / ``.bin``: ``{placeholder: tensor [d] or [N, d]}``.
 ``a1111``      AUTOMATIC1111 ``.pt``: ``{"string_to_token": {"*": 265}, "string_to_param":
                {"*": [N, d]}, "name": ..., "step": ...}``; or a ``.safetensors`` with ``emb_params``.
-``kohya``      sd-scripts ``.safetensors`` (or ``.pt``) with ``emb_params`` [N, d]; SDXL files
-               (``clip_l`` / ``clip_g``) are refused: SDXL is not supported.
+``kohya``      sd-scripts ``.safetensors`` (or ``.pt``) with ``emb_params`` [N, d].
+``sdxl``       the SDXL file AUTOMATIC1111, ComfyUI, kohya and diffusers all read: a ``.safetensors``
+               with exactly ``clip_l`` [N, 768] (for ``text_encoder``) and ``clip_g`` [N, 1280] (for
+               ``text_encoder_2``). Exporting an SDXL concept as a1111, kohya, comfyui or diffusers
+               writes this file; diffusers loads it with two ``load_textual_inversion`` calls
+               (``state_dict["clip_l"]`` into ``text_encoder``/``tokenizer``, ``state_dict["clip_g"]``
+               into ``text_encoder_2``/``tokenizer_2``). A file with only one of the two is refused.
+
+SDXL concepts hold both parts: ``Concept.vectors`` is ``clip_l`` and ``Concept.vectors_2`` is
+``clip_g``; the Lego format stores the second as ``lego.vectors_2`` with ``family: sdxl``.
 """
 
 from __future__ import annotations
@@ -33,7 +41,8 @@ import torch
 from lego_studio.core.errors import InputError
 from lego_studio.core.paths import atomic_save
 
-FORMATS = ("lego", "diffusers", "a1111", "kohya")
+FORMATS = ("lego", "diffusers", "a1111", "kohya", "comfyui")
+SDXL_KEYS = ("clip_l", "clip_g")
 A1111_EXTRA_KEY = "lego_studio"  # our own key in an A1111 .pt: {"family", "base_model"}
 
 
@@ -49,18 +58,21 @@ def model_display_name(spec) -> str:
             return path.stem if path.suffix in (".safetensors", ".ckpt") else path.name
     return text
 LEGO_TENSOR = "lego.vectors"
+LEGO_TENSOR_2 = "lego.vectors_2"  # SDXL: the clip_g rows for text_encoder_2
 LEGO_FORMAT_TAG = "lego-studio-concept"
 FORMAT_VERSION = 1
 # CLIP prompts hold 77 tokens including start/end; a concept must leave room for words.
 MAX_VECTORS = 64
 # Keys the file format derives from the vectors / identity; not part of Concept.metadata.
-_DERIVED_KEYS = ("format_version", "name", "placeholder", "tokens", "num_vectors", "text_width")
-_FAMILY_LABELS = {"sd1": "SD 1.x", "sd2": "SD 2.x", "sd2-base": "SD 2.x", "shapeworld": "Shape World", "tiny": "tiny test model"}
+_DERIVED_KEYS = ("format_version", "name", "placeholder", "tokens", "num_vectors", "text_width", "text_width_2")
+_FAMILY_LABELS = {"sd1": "SD 1.x", "sd2": "SD 2.x", "sd2-base": "SD 2.x", "sdxl": "SDXL", "shapeworld": "Shape World",
+                  "tiny": "tiny test model"}
 
 
 @dataclass
 class Concept:
-    """A learned concept: ``vectors`` [N, d] float32 on the CPU, one row per token."""
+    """A learned concept: ``vectors`` [N, d] float32 on the CPU, one row per token. SDXL concepts
+    also hold ``vectors_2`` [N, d_g] for the second text encoder (``vectors`` is then ``clip_l``)."""
 
     name: str
     placeholder: str
@@ -68,16 +80,52 @@ class Concept:
     metadata: dict = field(default_factory=dict)
     # The file it was loaded from (not saved in files); generation records it for reproduction.
     source_file: Path | None = field(default=None, compare=False, repr=False)
+    vectors_2: torch.Tensor | None = field(default=None, repr=False)
 
     def __post_init__(self) -> None:
-        vectors = torch.as_tensor(self.vectors).detach()
+        self.vectors = self._checked(self.vectors, "vectors")
+        if self.vectors_2 is not None:
+            self.vectors_2 = self._checked(self.vectors_2, "clip_g vectors")
+            if self.vectors_2.shape[0] != self.vectors.shape[0]:
+                raise InputError(f"concept {self.placeholder}: clip_l has {self.vectors.shape[0]} vectors but clip_g "
+                                 f"has {self.vectors_2.shape[0]}; an SDXL concept has as many of each")
+        check_placeholder(self.placeholder)
+        self.metadata = dict(self.metadata or {})
+        if self.vectors_2 is not None:
+            self.metadata["family"] = "sdxl"
+
+    def _checked(self, value, what: str) -> torch.Tensor:
+        vectors = torch.as_tensor(value).detach()
         if vectors.dim() == 1:
             vectors = vectors.unsqueeze(0)
         if vectors.dim() != 2 or vectors.shape[0] < 1 or vectors.shape[1] < 1:
-            raise InputError(f"concept {self.placeholder}: vectors must be [N, d], got {list(vectors.shape)}")
-        self.vectors = vectors.to(device="cpu", dtype=torch.float32).contiguous().clone()
-        check_placeholder(self.placeholder)
-        self.metadata = dict(self.metadata or {})
+            raise InputError(f"concept {self.placeholder}: {what} must be [N, d], got {list(vectors.shape)}")
+        return vectors.to(device="cpu", dtype=torch.float32).contiguous().clone()
+
+    @property
+    def is_sdxl(self) -> bool:
+        return self.vectors_2 is not None
+
+    @property
+    def text_width_2(self) -> int:
+        """The clip_g width of an SDXL concept; 0 otherwise."""
+        return int(self.vectors_2.shape[1]) if self.vectors_2 is not None else 0
+
+    @property
+    def widths(self) -> tuple[int, ...]:
+        return (self.text_width, self.text_width_2) if self.vectors_2 is not None else (self.text_width,)
+
+    @property
+    def family(self) -> str | None:
+        family = self.metadata.get("family")
+        return family if isinstance(family, str) and family else None
+
+    @property
+    def joined_vectors(self) -> torch.Tensor:
+        """[N, d] — or, for SDXL, clip_l and clip_g side by side [N, d_l + d_g]."""
+        if self.vectors_2 is None:
+            return self.vectors
+        return torch.cat([self.vectors, self.vectors_2], dim=1)
 
     @property
     def num_vectors(self) -> int:
@@ -179,9 +227,22 @@ def _as_vectors(path: Path, value, what: str) -> torch.Tensor:
     return tensor
 
 
-def _refuse_sdxl(path: Path, keys) -> None:
-    if "clip_l" in keys or "clip_g" in keys:
-        raise InputError(f"{path}: this is an SDXL embedding (clip_l/clip_g); SDXL is not supported, only SD 1.x/2.x")
+def _sdxl_vectors(path: Path, data) -> tuple[torch.Tensor, torch.Tensor] | None:
+    """``(clip_l, clip_g)`` of an SDXL embedding file; None when it is not one. A file with only
+    one of the two, or with different numbers of vectors in them, is refused."""
+    present = [key for key in SDXL_KEYS if key in data]
+    if not present:
+        return None
+    if len(present) == 1:
+        missing = SDXL_KEYS[1 - SDXL_KEYS.index(present[0])]
+        encoder = "text_encoder_2, 1280 wide on SDXL" if missing == "clip_g" else "text_encoder, 768 wide on SDXL"
+        raise InputError(f"{path}: SDXL embedding without its {missing} tensor (for {encoder}); "
+                         f"an SDXL concept needs both clip_l and clip_g")
+    clip_l = _as_vectors(path, data["clip_l"], "clip_l")
+    clip_g = _as_vectors(path, data["clip_g"], "clip_g")
+    if clip_l.shape[0] != clip_g.shape[0]:
+        raise InputError(f"{path}: clip_l has {clip_l.shape[0]} vectors but clip_g has {clip_g.shape[0]}")
+    return clip_l, clip_g
 
 
 def _diffusers_from_dict(path: Path, data: dict) -> tuple[str, torch.Tensor]:
@@ -210,11 +271,13 @@ def detect_concept_format(path: str | os.PathLike) -> str:
 
 
 def _read_any(path: Path) -> tuple[str, str, torch.Tensor, dict]:
-    """-> (format, token_or_name, vectors, metadata)."""
+    """-> (format, token_or_name, vectors, metadata); SDXL vectors are (clip_l, clip_g) tuples."""
     kind = _sniff(path)
     if kind == "safetensors":
         tensors, file_meta = _read_safetensors(path)
-        _refuse_sdxl(path, tensors)
+        sdxl = _sdxl_vectors(path, tensors)
+        if sdxl is not None:
+            return "sdxl", "", sdxl, dict(file_meta)
         if LEGO_TENSOR in tensors:
             try:
                 info = json.loads(file_meta.get("lego", "{}"))
@@ -222,7 +285,12 @@ def _read_any(path: Path) -> tuple[str, str, torch.Tensor, dict]:
                 raise InputError(f"{path}: its Lego Studio metadata is not valid JSON ({exc.msg})") from None
             if not isinstance(info, dict):
                 raise InputError(f"{path}: its Lego Studio metadata is not a JSON object")
-            return "lego", "", _as_vectors(path, tensors[LEGO_TENSOR], LEGO_TENSOR), info
+            vectors = _as_vectors(path, tensors[LEGO_TENSOR], LEGO_TENSOR)
+            if LEGO_TENSOR_2 in tensors:
+                vectors = (vectors, _as_vectors(path, tensors[LEGO_TENSOR_2], LEGO_TENSOR_2))
+            elif info.get("family") == "sdxl":
+                raise InputError(f"{path}: SDXL concept without its clip_g vectors ({LEGO_TENSOR_2})")
+            return "lego", "", vectors, info
         if "emb_params" in tensors:
             # kohya sd-scripts writes this; A1111 reads it too. Call it kohya, its origin.
             return "kohya", "", _as_vectors(path, tensors["emb_params"], "emb_params"), dict(file_meta)
@@ -233,7 +301,9 @@ def _read_any(path: Path) -> tuple[str, str, torch.Tensor, dict]:
         return "diffusers", "", _as_vectors(path, data, "the tensor"), {}
     if not isinstance(data, dict):
         raise InputError(f"{path}: not a concept file (it holds a {type(data).__name__})")
-    _refuse_sdxl(path, data)
+    sdxl = _sdxl_vectors(path, data)
+    if sdxl is not None:
+        return "sdxl", "", sdxl, {}
     if "string_to_param" in data:
         params = data["string_to_param"]
         if isinstance(params, dict) or hasattr(params, "items"):
@@ -268,6 +338,9 @@ def load_concept(path: str | os.PathLike, name: str | None = None) -> Concept:
 
 def _load_concept(path: Path, name: str | None) -> Concept:
     fmt, token, vectors, info = _read_any(path)
+    vectors_2 = None
+    if isinstance(vectors, tuple):
+        vectors, vectors_2 = vectors
     if fmt == "lego":
         stored_name = str(info.get("name") or path.stem)
         stored_placeholder = str(info.get("placeholder") or placeholder_for(stored_name))
@@ -276,12 +349,14 @@ def _load_concept(path: Path, name: str | None) -> Concept:
         if isinstance(tokens, list) and len(tokens) != vectors.shape[0]:
             raise InputError(f"{path}: lists {len(tokens)} tokens but holds {vectors.shape[0]} vectors")
         if name:
-            return Concept(name, placeholder_for(name), vectors, metadata)
+            return Concept(name, placeholder_for(name), vectors, metadata, vectors_2=vectors_2)
         try:
-            return Concept(stored_name, stored_placeholder, vectors, metadata)
+            return Concept(stored_name, stored_placeholder, vectors, metadata, vectors_2=vectors_2)
         except InputError as exc:
             raise InputError(f"{path}: {exc}") from None
     metadata: dict = {"imported_from": {"format": fmt, "file": path.name}}
+    if fmt == "sdxl":
+        metadata["family"] = "sdxl"
     if fmt == "a1111":
         if "step" in info:
             metadata["steps"] = info["step"]
@@ -292,12 +367,12 @@ def _load_concept(path: Path, name: str | None) -> Concept:
         if info.get("family"):
             metadata["family"] = info["family"]
     if name:
-        return Concept(name, placeholder_for(name), vectors, metadata)
+        return Concept(name, placeholder_for(name), vectors, metadata, vectors_2=vectors_2)
     if fmt == "diffusers" and token and not any(ch.isspace() for ch in token):
-        return Concept(_name_from_token(token), token, vectors, metadata)
+        return Concept(_name_from_token(token), token, vectors, metadata, vectors_2=vectors_2)
     # A1111 users type the embedding's name (the file name) in prompts; keep it recognisable.
     display = token if fmt == "a1111" and token else path.stem
-    return Concept(display, placeholder_for(display), vectors, metadata)
+    return Concept(display, placeholder_for(display), vectors, metadata, vectors_2=vectors_2)
 
 
 # ----------------------------------------------------------------------------- writing
@@ -313,6 +388,8 @@ def _lego_json(concept: Concept) -> str:
         num_vectors=concept.num_vectors,
         text_width=concept.text_width,
     )
+    if concept.is_sdxl:
+        info.update(text_width_2=concept.text_width_2, family="sdxl")
     return json.dumps(info, sort_keys=True, default=str)
 
 
@@ -324,6 +401,8 @@ def save_concept(concept: Concept, path: str | os.PathLike) -> Path:
     if path.suffix.lower() != ".safetensors":
         raise InputError(f"{path}: Lego Studio concept files end in .safetensors")
     tensors = {LEGO_TENSOR: concept.vectors.contiguous()}
+    if concept.is_sdxl:
+        tensors[LEGO_TENSOR_2] = concept.vectors_2.contiguous()
     metadata = {"format": LEGO_FORMAT_TAG, "lego": _lego_json(concept)}
     return atomic_save(path, lambda tmp: save_file(tensors, tmp, metadata=metadata))
 
@@ -341,6 +420,18 @@ def export_concept(concept: Concept, path: str | os.PathLike, fmt: str) -> Path:
     vectors = concept.vectors.clone().contiguous()
     if fmt == "lego":
         return save_concept(concept, path)
+    if concept.is_sdxl:
+        if fmt not in FORMATS:
+            raise InputError(f"unknown concept format {fmt!r}; choose one of {', '.join(FORMATS)}")
+        # One SDXL file serves AUTOMATIC1111, ComfyUI, kohya and diffusers alike.
+        sdxl = {"clip_l": vectors, "clip_g": concept.vectors_2.clone().contiguous()}
+        if suffix == ".safetensors":
+            return atomic_save(path, lambda tmp: save_file(sdxl, tmp))
+        if suffix in (".pt", ".bin"):
+            return atomic_save(path, lambda tmp: torch.save(sdxl, tmp))
+        raise InputError(f"{path}: SDXL embeddings (clip_l + clip_g) end in .safetensors")
+    if fmt == "comfyui":
+        fmt = "kohya"  # ComfyUI reads the emb_params file
     if fmt == "diffusers":
         if suffix == ".safetensors":
             return atomic_save(path, lambda tmp: save_file({concept.placeholder: vectors}, tmp))
@@ -390,29 +481,79 @@ def _family_label(model) -> str:
     return _FAMILY_LABELS.get(family, family or "unknown model")
 
 
+# Families whose concepts only work with a model of the same family (widths alone may agree:
+# an SD 1.x concept is 768 wide like SDXL's clip_l). tiny/custom/unknown concepts are judged by
+# their widths only.
+_STRICT_FAMILIES = {"sd1": "sd1", "sd2": "sd2", "sd2-base": "sd2", "sdxl": "sdxl", "shapeworld": "shapeworld"}
+
+
+def family_label(family: str | None) -> str:
+    return _FAMILY_LABELS.get(family, family or "unknown model")
+
+
+def check_concept_family(model, concept: Concept) -> None:
+    """Refuse a concept made for another model family, naming both families."""
+    model_family = getattr(getattr(model, "family", None), "name", None)
+    concept_family = concept.family
+    if concept.is_sdxl != bool(getattr(model, "is_sdxl", False)):
+        concept_family = concept_family or ("sdxl" if concept.is_sdxl else None)
+    elif concept_family not in _STRICT_FAMILIES or model_family not in _STRICT_FAMILIES:
+        return
+    elif _STRICT_FAMILIES[concept_family] == _STRICT_FAMILIES[model_family]:
+        return
+    concept_label = family_label(concept_family) if concept_family else "a one-encoder model (SD 1.x/2.x)"
+    raise InputError(
+        f"concept {concept.placeholder} was made for {concept_label} but the model is {family_label(model_family)}; "
+        f"use a {concept_label} model or a concept made for {family_label(model_family)}"
+    )
+
+
+def check_concepts_fit(model, concepts: Concept | Iterable[Concept]) -> None:
+    """Refuse, before anything is drawn, a concept of another family or of other text widths
+    than ``model``'s (one line naming both); the gallery checks every column this way first."""
+    pairs = list(getattr(model, "text_encoders", None) or [(model.tokenizer, model.text_encoder)])
+    widths = tuple(int(encoder.get_input_embeddings().weight.shape[1]) for _, encoder in pairs)
+    for concept in _as_list(concepts):
+        check_concept_family(model, concept)
+        if tuple(concept.widths) != widths:
+            if len(widths) == 2:
+                raise InputError(
+                    f"concept {concept.placeholder} has clip_l {concept.widths[0]} / clip_g {concept.widths[-1]} wide "
+                    f"vectors but the model's text encoders are clip_l {widths[0]} / clip_g {widths[1]} wide "
+                    f"({_family_label(model)})"
+                )
+            raise InputError(
+                f"concept {concept.placeholder} has {concept.text_width}-wide vectors but the model's "
+                f"text encoder is {widths[0]} wide ({_family_label(model)})"
+            )
+
+
 def install_concepts(model, concepts: Concept | Iterable[Concept]) -> None:
     """Add the concepts' tokens to ``model.tokenizer`` and their vectors to the text encoder's
-    embedding table (cast to its dtype/device). Idempotent: installing the same concept again
-    changes nothing; a concept with an already installed placeholder replaces its rows.
-    """
+    embedding table (cast to its dtype/device) — for SDXL ``clip_l`` into ``text_encoder`` and
+    ``clip_g`` into ``text_encoder_2`` (with ``tokenizer_2``). Idempotent: installing the same
+    concept again changes nothing; a concept with an already installed placeholder replaces its rows.
+
+    A concept of another family (SDXL on SD 1.x, SD 1.x on SDXL ...) or of other widths is
+    refused, naming both."""
     concepts = _as_list(concepts)
     if not concepts:
         return
-    tokenizer = model.tokenizer
-    text_encoder = model.text_encoder
-    width = int(text_encoder.get_input_embeddings().weight.shape[1])
+    pairs = list(getattr(model, "text_encoders", None) or [(model.tokenizer, model.text_encoder)])
+    check_concepts_fit(model, concepts)
     seen: dict[str, Concept] = {}
     for concept in concepts:
-        if concept.text_width != width:
-            raise InputError(
-                f"concept {concept.placeholder} has {concept.text_width}-wide vectors but the model's "
-                f"text encoder is {width} wide ({_family_label(model)})"
-            )
         for token in concept.tokens:
             if token in seen and seen[token] is not concept:
                 raise InputError(f"two concepts use the token {token}; rename one of them")
             seen[token] = concept
 
+    for index, (tokenizer, text_encoder) in enumerate(pairs):
+        rows_of = (lambda c: c.vectors) if index == 0 else (lambda c: c.vectors_2)
+        _install_rows(tokenizer, text_encoder, concepts, seen, rows_of)
+
+
+def _install_rows(tokenizer, text_encoder, concepts, seen, rows_of) -> None:
     added = tokenizer.get_added_vocab()
     vocabulary = tokenizer.get_vocab()
     for token, concept in seen.items():
@@ -433,7 +574,7 @@ def install_concepts(model, concepts: Concept | Iterable[Concept]) -> None:
     with torch.no_grad():
         for concept in concepts:
             ids = tokenizer.convert_tokens_to_ids(concept.tokens)
-            rows = concept.vectors.to(device=weight.device, dtype=weight.dtype)
+            rows = rows_of(concept).to(device=weight.device, dtype=weight.dtype)
             index = torch.tensor(ids, device=weight.device)
             if not torch.equal(weight.index_select(0, index), rows):
                 weight.index_copy_(0, index, rows)

@@ -96,8 +96,15 @@ def encode_images(model, pixels: torch.Tensor) -> torch.Tensor:
     import torch
 
     scale, shift = _scaling(model)
+    vae = model.vae
+    if vae.dtype != torch.float32 and getattr(vae.config, "force_upcast", False) and model.family.name == "sdxl":
+        # The SDXL VAE overflows in fp16 (NaN latents): encode with an fp32 copy, leaving the
+        # model's own (half-precision) VAE untouched.
+        import copy
+
+        vae = copy.deepcopy(vae).to(torch.float32)
     with torch.no_grad():
-        posterior = model.vae.encode(pixels.to(model.device, model.vae.dtype)).latent_dist
+        posterior = vae.encode(pixels.to(model.device, vae.dtype)).latent_dist
         latents = (posterior.mean - shift) * scale
     return latents.float().cpu()
 

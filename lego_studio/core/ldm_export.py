@@ -47,6 +47,11 @@ def _unet_to_ldm(state: Mapping[str, torch.Tensor], config: Mapping) -> dict[str
         "conv_norm_out.bias": "out.0.bias",
         "conv_out.weight": "out.2.weight",
         "conv_out.bias": "out.2.bias",
+        # SDXL: the pooled-text + time-ids embedding
+        "add_embedding.linear_1.weight": "label_emb.0.0.weight",
+        "add_embedding.linear_1.bias": "label_emb.0.0.bias",
+        "add_embedding.linear_2.weight": "label_emb.0.2.weight",
+        "add_embedding.linear_2.bias": "label_emb.0.2.bias",
     }
     resnet_parts = [("norm1", "in_layers.0"), ("conv1", "in_layers.2"), ("norm2", "out_layers.0"),
                     ("conv2", "out_layers.3"), ("time_emb_proj", "emb_layers.1"), ("conv_shortcut", "skip_connection")]
@@ -101,24 +106,32 @@ def _vae_to_ldm(state: Mapping[str, torch.Tensor], config: Mapping) -> dict[str,
     return result
 
 
-def _clip_to_ldm(state: Mapping[str, torch.Tensor]) -> dict[str, torch.Tensor]:
-    return {_CLIP_PREFIX + "text_model." + key.removeprefix("text_model."): t for key, t in state.items()}
+SDXL_CLIP_PREFIX = "conditioner.embedders.0.transformer."
+SDXL_OPEN_CLIP_PREFIX = "conditioner.embedders.1.model."
 
 
-def _open_clip_to_ldm(state: Mapping[str, torch.Tensor], width: int) -> dict[str, torch.Tensor]:
+def _clip_to_ldm(state: Mapping[str, torch.Tensor], prefix: str = _CLIP_PREFIX) -> dict[str, torch.Tensor]:
+    return {prefix + "text_model." + key.removeprefix("text_model."): t for key, t in state.items()}
+
+
+def _open_clip_to_ldm(state: Mapping[str, torch.Tensor], width: int,
+                      prefix: str = _OPEN_CLIP_PREFIX) -> dict[str, torch.Tensor]:
     flat = {key.removeprefix("text_model."): t for key, t in state.items()}
+    # SDXL's second encoder has a real projection (the pooled embeddings): OpenCLIP stores
+    # x @ text_projection, transformers a Linear (x @ W.T).
+    projection = flat.pop("text_projection.weight", None)
     result = {
-        _OPEN_CLIP_PREFIX + "token_embedding.weight": flat.pop("embeddings.token_embedding.weight"),
-        _OPEN_CLIP_PREFIX + "positional_embedding": flat.pop("embeddings.position_embedding.weight"),
-        _OPEN_CLIP_PREFIX + "ln_final.weight": flat.pop("final_layer_norm.weight"),
-        _OPEN_CLIP_PREFIX + "ln_final.bias": flat.pop("final_layer_norm.bias"),
+        prefix + "token_embedding.weight": flat.pop("embeddings.token_embedding.weight"),
+        prefix + "positional_embedding": flat.pop("embeddings.position_embedding.weight"),
+        prefix + "ln_final.weight": flat.pop("final_layer_norm.weight"),
+        prefix + "ln_final.bias": flat.pop("final_layer_norm.bias"),
         # OpenCLIP's projection is unused by SD (hidden states feed the UNet); keep its shape.
-        _OPEN_CLIP_PREFIX + "text_projection": torch.eye(width),
+        prefix + "text_projection": torch.eye(width) if projection is None else projection.T.contiguous(),
     }
     layers = sorted({int(key.split(".")[2]) for key in flat if key.startswith("encoder.layers.")})
     for layer in layers:
         src = f"encoder.layers.{layer}."
-        dst = f"{_OPEN_CLIP_PREFIX}transformer.resblocks.{layer}."
+        dst = f"{prefix}transformer.resblocks.{layer}."
         for kind in ("weight", "bias"):
             result[dst + f"attn.in_proj_{kind}"] = torch.cat(
                 [flat.pop(src + f"self_attn.{p}_proj.{kind}") for p in ("q", "k", "v")], dim=0
@@ -143,7 +156,11 @@ def to_ldm_state_dict(model: SDModel, text_layout: str = "clip") -> dict[str, to
     state.update(_unet_to_ldm(model.unet.state_dict(), model.unet.config))
     state.update(_vae_to_ldm(model.vae.state_dict(), model.vae.config))
     text_state = {k: v for k, v in model.text_encoder.state_dict().items() if not k.endswith("position_ids")}
-    if text_layout == "clip":
+    if getattr(model, "is_sdxl", False):
+        state.update(_clip_to_ldm(text_state, SDXL_CLIP_PREFIX))
+        second = {k: v for k, v in model.text_encoder_2.state_dict().items() if not k.endswith("position_ids")}
+        state.update(_open_clip_to_ldm(second, model.family.text_width_2, SDXL_OPEN_CLIP_PREFIX))
+    elif text_layout == "clip":
         state.update(_clip_to_ldm(text_state))
     elif text_layout == "open_clip":
         state.update(_open_clip_to_ldm(text_state, model.family.text_width))

@@ -33,7 +33,7 @@ INDEX_SCHEMA = 1
 THUMBNAIL_SIZE = 256
 CONFLICT_CHOICES = ("rename", "error", "replace")
 
-_BADGES = {"sd1": "SD 1.x", "sd2": "SD 2.x", "sd2-base": "SD 2.x", "shapeworld": "Shape World"}
+_BADGES = {"sd1": "SD 1.x", "sd2": "SD 2.x", "sd2-base": "SD 2.x", "sdxl": "SDXL", "shapeworld": "Shape World"}
 # Text-encoder widths of the public families, for concepts whose metadata does not say.
 _WIDTH_FAMILIES = {768: "sd1", 1024: "sd2"}
 
@@ -82,6 +82,11 @@ class LibraryEntry:
     subject: str
     path: Path
     metadata: dict = field(default_factory=dict, repr=False)
+    text_width_2: int = 0  # SDXL: the clip_g width (text_width is clip_l's)
+
+    @property
+    def widths(self) -> tuple[int, ...]:
+        return (self.text_width, self.text_width_2) if self.text_width_2 else (self.text_width,)
 
 
 class ConceptLibrary:
@@ -149,7 +154,7 @@ class ConceptLibrary:
         info = (index if index is not None else self._read_index()).get(name, {})
         metadata = concept.metadata
         width = concept.text_width
-        family = metadata.get("family") if isinstance(metadata.get("family"), str) else None
+        family = concept.family
         path = self.concept_path(name)
         added = str(info.get("added") or datetime.fromtimestamp(path.stat().st_mtime).isoformat(timespec="seconds"))
         thumbnail = self.thumbnail_path(name)
@@ -169,6 +174,7 @@ class ConceptLibrary:
             subject=str(metadata.get("subject") or ""),
             path=path,
             metadata=metadata,
+            text_width_2=concept.text_width_2,
         )
 
     def list(self) -> list[LibraryEntry]:
@@ -206,13 +212,28 @@ class ConceptLibrary:
     def compatible_with(self, model_or_family=None, width: int | None = None) -> list[LibraryEntry]:
         """Entries usable with a model: an SDModel, a ModelFamily, or a text-encoder ``width``.
 
-        The text-encoder width is what decides (vectors must fit its embedding table)."""
+        The text-encoder widths decide (vectors must fit the embedding tables: SDXL concepts need
+        an SDXL model of the same clip_l / clip_g widths), and a concept made for another known
+        family (an SD 1.x concept on SDXL, whose clip_l is as wide) is left out too."""
+        from lego_studio.core.concepts import _STRICT_FAMILIES
+
+        family = None
         if width is None:
             family = getattr(model_or_family, "family", model_or_family)
             width = getattr(family, "text_width", None)
         if width is None:
             raise InputError("compatible_with needs a model, a model family or a text-encoder width")
-        return [entry for entry in self.list() if entry.text_width == int(width)]
+        widths = tuple(getattr(family, "widths", None) or (int(width),))
+        name = getattr(family, "name", None)
+
+        def fits(entry: LibraryEntry) -> bool:
+            if tuple(entry.widths) != widths:
+                return False
+            if entry.family in _STRICT_FAMILIES and name in _STRICT_FAMILIES:
+                return _STRICT_FAMILIES[entry.family] == _STRICT_FAMILIES[name]
+            return True
+
+        return [entry for entry in self.list() if fits(entry)]
 
     # ---------------------------------------------------------------- changing
 
@@ -253,7 +274,7 @@ class ConceptLibrary:
                                 wanted, self._free_name(wanted))
             if on_conflict == "rename":
                 wanted = self._free_name(wanted)
-        stored = Concept(wanted, f"<{wanted}>", concept.vectors, dict(concept.metadata))
+        stored = Concept(wanted, f"<{wanted}>", concept.vectors, dict(concept.metadata), vectors_2=concept.vectors_2)
         save_concept(stored, self.concept_path(wanted))
         if thumbnail is not None:
             self.set_thumbnail(wanted, thumbnail)
@@ -286,9 +307,10 @@ class ConceptLibrary:
                 original = self.get(path.stem)
             except LegoError:
                 continue
-            if original.vectors.shape == concept.vectors.shape and torch.equal(original.vectors, concept.vectors):
+            if (original.joined_vectors.shape == concept.joined_vectors.shape
+                    and torch.equal(original.joined_vectors, concept.joined_vectors)):
                 metadata = {**original.metadata, "imported_from": imported}
-                return Concept(concept.name, concept.placeholder, concept.vectors, metadata)
+                return Concept(concept.name, concept.placeholder, concept.vectors, metadata, vectors_2=concept.vectors_2)
         return concept
 
     def set_thumbnail(self, name: str, image) -> Path:
@@ -317,7 +339,8 @@ class ConceptLibrary:
         if new in self:
             raise InputError(f"{self.concept_path(new)}: the library already has a concept named {new!r}")
         concept = self.get(old)
-        save_concept(Concept(new, f"<{new}>", concept.vectors, concept.metadata), self.concept_path(new))
+        save_concept(Concept(new, f"<{new}>", concept.vectors, concept.metadata, vectors_2=concept.vectors_2),
+                     self.concept_path(new))
         if self.thumbnail_path(old).is_file():
             os.replace(self.thumbnail_path(old), self.thumbnail_path(new))
         index = self._read_index()
@@ -343,7 +366,8 @@ class ConceptLibrary:
         self._write_index(index)
 
     def export(self, name: str, fmt: str, path: str | os.PathLike) -> Path:
-        """Write the concept as ``fmt`` ("lego" | "diffusers" | "a1111" | "kohya") to ``path``."""
+        """Write the concept as ``fmt`` ("lego" | "diffusers" | "a1111" | "kohya" | "comfyui") to
+        ``path`` (an SDXL concept: one clip_l + clip_g file for all but lego)."""
         from lego_studio.core.concepts import export_concept
 
         return export_concept(self.get(name), path, fmt)

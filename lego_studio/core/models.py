@@ -50,6 +50,9 @@ _UNET_PREFIX = "model.diffusion_model."
 _VAE_PREFIX = "first_stage_model."
 _CLIP_PREFIX = "cond_stage_model.transformer."
 _OPEN_CLIP_PREFIX = "cond_stage_model.model."
+_SDXL_CLIP_PREFIX = "conditioner.embedders.0.transformer."
+_SDXL_OPEN_CLIP_PREFIX = "conditioner.embedders.1.model."
+_SDXL_REFINER_PREFIX = "conditioner.embedders.0.model."
 _MODEL_ID = re.compile(r"^[A-Za-z0-9][\w.-]*/[\w.-]+$")
 
 
@@ -58,18 +61,32 @@ _MODEL_ID = re.compile(r"^[A-Za-z0-9][\w.-]*/[\w.-]+$")
 
 @dataclass
 class ModelFamily:
-    name: str  # "sd1" | "sd2" | "sd2-base" | "shapeworld" | "tiny" | "custom"
-    text_width: int  # 768 (SD1) | 1024 (SD2) | small for shapeworld/tiny
+    name: str  # "sd1" | "sd2" | "sd2-base" | "sdxl" | "shapeworld" | "tiny" | "custom"
+    text_width: int  # 768 (SD1, SDXL clip_l) | 1024 (SD2) | small for shapeworld/tiny
     prediction_type: str  # "epsilon" | "v_prediction"
-    resolution: int  # native pixel size (512, 768, 64, 32 ...)
+    resolution: int  # native pixel size (512, 768, 1024, 64, 32 ...)
+    # SDXL only: the width of the second text encoder (clip_g, 1280 on real SDXL); 0 otherwise.
+    text_width_2: int = 0
+
+    @property
+    def is_sdxl(self) -> bool:
+        return self.name == "sdxl"
+
+    @property
+    def widths(self) -> tuple[int, ...]:
+        """The text-encoder widths a concept of this family has: (d,) or (clip_l, clip_g)."""
+        return (self.text_width, self.text_width_2) if self.text_width_2 else (self.text_width,)
 
     def to_dict(self) -> dict:
-        return {
+        data = {
             "name": self.name,
             "text_width": self.text_width,
             "prediction_type": self.prediction_type,
             "resolution": self.resolution,
         }
+        if self.text_width_2:
+            data["text_width_2"] = self.text_width_2
+        return data
 
 
 @dataclass
@@ -86,16 +103,59 @@ class SDModel:
     # The model's own scheduler settings (beta schedule, steps_offset, ...), which inference
     # schedulers are built from; DDPMScheduler drops the keys it does not know.
     scheduler_config: dict = field(default_factory=dict)
+    # SDXL only: the second tokenizer / text encoder (OpenCLIP bigG, CLIPTextModelWithProjection).
+    tokenizer_2: Any = None
+    text_encoder_2: Any = None
+
+    @property
+    def is_sdxl(self) -> bool:
+        return self.text_encoder_2 is not None
+
+    @property
+    def text_encoders(self) -> list:
+        """[(tokenizer, text_encoder)] — one pair, or SDXL's two (clip_l, clip_g)."""
+        pairs = [(self.tokenizer, self.text_encoder)]
+        if self.text_encoder_2 is not None:
+            pairs.append((self.tokenizer_2, self.text_encoder_2))
+        return pairs
+
+    @property
+    def modules(self) -> list:
+        """Every weight-holding module (UNet, VAE, the text encoder(s))."""
+        return [self.unet, self.vae] + [encoder for _, encoder in self.text_encoders]
 
     @property
     def vae_scale_factor(self) -> int:
         return 2 ** (len(self.vae.config.block_out_channels) - 1)
 
+    def sdxl_time_ids(self, height: int, width: int, batch: int = 1) -> torch.Tensor:
+        """SDXL micro-conditioning ``[B, 6]``: original size, crop top-left, target size — the
+        values the diffusers pipeline uses by default (original = target = the image size, no crop)."""
+        ids = torch.tensor([[height, width, 0, 0, height, width]], dtype=torch.float32)
+        return ids.repeat(batch, 1)
+
     def pipeline(self, scheduler: str = "ddim"):
-        """A diffusers ``StableDiffusionPipeline`` sharing this model's modules (no copies),
-        without safety checker, using ``scheduler`` (ddim | euler | dpm | pndm | ddpm)."""
+        """A diffusers ``StableDiffusionPipeline`` (``StableDiffusionXLPipeline`` for SDXL) sharing
+        this model's modules (no copies), without safety checker, using ``scheduler`` (ddim |
+        euler | dpm | pndm | ddpm)."""
         from diffusers import StableDiffusionPipeline
 
+        if self.is_sdxl:
+            from diffusers import StableDiffusionXLPipeline
+
+            pipe = StableDiffusionXLPipeline(
+                vae=self.vae,
+                text_encoder=self.text_encoder,
+                text_encoder_2=self.text_encoder_2,
+                tokenizer=self.tokenizer,
+                tokenizer_2=self.tokenizer_2,
+                unet=self.unet,
+                scheduler=self.make_scheduler(scheduler),
+                force_zeros_for_empty_prompt=False,
+                add_watermarker=False,
+            )
+            pipe.set_progress_bar_config(disable=True)
+            return pipe
         pipe = StableDiffusionPipeline(
             vae=self.vae,
             text_encoder=self.text_encoder,
@@ -135,7 +195,13 @@ class SDModel:
         pipeline's ``encode_prompt`` (pad to 77, truncate). Gradients flow (the trainer needs them).
 
         Prompts are used token for token: multi-vector concept placeholders must already be
-        expanded (``concepts.expand_prompt``)."""
+        expanded (``concepts.expand_prompt``).
+
+        SDXL: both encoders' penultimate hidden states side by side ``[B, 77, d_l + d_g]``, as
+        ``StableDiffusionXLPipeline.encode_prompt``; :meth:`encode_prompts_pooled` adds the pooled
+        embeddings the SDXL UNet also needs."""
+        if self.is_sdxl:
+            return self.encode_prompts_pooled(prompts)[0]
         if isinstance(prompts, str):
             prompts = [prompts]
         inputs = self.tokenizer(
@@ -150,6 +216,24 @@ class SDModel:
             attention_mask = inputs.attention_mask.to(self.device)
         hidden = self.text_encoder(inputs.input_ids.to(self.device), attention_mask=attention_mask)[0]
         return hidden.to(dtype=self.text_encoder.dtype, device=self.device)
+
+    def encode_prompts_pooled(self, prompts: Sequence[str]) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """``(hidden [B, 77, d], pooled [B, p] or None)``. SDXL: exactly what
+        ``StableDiffusionXLPipeline.encode_prompt`` computes for the same prompts (penultimate
+        hidden states of both encoders concatenated; pooled = ``text_encoder_2``'s projection)."""
+        if not self.is_sdxl:
+            return self.encode_prompts(prompts), None
+        if isinstance(prompts, str):
+            prompts = [prompts]
+        hidden, pooled = [], None
+        for tokenizer, encoder in self.text_encoders:
+            ids = tokenizer(list(prompts), padding="max_length", max_length=tokenizer.model_max_length,
+                            truncation=True, return_tensors="pt").input_ids
+            output = encoder(ids.to(self.device), output_hidden_states=True)
+            if output[0].ndim == 2:
+                pooled = output[0]
+            hidden.append(output.hidden_states[-2])
+        return (torch.cat(hidden, dim=-1).to(dtype=self.text_encoder_2.dtype, device=self.device), pooled)
 
 
 # ---------------------------------------------------------------------------- safe loading
@@ -318,14 +402,14 @@ def detect_checkpoint_family(
 ) -> tuple[str, ModelFamily]:
     """Text-encoder layout and family of an LDM-layout checkpoint, from its tensor shapes alone.
 
-    Returns ``(text_layout, family)`` with text_layout "clip" (SD1 style) or "open_clip" (SD2).
+    Returns ``(text_layout, family)`` with text_layout "clip" (SD1 style), "open_clip" (SD2) or
+    "sdxl" (CLIP ViT-L + OpenCLIP bigG under ``conditioner.embedders.*``; an SDXL refiner, which has
+    only the second, is refused).
     SD2 v-prediction vs epsilon: an explicit ``prediction_type`` wins; then the 2.x-base release
     step (875000); then the file name ("512"/"base" -> epsilon at 512 px, "768" -> v at 768 px);
     otherwise v-prediction at 768 px like SD 2.0/2.1.
     """
     label = filename or "checkpoint"
-    if any(key.startswith("conditioner.embedders.") for key in shapes):
-        raise ModelError(f"{label}: SDXL checkpoints are not supported (Stable Diffusion 1.x/2.x only)")
     if not any(key.startswith(_UNET_PREFIX) for key in shapes):
         raise ModelError(f"{label}: not a Stable Diffusion checkpoint (no model.diffusion_model.* weights)")
     conv_in = shapes.get(_UNET_PREFIX + "input_blocks.0.0.weight")
@@ -333,6 +417,8 @@ def detect_checkpoint_family(
         raise ModelError(f"{label}: inpainting/special UNets ({conv_in[1]} input channels) are not supported")
     if not any(key.startswith(_VAE_PREFIX) for key in shapes):
         raise ModelError(f"{label}: the VAE weights (first_stage_model.*) are missing")
+    if any(key.startswith("conditioner.embedders.") for key in shapes):
+        return "sdxl", _detect_sdxl(shapes, label, prediction_type)
 
     layout, width = None, None
     for key, shape in shapes.items():
@@ -368,6 +454,29 @@ def detect_checkpoint_family(
     return layout, ModelFamily("custom", width, prediction_type or "epsilon", 0)
 
 
+def _detect_sdxl(shapes: Mapping[str, Sequence[int]], label: str, prediction_type: str | None) -> ModelFamily:
+    if any(key.startswith(_SDXL_REFINER_PREFIX) for key in shapes) and not any(
+            key.startswith(_SDXL_CLIP_PREFIX) for key in shapes):
+        raise ModelError(f"{label}: this is an SDXL refiner (one text encoder, aesthetic-score conditioning); "
+                         "concepts are trained on an SDXL base model or SD 1.x/2.x")
+    clip_l = shapes.get(_SDXL_CLIP_PREFIX + "text_model.embeddings.token_embedding.weight")
+    clip_g = shapes.get(_SDXL_OPEN_CLIP_PREFIX + "token_embedding.weight")
+    if clip_l is None or clip_g is None:
+        missing = "the first (CLIP ViT-L, conditioner.embedders.0)" if clip_l is None else \
+            "the second (OpenCLIP, conditioner.embedders.1)"
+        raise ModelError(f"{label}: SDXL checkpoint without {missing} text encoder")
+    width_l, width_g = int(clip_l[-1]), int(clip_g[-1])
+    cross_dims = {int(shape[-1]) for key, shape in shapes.items() if key.endswith("attn2.to_k.weight")}
+    if cross_dims and cross_dims != {width_l + width_g}:
+        raise ModelError(f"{label}: UNet cross-attention width {sorted(cross_dims)} does not match the text "
+                         f"encoders' {width_l} + {width_g}")
+    if prediction_type is not None and prediction_type not in PREDICTION_TYPES:
+        raise ModelError(f"unknown prediction type '{prediction_type}' (choose epsilon or v_prediction)")
+    # v-prediction SDXL fine-tunes carry a "v_pred" key (as the ComfyUI/A1111 convention has it).
+    prediction = prediction_type or ("v_prediction" if "v_pred" in shapes else "epsilon")
+    return ModelFamily("sdxl", width_l, prediction, 1024 if width_l == SD1_TEXT_WIDTH else 0, width_g)
+
+
 def shipped_config_dir(family: ModelFamily) -> Path:
     """The shipped diffusers configs (unet/vae/text_encoder/scheduler) for a checkpoint family.
 
@@ -381,9 +490,16 @@ def shipped_config_dir(family: ModelFamily) -> Path:
     if root.is_dir():
         for folder in sorted(root.iterdir()):
             config = folder / "text_encoder" / "config.json"
-            if config.is_file() and _read_json(config).get("hidden_size") == family.text_width:
+            second = folder / "text_encoder_2" / "config.json"
+            if not config.is_file() or _read_json(config).get("hidden_size") != family.text_width:
+                continue
+            if family.text_width_2:
+                if second.is_file() and _read_json(second).get("hidden_size") == family.text_width_2:
+                    return folder
+            elif not second.exists():
                 return folder
-    raise ModelError(f"no shipped model config for a text encoder of width {family.text_width} in {root}")
+    widths = " + ".join(map(str, family.widths))
+    raise ModelError(f"no shipped model config for text encoders of width {widths} in {root}")
 
 
 # ---------------------------------------------------------------------------- loading
@@ -429,7 +545,7 @@ def _place(model: SDModel, device: torch.device, dtype: torch.dtype) -> None:
     previous = diffusers_logger.level
     diffusers_logger.setLevel(logging.ERROR)
     try:
-        for module in (model.unet, model.vae, model.text_encoder):
+        for module in model.modules:
             if module.dtype != dtype or module.device != device:
                 module.to(device=device, dtype=dtype)
             module.eval()
@@ -456,15 +572,64 @@ def _is_diffusers_folder(path: Path) -> bool:
     )
 
 
+def refuse_untrainable_folder(path: Path) -> None:
+    """One line naming what a diffusers folder is when the app cannot train on it: an SDXL
+    refiner, an inpainting UNet, an image-to-image or other special pipeline."""
+    index = _read_json(path / "model_index.json") if (path / "model_index.json").is_file() else {}
+    pipeline = str(index.get("_class_name") or "")
+    unet_file = path / "unet" / "config.json"
+    unet_config = _read_json(unet_file) if unet_file.is_file() else {}
+    has_te1 = (path / "text_encoder").is_dir() and (
+        "text_encoder" not in index or (index.get("text_encoder") or [None])[0] is not None)
+    has_te2 = (path / "text_encoder_2").is_dir()
+    time_dim = unet_config.get("addition_time_embed_dim")
+    projection = unet_config.get("projection_class_embeddings_input_dim")
+    refiner = (
+        bool(index.get("requires_aesthetics_score"))
+        or (has_te2 and not has_te1)
+        or (unet_config.get("addition_embed_type") == "text_time" and time_dim and projection
+            and _read_projection_dim(path) and projection == _read_projection_dim(path) + 5 * int(time_dim))
+    )
+    if refiner:
+        raise ModelError(
+            f"{path}: this is an SDXL refiner (one text encoder, aesthetic-score conditioning); "
+            "concepts are trained on an SDXL base model or SD 1.x/2.x"
+        )
+    channels = unet_config.get("in_channels")
+    if channels is not None and int(channels) != 4:
+        kind = "an inpainting" if int(channels) == 9 else "a special"
+        raise ModelError(f"{path}: this is {kind} model ({channels} UNet input channels); "
+                         "concepts are trained on a plain text-to-image model")
+    if "Inpaint" in pipeline or "Img2Img" in pipeline or "Upscale" in pipeline or "InstructPix2Pix" in pipeline:
+        raise ModelError(f"{path}: this is a {pipeline} model; concepts are trained on a text-to-image model")
+
+
+def _read_projection_dim(path: Path) -> int:
+    config = path / "text_encoder_2" / "config.json"
+    if not config.is_file():
+        return 0
+    data = _read_json(config)
+    return int(data.get("projection_dim") or data.get("text_config", {}).get("projection_dim") or 0)
+
+
+def _is_sdxl_folder(path: Path) -> bool:
+    unet_file = path / "unet" / "config.json"
+    return (path / "text_encoder_2").is_dir() or (
+        unet_file.is_file() and _read_json(unet_file).get("addition_embed_type") == "text_time")
+
+
 def _load_folder(path: Path, prediction_type: str | None) -> SDModel:
     from diffusers import AutoencoderKL, UNet2DConditionModel
     from transformers import CLIPTextModel, CLIPTokenizer
 
-    if not _is_diffusers_folder(path):
+    if not _is_diffusers_folder(path) and not (path / "text_encoder_2").is_dir():
         singles = sorted(p.name for p in path.iterdir() if p.suffix.lower() in (".safetensors", ".ckpt"))
         hint = f" (did you mean the file {singles[0]}?)" if singles else ""
         raise ModelError(f"{path}: not a diffusers model folder (no model_index.json or unet/vae/text_encoder){hint}")
-    for part in ("unet", "vae", "text_encoder"):
+    refuse_untrainable_folder(path)
+    sdxl = _is_sdxl_folder(path)
+    parts = ("unet", "vae", "text_encoder") + (("text_encoder_2",) if sdxl else ())
+    for part in parts:
         if not (path / part / "config.json").is_file():
             raise ModelError(f"{path}: the {part} component is missing ({part}/config.json)")
 
@@ -472,27 +637,52 @@ def _load_folder(path: Path, prediction_type: str | None) -> SDModel:
     scheduler_file = path / "scheduler" / "scheduler_config.json"
     scheduler_config = _read_json(scheduler_file) if scheduler_file.is_file() else {}
     text_config = _read_json(path / "text_encoder" / "config.json")
-    family = family_from_configs(
-        int(text_config.get("hidden_size", 0)),
-        _read_json(path / "unet" / "config.json"),
-        _read_json(path / "vae" / "config.json"),
-        scheduler_config,
-        overrides,
-        prediction_type,
-    )
+    unet_config = _read_json(path / "unet" / "config.json")
+    vae_config = _read_json(path / "vae" / "config.json")
+    if sdxl:
+        family = sdxl_family(int(text_config.get("hidden_size", 0)),
+                             int(_read_json(path / "text_encoder_2" / "config.json").get("hidden_size", 0)),
+                             unet_config, vae_config, scheduler_config, overrides, prediction_type, str(path))
+    else:
+        family = family_from_configs(int(text_config.get("hidden_size", 0)), unet_config, vae_config,
+                                     scheduler_config, overrides, prediction_type)
 
     unet = _from_pretrained_component(UNet2DConditionModel, path, "unet")
     vae = _from_pretrained_component(AutoencoderKL, path, "vae")
     text_encoder = _from_pretrained_component(CLIPTextModel, path, "text_encoder")
-    if (path / "tokenizer" / "vocab.json").is_file() or (path / "tokenizer" / "tokenizer.json").is_file():
-        tokenizer = CLIPTokenizer.from_pretrained(str(path / "tokenizer"), local_files_only=True)
-    else:
-        from lego_studio.core.tokenizer import load_tokenizer
-
-        tokenizer = load_tokenizer(family.name)
+    tokenizer = _folder_tokenizer(path, "tokenizer", "sd1" if sdxl else family.name, CLIPTokenizer)
     if not scheduler_config:
         scheduler_config = _read_json(resource("configs", "sd1", "scheduler", "scheduler_config.json"))
-    return _loaded_on_cpu(tokenizer, text_encoder, unet, vae, scheduler_config, family, path)
+    model = _loaded_on_cpu(tokenizer, text_encoder, unet, vae, scheduler_config, family, path)
+    if sdxl:
+        from transformers import CLIPTextModelWithProjection
+
+        model.text_encoder_2 = _from_pretrained_component(CLIPTextModelWithProjection, path, "text_encoder_2")
+        model.tokenizer_2 = _folder_tokenizer(path, "tokenizer_2", "sd2", CLIPTokenizer)
+    return model
+
+
+def _folder_tokenizer(path: Path, name: str, fallback_family: str, cls):
+    if (path / name / "vocab.json").is_file() or (path / name / "tokenizer.json").is_file():
+        return cls.from_pretrained(str(path / name), local_files_only=True)
+    from lego_studio.core.tokenizer import load_tokenizer
+
+    return load_tokenizer(fallback_family)
+
+
+def sdxl_family(width_l: int, width_g: int, unet_config: Mapping, vae_config: Mapping, scheduler_config: Mapping,
+                overrides: Mapping | None = None, prediction_type: str | None = None, label: str = "model") -> ModelFamily:
+    """The SDXL family of a two-encoder model; a UNet that does not take both widths side by side
+    is refused (naming the widths)."""
+    overrides = dict(overrides or {})
+    cross = unet_config.get("cross_attention_dim")
+    if cross is not None and not isinstance(cross, (list, tuple)) and int(cross) != width_l + width_g:
+        raise ModelError(f"{label}: UNet cross-attention width {cross} is not the two text encoders' "
+                         f"{width_l} + {width_g}")
+    vae_scale = 2 ** (len(vae_config.get("block_out_channels", (1,))) - 1)
+    resolution = int(overrides.get("resolution") or int(unet_config.get("sample_size") or 128) * vae_scale)
+    prediction = prediction_type or overrides.get("prediction_type") or scheduler_config.get("prediction_type") or "epsilon"
+    return ModelFamily("sdxl", int(width_l), prediction, resolution, int(width_g))
 
 
 def _loaded_on_cpu(tokenizer, text_encoder, unet, vae, scheduler_config: dict, family, path: Path) -> "SDModel":
@@ -576,15 +766,22 @@ def _load_single_file(path: Path, prediction_type: str | None, config_dir: Path 
     shapes = {key: tuple(tensor.shape) for key, tensor in state.items()}
     layout, family = detect_checkpoint_family(shapes, str(path), global_step, prediction_type)
     configs = config_dir or shipped_config_dir(family)
-    for part, name in (("unet", "config.json"), ("vae", "config.json"), ("text_encoder", "config.json"),
-                       ("scheduler", "scheduler_config.json")):
+    parts = [("unet", "config.json"), ("vae", "config.json"), ("text_encoder", "config.json"),
+             ("scheduler", "scheduler_config.json")]
+    if layout == "sdxl":
+        parts.append(("text_encoder_2", "config.json"))
+    for part, name in parts:
         if not (configs / part / name).is_file():
             raise ModelError(f"{configs}: config folder lacks {part}/{name}")
     unet_config = _read_json(configs / "unet" / "config.json")
     vae_config = _read_json(configs / "vae" / "config.json")
     scheduler_config = _read_json(configs / "scheduler" / "scheduler_config.json")
     overrides = _read_json(configs / FAMILY_FILE) if (configs / FAMILY_FILE).is_file() else {}
-    if family.name in ("sd1", "sd2", "sd2-base"):
+    if layout == "sdxl":
+        family = sdxl_family(family.text_width, family.text_width_2, unet_config, vae_config,
+                             {**scheduler_config, "prediction_type": family.prediction_type}, overrides,
+                             prediction_type, str(path))
+    elif family.name in ("sd1", "sd2", "sd2-base"):
         unet_config["sample_size"] = family.resolution // 8
         vae_config["sample_size"] = family.resolution
         # SD 2.x v-models attend in fp32 to avoid fp16 overflow (as diffusers' SD 2.1 config).
@@ -601,8 +798,22 @@ def _load_single_file(path: Path, prediction_type: str | None, config_dir: Path 
         unet = UNet2DConditionModel.from_config(unet_config)
         vae = AutoencoderKL.from_config(vae_config)
         text_encoder = CLIPTextModel(CLIPTextConfig.from_json_file(str(configs / "text_encoder" / "config.json")))
+        if layout == "sdxl":
+            from transformers import CLIPTextModelWithProjection
+
+            text_encoder_2 = CLIPTextModelWithProjection(
+                CLIPTextConfig.from_json_file(str(configs / "text_encoder_2" / "config.json")))
     _load_weights(unet, convert_ldm_unet_checkpoint(state, unet.config), path, "UNet")
     _load_weights(vae, convert_ldm_vae_checkpoint(state, vae.config), path, "VAE")
+    if layout == "sdxl":
+        _load_weights(text_encoder, _flat_text_state(text_encoder, convert_ldm_clip_checkpoint(state)), path,
+                      "text encoder (clip_l)")
+        second = convert_open_clip_checkpoint(text_encoder_2, state, prefix=_SDXL_OPEN_CLIP_PREFIX)
+        _load_weights(text_encoder_2, _flat_text_state(text_encoder_2, second), path, "text encoder 2 (clip_g)")
+        del state
+        model = _loaded_on_cpu(load_tokenizer("sd1"), text_encoder, unet, vae, scheduler_config, family, path)
+        model.text_encoder_2, model.tokenizer_2 = text_encoder_2, load_tokenizer("sd2")
+        return model
     if layout == "clip":
         text_state = convert_ldm_clip_checkpoint(state)
     else:
@@ -613,6 +824,12 @@ def _load_single_file(path: Path, prediction_type: str | None, config_dir: Path 
     del state
     return _loaded_on_cpu(load_tokenizer("sd2" if layout == "open_clip" else "sd1"), text_encoder, unet, vae,
                           scheduler_config, family, path)
+
+
+def _flat_text_state(text_encoder, text_state: Mapping[str, torch.Tensor]) -> dict:
+    if not hasattr(text_encoder, "text_model"):  # transformers >= 5.6 flattened CLIPTextModel
+        return {k.removeprefix("text_model."): v for k, v in text_state.items()}
+    return dict(text_state)
 
 
 def _load_weights(module: torch.nn.Module, state: Mapping[str, torch.Tensor], path: Path, part: str) -> None:
@@ -691,19 +908,71 @@ def tiny_model_configs(sample_size: int = 32) -> dict[str, dict]:
     }
 
 
-def make_tiny_model(out_dir: str | os.PathLike, seed: int = 0, sample_size: int = 32) -> Path:
+TINY_FAMILIES = ("sd", "sdxl")
+# The tiny SDXL model's two text widths differ, so a swapped clip_l / clip_g is caught.
+TINY_SDXL_WIDTHS = (32, 48)
+
+
+def tiny_sdxl_configs(sample_size: int = 32) -> dict[str, dict]:
+    """Configs of the tiny SDXL-architecture test model: two text encoders of different widths
+    (the second with a projection, for the pooled embeddings), a ``text_time`` UNet."""
+    if sample_size % 16:
+        raise InputError(f"tiny model size {sample_size} must be a multiple of 16")
+    width_l, width_g = TINY_SDXL_WIDTHS
+    time_dim = 8
+    base = tiny_model_configs(sample_size)
+    encoder = dict(base["text_encoder"], hidden_act="gelu")
+    return {
+        "unet": dict(
+            sample_size=sample_size // 2,
+            in_channels=4,
+            out_channels=4,
+            layers_per_block=1,
+            block_out_channels=(32, 64),
+            down_block_types=("CrossAttnDownBlock2D", "DownBlock2D"),
+            up_block_types=("UpBlock2D", "CrossAttnUpBlock2D"),
+            cross_attention_dim=width_l + width_g,
+            attention_head_dim=4,
+            norm_num_groups=32,
+            use_linear_projection=True,
+            addition_embed_type="text_time",
+            addition_time_embed_dim=time_dim,
+            projection_class_embeddings_input_dim=width_g + 6 * time_dim,
+        ),
+        "vae": dict(base["vae"], scaling_factor=0.13025, force_upcast=True),
+        "text_encoder": dict(encoder, hidden_size=width_l, projection_dim=width_l),
+        "text_encoder_2": dict(encoder, hidden_size=width_g, projection_dim=width_g, pad_token_id=0),
+        "scheduler": dict(
+            beta_start=0.00085,
+            beta_end=0.012,
+            beta_schedule="scaled_linear",
+            num_train_timesteps=1000,
+            steps_offset=1,
+            timestep_spacing="leading",
+            prediction_type="epsilon",
+        ),
+    }
+
+
+def make_tiny_model(out_dir: str | os.PathLike, seed: int = 0, sample_size: int = 32, family: str = "sd") -> Path:
     """Write a random-weight tiny SD-architecture model (diffusers layout, real CLIP tokenizer).
 
     Deterministic for a seed; a few MB; loads with :func:`load_model` and with plain
-    ``StableDiffusionPipeline.from_pretrained(dir, safety_checker=None)``."""
+    ``StableDiffusionPipeline.from_pretrained(dir, safety_checker=None)``. ``family="sdxl"``
+    writes the SDXL architecture instead (two text encoders of widths 32 and 48, pooled
+    embeddings, micro-conditioning), which plain ``StableDiffusionXLPipeline`` loads."""
     from diffusers import AutoencoderKL, PNDMScheduler, StableDiffusionPipeline, UNet2DConditionModel
     from transformers import CLIPTextConfig, CLIPTextModel
 
     from lego_studio.core.tokenizer import load_tokenizer
 
+    if family not in TINY_FAMILIES:
+        raise InputError(f"tiny model family must be one of {', '.join(TINY_FAMILIES)} (got {family!r})")
     out = Path(out_dir)
     if out.exists() and (not out.is_dir() or (any(out.iterdir()) and not _is_diffusers_folder(out))):
         raise InputError(f"{out}: exists and is not an (empty) model folder; choose a new folder")
+    if family == "sdxl":
+        return _make_tiny_sdxl(out, seed, sample_size)
     configs = tiny_model_configs(sample_size)
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(seed)
@@ -737,6 +1006,40 @@ def make_tiny_model(out_dir: str | os.PathLike, seed: int = 0, sample_size: int 
     return out
 
 
+def _make_tiny_sdxl(out: Path, seed: int, sample_size: int) -> Path:
+    from diffusers import AutoencoderKL, EulerDiscreteScheduler, StableDiffusionXLPipeline, UNet2DConditionModel
+    from transformers import CLIPTextConfig, CLIPTextModel, CLIPTextModelWithProjection
+
+    from lego_studio.core.tokenizer import load_tokenizer
+
+    configs = tiny_sdxl_configs(sample_size)
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(seed)
+        unet = UNet2DConditionModel(**configs["unet"])
+        vae = AutoencoderKL(**configs["vae"])
+        text_encoder = CLIPTextModel(CLIPTextConfig(**configs["text_encoder"]))
+        text_encoder_2 = CLIPTextModelWithProjection(CLIPTextConfig(**configs["text_encoder_2"]))
+    pipe = StableDiffusionXLPipeline(
+        vae=vae,
+        text_encoder=text_encoder,
+        text_encoder_2=text_encoder_2,
+        tokenizer=load_tokenizer("sd1"),
+        tokenizer_2=load_tokenizer("sd2"),  # SDXL's second tokenizer pads with "!" like SD 2.x
+        unet=unet,
+        scheduler=EulerDiscreteScheduler(**configs["scheduler"]),
+        add_watermarker=False,
+    )
+    out.parent.mkdir(parents=True, exist_ok=True)
+    staging = Path(tempfile.mkdtemp(prefix=f".{out.name}.", dir=out.parent))
+    try:
+        pipe.save_pretrained(str(staging), safe_serialization=True)
+        _swap_in(staging, out)
+    except BaseException:
+        shutil.rmtree(staging, ignore_errors=True)
+        raise
+    return out
+
+
 def _swap_in(staging: Path, out: Path) -> None:
     old = None
     if out.exists():
@@ -751,5 +1054,7 @@ def _swap_in(staging: Path, out: Path) -> None:
 def parameter_counts(model: SDModel) -> dict[str, int]:
     return {
         name: sum(p.numel() for p in module.parameters())
-        for name, module in (("unet", model.unet), ("vae", model.vae), ("text_encoder", model.text_encoder))
+        for name, module in (("unet", model.unet), ("vae", model.vae), ("text_encoder", model.text_encoder),
+                             ("text_encoder_2", model.text_encoder_2))
+        if module is not None
     }

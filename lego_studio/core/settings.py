@@ -67,6 +67,8 @@ def _guess_family(folder: Path) -> str:
     1024 = SD 2.x)."""
     from lego_studio.core.models import FAMILY_FILE
 
+    if (folder / "text_encoder_2").is_dir():
+        return "sdxl"
     for config_path, key in ((folder / FAMILY_FILE, "family"), (folder / "text_encoder" / "config.json", "hidden_size")):
         try:
             config = json.loads(config_path.read_text(encoding="utf-8"))

@@ -28,6 +28,14 @@ backward per step instead of four calls. ``unet_batching="split"`` instead makes
 gradient ``[SC; RC]`` and one without ``[S; R]`` (less backward work); benchmarks/speed_lego_vs_ti.py
 measures both against TI.
 
+SDXL (two text encoders): each learned vector is one row of width ``d_l + d_g`` — its ``clip_l``
+part spliced into ``text_encoder``, its ``clip_g`` part into ``text_encoder_2`` — so both parts are
+learned together by one optimizer (Adam is element-wise: the same as two parameters). The
+conditioning is both encoders' penultimate hidden states side by side, plus the pooled embedding
+of ``text_encoder_2`` and the micro-conditioning time ids (original = target = training
+resolution, no crop). :meth:`Trainer.encode` packs the pooled embedding as one extra row after the
+77 token rows, so conditionings still stack and split along the batch; ``_unet`` unpacks it.
+
 Only the N concept vectors (and, in stage 0, the subject vector) are trained. They are fp32
 ``nn.Parameter``s spliced into the text encoder's input embeddings by a forward hook on the token
 embedding at the positions of their prompt slots (see core/prompts.py); the embedding table, the
@@ -375,6 +383,24 @@ def lr_at(config: TrainConfig, step: int, stage_steps: int) -> float:
 # ----------------------------------------------------------------------------------- losses
 
 
+def pack_sdxl(hidden, pooled):
+    """SDXL hidden states ``[B, L, D]`` and pooled embeddings ``[B, p]`` (p <= D) as one tensor
+    ``[B, L + 1, D]``, so conditionings concatenate and split along the batch like SD's."""
+    import torch
+
+    if pooled.shape[-1] > hidden.shape[-1]:
+        raise TrainingError(f"pooled width {pooled.shape[-1]} is wider than the hidden states ({hidden.shape[-1]})")
+    row = torch.zeros(hidden.shape[0], 1, hidden.shape[-1], dtype=hidden.dtype, device=hidden.device)
+    row[:, 0, : pooled.shape[-1]] = pooled.to(hidden.dtype)
+    return torch.cat([hidden, row], dim=1)
+
+
+def unpack_sdxl(packed, model):
+    """``(hidden [B, L, D], pooled [B, p])`` of a :func:`pack_sdxl` tensor."""
+    width = int(model.text_encoder_2.config.projection_dim)
+    return packed[:, :-1], packed[:, -1, :width]
+
+
 def region_mse(prediction, target, weight=None):
     """Mean squared error, optionally over a soft region ``weight`` [B, 1, h, w] (mean per element
     inside the region; 0 when the region is empty)."""
@@ -469,7 +495,8 @@ class Trainer:
         self._cancel = threading.Event()
         self._running = threading.Event()
         self._running.set()
-        self._splice = None  # (slot_mask, slot_index, table) during encode()
+        self._splice = None  # (slot_mask, slot_index, table) during encode(); SDXL: {embedding: that}
+        self._widths = None  # the text-encoder widths: [d] or SDXL's [d_l, d_g]
         self.concept_vectors = None
         self.subject_vector = None
         # Settings the user chose (CLI flags, app form); an out-of-memory stop never suggests changing them.
@@ -548,7 +575,7 @@ class Trainer:
         from lego_studio.core.data import build_exemplars
 
         self._freeze_model()
-        self._table = model.text_encoder.get_input_embeddings().weight.detach()
+        self._table = self._embedding_table()
         self._vocab_limit = self._regular_vocab_limit()
         # Before the (slow) image encoding, so a bad --init-from or init word fails at once.
         self._initial = self._initial_concept_vectors()
@@ -730,13 +757,16 @@ class Trainer:
             "config": config.to_dict(),
             "steps": config.steps,
             "family": family.name,
-            "text_width": int(self._table.shape[1]),
+            "text_width": int((self._widths or [self._table.shape[1]])[0]),
             "subject": config.subject,
             "created": datetime.now(timezone.utc).isoformat(timespec="seconds"),
             "base_model": str(self.model.source),
         }
-        vectors = self.concept_vectors.detach().float().cpu().clone()
-        return Concept(name=config.name, placeholder=config.placeholder, vectors=vectors, metadata=metadata)
+        parts = self._split_widths(self.concept_vectors.detach().float().cpu().clone())
+        if len(parts) == 2:
+            metadata["text_width_2"] = int(self._widths[1])
+        return Concept(name=config.name, placeholder=config.placeholder, vectors=parts[0], metadata=metadata,
+                       vectors_2=parts[1] if len(parts) == 2 else None)
 
     # -- inputs, config, model
 
@@ -763,9 +793,27 @@ class Trainer:
         atomic_write_json(path, self.config.to_dict())
 
     def _freeze_model(self) -> None:
-        for module in (self.model.text_encoder, self.model.unet, self.model.vae):
+        for module in self.model.modules:
             module.requires_grad_(False)
             module.eval()
+
+    def _embedding_table(self):
+        """The token-embedding table the learned rows live beside: SDXL's two tables side by side
+        ``[V, d_l + d_g]`` (self._widths says where they split)."""
+        import torch
+
+        tables = [encoder.get_input_embeddings().weight.detach() for _, encoder in self.model.text_encoders]
+        self._widths = [int(t.shape[1]) for t in tables]
+        if len(tables) == 1:
+            return tables[0]
+        if len({t.shape[0] for t in tables}) != 1:
+            raise TrainingError(f"the two text encoders have different vocabularies ({tables[0].shape[0]} and "
+                                f"{tables[1].shape[0]} tokens)")
+        return torch.cat([t.to(tables[0].dtype) for t in tables], dim=1)
+
+    def _split_widths(self, rows):
+        """Rows of the joint width split per text encoder (one part for one encoder)."""
+        return list(rows.split(self._widths or [int(rows.shape[-1])], dim=-1))
 
     def _regular_vocab_limit(self) -> int:
         """Ids below this are ordinary BPE tokens (CLIP puts its special tokens last)."""
@@ -781,11 +829,16 @@ class Trainer:
         return self._table[ids].float().mean(dim=0)
 
     def _vocab_mean(self):
-        rows = self._table[: self._vocab_limit].float()
-        mean = rows.mean(dim=0)
-        # The plain mean of thousands of embeddings is much shorter than any real token; scale it
-        # to the average row norm so the vector starts where token embeddings live.
-        return mean / mean.norm().clamp_min(1e-12) * rows.norm(dim=1).mean()
+        import torch
+
+        parts = []
+        for rows in self._split_widths(self._table[: self._vocab_limit].float()):
+            mean = rows.mean(dim=0)
+            # The plain mean of thousands of embeddings is much shorter than any real token; scale
+            # it to the average row norm so the vector starts where token embeddings live (per
+            # text encoder for SDXL).
+            parts.append(mean / mean.norm().clamp_min(1e-12) * rows.norm(dim=1).mean())
+        return torch.cat(parts)
 
     def _initial_concept_vectors(self):
         import torch
@@ -796,12 +849,14 @@ class Trainer:
             from lego_studio.core.concepts import load_concept
 
             source = load_concept(config.init_from)
-            width = int(self._table.shape[1])
-            if source.vectors.shape[1] != width:
+            widths = tuple(self._widths or [int(self._table.shape[1])])
+            if tuple(source.widths) != widths:
+                have = " + ".join(map(str, source.widths))
+                want = " + ".join(map(str, widths))
                 raise InputError(
-                    f"{config.init_from}: concept has width {source.vectors.shape[1]} but the model's text encoder has width {width}"
+                    f"{config.init_from}: concept has width {have} but the model's text encoder has width {want}"
                 )
-            rows = source.vectors.float()
+            rows = source.joined_vectors.float()
         elif config.init_words:
             tokenizer = self.model.tokenizer
             ids = [i for word in config.init_words for i in word_token_ids(tokenizer, word)]
@@ -857,7 +912,7 @@ class Trainer:
             return output
         import torch
 
-        slot_mask, slot_index, table = self._splice
+        slot_mask, slot_index, table = self._splice[module] if isinstance(self._splice, dict) else self._splice
         replacement = table[slot_index].to(output.dtype)
         return torch.where(slot_mask[..., None], replacement, output)
 
@@ -877,6 +932,8 @@ class Trainer:
         import torch
 
         model = self.model
+        if model.is_sdxl:
+            return self._encode_sdxl(prompts, grad, trainable)
         tokens = tokenize_segments(model.tokenizer, prompts)
         device = model.device
         table = self._vector_table(trainable if grad else "none")
@@ -892,6 +949,35 @@ class Trainer:
                 return model.text_encoder(tokens.input_ids.to(device), attention_mask=attention_mask)[0]
         finally:
             hook.remove()
+            self._splice = None
+
+    def _encode_sdxl(self, prompts: list[list], grad: bool, trainable: str):
+        """SDXL conditioning for segment-list prompts, packed ``[B, 78, d_l + d_g]``: rows 0-76 the
+        two encoders' penultimate hidden states side by side (as ``encode_prompt``), row 77 the
+        pooled embedding (zero-padded to the width); see :func:`unpack_sdxl`."""
+        import torch
+
+        model = self.model
+        device = model.device
+        tables = self._split_widths(self._vector_table(trainable if grad else "none"))
+        splice, hooks, hidden, pooled = {}, [], [], None
+        for (tokenizer, encoder), table in zip(model.text_encoders, tables):
+            tokens = tokenize_segments(tokenizer, prompts)
+            embedding = encoder.get_input_embeddings()
+            splice[embedding] = (tokens.slot_mask.to(device), tokens.slot_index.to(device), table)
+            hooks.append((encoder, tokens, embedding.register_forward_hook(self._splice_hook)))
+        self._splice = splice
+        try:
+            with torch.set_grad_enabled(grad and torch.is_grad_enabled()):
+                for encoder, tokens, _ in hooks:
+                    output = encoder(tokens.input_ids.to(device), output_hidden_states=True)
+                    if output[0].ndim == 2:
+                        pooled = output[0]
+                    hidden.append(output.hidden_states[-2])
+                return pack_sdxl(torch.cat(hidden, dim=-1), pooled)
+        finally:
+            for _, _, hook in hooks:
+                hook.remove()
             self._splice = None
 
     def _concept_slots(self):
@@ -935,6 +1021,13 @@ class Trainer:
     def _unet(self, z_t, t, conditioning, copies: int):
         model = self.model
         sample = z_t.repeat(copies, 1, 1, 1).to(model.dtype)
+        if model.is_sdxl:
+            hidden, pooled = unpack_sdxl(conditioning, model)
+            h, w = (int(side) * model.vae_scale_factor for side in z_t.shape[-2:])
+            added = {"text_embeds": pooled.to(model.dtype),
+                     "time_ids": model.sdxl_time_ids(h, w, hidden.shape[0]).to(model.device, model.dtype)}
+            return model.unet(sample, t.repeat(copies), encoder_hidden_states=hidden.to(model.dtype),
+                              added_cond_kwargs=added).sample.float()
         return model.unet(sample, t.repeat(copies), encoder_hidden_states=conditioning.to(model.dtype)).sample.float()
 
     def _subject_token_loss(self, generator) -> dict:
@@ -1076,9 +1169,15 @@ class Trainer:
             pipe = model.pipeline("ddim")
             pipe.set_progress_bar_config(disable=True)
             generator = torch.Generator(device="cpu").manual_seed(config.seed)
+            extra = {}
+            if model.is_sdxl:
+                cond, pooled = unpack_sdxl(cond, model)
+                uncond, uncond_pooled = unpack_sdxl(uncond, model)
+                extra = {"pooled_prompt_embeds": pooled, "negative_pooled_prompt_embeds": uncond_pooled}
             images = pipe(
                 prompt_embeds=cond,
                 negative_prompt_embeds=uncond,
+                **extra,
                 num_inference_steps=config.preview_steps,
                 guidance_scale=7.5,
                 height=resolution,

@@ -298,8 +298,13 @@ class GalleryView(QWidget):
             from lego_studio.core.generation import GenerationRequest, fill_template, generate, request_of, save_generated
             from lego_studio.core.project import safe_folder_name
 
+            from lego_studio.core.concepts import check_concepts_fit
+
             with models.lease(spec, device, state=state) as model:
                 concepts = [library.get(name) if name else None for name in columns]
+                # Every column is drawn with this model: refuse a concept of another family (or
+                # width) before the first image, naming both families.
+                check_concepts_fit(model, [c for c in concepts if c is not None])
                 done = 0
                 for column, concept in enumerate(concepts):
                     chosen = [concept] if concept is not None else []

@@ -266,7 +266,7 @@ class LibraryView(QWidget):
         method = {"lego": "Lego", "ti": "Textual Inversion"}.get(str(meta.get("method")), str(meta.get("method") or "—"))
         rows = [
             ("Type in prompts", entry.placeholder),
-            ("Fits", f"{entry.badge} (text width {entry.text_width})"),
+            ("Fits", f"{entry.badge} (text width {' + '.join(map(str, entry.widths))})"),
             ("Vectors", str(entry.num_vectors)),
             ("Method", method),
             ("Steps", str(meta.get("steps", "—"))),
