@@ -40,15 +40,7 @@ VARIANTS: dict[str, tuple[str, dict, bool]] = {
     "lego[ctx-out]": ("lego", {"num_vectors": N, "ctx_region": "outside"}, True),
     "lego[in=0.1]": ("lego", {"num_vectors": N, "concept_inside_weight": 0.1}, True),
     "lego[in=0.1,ctx-out]": ("lego", {"num_vectors": N, "concept_inside_weight": 0.1, "ctx_region": "outside"}, True),
-    "lego[joint,in=0.3]": ("lego", {"num_vectors": N, "joint_subject_token": True, "concept_inside_weight": 0.3}, True),
-    "lego[joint,in=0.3,ctx-out]": ("lego", {"num_vectors": N, "joint_subject_token": True, "concept_inside_weight": 0.3,
-                                            "ctx_region": "outside"}, True),
-    "lego[joint,in=1]": ("lego", {"num_vectors": N, "joint_subject_token": True}, True),
-    "lego[joint,in=0]": ("lego", {"num_vectors": N, "joint_subject_token": True, "concept_inside_weight": 0.0}, True),
     "lego[ctx=0]": ("lego", {"num_vectors": N, "w_ctx": 0.0}, True),
-    "lego[joint,ctx=0]": ("lego", {"num_vectors": N, "joint_subject_token": True, "w_ctx": 0.0}, True),
-    "lego[joint,in=0.3,ctx=0]": ("lego", {"num_vectors": N, "joint_subject_token": True, "concept_inside_weight": 0.3,
-                                          "w_ctx": 0.0}, True),
     "lego[ctx=0.1,ctx-out]": ("lego", {"num_vectors": N, "w_ctx": 0.1, "ctx_region": "outside"}, True),
     "lego[ctx=0.2]": ("lego", {"num_vectors": N, "w_ctx": 0.2}, True),
     "lego[ctx=0.1]": ("lego", {"num_vectors": N, "w_ctx": 0.1}, True),
@@ -57,10 +49,6 @@ VARIANTS: dict[str, tuple[str, dict, bool]] = {
     "lego[ctx=0.1,ctx-out,in=0.1]": ("lego", {"num_vectors": N, "w_ctx": 0.1, "ctx_region": "outside",
                                               "concept_inside_weight": 0.1}, True),
     "lego[ctx=0.2,ctx-out]": ("lego", {"num_vectors": N, "w_ctx": 0.2, "ctx_region": "outside"}, True),
-    "lego[cos-ctx]": ("lego", {"num_vectors": N, "ctx_mode": "cosine"}, True),
-    "lego[ctx-rec]": ("lego", {"num_vectors": N, "ctx_mode": "rec", "w_ctx": 1.0}, True),
-    "lego[ctx-rec,in=0.3]": ("lego", {"num_vectors": N, "ctx_mode": "rec", "w_ctx": 1.0, "concept_inside_weight": 0.3}, True),
-    "lego[ctx-rec,in=0.1]": ("lego", {"num_vectors": N, "ctx_mode": "rec", "w_ctx": 1.0, "concept_inside_weight": 0.1}, True),
 }
 
 

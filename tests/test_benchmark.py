@@ -89,7 +89,7 @@ def test_train_configs_never_name_the_concept(method):
 
 def test_methods_are_the_documented_ablations():
     specs = {s.name: s for s in bench.resolve_methods(list(bench.ALL_METHODS), num_vectors=3)}
-    assert list(specs) == ["ti-1", "ti-3", "lego", "lego-no-subj", "lego-no-ctx", "lego-1"]
+    assert list(specs) == ["ti-1", "ti-3", "lego", "lego-no-mask", "lego-no-subj", "lego-no-ctx", "lego-1"]
     ex, ev = ("circle", "red"), [("square", "blue")]
     cfg = {name: bench.train_config(spec, ex, ev, 5, 0) for name, spec in specs.items()}
     assert cfg["ti-1"].num_vectors == 1 and cfg["ti-3"].num_vectors == 3 and cfg["ti-3"].method == "ti"
@@ -98,6 +98,9 @@ def test_methods_are_the_documented_ablations():
     assert not cfg["lego-no-subj"].subject_in_prompt and cfg["lego-no-subj"].w_ctx > 0 and not specs["lego-no-subj"].uses_masks
     assert cfg["lego-no-ctx"].w_ctx == 0 and cfg["lego-no-ctx"].subject_in_prompt
     assert cfg["lego-1"].num_vectors == 1 and cfg["lego-1"].method == "lego"
+    # The mask ablation: the same defaults, no masks; only the runs that see the words depend on the track.
+    assert cfg["lego-no-mask"] == cfg["lego"] and not specs["lego-no-mask"].uses_masks
+    assert [s.uses_words for s in specs.values()] == [False, False, True, True, False, True, True]
     assert [s.name for s in bench.resolve_methods(["ti-N"], num_vectors=4)] == ["ti-4"]
 
 

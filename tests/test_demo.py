@@ -23,7 +23,7 @@ REPO = Path(__file__).resolve().parents[1]
 def test_demo_project_has_exemplars_masks_and_subject_words(tmp_path):
     project = build_demo_project(tmp_path / "demo", concept="in a cage", subject=("star", "yellow"), n_images=4, seed=3)
     reopened = Project.open(tmp_path / "demo")
-    assert reopened.subject == "a yellow star"
+    assert reopened.subject == "a star"  # partial words, as a user writes them: the colour is left out
     assert reopened.concept_name == "in-a-cage" and reopened.placeholder == "<in-a-cage>"
     assert reopened.positive_words == []  # the demo never tells the trainer what the concept is
     assert len(reopened.images) == 4

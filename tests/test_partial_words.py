@@ -20,7 +20,7 @@ pytestmark = [
 ]
 
 CHECK_CONCEPT = "on fire"  # a tuning-side concept (not held out) on which the old defaults collapsed
-CHECK_STEPS = 100
+CHECK_STEPS = 150  # what the tuning runs used (0.19 concept with the old defaults, 0.75 now)
 
 
 def test_lego_defaults_learn_the_concept_with_partial_subject_words(tmp_path):
@@ -30,8 +30,10 @@ def test_lego_defaults_learn_the_concept_with_partial_subject_words(tmp_path):
     from lego_studio.shapeworld import benchmark as bench
     from lego_studio.shapeworld.judge import load_judge
 
-    config = bench.BenchmarkConfig(concepts=[CHECK_CONCEPT], seeds=[0], steps=CHECK_STEPS, n_subjects=2,
-                                   gen_seeds=[1000, 1001], gen_steps=10, device="cpu", tracks=["no-colour"]).validate()
+    # The benchmark's own judging (4 held-out subjects x 4 seeds): fewer images are too noisy to
+    # tell 0.19 from 0.75.
+    config = bench.BenchmarkConfig(concepts=[CHECK_CONCEPT], seeds=[0], steps=CHECK_STEPS, device="cpu",
+                                   tracks=["no-colour"]).validate()
     lego = bench.resolve_methods(["lego"])[0]
     exemplar = bench.exemplar_subject(CHECK_CONCEPT)
     renders = bench.render_exemplars(CHECK_CONCEPT, exemplar, config.n_exemplars)
@@ -42,6 +44,6 @@ def test_lego_defaults_learn_the_concept_with_partial_subject_words(tmp_path):
                                track="no-colour")
     row = result.row
     assert row["subject_words"] == "a circle"  # the colour is left out
-    # 4 images: a collapsed concept draws plain subjects (0 or 1 of 4 judged on fire).
+    # A collapsed concept draws plain subjects (3 of 16 judged on fire with the old defaults).
     assert row["concept_fidelity"] >= 0.5, row
     assert row["colour_leakage"] <= 0.25, row

@@ -25,19 +25,25 @@ def window(qtbot):
     win.shutdown_workers()
 
 
-@pytest.fixture
-def slow_check(monkeypatch):
+def slow_check(monkeypatch, passes: bool):
+    import types
+
     import lego_studio.core.segmentation as segmentation
 
     def load_sam_model(path, device="cpu", **kwargs):
         time.sleep(3.0)
-        raise RuntimeError("never seen: the dialog is gone")
+        if not passes:
+            raise RuntimeError("not a Segment Anything checkpoint")
+        return None, types.SimpleNamespace(model_type="vit_b")
 
     monkeypatch.setattr(segmentation, "load_sam_model", load_sam_model)
 
 
-@pytest.mark.parametrize("button", ["ok", "cancel"])
-def test_ok_and_cancel_do_not_wait_for_a_running_sam_check(window, qtbot, tmp_path, slow_check, button):
+@pytest.mark.parametrize("button,passes", [("ok", True), ("ok", False), ("cancel", True)])
+def test_ok_and_cancel_do_not_wait_for_a_running_sam_check(window, qtbot, tmp_path, monkeypatch, button, passes):
+    """OK and Cancel return at once; after OK the checkpoint is saved when (and only if) the
+    check that was still running passes."""
+    slow_check(monkeypatch, passes)
     checkpoint = tmp_path / "sam_vit_b.pth"
     checkpoint.write_bytes(b"x" * 100)
     dialog = SettingsDialog(window.context, window)
@@ -51,10 +57,12 @@ def test_ok_and_cancel_do_not_wait_for_a_running_sam_check(window, qtbot, tmp_pa
         dialog.reject()
     assert time.perf_counter() - started < 0.5
     assert not dialog.isVisible()
-    if button == "ok":
-        assert window.context.settings.sam_checkpoint == str(checkpoint)
+    assert window.context.settings.sam_checkpoint is None  # not checked yet: not saved yet
     # The abandoned check ends by itself in the background, without touching the dialog.
     qtbot.waitUntil(lambda: not workers._ABANDONED, timeout=20000)
+    expected = str(checkpoint) if button == "ok" and passes else None
+    assert window.context.settings.sam_checkpoint == expected
+    assert Settings.load().sam_checkpoint == expected
 
 
 def test_adding_a_model_offers_default_and_training_and_gallery_select_it(window, qtbot, tiny_model_dir):

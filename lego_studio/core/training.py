@@ -82,7 +82,6 @@ METHODS = ("lego", "ti")
 LR_SCHEDULES = ("constant", "cosine", "linear")
 REC_REGIONS = ("concept", "full")
 CTX_REGIONS = ("full", "outside")
-CTX_MODES = ("delta", "rec", "cosine")
 UNET_BATCHING = ("stacked", "split")
 MAX_VECTORS = 16
 CHECKPOINT_FORMAT = "lego-studio-checkpoint/1"
@@ -128,26 +127,20 @@ class TrainConfig:
     # stopped the concept from being learned at all (concept fidelity 0.00-0.25 against 1.00
     # without), and so it did for a shadow drawn wholly outside the mask (README, tuning table).
     w_subj: float = 0.0
-    w_ctx: float = 0.5
+    # 0.2, measured outside the mask: at 0.5 over the whole latent the context loss collapsed the
+    # concept whenever the subject words left part of the subject unexplained (tuning: "on fire"
+    # with "a circle", success 0.19 -> 0.75-1.00; README "Partial subject words").
+    w_ctx: float = 0.2
     w_words: float = 0.1
     rec_region: str = "full"
     # How much the subject region's reconstruction error trains the concept vectors (1 = as much as
     # the rest of the image, 0 = not at all). Below 1 the exemplar subject's own appearance pulls
     # less on the concept. Only where a mask is given; rec_region="concept" is the same as 0.
     concept_inside_weight: float = 1.0
-    # A second learned token after the subject words ("a hexagon <subject>"), trained together with
-    # the concept and owning the subject region: it takes what the words leave unexplained there.
-    joint_subject_token: bool = False
     # Where L_ctx compares the concept's effect on the exemplar subject with its effect on other
     # subjects: the whole latent, or only outside the exemplar's subject mask (where the exemplar's
     # unexplained appearance is not).
-    ctx_region: str = "full"
-    # "delta": the concept's effect on other subjects is held to its effect on the exemplar's.
-    # "rec": with a mask, the exemplar is reconstructed outside its subject mask from prompts that
-    # name *other* subjects, so the concept is trained to carry what surrounds the subject whatever
-    # the subject is, and never rewarded for the exemplar's own appearance (images without a mask
-    # fall back to "delta").
-    ctx_mode: str = "delta"
+    ctx_region: str = "outside"
     context_subjects: list[str] = field(default_factory=lambda: list(DEFAULT_CONTEXT_SUBJECTS))
     positive_words: list[str] = field(default_factory=list)
     negative_words: list[str] | None = None  # None: the subject's appearance words
@@ -280,14 +273,10 @@ class TrainConfig:
                 bad(f"{name} must be a number >= 0 (got {value!r})")
         if self.rec_region not in REC_REGIONS:
             bad(f"rec_region must be one of {', '.join(REC_REGIONS)} (got {self.rec_region!r})")
-        if self.ctx_mode not in CTX_MODES:
-            bad(f"ctx_mode must be one of {', '.join(CTX_MODES)} (got {self.ctx_mode!r})")
         if self.ctx_region not in CTX_REGIONS:
             bad(f"ctx_region must be one of {', '.join(CTX_REGIONS)} (got {self.ctx_region!r})")
         if not is_number(self.concept_inside_weight) or not 0 <= self.concept_inside_weight <= 1:
             bad(f"concept_inside_weight must be a number from 0 to 1 (got {self.concept_inside_weight!r})")
-        if not isinstance(self.joint_subject_token, bool):
-            bad("joint_subject_token must be true or false")
         word_list("context_subjects", self.context_subjects)
         word_list("positive_words", self.positive_words)
         word_list("negative_words", self.negative_words, allow_none=True)
@@ -313,14 +302,12 @@ class TrainConfig:
             lego_terms = [n for n in ("w_subj", "w_ctx", "w_words") if getattr(self, n)]
             if lego_terms:
                 bad(f"method ti is plain Textual Inversion and has no Lego terms; set {', '.join(lego_terms)} to 0")
-            if self.subject_token_steps or self.joint_subject_token:
-                bad("method ti does not learn a subject token; set subject_token_steps to 0 and joint_subject_token to false")
+            if self.subject_token_steps:
+                bad("method ti does not learn a subject token; set subject_token_steps to 0")
         else:
             if not isinstance(self.subject_in_prompt, bool):
                 bad("subject_in_prompt must be true or false")
-            if self.subject_token_steps and self.joint_subject_token:
-                bad("choose one subject token: learned first (subject_token_steps) or jointly (joint_subject_token)")
-            if self.subject_in_prompt and not self.subject.strip() and not self.subject_token_steps and not self.joint_subject_token:
+            if self.subject_in_prompt and not self.subject.strip() and not self.subject_token_steps:
                 bad("method lego needs the subject in words (e.g. \"a toy robot\") or subject_token_steps > 0")
             if self.w_ctx and not self.context_subjects:
                 bad("w_ctx > 0 needs at least one context subject")
@@ -579,7 +566,7 @@ class Trainer:
         self._vocab_limit = self._regular_vocab_limit()
         # Before the (slow) image encoding, so a bad --init-from or init word fails at once.
         self._initial = self._initial_concept_vectors()
-        self._initial_subject = self._initial_subject_vector() if self._learns_subject_token() else None
+        self._initial_subject = self._initial_subject_vector() if config.subject_token_steps else None
         if config.w_words and config.positive_words:
             for word in config.positive_words + config.effective_negative_words():
                 self._word_embedding(word)
@@ -658,7 +645,7 @@ class Trainer:
         device = self.model.device
         state = self._latest_checkpoint() if resume else None
         self.concept_vectors = torch.nn.Parameter(self._initial.clone().to(device))
-        if self._learns_subject_token():
+        if self.config.subject_token_steps:
             self.subject_vector = torch.nn.Parameter(self._initial_subject.clone().to(device))
         if state is None:
             self._clear_previous_run()
@@ -881,9 +868,7 @@ class Trainer:
 
         # No weight decay: it would shrink the vectors below the norm of real token embeddings,
         # where the text encoder has never seen inputs.
-        if self.config.joint_subject_token:
-            params = [self.concept_vectors, self.subject_vector]
-        elif step < self.config.subject_token_steps:
+        if step < self.config.subject_token_steps:
             params = [self.subject_vector]
         else:
             params = [self.concept_vectors]
@@ -894,16 +879,13 @@ class Trainer:
     @staticmethod
     def _restore_moments(optimizer, tensors: dict) -> None:
         """Put a checkpoint's Adam moments back on the optimizer's parameters (see _save_checkpoint)."""
-        for prefix, param in zip(("adam.", "adam2."), optimizer.param_groups[0]["params"]):
-            if prefix + "exp_avg" in tensors:
-                optimizer.state[param] = {
-                    "step": tensors[prefix + "step"].clone(),
-                    "exp_avg": tensors[prefix + "exp_avg"].to(param.device).clone(),
-                    "exp_avg_sq": tensors[prefix + "exp_avg_sq"].to(param.device).clone(),
-                }
-
-    def _learns_subject_token(self) -> bool:
-        return bool(self.config.subject_token_steps or self.config.joint_subject_token)
+        if "adam.exp_avg" in tensors:
+            param = optimizer.param_groups[0]["params"][0]
+            optimizer.state[param] = {
+                "step": tensors["adam.step"].clone(),
+                "exp_avg": tensors["adam.exp_avg"].to(param.device).clone(),
+                "exp_avg_sq": tensors["adam.exp_avg_sq"].to(param.device).clone(),
+            }
 
     # -- prompt encoding with learned vectors
 
@@ -916,27 +898,22 @@ class Trainer:
         replacement = table[slot_index].to(output.dtype)
         return torch.where(slot_mask[..., None], replacement, output)
 
-    def _vector_table(self, trainable: str = "all"):
+    def _vector_table(self, grad: bool = True):
         import torch
 
-        concept = self.concept_vectors if trainable in ("all", "concept") else self.concept_vectors.detach()
-        if self.subject_vector is None:
-            return concept
-        subject = self.subject_vector if trainable in ("all", "subject") else self.subject_vector.detach()
-        return torch.cat([concept, subject], dim=0)
+        table = self.concept_vectors if self.subject_vector is None else torch.cat([self.concept_vectors, self.subject_vector], dim=0)
+        return table if grad else table.detach()
 
-    def encode(self, prompts: list[list], grad: bool = True, trainable: str = "all"):
-        """Text-encoder hidden states [B, 77, d] for segment-list prompts (see core/prompts.py).
-
-        ``trainable`` names the learned vectors that pass gradient: "all", "concept" or "subject"."""
+    def encode(self, prompts: list[list], grad: bool = True):
+        """Text-encoder hidden states [B, 77, d] for segment-list prompts (see core/prompts.py)."""
         import torch
 
         model = self.model
         if model.is_sdxl:
-            return self._encode_sdxl(prompts, grad, trainable)
+            return self._encode_sdxl(prompts, grad)
         tokens = tokenize_segments(model.tokenizer, prompts)
         device = model.device
-        table = self._vector_table(trainable if grad else "none")
+        table = self._vector_table(grad)
         self._splice = (tokens.slot_mask.to(device), tokens.slot_index.to(device), table)
         # The hook lives only for this call: outside it the text encoder is untouched.
         hook = model.text_encoder.get_input_embeddings().register_forward_hook(self._splice_hook)
@@ -951,7 +928,7 @@ class Trainer:
             hook.remove()
             self._splice = None
 
-    def _encode_sdxl(self, prompts: list[list], grad: bool, trainable: str):
+    def _encode_sdxl(self, prompts: list[list], grad: bool):
         """SDXL conditioning for segment-list prompts, packed ``[B, 78, d_l + d_g]``: rows 0-76 the
         two encoders' penultimate hidden states side by side (as ``encode_prompt``), row 77 the
         pooled embedding (zero-padded to the width); see :func:`unpack_sdxl`."""
@@ -959,7 +936,7 @@ class Trainer:
 
         model = self.model
         device = model.device
-        tables = self._split_widths(self._vector_table(trainable if grad else "none"))
+        tables = self._split_widths(self._vector_table(grad))
         splice, hooks, hidden, pooled = {}, [], [], None
         for (tokenizer, encoder), table in zip(model.text_encoders, tables):
             tokens = tokenize_segments(tokenizer, prompts)
@@ -986,12 +963,9 @@ class Trainer:
     def _subject_phrase(self) -> list:
         if not self.config.subject_in_prompt:
             return []
-        words = [self.config.subject.strip()] if self.config.subject.strip() else []
         if self.subject_vector is not None:
-            token = slots(1, start=self.config.num_vectors)
-            # Joint: the token follows the words and carries only what they leave unexplained.
-            return words + token if self.config.joint_subject_token else token
-        return words
+            return slots(1, start=self.config.num_vectors)
+        return [self.config.subject.strip()]
 
     # -- one step
 
@@ -1057,57 +1031,42 @@ class Trainer:
         subject_region = mask * has_mask.float().view(-1, 1, 1, 1)
         use_subj = masked and config.w_subj > 0
         use_ctx = lego and config.w_ctx > 0
-        joint = lego and config.joint_subject_token and self.subject_vector is not None
         if use_ctx:
             chosen = torch.randint(len(config.context_subjects), (b,), generator=generator).tolist()
             others = [config.context_subjects[i] for i in chosen]
         subject = self._subject_phrase() if lego else []
         with_concept = [fill_template(tp, subject + concept) for tp in templates]
 
-        # Conditionings with gradient (prompts holding a learned vector) and without. With a joint
-        # subject token the exemplar prompt is encoded twice, each copy passing gradient to one of
-        # the two owners only, so each region's error trains its own vectors.
-        grad_parts = {"SC": self.encode(with_concept, trainable="concept" if joint else "all")}
-        if joint:
-            grad_parts["SC|subject"] = self.encode(with_concept, trainable="subject")
+        # Conditionings with gradient (prompts holding the concept) and without.
+        grad_parts = {"SC": self.encode(with_concept)}
         if use_ctx:
             grad_parts["RC"] = self.encode([fill_template(tp, [other] + concept) for tp, other in zip(templates, others)])
-        ctx_rec = use_ctx and config.ctx_mode == "rec" and bool(has_mask.all())
         plain_parts = {}
         with torch.no_grad():
-            if use_subj or (use_ctx and not ctx_rec):
+            if use_subj or use_ctx:
                 plain_parts["S"] = self.encode([fill_template(tp, subject) for tp in templates], grad=False)
-            if use_ctx and not ctx_rec:
+            if use_ctx:
                 plain_parts["R"] = self.encode([fill_template(tp, [other]) for tp, other in zip(templates, others)], grad=False)
         predictions = self._predict(z_t, t, grad_parts, plain_parts)
         pred_sc = predictions["SC"]
 
-        # L_rec: the concept's share of the subject region is concept_inside_weight (rec_region
-        # "concept" = 0); with a joint subject token, the token reconstructs the subject region.
+        # L_rec: the subject region counts concept_inside_weight (rec_region "concept" = 0).
         inside = 0.0 if config.rec_region == "concept" else config.concept_inside_weight
         if masked and inside < 1.0:
             rec = region_mse(pred_sc, target, 1.0 - (1.0 - inside) * subject_region)
         else:
             rec = region_mse(pred_sc, target)
-        if joint and masked:
-            rec = rec + region_mse(predictions["SC|subject"], target, subject_region)
         zero = rec.detach() * 0.0
         subj = ctx = words = zero
         if use_subj:
-            subj = region_mse(pred_sc, predictions["S"].detach(), subject_region)
-        if ctx_rec:
-            ctx = region_mse(predictions["RC"], target, 1.0 - subject_region)
-        elif use_ctx:
+            subj = region_mse(pred_sc, predictions["S"], subject_region)
+        if use_ctx:
+            # With words that leave part of the subject unexplained, delta_S inside the mask holds
+            # that unexplained appearance, which no other subject can copy: measured there, the
+            # cheapest way to meet the term is a concept with no effect at all (README).
             delta_s = pred_sc.detach() - predictions["S"]
             region = 1.0 - subject_region if config.ctx_region == "outside" and masked else None
-            if config.ctx_mode == "cosine":
-                # Direction only: a weaker (or zero) effect earns nothing, so the term cannot be
-                # met by the concept doing nothing.
-                weight = region if region is not None else torch.ones_like(subject_region)
-                effect = ((predictions["RC"] - predictions["R"]) * weight).flatten(1)
-                ctx = (1.0 - torch.nn.functional.cosine_similarity(effect, (delta_s * weight).flatten(1), dim=1, eps=1e-8)).mean()
-            else:
-                ctx = region_mse(predictions["RC"] - predictions["R"], delta_s, region)
+            ctx = region_mse(predictions["RC"] - predictions["R"], delta_s, region)
         if lego and config.w_words > 0 and config.positive_words:
             words = self._words_loss(generator)
         total = rec + config.w_subj * subj + config.w_ctx * ctx + config.w_words * words
@@ -1204,13 +1163,11 @@ class Trainer:
         # optimizer still holds the subject vector's, which stage 1 does not use.
         expected = self.subject_vector if step < self.config.subject_token_steps else self.concept_vectors
         if optimizer is not None and optimizer.param_groups[0]["params"][0] is expected:
-            # "adam." holds the first parameter's moments; "adam2." the joint subject token's.
-            for prefix, param in zip(("adam.", "adam2."), optimizer.param_groups[0]["params"]):
-                moments = optimizer.state.get(param)
-                if moments:
-                    tensors[prefix + "step"] = moments["step"].detach().cpu().reshape(()).clone()
-                    tensors[prefix + "exp_avg"] = moments["exp_avg"].detach().cpu().contiguous()
-                    tensors[prefix + "exp_avg_sq"] = moments["exp_avg_sq"].detach().cpu().contiguous()
+            moments = optimizer.state.get(expected)
+            if moments:
+                tensors["adam.step"] = moments["step"].detach().cpu().reshape(()).clone()
+                tensors["adam.exp_avg"] = moments["exp_avg"].detach().cpu().contiguous()
+                tensors["adam.exp_avg_sq"] = moments["exp_avg_sq"].detach().cpu().contiguous()
         stage = 0 if step < self.config.subject_token_steps else 1
         meta = {
             "format": CHECKPOINT_FORMAT,

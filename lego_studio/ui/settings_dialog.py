@@ -274,10 +274,16 @@ class SettingsDialog(QDialog):
 
     # ------------------------------------------------------------ accept
     def accept(self) -> None:
-        if not self._sam_acceptable():
+        path = self.sam_input.text().strip()
+        # A check still running for the typed checkpoint: OK does not wait for it. The dialog
+        # closes with the other settings, and the checkpoint is saved only if the check passes.
+        pending = (self._runner.busy and bool(path) and self._sam_verdicts.get(path) is None
+                   and path != (self.context.settings.sam_checkpoint or ""))
+        if not pending and not self._sam_acceptable():
             return  # the reason is in the SAM line; the dialog stays open
         try:
-            self.draft.set_sam_checkpoint(self.sam_input.text().strip() or None)
+            if not pending:
+                self.draft.set_sam_checkpoint(path or None)
         except LegoError as exc:
             self.sam_status.setStyleSheet(ERROR_STYLE)
             self.sam_status.setText(str(exc))
@@ -291,7 +297,13 @@ class SettingsDialog(QDialog):
         settings = self.context.settings
         for name in ("models", "default_model", "sam_checkpoint", "default_device", "library_dir", "projects_dir"):
             setattr(settings, name, getattr(self.draft, name))
-        self._runner.abandon()
+        context = self.context
+
+        def save_when_checked(_model_type) -> None:
+            context.settings.sam_checkpoint = path
+            context.apply_settings()
+
+        self._runner.abandon(on_done=save_when_checked if pending else None)
         super().accept()
 
     def reject(self) -> None:

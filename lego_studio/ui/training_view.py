@@ -37,7 +37,7 @@ from PySide6.QtWidgets import (
 
 from lego_studio.core import runs
 from lego_studio.core.errors import LegoError
-from lego_studio.core.training import LR_SCHEDULES, MAX_VECTORS, METHODS, REC_REGIONS, TrainConfig
+from lego_studio.core.training import CTX_REGIONS, LR_SCHEDULES, MAX_VECTORS, METHODS, REC_REGIONS, TrainConfig
 from lego_studio.ui.loss_chart import LossChart
 from lego_studio.ui.mask_canvas import pil_to_qimage
 from lego_studio.ui.model_cache import refill_model_combos
@@ -79,7 +79,11 @@ OPTIONS: dict[str, tuple[str, str, str, dict]] = {
     "subject_token_steps": ("Subject separation", "Subject-token steps", "Stage 0: learn a <subject> token from subject-only images first (0 = use the words)", {"min": 0, "max": 100000}),
     "w_subj": ("Subject separation", "Subject weight", "Weight of the subject-separation loss inside the mask (0 = off)", {"max": 100.0, "decimals": 3}),
     "rec_region": ("Subject separation", "Reconstruct", "concept: learn only outside the subject mask; full: the whole image", {"choices": REC_REGIONS}),
+    "concept_inside_weight": ("Subject separation", "Inside-mask weight", "How much the masked subject's own pixels train the concept "
+                              "(1 = like the rest of the image, 0 = not at all). Only with masks.", {"max": 1.0, "decimals": 2}),
     "w_ctx": ("Context", "Context weight", "Weight of the context loss: the concept must act the same on other subjects (0 = off)", {"max": 100.0, "decimals": 3}),
+    "ctx_region": ("Context", "Context region", "outside: compare the concept's effect only outside the subject mask, where the "
+                   "subject's unexplained look is not (with masks); full: the whole image", {"choices": CTX_REGIONS}),
     "context_subjects": ("Context", "Context subjects", "Other subjects the concept is composed with during training (comma separated)", {"list": ","}),
     "w_words": ("Words", "Words weight", "Weight of the word-guidance (InfoNCE) loss (0 = off)", {"max": 100.0, "decimals": 3}),
     "positive_words": ("Words", "Positive words", "Words that describe the concept (comma separated)", {"list": ","}),

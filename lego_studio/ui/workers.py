@@ -213,17 +213,19 @@ class TaskRunner(QObject):
             thread.wait()
         self._cleanup()
 
-    def abandon(self) -> None:
+    def abandon(self, on_done: Callable | None = None) -> None:
         """Stop caring about the running task without waiting for it: its callbacks are dropped,
         cancel is requested, and the runner hands itself to the application object so that the
         thread can finish (and be cleaned up) after the view that started it is gone. For tasks
-        that cannot be interrupted, such as loading a checkpoint to check it. No-op when idle."""
-        if self._thread is None:
-            return
+        that cannot be interrupted, such as loading a checkpoint to check it. ``on_done`` (which must
+        not touch the view) still receives a successful result. No-op when idle."""
+        if self._thread is None or self in _ABANDONED:
+            return  # idle, or abandoned already (with the callback it was given then)
         from PySide6.QtCore import QCoreApplication
 
-        self._callbacks = {}
-        self.cancel()
+        self._callbacks = {"done": on_done} if on_done is not None else {}
+        if on_done is None:
+            self.cancel()
         app = QCoreApplication.instance()
         if app is not None and self.parent() is not app:
             self.setParent(app)
