@@ -89,19 +89,20 @@ def test_train_configs_never_name_the_concept(method):
 
 def test_methods_are_the_documented_ablations():
     specs = {s.name: s for s in bench.resolve_methods(list(bench.ALL_METHODS), num_vectors=3)}
-    assert list(specs) == ["ti-1", "ti-3", "lego", "lego-no-mask", "lego-no-subj", "lego-no-ctx", "lego-1"]
+    assert list(specs) == ["ti-1", "ti-3", "lego", "lego-mask", "lego-no-subj", "lego-no-ctx", "lego-3"]
     ex, ev = ("circle", "red"), [("square", "blue")]
     cfg = {name: bench.train_config(spec, ex, ev, 5, 0) for name, spec in specs.items()}
     assert cfg["ti-1"].num_vectors == 1 and cfg["ti-3"].num_vectors == 3 and cfg["ti-3"].method == "ti"
-    assert cfg["lego"].num_vectors == 3 and cfg["lego"].w_ctx > 0 and specs["lego"].uses_masks
+    assert cfg["lego"].num_vectors == 1 and cfg["lego"].w_ctx > 0 and specs["lego"].uses_masks
     assert cfg["lego"].subject_in_prompt and cfg["lego"].subject == "a red circle"
     assert not cfg["lego-no-subj"].subject_in_prompt and cfg["lego-no-subj"].w_ctx > 0 and not specs["lego-no-subj"].uses_masks
     assert cfg["lego-no-ctx"].w_ctx == 0 and cfg["lego-no-ctx"].subject_in_prompt
-    assert cfg["lego-1"].num_vectors == 1 and cfg["lego-1"].method == "lego"
-    # The mask ablation: the same defaults, no masks; only the runs that see the words depend on the track.
-    assert cfg["lego-no-mask"] == cfg["lego"] and not specs["lego-no-mask"].uses_masks
+    assert cfg["lego-3"].num_vectors == 3 and cfg["lego-3"].method == "lego"
+    # The mask ablation: the defaults, with L_ctx compared outside the mask.
+    assert cfg["lego-mask"].ctx_region == "outside" and cfg["lego"].ctx_region == "full" and specs["lego-mask"].uses_masks
+    # Only the runs that see the subject words depend on the track.
     assert [s.uses_words for s in specs.values()] == [False, False, True, True, False, True, True]
-    assert [s.name for s in bench.resolve_methods(["ti-N"], num_vectors=4)] == ["ti-4"]
+    assert bench.resolve_methods(["lego-n"], num_vectors=3)[0].name == "lego-3"
 
 
 def test_unknown_names_are_one_line_errors():
@@ -204,7 +205,7 @@ def test_quick_benchmark_writes_tables_sheet_and_json(tmp_path, tiny_model_dir, 
             assert 0.0 <= float(row[metric]) <= 1.0
         assert row["exemplar"] == "a red circle"
         assert len(row["subjects"].split("; ")) == 2
-    assert {r["num_vectors"] for r in rows} == {"1", "4"}
+    assert {r["num_vectors"] for r in rows} == {"1"}  # both methods default to one vector
 
     markdown = (out / "results.md").read_text(encoding="utf-8")
     assert "## Track full, tuning concepts (used to pick the defaults): frozen in ice" in markdown

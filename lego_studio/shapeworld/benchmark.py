@@ -24,16 +24,16 @@ Methods (:func:`method_specs`; ``N`` = ``--vectors``, default 4):
   over the whole image, no masks, no subject words.
 * ``ti-N``  — the same with N vectors.
 * ``lego``  — Lego with its defaults: subject words before the concept in every prompt (Subject
-  Separation), ``L_rec`` over the whole image, ``L_ctx`` with other subjects, measured outside the
-  subject mask (``L_words`` is inactive: there are no positive words). ``L_subj`` and the masked
+  Separation), 1 vector, ``L_rec`` over the whole image, ``L_ctx`` with other subjects over the whole
+  latent (``L_words`` is inactive: there are no positive words). ``L_subj`` and the masked
   ``L_rec`` are off by default: on the tuning concepts they stopped the concept from being learned
   (benchmarks/tune_lego_defaults.py, README).
-* ``lego-no-mask`` — the same defaults without masks (``L_ctx`` then covers the whole latent).
+* ``lego-mask`` — the defaults with the masks used: ``L_ctx`` compared outside the subject mask.
 * ``lego-no-subj`` — no Subject Separation: the subject words are left out of the training prompts
   (``subject_in_prompt=False``), so the concept must also explain the exemplar's appearance;
   ``L_ctx`` stays on.
 * ``lego-no-ctx``  — ``w_ctx = 0``; everything else as ``lego``.
-* ``lego-1``       — ``lego`` with one vector.
+* ``lego-N``       — ``lego`` with N vectors (default 4).
 
 Metrics per run (all in [0, 1]): **concept** fidelity (judge's concept == the exemplars'),
 **subject** fidelity (judge's shape and colour == the requested ones), **success** (both),
@@ -100,7 +100,7 @@ EXEMPLAR_SUBJECTS: dict[str, tuple[str, str]] = {
     "casting a shadow": ("square", "yellow"),
 }
 
-ALL_METHODS: tuple[str, ...] = ("ti-1", "ti-N", "lego", "lego-no-mask", "lego-no-subj", "lego-no-ctx", "lego-1")
+ALL_METHODS: tuple[str, ...] = ("ti-1", "ti-N", "lego", "lego-mask", "lego-no-subj", "lego-no-ctx", "lego-N")
 QUICK_METHODS: tuple[str, ...] = ("ti-1", "lego")
 METRICS: tuple[str, ...] = ("concept_fidelity", "subject_fidelity", "success", "leakage", "colour_leakage",
                              "shape_leakage", "diversity")
@@ -156,18 +156,18 @@ def method_specs(num_vectors: int = DEFAULT_VECTORS) -> dict[str, MethodSpec]:
         "ti-1": MethodSpec("ti-1", "ti", {"num_vectors": 1}, False,
                            "Textual Inversion, 1 vector: placeholder alone in the prompt, full-image loss, no masks"),
         "ti-N": MethodSpec(f"ti-{n}", "ti", {"num_vectors": n}, False, f"Textual Inversion with {n} vectors"),
-        "lego": MethodSpec("lego", "lego", {"num_vectors": n}, True,
-                           f"Lego, {n} vectors, its defaults: subject words before the concept in every prompt, "
-                           "L_rec over the whole image, L_ctx (weight 0.2) with other subjects measured outside the "
-                           "subject mask (masks given; L_subj is off by default)"),
-        "lego-no-mask": MethodSpec("lego-no-mask", "lego", {"num_vectors": n}, False,
-                                   "Lego with its defaults but no masks (the masked terms fall back to the whole image)"),
-        "lego-no-subj": MethodSpec("lego-no-subj", "lego", {"num_vectors": n, "subject_in_prompt": False}, False,
+        "lego": MethodSpec("lego", "lego", {}, True,
+                           "Lego with its defaults: 1 vector, subject words before the concept in every prompt, "
+                           "L_rec over the whole image, L_ctx (weight 0.2) with other subjects over the whole latent "
+                           "(masks given, but no default term uses them: see lego-mask)"),
+        "lego-mask": MethodSpec("lego-mask", "lego", {"ctx_region": "outside"}, True,
+                                "Lego with the masks used: L_ctx compared outside the subject mask"),
+        "lego-no-subj": MethodSpec("lego-no-subj", "lego", {"subject_in_prompt": False}, False,
                                    "Lego without Subject Separation: the subject words are left out of the training "
                                    "prompts (L_ctx kept)"),
-        "lego-no-ctx": MethodSpec("lego-no-ctx", "lego", {"num_vectors": n, "w_ctx": 0.0}, True,
+        "lego-no-ctx": MethodSpec("lego-no-ctx", "lego", {"w_ctx": 0.0}, True,
                                   "Lego without Context Loss (w_ctx=0)"),
-        "lego-1": MethodSpec("lego-1", "lego", {"num_vectors": 1}, True, "Lego with 1 vector"),
+        "lego-N": MethodSpec(f"lego-{n}", "lego", {"num_vectors": n}, True, f"Lego with {n} vectors"),
     }
 
 
@@ -177,7 +177,7 @@ def resolve_methods(names: Sequence[str], num_vectors: int = DEFAULT_VECTORS) ->
     resolved = []
     for name in names:
         key = name.strip().lower()
-        key = "ti-N" if key == "ti-n" else key
+        key = {"ti-n": "ti-N", "lego-n": "lego-N", f"lego-{int(num_vectors)}": "lego-N"}.get(key, key)
         match = re.fullmatch(r"ti-(\d+)", key)
         if key in specs:
             spec = specs[key]

@@ -54,7 +54,7 @@ def demo_train_defaults(concept: str, subject: tuple[str, str], steps: int = DEM
     from lego_studio.shapeworld.benchmark import context_subjects, held_out_subjects
 
     evaluation = held_out_subjects(concept, subject, 4)
-    return {"steps": steps, "num_vectors": 4, "templates": list(CAPTION_TEMPLATES),
+    return {"steps": steps, "templates": list(CAPTION_TEMPLATES),
             "context_subjects": context_subjects(subject, evaluation)}
 
 
