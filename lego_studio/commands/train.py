@@ -33,6 +33,8 @@ CONFIG_FLAGS = {
     "w_ctx": "w_ctx",
     "w_words": "w_words",
     "rec_region": "rec_region",
+    "ctx_region": "ctx_region",
+    "concept_inside_weight": "concept_inside_weight",
     "lr": "lr",
     "lr_schedule": "lr_schedule",
     "warmup_steps": "warmup_steps",
@@ -72,6 +74,10 @@ def register(subparsers) -> None:
     p.add_argument("--w-ctx", type=float, metavar="X", help="weight of the context loss (0 = off)")
     p.add_argument("--w-words", type=float, metavar="X", help="weight of the word-guidance loss (0 = off)")
     p.add_argument("--rec-region", choices=["concept", "full"], help="reconstruction loss over the concept region or the full image")
+    p.add_argument("--ctx-region", choices=["full", "outside"],
+                   help="context loss over the whole latent (default) or only outside the subject mask")
+    p.add_argument("--concept-inside-weight", type=float, metavar="W",
+                   help="how much the masked subject region trains the concept, 0-1 (default 1)")
     p.add_argument("--lr", type=float, help="learning rate (default 5e-3)")
     p.add_argument("--lr-schedule", choices=["constant", "cosine", "linear"])
     p.add_argument("--warmup-steps", type=int, metavar="N")
