@@ -15,6 +15,7 @@ from PIL import Image
 from lego_studio.core.errors import InputError
 from lego_studio.core.models import shapeworld_model_dir
 from lego_studio.core.project import Project
+from lego_studio.core.training import TrainConfig
 from lego_studio.shapeworld.demo import build_demo_project
 
 REPO = Path(__file__).resolve().parents[1]
@@ -96,7 +97,7 @@ def test_quick_demo_end_to_end(tmp_path, capsys):
     assert "gallery:" in captured.out
 
     lego, ti = load_concept(out / "concepts" / "lego.safetensors"), load_concept(out / "concepts" / "ti.safetensors")
-    assert lego.num_vectors == 4 and ti.num_vectors == 1
+    assert lego.num_vectors == TrainConfig().num_vectors and ti.num_vectors == 1
     assert lego.metadata["method"] == "lego" and ti.metadata["method"] == "ti"
     assert lego.metadata["config"]["steps"] == ti.metadata["config"]["steps"]
     assert lego.metadata["config"]["seed"] == ti.metadata["config"]["seed"]

@@ -154,7 +154,7 @@ def test_out_of_memory_stops_with_one_line_and_resume_uses_the_setting(folders, 
     assert json.loads((run_dir / "config.json").read_text())["unet_batching"] == "split"
     steps = [json.loads(line)["step"] for line in (run_dir / "log.jsonl").read_text().splitlines()]
     assert steps == [1, 2, 3]
-    assert load_concept(out).vectors.shape[0] == 4
+    assert load_concept(out).vectors.shape[0] == TrainConfig().num_vectors
 
 
 # ------------------------------------------------------------------------------ estimate

@@ -1,10 +1,10 @@
 """The partial-words check on the real (shipped) Shape World model: quality, not plumbing.
 
-A user's subject words never describe their subject completely. With the words "a circle" for
-renders of a blue circle on fire, the earlier Lego defaults learned nothing (the context loss
-collapsed the concept: judged concept fidelity 0.19 at 150 steps, see README "Partial subject
-words"). This trains the defaults on that tuning concept for a reduced number of steps and fails
-if the concept collapses again or the exemplar's colour takes over the new subjects.
+A user's subject words never describe their subject completely. With partial words the context
+loss can collapse the concept (the earlier defaults learned nothing on "on fire" with "a circle":
+judged concept fidelity 0.19; README "Partial subject words"). This trains the defaults on the
+tuning concept "shattered" with the words "a hexagon" (the green left out; 0.94 concept with the
+defaults) and fails if the concept collapses or the exemplar's colour takes over the new subjects.
 """
 
 from __future__ import annotations
@@ -19,8 +19,8 @@ pytestmark = [
                        reason="resources/models/shapeworld is missing (train it with lego_studio.shapeworld.model_training)"),
 ]
 
-CHECK_CONCEPT = "on fire"  # a tuning-side concept (not held out) on which the old defaults collapsed
-CHECK_STEPS = 150  # what the tuning runs used (0.19 concept with the old defaults, 0.75 now)
+CHECK_CONCEPT = "shattered"  # a tuning concept (never a held-out one)
+CHECK_STEPS = 150  # what the tuning runs used
 
 
 def test_lego_defaults_learn_the_concept_with_partial_subject_words(tmp_path):
@@ -43,7 +43,7 @@ def test_lego_defaults_learn_the_concept_with_partial_subject_words(tmp_path):
         result = bench.run_one(model, load_judge(None), lego, CHECK_CONCEPT, 0, CHECK_STEPS, config, tmp_path, renders,
                                track="no-colour")
     row = result.row
-    assert row["subject_words"] == "a circle"  # the colour is left out
-    # A collapsed concept draws plain subjects (3 of 16 judged on fire with the old defaults).
+    assert row["subject_words"] == "a hexagon"  # the colour is left out
+    # A collapsed concept draws plain subjects (0-3 of 16 images show it).
     assert row["concept_fidelity"] >= 0.5, row
     assert row["colour_leakage"] <= 0.25, row
