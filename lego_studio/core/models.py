@@ -923,17 +923,10 @@ def tiny_sdxl_configs(sample_size: int = 32) -> dict[str, dict]:
     base = tiny_model_configs(sample_size)
     encoder = dict(base["text_encoder"], hidden_act="gelu")
     return {
+        # The SD tiny UNet plus SDXL's two-encoder width and micro-conditioning embedding.
         "unet": dict(
-            sample_size=sample_size // 2,
-            in_channels=4,
-            out_channels=4,
-            layers_per_block=1,
-            block_out_channels=(32, 64),
-            down_block_types=("CrossAttnDownBlock2D", "DownBlock2D"),
-            up_block_types=("UpBlock2D", "CrossAttnUpBlock2D"),
+            base["unet"],
             cross_attention_dim=width_l + width_g,
-            attention_head_dim=4,
-            norm_num_groups=32,
             use_linear_projection=True,
             addition_embed_type="text_time",
             addition_time_embed_dim=time_dim,
