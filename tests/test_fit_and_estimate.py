@@ -15,31 +15,11 @@ from lego_studio.cli import main
 from lego_studio.core import estimate, memory
 from lego_studio.core.training import TrainConfig
 
-
-@pytest.fixture(autouse=True, scope="module")
-def one_torch_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
-@pytest.fixture
-def folders(tmp_path):
-    images, masks = tmp_path / "images", tmp_path / "masks"
-    images.mkdir()
-    masks.mkdir()
-    rng = np.random.default_rng(1)
-    for i in range(3):
-        Image.fromarray((rng.random((36, 36, 3)) * 255).astype(np.uint8)).save(images / f"ex{i}.png")
-        mask = np.zeros((36, 36), np.uint8)
-        mask[8:24, 8:24] = 255
-        Image.fromarray(mask).save(masks / f"ex{i}.png")
-    return images, masks
-
-
-def train_args(folders, model, out, *extra):
-    images, masks = folders
+def train_args(exemplar_folders, model, out, *extra):
+    images, masks = exemplar_folders
     return ["train", "--images", str(images), "--masks", str(masks), "--subject", "a red square", "--model", str(model),
             "--device", "cpu", "--precision", "fp32", "--out", str(out), "--checkpoint-every", "1", *extra]
 
@@ -99,30 +79,30 @@ def _squeeze(monkeypatch, fraction: float):
 _stacked_need = [0]
 
 
-def test_cli_turns_on_savings_says_so_and_explicit_flags_win(folders, tiny_model, tiny_model_dir, tmp_path, capsys, monkeypatch):
+def test_cli_turns_on_savings_says_so_and_explicit_flags_win(exemplar_folders, tiny_model, tiny_model_dir, tmp_path, capsys, monkeypatch):
     _stacked_need[0] = memory.estimate_step_memory(tiny_model, TrainConfig.preset("lego", subject="a red square"))
     _squeeze(monkeypatch, 0.7)
     out = tmp_path / "a.safetensors"
-    assert main(train_args(folders, tiny_model_dir, out, "--steps", "1", "--quiet")) == 0
+    assert main(train_args(exemplar_folders, tiny_model_dir, out, "--steps", "1", "--quiet")) == 0
     printed = capsys.readouterr().out
     memory_lines = [line for line in printed.splitlines() if line.startswith("memory:")]
     assert len(memory_lines) == 1 and "turned on split UNet batching" in memory_lines[0]
     assert json.loads((tmp_path / "a.run" / "config.json").read_text())["unet_batching"] == "split"
 
     out = tmp_path / "b.safetensors"
-    assert main(train_args(folders, tiny_model_dir, out, "--steps", "1", "--quiet", "--unet-batching", "stacked")) == 0
+    assert main(train_args(exemplar_folders, tiny_model_dir, out, "--steps", "1", "--quiet", "--unet-batching", "stacked")) == 0
     printed = capsys.readouterr().out
     saved = json.loads((tmp_path / "b.run" / "config.json").read_text())
     assert saved["unet_batching"] == "stacked" and saved["gradient_checkpointing"] is True
     assert "turned on gradient checkpointing" in printed
 
     out = tmp_path / "c.safetensors"
-    assert main(train_args(folders, tiny_model_dir, out, "--steps", "1", "--quiet", "--memory", "off")) == 0
+    assert main(train_args(exemplar_folders, tiny_model_dir, out, "--steps", "1", "--quiet", "--memory", "off")) == 0
     assert "memory:" not in capsys.readouterr().out
     assert json.loads((tmp_path / "c.run" / "config.json").read_text())["unet_batching"] == "stacked"
 
 
-def test_out_of_memory_stops_with_one_line_and_resume_uses_the_setting(folders, tiny_model_dir, tmp_path, capsys, monkeypatch):
+def test_out_of_memory_stops_with_one_line_and_resume_uses_the_setting(exemplar_folders, tiny_model_dir, tmp_path, capsys, monkeypatch):
     from lego_studio.core import training
     from lego_studio.core.concepts import load_concept
 
@@ -138,7 +118,7 @@ def test_out_of_memory_stops_with_one_line_and_resume_uses_the_setting(folders, 
     monkeypatch.setattr(training.Trainer, "_concept_loss", failing_loss)
     out = tmp_path / "oom.safetensors"
     run_dir = tmp_path / "oom.run"
-    code = main(train_args(folders, tiny_model_dir, out, "--steps", "3", "--memory", "off"))
+    code = main(train_args(exemplar_folders, tiny_model_dir, out, "--steps", "3", "--memory", "off"))
     err = capsys.readouterr().err
     assert code == 2
     error_lines = [line for line in err.splitlines() if line.startswith("error:")]
@@ -183,9 +163,9 @@ def test_format_duration():
     assert estimate.format_duration(35000) == "9 h 43 min"
 
 
-def test_cli_shows_the_estimate_before_the_run_and_warns_about_a_long_one(folders, tiny_model_dir, tmp_path, capsys):
+def test_cli_shows_the_estimate_before_the_run_and_warns_about_a_long_one(exemplar_folders, tiny_model_dir, tmp_path, capsys):
     out = tmp_path / "first.safetensors"
-    assert main(train_args(folders, tiny_model_dir, out, "--steps", "3", "--quiet")) == 0
+    assert main(train_args(exemplar_folders, tiny_model_dir, out, "--steps", "3", "--quiet")) == 0
     first = capsys.readouterr().out.splitlines()
     assert "expected duration: timing the first two steps…" in first
     timed = [line for line in first if line.startswith("expected duration: about")]
@@ -193,7 +173,7 @@ def test_cli_shows_the_estimate_before_the_run_and_warns_about_a_long_one(folder
 
     # Second run, same model/device/method: the figure is known before the first step.
     out = tmp_path / "second.safetensors"
-    assert main(train_args(folders, tiny_model_dir, out, "--steps", "3", "--quiet")) == 0
+    assert main(train_args(exemplar_folders, tiny_model_dir, out, "--steps", "3", "--quiet")) == 0
     second = capsys.readouterr().out.splitlines()
     assert second[0].startswith("expected duration: about") and "from an earlier run on this machine" in second[0]
 
@@ -201,7 +181,7 @@ def test_cli_shows_the_estimate_before_the_run_and_warns_about_a_long_one(folder
     key = estimate.figure_key(str(tiny_model_dir), "cpu", "lego", None, 1)
     estimate.record_figure(key, 4000.0, 2, "cpu")
     out = tmp_path / "third.safetensors"
-    assert main(train_args(folders, tiny_model_dir, out, "--steps", "2", "--quiet")) == 0
+    assert main(train_args(exemplar_folders, tiny_model_dir, out, "--steps", "2", "--quiet")) == 0
     third = capsys.readouterr().out.splitlines()
     assert third[0].startswith("expected duration: about 2 h 13 min")
     assert third[1].startswith("warning: this run is expected to take about 2 h 13 min; the fastest option is fewer steps")
@@ -227,9 +207,9 @@ def test_judge_tells_shapeworld_renders_from_other_pictures():
     assert "only knows Shape World pictures" in warning and "Settings" in warning and "\n" not in warning
 
 
-def test_cli_warns_when_the_shapeworld_model_gets_foreign_images(folders, tmp_path, capsys):
+def test_cli_warns_when_the_shapeworld_model_gets_foreign_images(exemplar_folders, tmp_path, capsys):
     out = tmp_path / "x.safetensors"
-    assert main(train_args(folders, "shapeworld", out, "--steps", "1", "--quiet")) == 0
+    assert main(train_args(exemplar_folders, "shapeworld", out, "--steps", "1", "--quiet")) == 0
     printed = capsys.readouterr().out
     assert "warning: the built-in Shape World model only knows Shape World pictures" in printed
     assert "--model" in printed

@@ -25,15 +25,9 @@ from lego_studio.core.errors import InputError, ModelError
 from lego_studio.core.prompts import slots, split_fields
 from lego_studio.core.training import TrainConfig, Trainer, unpack_sdxl
 
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
+
 WIDTH_L, WIDTH_G = 32, 48
-
-
-@pytest.fixture(autouse=True, scope="module")
-def one_torch_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
 
 
 @pytest.fixture(scope="module")

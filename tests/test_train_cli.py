@@ -4,40 +4,17 @@ from __future__ import annotations
 
 import json
 
-import numpy as np
 import pytest
 import torch
 from PIL import Image
 
 from lego_studio.cli import main
 
-
-@pytest.fixture(autouse=True, scope="module")
-def one_torch_thread():
-    # See tests/test_training.py: one thread is far faster for tiny models on a shared machine.
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
-@pytest.fixture
-def folders(tmp_path):
-    images, masks = tmp_path / "images", tmp_path / "masks"
-    images.mkdir()
-    masks.mkdir()
-    rng = np.random.default_rng(1)
-    for i in range(3):
-        Image.fromarray((rng.random((36, 36, 3)) * 255).astype(np.uint8)).save(images / f"ex{i}.png")
-        mask = np.zeros((36, 36), np.uint8)
-        mask[8:24, 8:24] = 255
-        Image.fromarray(mask).save(masks / f"ex{i}.png")
-    (images / "notes.txt").write_text("not an image, and not picked up")
-    return images, masks
-
-
-def base_args(folders, tiny_model_dir, out, *extra):
-    images, masks = folders
+def base_args(exemplar_folders, tiny_model_dir, out, *extra):
+    images, masks = exemplar_folders
     return [
         "train", "--images", str(images), "--masks", str(masks), "--subject", "a red square",
         "--model", str(tiny_model_dir), "--device", "cpu", "--precision", "fp32",
@@ -45,11 +22,11 @@ def base_args(folders, tiny_model_dir, out, *extra):
     ]
 
 
-def test_train_writes_a_concept_and_resume_extends_the_run(folders, tiny_model_dir, tmp_path, capsys):
+def test_train_writes_a_concept_and_resume_extends_the_run(exemplar_folders, tiny_model_dir, tmp_path, capsys):
     from lego_studio.core.concepts import load_concept
 
     out = tmp_path / "frozen.safetensors"
-    code = main(base_args(folders, tiny_model_dir, out, "--steps", "2", "--vectors", "3",
+    code = main(base_args(exemplar_folders, tiny_model_dir, out, "--steps", "2", "--vectors", "3",
                           "--positive-words", "frozen", "--checkpoint-every", "1"))
     captured = capsys.readouterr()
     assert code == 0, captured.err
@@ -69,13 +46,13 @@ def test_train_writes_a_concept_and_resume_extends_the_run(folders, tiny_model_d
     assert not torch.equal(load_concept(out).vectors, concept.vectors)
 
 
-def test_ti_baseline_from_a_config_file(folders, tiny_model_dir, tmp_path, capsys):
+def test_ti_baseline_from_a_config_file(exemplar_folders, tiny_model_dir, tmp_path, capsys):
     from lego_studio.core.concepts import load_concept
 
     config = tmp_path / "ti.json"
     config.write_text(json.dumps({"method": "ti", "steps": 1, "name": "melting", "lr": 1e-3}))
     out = tmp_path / "ti.safetensors"
-    code = main(base_args(folders, tiny_model_dir, out, "--config", str(config), "--quiet"))
+    code = main(base_args(exemplar_folders, tiny_model_dir, out, "--config", str(config), "--quiet"))
     assert code == 0, capsys.readouterr().err
     concept = load_concept(out)
     assert concept.placeholder == "<melting>" and concept.vectors.shape == (1, 32)
@@ -92,40 +69,40 @@ def _error(capsys, argv) -> str:
     return lines[0]
 
 
-def test_bad_inputs_exit_2_with_one_line(folders, tiny_model_dir, tmp_path, capsys):
-    images, masks = folders
+def test_bad_inputs_exit_2_with_one_line(exemplar_folders, tiny_model_dir, tmp_path, capsys):
+    images, masks = exemplar_folders
     out = tmp_path / "c.safetensors"
 
     (images / "broken.png").write_bytes(b"this is text, not a PNG")
-    assert "broken.png: not a readable image" in _error(capsys, base_args(folders, tiny_model_dir, out))
+    assert "broken.png: not a readable image" in _error(capsys, base_args(exemplar_folders, tiny_model_dir, out))
     (images / "broken.png").unlink()
 
     data = (images / "ex0.png").read_bytes()
     (images / "cut.png").write_bytes(data[: len(data) // 2])
-    assert "cut.png" in _error(capsys, base_args(folders, tiny_model_dir, out))
+    assert "cut.png" in _error(capsys, base_args(exemplar_folders, tiny_model_dir, out))
     (images / "cut.png").unlink()
 
     Image.new("L", (20, 20)).save(masks / "ex1.png")
-    assert "ex1.png: mask is 20x20 but its image is 36x36" in _error(capsys, base_args(folders, tiny_model_dir, out))
+    assert "ex1.png: mask is 20x20 but its image is 36x36" in _error(capsys, base_args(exemplar_folders, tiny_model_dir, out))
     Image.new("L", (36, 36), 255).save(masks / "ex1.png")
-    assert "ex1.png: mask marks the whole image" in _error(capsys, base_args(folders, tiny_model_dir, out))
+    assert "ex1.png: mask marks the whole image" in _error(capsys, base_args(exemplar_folders, tiny_model_dir, out))
     Image.new("L", (36, 36), 0).save(masks / "ex1.png")
 
     missing_model = tmp_path / "no-such-model"
-    message = _error(capsys, base_args(folders, missing_model, out))
+    message = _error(capsys, base_args(exemplar_folders, missing_model, out))
     assert "no-such-model" in message
 
-    assert "num_vectors" in _error(capsys, base_args(folders, tiny_model_dir, out, "--vectors", "20"))
-    assert "must end in .safetensors" in _error(capsys, base_args(folders, tiny_model_dir, tmp_path / "c.pt"))
+    assert "num_vectors" in _error(capsys, base_args(exemplar_folders, tiny_model_dir, out, "--vectors", "20"))
+    assert "must end in .safetensors" in _error(capsys, base_args(exemplar_folders, tiny_model_dir, tmp_path / "c.pt"))
     assert "--images" in _error(capsys, ["train", "--model", str(tiny_model_dir), "--out", str(out)])
-    assert "needs the subject" in _error(capsys, [a for a in base_args(folders, tiny_model_dir, out) if a not in ("--subject", "a red square")])
+    assert "needs the subject" in _error(capsys, [a for a in base_args(exemplar_folders, tiny_model_dir, out) if a not in ("--subject", "a red square")])
     assert "no run to resume" in _error(capsys, ["train", "--resume", "--run-dir", str(tmp_path / "nothing"), "--out", str(out)])
 
 
-def test_init_from_a_concept_of_another_width_is_refused(folders, tiny_model_dir, tmp_path, capsys):
+def test_init_from_a_concept_of_another_width_is_refused(exemplar_folders, tiny_model_dir, tmp_path, capsys):
     from lego_studio.core.concepts import Concept, save_concept
 
     wide = tmp_path / "wide.safetensors"
     save_concept(Concept(name="wide", placeholder="<wide>", vectors=torch.zeros(2, 768)), wide)
-    message = _error(capsys, base_args(folders, tiny_model_dir, tmp_path / "c.safetensors", "--init-from", str(wide), "--steps", "1"))
+    message = _error(capsys, base_args(exemplar_folders, tiny_model_dir, tmp_path / "c.safetensors", "--init-from", str(wide), "--steps", "1"))
     assert "wide.safetensors" in message and "768" in message and "32" in message

@@ -21,17 +21,9 @@ from lego_studio.core.training import (
     region_mse,
 )
 
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
+
 # ------------------------------------------------------------------------------ fixtures
-
-
-@pytest.fixture(autouse=True, scope="module")
-def one_torch_thread():
-    """Tiny-model steps are dominated by thread hand-offs: on a shared 2-core machine one thread
-    is ~10x faster than the default. Restored afterwards so other modules are unaffected."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
 
 
 @pytest.fixture(scope="module")
