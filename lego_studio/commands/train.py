@@ -344,11 +344,11 @@ def run(args: argparse.Namespace) -> int:
     if subject_images:
         check_inputs(subject_images, None)
 
-    from lego_studio.core.models import load_model
+    from lego_studio.core.models import is_shapeworld, load_model
     from lego_studio.core.training import Trainer
 
     model = load_model(model_spec, device=args.device, precision=args.precision)
-    if model.family.name == "shapeworld":
+    if is_shapeworld(model):
         from lego_studio.shapeworld.recognise import foreign_images_warning
 
         warning = foreign_images_warning(images, cli=True)

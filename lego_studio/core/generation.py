@@ -197,21 +197,12 @@ def generate(
         return callback_kwargs
 
     with torch.no_grad():
-        extra = {}
-        if getattr(model, "is_sdxl", False):
-            # SDXL: both encoders' hidden states plus the pooled embeddings; the pipeline adds the
-            # micro-conditioning (original = target = the image size, no crop).
-            prompt_embeds, pooled = model.encode_prompts_pooled([expand_prompt(resolved.prompt, concepts)])
-            negative_embeds, negative_pooled = model.encode_prompts_pooled(
-                [expand_prompt(resolved.negative_prompt, concepts)])
-            extra = {"pooled_prompt_embeds": pooled, "negative_pooled_prompt_embeds": negative_pooled}
-        else:
-            prompt_embeds = model.encode_prompts([expand_prompt(resolved.prompt, concepts)])
-            negative_embeds = model.encode_prompts([expand_prompt(resolved.negative_prompt, concepts)])
+        # SDXL: both encoders' hidden states plus the pooled embeddings; the pipeline adds the
+        # micro-conditioning (original = target = the image size, no crop).
+        prompt_kwargs = model.pipeline_prompt_kwargs([expand_prompt(resolved.prompt, concepts)],
+                                                     [expand_prompt(resolved.negative_prompt, concepts)])
         result = pipe(
-            prompt_embeds=prompt_embeds,
-            negative_prompt_embeds=negative_embeds,
-            **extra,
+            **prompt_kwargs,
             height=resolved.height,
             width=resolved.width,
             num_inference_steps=resolved.steps,

@@ -53,6 +53,8 @@ _OPEN_CLIP_PREFIX = "cond_stage_model.model."
 _SDXL_CLIP_PREFIX = "conditioner.embedders.0.transformer."
 _SDXL_OPEN_CLIP_PREFIX = "conditioner.embedders.1.model."
 _SDXL_REFINER_PREFIX = "conditioner.embedders.0.model."
+# Names resolve_spec maps to models shipped in resources/models.
+SHIPPED_MODELS = ("shapeworld", "shapeworld-xl")
 _MODEL_ID = re.compile(r"^[A-Za-z0-9][\w.-]*/[\w.-]+$")
 
 
@@ -235,6 +237,16 @@ class SDModel:
             hidden.append(output.hidden_states[-2])
         return (torch.cat(hidden, dim=-1).to(dtype=self.text_encoder_2.dtype, device=self.device), pooled)
 
+    def pipeline_prompt_kwargs(self, prompts: Sequence[str], negative_prompts: Sequence[str]) -> dict:
+        """The diffusers pipeline's prompt arguments for expanded prompts: the embeddings, and for
+        SDXL the pooled embeddings too (the pipeline adds the micro-conditioning itself)."""
+        hidden, pooled = self.encode_prompts_pooled(prompts)
+        negative_hidden, negative_pooled = self.encode_prompts_pooled(negative_prompts)
+        kwargs = {"prompt_embeds": hidden, "negative_prompt_embeds": negative_hidden}
+        if pooled is not None:
+            kwargs.update(pooled_prompt_embeds=pooled, negative_pooled_prompt_embeds=negative_pooled)
+        return kwargs
+
 
 # ---------------------------------------------------------------------------- safe loading
 
@@ -323,8 +335,21 @@ def _scan_hf_cache(cache: Path, model_id: str) -> Path | None:
     return folders[-1] if folders else None
 
 
-def shapeworld_model_dir() -> Path:
-    return resource("models", "shapeworld")
+def shapeworld_model_dir(name: str = "shapeworld") -> Path:
+    """The shipped Shape World model: ``shapeworld`` (SD architecture) or ``shapeworld-xl`` (SDXL)."""
+    return resource("models", name)
+
+
+def is_shapeworld(model: "SDModel") -> bool:
+    """Whether ``model`` is a Shape World model (SD or SDXL architecture): it only knows Shape
+    World renders, so the app warns when it is asked to learn from other pictures."""
+    if model.family.name == "shapeworld":
+        return True
+    marker = Path(model.source) / FAMILY_FILE
+    try:
+        return marker.is_file() and _read_json(marker).get("shapeworld") is True
+    except ModelError:
+        return False
 
 
 def resolve_spec(spec: str | os.PathLike) -> tuple[str, Path]:
@@ -332,11 +357,11 @@ def resolve_spec(spec: str | os.PathLike) -> tuple[str, Path]:
     text = str(spec).strip()
     if not text:
         raise ModelError("no model given (a diffusers folder, a .safetensors/.ckpt file or a cached model id)")
-    if text.lower() == "shapeworld":
-        folder = shapeworld_model_dir()
+    if text.lower() in SHIPPED_MODELS:
+        folder = shapeworld_model_dir(text.lower())
         if not folder.is_dir():
             raise ModelError(
-                f"{folder}: the Shape World model is not installed (it is built by the Shape World training script)"
+                f"{folder}: the {text.lower()} model is not installed (it is built by the Shape World training scripts)"
             )
         return "folder", folder
     path = Path(text).expanduser()

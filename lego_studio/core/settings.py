@@ -27,7 +27,7 @@ SETTINGS_FILE = "settings.json"
 SCHEMA_VERSION = 1
 MAX_RECENT_PROJECTS = 10
 MODEL_KINDS = ("diffusers", "hf-cache", "single-file", "builtin")
-BUILTIN_MODELS = ("shapeworld",)  # names load_model resolves to shipped models
+BUILTIN_MODELS = ("shapeworld", "shapeworld-xl")  # names load_model resolves to shipped models (models.SHIPPED_MODELS)
 DEVICES = ("auto", "cpu", "cuda", "mps")
 
 
@@ -94,7 +94,9 @@ def inspect_model_spec(spec: str | os.PathLike) -> ModelEntry:
     text = str(spec).strip()
     where, path = resolve_spec(text)  # ModelError naming the spec when it is unusable
     if text.lower() in BUILTIN_MODELS:
-        return ModelEntry(name=text.lower(), spec=text.lower(), kind="builtin", family=text.lower())
+        # The concept family: the XL Shape World model takes SDXL-shaped (clip_l + clip_g) concepts.
+        family = "sdxl" if text.lower() == "shapeworld-xl" else "shapeworld"
+        return ModelEntry(name=text.lower(), spec=text.lower(), kind="builtin", family=family)
     if where == "file":
         if path.stat().st_size < 1024:
             raise ModelError(f"{path}: model file is too small to hold weights ({path.stat().st_size} bytes)")

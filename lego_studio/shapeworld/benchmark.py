@@ -362,9 +362,9 @@ def generate_images(model, concept, prompts: Sequence[str], seeds: Sequence[int]
         latents = torch.cat([torch.randn(shape, generator=torch.Generator("cpu").manual_seed(r.seed), dtype=torch.float32)
                              for r in chunk]).to(device=model.device, dtype=model.unet.dtype)
         with torch.no_grad():
-            cond = model.encode_prompts([expand_prompt(r.prompt, concepts) for r in chunk])
-            uncond = model.encode_prompts([expand_prompt(r.negative_prompt, concepts) for r in chunk])
-            images = pipe(prompt_embeds=cond, negative_prompt_embeds=uncond, height=size, width=size,
+            prompt_kwargs = model.pipeline_prompt_kwargs([expand_prompt(r.prompt, concepts) for r in chunk],
+                                                         [expand_prompt(r.negative_prompt, concepts) for r in chunk])
+            images = pipe(**prompt_kwargs, height=size, width=size,
                           num_inference_steps=int(steps), guidance_scale=float(guidance), latents=latents,
                           output_type="pil").images
         results += list(zip(chunk, images))

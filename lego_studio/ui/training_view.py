@@ -37,6 +37,7 @@ from PySide6.QtWidgets import (
 
 from lego_studio.core import runs
 from lego_studio.core.errors import LegoError
+from lego_studio.core.settings import BUILTIN_MODELS
 from lego_studio.core.training import CTX_REGIONS, LR_SCHEDULES, MAX_VECTORS, METHODS, REC_REGIONS, TrainConfig
 from lego_studio.ui.loss_chart import LossChart
 from lego_studio.ui.mask_canvas import pil_to_qimage
@@ -418,7 +419,7 @@ class TrainingView(QWidget):
 
     def is_shapeworld_model(self) -> bool:
         spec, _device = self._choice()
-        if spec == "shapeworld":
+        if spec in BUILTIN_MODELS:
             return True
         entry = next((m for m in self.context.settings.models if m.spec == spec), None)
         return entry is not None and entry.family == "shapeworld"
