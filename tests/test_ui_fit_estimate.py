@@ -14,7 +14,6 @@ from lego_studio.core.project import Project
 from lego_studio.core.settings import Settings
 from lego_studio.ui.context import AppContext
 from lego_studio.ui.main_window import MainWindow
-from lego_studio.ui.workers import wait_until_idle
 
 pytestmark = pytest.mark.gui
 

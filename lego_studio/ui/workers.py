@@ -308,16 +308,3 @@ def shutdown_abandoned(timeout_ms: int = 30000) -> None:
     for runner in list(_ABANDONED):
         runner.shutdown(timeout_ms)
         _ABANDONED.discard(runner)
-
-
-def wait_until_idle(runner: TaskRunner, timeout_ms: int = 60000) -> bool:
-    """Process events until ``runner`` is idle; for scripts that drive views without a user
-    (screenshots). Returns False on timeout."""
-    from PySide6.QtCore import QCoreApplication, QElapsedTimer
-
-    clock = QElapsedTimer()
-    clock.start()
-    while runner.busy and clock.elapsed() < timeout_ms:
-        QCoreApplication.processEvents()
-        QThread.msleep(5)
-    return not runner.busy
