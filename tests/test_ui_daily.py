@@ -103,9 +103,34 @@ def test_runs_list_shows_cancelled_failed_and_a_dead_process_as_interrupted(wind
     view.refresh_runs()
     texts = {view.runs_list.item(i).data(0x0100): view.runs_list.item(i).text() for i in range(view.runs_list.count())}
     assert "— cancelled —" in texts[str(cancelled)]
+    assert "training cancelled at step 3" not in texts[str(cancelled)]  # the status says it; the tooltip has it
     assert "— failed —" in texts[str(failed)] and "not finite" in texts[str(failed)]
     assert "— interrupted —" in texts[str(dead)]
     assert sorted(view.resumable_runs()) == sorted([cancelled, failed, dead])
+
+
+def test_the_running_runs_line_follows_its_steps_and_the_first_steps_estimate_gives_way_to_the_eta(window, tmp_path):
+    # Walkthrough: between checkpoints the list said "? — training now — step 0/?" while the bar
+    # was at step 30, and "about 10 min" (timed on the first two steps) stayed beside a live ETA
+    # of 2:38. The line follows the steps; the first-steps estimate goes once the ETA is measured.
+    from lego_studio.core.training import TrainEvent
+
+    project = window.projects_view.create_project("Live", [image_folder(tmp_path / "src")])
+    run = project.new_run_dir()
+    view = window.training_view
+    view._run_dir, view._run_method = run, "lego"
+    view.refresh_runs()
+    view.estimate_label.setText("Expected duration: about 10 min for 298 steps.")
+    view._on_event(TrainEvent("step", step=3, total=300, eta_s=600.0, losses={"total": 0.1}))
+    line = next(view.runs_list.item(i).text() for i in range(view.runs_list.count())
+                if view.runs_list.item(i).data(0x0100) == str(run))
+    assert "— lego — training now — step 3/300" in line
+    assert "about 10 min" in view.estimate_label.text()  # still the only figure after 3 steps
+    view._on_event(TrainEvent("step", step=30, total=300, eta_s=158.0, losses={"total": 0.1}))
+    line = next(view.runs_list.item(i).text() for i in range(view.runs_list.count())
+                if view.runs_list.item(i).data(0x0100) == str(run))
+    assert "step 30/300" in line
+    assert view.estimate_label.text() == "" and view.eta_label.text() == "ETA 2:38"
 
 
 # ------------------------------------------------------------------------------ 3: mask count

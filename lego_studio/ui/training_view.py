@@ -46,6 +46,8 @@ from lego_studio.ui.workers import TaskRunner
 from lego_studio.ui.layouts import install_two_pane_layout
 
 PREVIEW_THUMB = 96
+# The estimate timed on the first steps is shown until this step; then the live ETA takes over.
+ESTIMATE_SHOWN_UNTIL_STEP = 10
 # The app's form starts with previews on, so a new user sees the concept form while it trains.
 # Measured on the Shape World demo on a 2-core CPU (scripts/measure_preview_cost.py): one preview
 # costs about 7 training steps (Lego 1.21 s vs 182 ms a step; TI 0.54 s vs 75 ms), so previews
@@ -276,6 +278,7 @@ class TrainingView(QWidget):
         self._foreign_pending = False
         self._long_confirmed = False
         self._run_dir: Path | None = None
+        self._run_method = ""
         self._project_folder: Path | None = None
         self.last_concept_path: Path | None = None
         self.last_error = ""
@@ -531,15 +534,29 @@ class TrainingView(QWidget):
                 status = "running in another process"
             total = info.total_steps or "?"
             text = f"{info.id} — {info.method or '?'} — {status} — step {info.step}/{total}"
-            if info.message and info.status != runs.RUN_INTERRUPTED:
+            # Only a failure's reason goes on the line (the status says the rest); every message
+            # is in the tooltip.
+            if info.message and info.status == runs.RUN_FAILED:
                 text += f" — {info.message}"
             item = QListWidgetItem(text)
+            if info.message:
+                item.setToolTip(info.message)
             item.setData(Qt.ItemDataRole.UserRole, str(info.path))
             resumable = not ours and info.resumable
             item.setData(Qt.ItemDataRole.UserRole + 1, resumable)
             if resumable:
-                item.setToolTip("Resumable: select it and press Resume")
+                item.setToolTip("\n".join(filter(None, [info.message, "Resumable: select it and press Resume"])))
             self.runs_list.addItem(item)
+
+    def _show_current_run_step(self, step: int, total: int) -> None:
+        """Keep the running run's line current between checkpoints (no disk reads per step)."""
+        if self._run_dir is None:
+            return
+        for i in range(self.runs_list.count()):
+            item = self.runs_list.item(i)
+            if Path(item.data(Qt.ItemDataRole.UserRole)) == Path(self._run_dir):
+                item.setText(f"{Path(self._run_dir).name} — {self._run_method} — training now — step {step}/{total}")
+                return
 
     def select_run(self, run_dir: Path) -> None:
         for i in range(self.runs_list.count()):
@@ -675,6 +692,7 @@ class TrainingView(QWidget):
             return library_io.add_trained(library, trainer.concept_path, concept, project)  # path, or NameTaken
 
         self._run_dir = run_dir
+        self._run_method = config.method
         self.last_error = ""
         self.chart.clear()
         self.chart.total_steps = config.total_steps
@@ -723,6 +741,11 @@ class TrainingView(QWidget):
             self.eta_label.setText(format_eta(event.eta_s))
             self.chart.total_steps = event.total
             self.chart.add(event.step, event.losses)
+            self._show_current_run_step(event.step, event.total)
+            if event.eta_s is not None and event.step >= ESTIMATE_SHOWN_UNTIL_STEP:
+                # From here the live ETA (measured over many steps) says it better than the
+                # estimate timed on the first two; two different figures would only confuse.
+                self.estimate_label.clear()
             if kind == "skipped":
                 self.status_label.setText(event.message)
             elif not self._paused:
@@ -810,12 +833,14 @@ class TrainingView(QWidget):
     def _failed(self, message: str) -> None:
         self._pause.clear()
         self.last_error = message
+        self.eta_label.setText("stopped")
         self.status_label.setText(f"Training stopped: {message}")
         self.refresh_runs()
         self._update_buttons()
 
     def _cancelled(self) -> None:
         self._pause.clear()
+        self.eta_label.setText("cancelled")
         self.status_label.setText("Cancelled. The run can be resumed from its checkpoint.")
         self.refresh_runs()
         self._update_buttons()
