@@ -133,6 +133,25 @@ def test_the_running_runs_line_follows_its_steps_and_the_first_steps_estimate_gi
     assert view.estimate_label.text() == "" and view.eta_label.text() == "ETA 2:38"
 
 
+def test_another_project_does_not_show_the_last_projects_run(window, tmp_path):
+    # Walkthrough: after cancelling a run of the demo and creating a new project, Training still
+    # showed the demo's 194/300 bar, its loss curves, its previews and "Cancelled".
+    first = window.projects_view.create_project("First", [image_folder(tmp_path / "a")])
+    view = window.training_view
+    view.set_project(first)
+    view.progress.setRange(0, 300)
+    view.progress.setValue(194)
+    view.chart.add(1, {"total": 0.1})
+    view.previews.addItem("step 100")
+    view.status_label.setText("Cancelled. The run can be resumed from its checkpoint.")
+    view.eta_label.setText("cancelled")
+    window.projects_view.create_project("Second", [image_folder(tmp_path / "b")])
+    assert view.progress.value() == -1 and view.previews.count() == 0
+    assert view.status_label.text() == "Ready." and view.eta_label.text() == "ETA —"
+    window.projects_view.open_project(first.folder)  # its run is not shown again either, until it runs
+    assert view.previews.count() == 0
+
+
 # ------------------------------------------------------------------------------ 3: mask count
 
 

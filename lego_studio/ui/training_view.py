@@ -484,6 +484,8 @@ class TrainingView(QWidget):
     def set_project(self, project) -> None:
         """Show ``project``'s own training settings: the form is reset to the defaults, then the
         project's saved settings and fields are applied, so nothing leaks from the last project."""
+        if project is not None and not self.runner.busy and project.folder != self._project_folder:
+            self.clear_run_display()
         if project is not None and not self.runner.busy:
             saved = dict(project.train_defaults or {})
             method = saved.get("method") if saved.get("method") in PRESETS.values() else "lego"
@@ -501,6 +503,17 @@ class TrainingView(QWidget):
         self.refresh_runs()
         self._update_buttons()
         self.check_foreign_images()
+
+    def clear_run_display(self) -> None:
+        """Forget the last run's progress, curves, previews and status: they belong to the project
+        that ran it, not to the one opened now."""
+        self.chart.clear()
+        self.previews.clear()
+        self.progress.setRange(0, 100)
+        self.progress.reset()  # as at start: an empty bar without a step count
+        self.eta_label.setText("ETA —")
+        self.status_label.setText("Ready.")
+        self.memory_label.hide()
 
     def show_project_fields(self) -> None:
         """The project's name, subject and word lists (edited in Projects) into the form."""
