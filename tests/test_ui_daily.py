@@ -152,6 +152,18 @@ def test_another_project_does_not_show_the_last_projects_run(window, tmp_path):
     assert view.previews.count() == 0
 
 
+def test_start_without_subject_words_names_the_field_to_fill(window, tmp_path):
+    # Walkthrough: a new project without subject words answered Start with the config's own
+    # "needs the subject in words ... or subject_token_steps > 0", a field name the user never sees.
+    project = window.projects_view.create_project("No words", [image_folder(tmp_path / "src")])
+    view = window.training_view
+    view.set_project(project)
+    view.form.set_value("subject", "")
+    assert view.start() is False
+    assert '"Subject words"' in view.status_label.text() and "subject_token_steps" not in view.status_label.text()
+    assert list(project.runs()) == []
+
+
 # ------------------------------------------------------------------------------ 3: mask count
 
 
