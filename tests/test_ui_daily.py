@@ -164,6 +164,21 @@ def test_start_without_subject_words_names_the_field_to_fill(window, tmp_path):
     assert list(project.runs()) == []
 
 
+def test_subject_words_typed_in_training_stay_with_the_project(window, tmp_path):
+    # Walkthrough: subject words typed in Training trained the run, but the project kept none, so
+    # after a restart the form was empty again and Projects never showed them.
+    project = window.projects_view.create_project("Typed", [image_folder(tmp_path / "src")])
+    view = window.training_view
+    view.set_project(project)
+    view.form.set_value("subject", "a star")
+    view.remember_settings(project, view.form.config())
+    assert project.subject == "a star"
+    assert window.projects_view.subject_edit.text() == "a star"
+    from lego_studio.core.project import Project
+
+    assert Project.open(project.folder).subject == "a star"  # saved, so a restart shows it
+
+
 # ------------------------------------------------------------------------------ 3: mask count
 
 

@@ -207,6 +207,7 @@ class ProjectsView(QWidget):
         install_two_pane_layout(self, left, right)
 
         context.project_changed.connect(lambda _: self.refresh())
+        context.project_fields_changed.connect(self.show_fields)
         context.project_edited.connect(self.refresh_images)
         context.masks_changed.connect(lambda _image: self.refresh_images())
         self.refresh()
@@ -231,13 +232,21 @@ class ProjectsView(QWidget):
             return
         self.title.setText(project_io.project_name(project))
         self.path_label.setText(str(project_io.project_root(project)))
+        self.show_fields()
+        self.fields_status.clear()
+        self.refresh_images()
+
+    def show_fields(self) -> None:
+        """The project's subject, concept name and word lists into the edits (also after
+        Training changed them)."""
+        project = self.context.project
+        if project is None:
+            return
         fields = project_io.get_fields(project)
         self.subject_edit.setText(fields["subject"])
         self.concept_edit.setText(fields["concept_name"])
         self.positive_edit.setText(", ".join(fields["positive_words"]))
         self.negative_edit.setText(", ".join(fields["negative_words"]))
-        self.fields_status.clear()
-        self.refresh_images()
 
     def refresh_images(self) -> None:
         project = self.context.project

@@ -39,6 +39,7 @@ from lego_studio.core import runs
 from lego_studio.core.errors import LegoError
 from lego_studio.core.settings import BUILTIN_MODELS
 from lego_studio.core.training import CTX_REGIONS, LR_SCHEDULES, MAX_VECTORS, METHODS, REC_REGIONS, TrainConfig
+from lego_studio.ui import operations, project_io
 from lego_studio.ui.loss_chart import LossChart
 from lego_studio.ui.mask_canvas import pil_to_qimage
 from lego_studio.ui.model_cache import refill_model_combos
@@ -527,7 +528,15 @@ class TrainingView(QWidget):
 
     def remember_settings(self, project, config: TrainConfig) -> None:
         """Store the form's settings in the project (what differs from the app's defaults), so the
-        project trains with them again after a restart. Project fields are stored by Projects."""
+        project trains with them again after a restart. The project's own fields (subject words,
+        concept name, word lists) typed here are the project's: they are stored as if typed in
+        Projects, which then shows them too."""
+        fields = {"subject": config.subject, "concept_name": config.name, "positive_words": list(config.positive_words),
+                  "negative_words": list(config.negative_words or [])}
+        current = project_io.get_fields(project)
+        edited = {k: v for k, v in fields.items() if current.get(k) != v}
+        if edited:
+            operations.set_fields(self.context, **edited)
         defaults = app_defaults(config.method).to_dict()
         changed = {k: v for k, v in config.to_dict().items() if k not in PROJECT_FIELDS and v != defaults.get(k)}
         changed["method"] = config.method
