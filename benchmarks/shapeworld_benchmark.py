@@ -9,7 +9,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from lego_studio.shapeworld.benchmark import main  # noqa: E402
+from lego_studio.shapeworld.benchmark_cli import main  # noqa: E402
 
 if __name__ == "__main__":
     raise SystemExit(main())

@@ -4,7 +4,7 @@
 
 Runs TI-1 (reference) and a set of Lego variants — the Subject-Separation region and weight are
 the open choices — through exactly the benchmark's protocol (same exemplars, held-out subjects,
-prompts, judge; lego_studio.shapeworld.benchmark.run_one), and writes one CSV row per run plus a
+prompts, judge; lego_studio.shapeworld.benchmark_runner.run_one), and writes one CSV row per run plus a
 Markdown table of means per variant. Several processes (one per concept, ``--threads 1`` each)
 can share a machine: pass ``--concepts`` to split the work.
 """
@@ -20,6 +20,7 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from lego_studio.shapeworld import benchmark as bm  # noqa: E402
+from lego_studio.shapeworld import benchmark_report, benchmark_runner  # noqa: E402
 
 N = bm.DEFAULT_VECTORS
 # name -> (preset, overrides, uses_masks)
@@ -91,12 +92,12 @@ def main(argv=None) -> int:
                     for name in args.variants:
                         preset, overrides, masks = VARIANTS[name]
                         spec = bm.MethodSpec(name, preset, overrides, masks, name)
-                        result = bm.run_one(model, judge_model, spec, concept, seed, args.steps, config, Path(tmp), renders,
+                        result = benchmark_runner.run_one(model, judge_model, spec, concept, seed, args.steps, config, Path(tmp), renders,
                                             track=track)
                         row = result.row
-                        bm._save_run_sheet(out / track, concept, name, seed, result, config)
+                        benchmark_report._save_run_sheet(out / track, concept, name, seed, result, config)
                         rows.append(row)
-                        bm.write_csv(out / "tuning.csv", rows)
+                        benchmark_report.write_csv(out / "tuning.csv", rows)
                         print(f"{track} | {concept} | {name} | seed {seed}: concept {row['concept_fidelity']:.2f} subject "
                               f"{row['subject_fidelity']:.2f} success {row['success']:.2f} leakage {row['leakage']:.2f} "
                               f"(colour {row['colour_leakage']:.2f}, shape {row['shape_leakage']:.2f}) "

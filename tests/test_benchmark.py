@@ -13,6 +13,8 @@ from PIL import Image
 
 from lego_studio.core.errors import InputError
 from lego_studio.shapeworld import benchmark as bench
+from lego_studio.shapeworld import benchmark_report as report
+from lego_studio.shapeworld import benchmark_runner as runner
 from lego_studio.shapeworld.world import COLOUR_NAMES, CONCEPTS, SHAPES, is_held_out, subject_phrase
 
 
@@ -129,19 +131,19 @@ def test_scores_count_fidelity_and_leakage():
         _pred("circle", "blue", "none"),  # exemplar shape leaked, no concept
         _pred("star", "green", "melting"),  # wrong subject, but not the exemplar's
     ]
-    scores = bench.score_predictions(predictions, requested, exemplar, "melting")
+    scores = runner.score_predictions(predictions, requested, exemplar, "melting")
     assert scores == {"concept_fidelity": 0.75, "subject_fidelity": 0.25, "success": 0.25, "leakage": 0.5,
                       "colour_leakage": 0.25, "shape_leakage": 0.25}
-    both = bench.score_predictions([_pred("circle", "red", "melting")], [("square", "blue")], exemplar, "melting")
+    both = runner.score_predictions([_pred("circle", "red", "melting")], [("square", "blue")], exemplar, "melting")
     assert (both["leakage"], both["colour_leakage"], both["shape_leakage"]) == (1.0, 1.0, 1.0)
 
 
 def test_pixel_diversity_is_zero_for_copies_and_one_for_opposites():
     black, white = Image.new("RGB", (8, 8), (0, 0, 0)), Image.new("RGB", (8, 8), (255, 255, 255))
-    assert bench.pixel_diversity([[black, black.copy()]]) == 0.0
-    assert bench.pixel_diversity([[black, white]]) == 1.0
-    assert bench.pixel_diversity([[black, white], [white, white]]) == 0.5
-    assert bench.pixel_diversity([[black]]) == 0.0  # one seed: no pair, no diversity
+    assert runner.pixel_diversity([[black, black.copy()]]) == 0.0
+    assert runner.pixel_diversity([[black, white]]) == 1.0
+    assert runner.pixel_diversity([[black, white], [white, white]]) == 0.5
+    assert runner.pixel_diversity([[black]]) == 0.0  # one seed: no pair, no diversity
 
 
 def test_summary_is_mean_and_std_over_training_seeds():
@@ -150,24 +152,24 @@ def test_summary_is_mean_and_std_over_training_seeds():
         for concept, offset in (("in a cage", 0.0), ("melting", 0.2)):
             rows.append({"method": "lego", "seed": seed, "split": "held-out", "concept": concept,
                          **{m: value + offset for m in bench.METRICS}})
-    summary = bench.summarize(rows, "held-out")
+    summary = report.summarize(rows, "held-out")
     mean, std = summary["lego"]["success"]
     assert mean == pytest.approx(0.5) and std == pytest.approx(0.2)
-    assert bench.summarize(rows, "tuning") == {}
+    assert report.summarize(rows, "tuning") == {}
 
 
 def test_plan_fits_the_budget_or_says_so():
     config = bench.BenchmarkConfig(budget_minutes=20).validate()
     costs = {m: 0.1 for m in config.methods}
-    steps, note = bench.choose_steps(config, costs, generation=5.0, overhead=1.0)
+    steps, note = runner.choose_steps(config, costs, generation=5.0, overhead=1.0)
     assert bench.MIN_STEPS <= steps <= bench.DEFAULT_STEPS
-    assert bench.estimate_seconds(config, steps, costs, 5.0, 1.0) <= 1200
-    assert bench.estimate_seconds(bench.BenchmarkConfig(jobs=2), 100, costs, 5.0, 1.0) == bench.estimate_seconds(bench.BenchmarkConfig(), 100, costs, 5.0, 1.0) / 2
+    assert runner.estimate_seconds(config, steps, costs, 5.0, 1.0) <= 1200
+    assert runner.estimate_seconds(bench.BenchmarkConfig(jobs=2), 100, costs, 5.0, 1.0) == runner.estimate_seconds(bench.BenchmarkConfig(), 100, costs, 5.0, 1.0) / 2
     assert "lowered" in note
-    steps, note = bench.choose_steps(config, {m: 10.0 for m in config.methods}, 5.0, 1.0)
+    steps, note = runner.choose_steps(config, {m: 10.0 for m in config.methods}, 5.0, 1.0)
     assert steps == bench.MIN_STEPS and note.startswith("WARNING")
     config.steps = 1000
-    assert bench.choose_steps(config, costs, 5.0, 1.0) == (1000, "WARNING: --steps does not fit the budget")
+    assert runner.choose_steps(config, costs, 5.0, 1.0) == (1000, "WARNING: --steps does not fit the budget")
 
 
 # ------------------------------------------------------------------ end to end
@@ -272,8 +274,8 @@ def test_verdict_names_the_winner_only_beyond_the_seed_noise():
     def entry(success, std, leakage=0.1):
         return {"success": (success, std), "leakage": (leakage, 0.0)}
 
-    assert bench.verdict({"ti-1": entry(0.2, 0.05), "ti-4": entry(0.3, 0.05), "lego": entry(0.6, 0.05)}).startswith(
+    assert report.verdict({"ti-1": entry(0.2, 0.05), "ti-4": entry(0.3, 0.05), "lego": entry(0.6, 0.05)}).startswith(
         "**Verdict: Lego ahead** — success lego 0.60 ± 0.05 vs best TI (ti-4) 0.30 ± 0.05")
-    assert "no clear winner" in bench.verdict({"ti-1": entry(0.5, 0.2), "lego": entry(0.6, 0.05)})
-    assert "TI ahead" in bench.verdict({"ti-1": entry(0.9, 0.0), "lego": entry(0.6, 0.05)})
-    assert bench.verdict({"lego": entry(0.6, 0.05)}) == ""
+    assert "no clear winner" in report.verdict({"ti-1": entry(0.5, 0.2), "lego": entry(0.6, 0.05)})
+    assert "TI ahead" in report.verdict({"ti-1": entry(0.9, 0.0), "lego": entry(0.6, 0.05)})
+    assert report.verdict({"lego": entry(0.6, 0.05)}) == ""

@@ -28,6 +28,7 @@ def test_lego_defaults_learn_the_concept_with_partial_subject_words(tmp_path):
 
     from lego_studio.core.models import load_model
     from lego_studio.shapeworld import benchmark as bench
+    from lego_studio.shapeworld import benchmark_runner as runner
     from lego_studio.shapeworld.judge import load_judge
 
     # The benchmark's own judging (4 held-out subjects x 4 seeds): fewer images are too noisy to
@@ -38,9 +39,9 @@ def test_lego_defaults_learn_the_concept_with_partial_subject_words(tmp_path):
     exemplar = bench.exemplar_subject(CHECK_CONCEPT)
     renders = bench.render_exemplars(CHECK_CONCEPT, exemplar, config.n_exemplars)
     model = load_model("shapeworld", device="cpu", precision="fp32")
-    with bench.torch_threads(1):
+    with runner.torch_threads(1):
         torch.manual_seed(0)
-        result = bench.run_one(model, load_judge(None), lego, CHECK_CONCEPT, 0, CHECK_STEPS, config, tmp_path, renders,
+        result = runner.run_one(model, load_judge(None), lego, CHECK_CONCEPT, 0, CHECK_STEPS, config, tmp_path, renders,
                                track="no-colour")
     row = result.row
     assert row["subject_words"] == "a hexagon"  # the colour is left out

@@ -15,14 +15,14 @@ def register(subparsers) -> None:
     )
     sub = parser.add_subparsers(dest="shapeworld_command", metavar="SUBCOMMAND", required=True)
 
-    from lego_studio.shapeworld import benchmark  # light: torch is imported inside its functions
+    from lego_studio.shapeworld import benchmark, benchmark_cli  # light: torch is imported inside their functions
 
     bench = sub.add_parser(
         "benchmark",
         help="does Lego beat Textual Inversion? train every method, draw held-out subjects, ask the judge",
         description=benchmark.__doc__.split("\n\n")[0],
     )
-    benchmark.add_arguments(bench)
+    benchmark_cli.add_arguments(bench)
     bench.set_defaults(func=_run_benchmark)
 
     render = sub.add_parser("render", help="draw one Shape World image (and its subject mask)",
@@ -103,7 +103,7 @@ def _run_evaluate(args) -> int:
 
 
 def _run_benchmark(args) -> int:
-    from lego_studio.shapeworld.benchmark import run_from_args
+    from lego_studio.shapeworld.benchmark_cli import run_from_args
 
     return run_from_args(args)
 

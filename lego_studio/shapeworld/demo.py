@@ -118,8 +118,8 @@ def run_demo(out_dir, steps: int | None = None, device: str = "auto", on_progres
 
     ``on_progress(stage, done, total)`` is called as work advances: stage "lego" or "ti" (training
     steps), "generate" (images). ``quick`` makes a smoke run (few steps, 2 subjects x 1 seed).
-    ``threads``: torch CPU threads while it runs (see benchmark.torch_threads; 0 = leave as is)."""
-    from lego_studio.shapeworld.benchmark import torch_threads
+    ``threads``: torch CPU threads while it runs (see benchmark_runner.torch_threads; 0 = leave as is)."""
+    from lego_studio.shapeworld.benchmark_runner import torch_threads
 
     with torch_threads(threads):
         return _run_demo(out_dir, steps, device, on_progress, quick, model, judge, seed)
@@ -131,7 +131,8 @@ def _run_demo(out_dir, steps, device, on_progress, quick, model, judge, seed) ->
     from lego_studio.core.generation import make_grid, save_generated
     from lego_studio.core.runs import create_run
     from lego_studio.core.training import TrainConfig, Trainer
-    from lego_studio.shapeworld.benchmark import benchmark_prompt, generate_images, held_out_subjects
+    from lego_studio.shapeworld.benchmark import benchmark_prompt, held_out_subjects
+    from lego_studio.shapeworld.benchmark_runner import generate_images
 
     started = time.time()
     out = Path(out_dir)

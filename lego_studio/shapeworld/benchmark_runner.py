@@ -1,0 +1,471 @@
+"""Running the Shape World benchmark (protocol: :mod:`lego_studio.shapeworld.benchmark`).
+
+Planning (each method's step cost measured on this machine, the step count that fits the budget),
+the jobs and the worker processes that run them, one run (train, draw the held-out subjects, judge,
+score) and the whole benchmark, whose outputs :mod:`lego_studio.shapeworld.benchmark_report` writes.
+
+The worker pool uses spawn: its entry points (``_worker_start``, ``_worker_run``) must stay
+module-level functions of this module so that the workers can import them.
+"""
+
+from __future__ import annotations
+
+import io
+import json
+import os
+import platform
+import tempfile
+import time
+from contextlib import contextmanager
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Callable, Sequence
+
+from lego_studio.core.paths import atomic_save, atomic_write_json, atomic_write_text
+from lego_studio.shapeworld.benchmark import (
+    DEFAULT_STEPS,
+    HELD_OUT_CONCEPTS,
+    METRIC_HELP,
+    METRICS,
+    MIN_STEPS,
+    TUNING_CONCEPTS,
+    BenchmarkConfig,
+    MethodSpec,
+    Plan,
+    _slug,
+    benchmark_prompt,
+    concept_split,
+    exemplar_subject,
+    held_out_subjects,
+    render_exemplars,
+    resolve_methods,
+    train_config,
+)
+from lego_studio.shapeworld.benchmark_report import _save_run_sheet, contact_sheet, results_markdown, summarize, write_csv
+from lego_studio.shapeworld.world import CAPTION_TEMPLATES, subject_phrase
+
+
+# ------------------------------------------------------------------------------ generation
+
+
+GENERATION_BATCH = 32
+
+
+def generate_images(model, concept, prompts: Sequence[str], seeds: Sequence[int], steps: int,
+                    guidance: float, negative_prompt: str = "", scheduler: str = "ddim",
+                    batch_size: int = GENERATION_BATCH):
+    """One image per (prompt, seed) pair, in batches; returns [(GenerationRequest, PIL image)].
+
+    The starting noise of each image is drawn exactly like core.generation.generate does (CPU
+    generator seeded with the seed), so ``lego-studio generate`` with the same prompt, seed,
+    steps and guidance redraws the same picture; batching only changes float rounding."""
+    import torch
+
+    from lego_studio.core.concepts import expand_prompt, install_concepts
+    from lego_studio.core.generation import GenerationRequest, resolve_request
+
+    if len(prompts) != len(seeds):
+        raise ValueError("generate_images needs one seed per prompt")
+    concepts = [concept] if concept is not None else []
+    install_concepts(model, concepts)
+    pipe = model.pipeline(scheduler)
+    scale = int(model.vae_scale_factor)
+    size = int(model.family.resolution)
+    requests = [
+        resolve_request(model, GenerationRequest(prompt=p, negative_prompt=negative_prompt, seed=int(s), steps=int(steps),
+                                                 guidance=float(guidance), scheduler=scheduler), concepts)
+        for p, s in zip(prompts, seeds)
+    ]
+    shape = (1, int(model.unet.config.in_channels), size // scale, size // scale)
+    results = []
+    for start in range(0, len(requests), batch_size):
+        chunk = requests[start : start + batch_size]
+        latents = torch.cat([torch.randn(shape, generator=torch.Generator("cpu").manual_seed(r.seed), dtype=torch.float32)
+                             for r in chunk]).to(device=model.device, dtype=model.unet.dtype)
+        with torch.no_grad():
+            prompt_kwargs = model.pipeline_prompt_kwargs([expand_prompt(r.prompt, concepts) for r in chunk],
+                                                         [expand_prompt(r.negative_prompt, concepts) for r in chunk])
+            images = pipe(**prompt_kwargs, height=size, width=size,
+                          num_inference_steps=int(steps), guidance_scale=float(guidance), latents=latents,
+                          output_type="pil").images
+        results += list(zip(chunk, images))
+    return results
+
+
+# ------------------------------------------------------------------------------ scoring
+
+
+def pixel_diversity(groups: Sequence[Sequence]) -> float:
+    """Mean absolute pixel difference (0-1) between every pair of images within each group
+    (images of one prompt, different seeds), averaged over the groups that have a pair."""
+    import numpy as np
+
+    values = []
+    for group in groups:
+        arrays = [np.asarray(im.convert("RGB"), dtype=np.float32) / 255.0 for im in group]
+        pairs = [float(np.abs(a - b).mean()) for i, a in enumerate(arrays) for b in arrays[i + 1 :]]
+        if pairs:
+            values.append(sum(pairs) / len(pairs))
+    return sum(values) / len(values) if values else 0.0
+
+
+def score_predictions(predictions, requested: Sequence[tuple[str, str]], exemplar: tuple[str, str], concept: str) -> dict:
+    """Concept / subject / success / leakage shares of a list of judge predictions, where
+    ``requested[i]`` is the (shape, colour) prompted for image i."""
+    n = len(predictions)
+    if n == 0 or n != len(requested):
+        raise ValueError("score_predictions needs one requested subject per prediction")
+    ex_shape, ex_colour = exemplar
+    concept_ok = subject_ok = success = leaked = colour_leaked = shape_leaked = 0
+    for pred, (shape, colour) in zip(predictions, requested):
+        c_ok = pred.concept == concept
+        s_ok = pred.shape == shape and pred.colour == colour
+        concept_ok += c_ok
+        subject_ok += s_ok
+        success += c_ok and s_ok
+        # The requested subject never shares the exemplar's shape or colour, so seeing either is leakage.
+        shape_leak = pred.shape == ex_shape and shape != ex_shape
+        colour_leak = pred.colour == ex_colour and colour != ex_colour
+        leaked += shape_leak or colour_leak
+        shape_leaked += shape_leak
+        colour_leaked += colour_leak
+    return {"concept_fidelity": concept_ok / n, "subject_fidelity": subject_ok / n, "success": success / n,
+            "leakage": leaked / n, "colour_leakage": colour_leaked / n, "shape_leakage": shape_leaked / n}
+
+
+# ------------------------------------------------------------------------------ plan
+
+
+def estimate_seconds(config: BenchmarkConfig, steps: int, step_seconds: dict[str, float], generation: float, overhead: float) -> float:
+    """Wall time of the whole run: every job's training, drawing and set-up, shared by the workers."""
+    specs = {s.name: s for s in resolve_methods(config.methods, config.num_vectors)}
+    per_seed_concept = sum((steps * cost + generation + overhead) * (len(config.tracks) if specs[name].uses_words else 1)
+                           for name, cost in step_seconds.items() if name in specs)
+    return per_seed_concept * len(config.seeds) * len(config.concepts) / max(1, int(config.jobs))
+
+
+def choose_steps(config: BenchmarkConfig, step_seconds: dict[str, float], generation: float, overhead: float) -> tuple[int, str]:
+    """--steps if given, else the most steps (<= DEFAULT_STEPS, >= MIN_STEPS) that fit the budget."""
+    budget = config.budget_minutes * 60
+    if config.steps is not None:
+        estimate = estimate_seconds(config, config.steps, step_seconds, generation, overhead)
+        return config.steps, ("" if estimate <= budget else "WARNING: --steps does not fit the budget")
+    fixed = estimate_seconds(config, 0, step_seconds, generation, overhead)
+    per_step = estimate_seconds(config, 1, step_seconds, generation, overhead) - fixed
+    fitting = int((budget - fixed) / per_step) if per_step > 0 else DEFAULT_STEPS
+    steps = max(MIN_STEPS, min(DEFAULT_STEPS, fitting))
+    note = ""
+    if fitting < MIN_STEPS:
+        note = f"WARNING: even {MIN_STEPS} steps exceed the budget; fewer concepts/methods/seeds would fit"
+    elif steps < DEFAULT_STEPS:
+        note = f"steps lowered from {DEFAULT_STEPS} to fit the budget"
+    return steps, note
+
+
+# ------------------------------------------------------------------------------ the run
+
+
+@dataclass
+class RunResult:
+    row: dict
+    images: list  # PIL images, subject-major (subject i, generation seed j)
+    requests: list
+    predictions: list
+
+
+def _train(model, config, images, masks, run_dir: Path, on_step: Callable | None = None):
+    from lego_studio.core.training import Trainer
+
+    def on_event(event):
+        if on_step is not None and event.kind == "step":
+            on_step(event)
+
+    trainer = Trainer(model, config, images, masks, run_dir, on_event=on_event)
+    return trainer.run()
+
+
+def measure_costs(model, config: BenchmarkConfig, specs: Sequence[MethodSpec], work_dir: Path, log: Callable) -> tuple[dict, float, float]:
+    """Seconds per training step of each method (a few real steps each, the first not counted),
+    seconds of one run's generation, and the per-run setup overhead, on this machine."""
+    concept = config.concepts[0]
+    exemplar = exemplar_subject(concept)
+    renders = render_exemplars(concept, exemplar, config.n_exemplars)
+    images, masks = [im for im, _ in renders], [m for _, m in renders]
+    evaluation = held_out_subjects(concept, exemplar, config.n_subjects)
+    probe_steps = 3
+    step_seconds, overheads = {}, []
+    for spec in specs:
+        stamps = []
+        started = time.perf_counter()
+        cfg = train_config(spec, exemplar, evaluation, probe_steps, seed=0, lr=config.lr)
+        _train(model, cfg, images, masks if spec.uses_masks else None, work_dir / f"probe-{spec.name}",
+               on_step=lambda e: stamps.append(time.perf_counter()))
+        total = time.perf_counter() - started
+        step_seconds[spec.name] = (stamps[-1] - stamps[0]) / (len(stamps) - 1)
+        overheads.append(max(0.0, total - probe_steps * step_seconds[spec.name]))
+    n_images = config.n_subjects * len(config.gen_seeds)
+    timings = {}
+    for probe_gen_steps in (1, 3):  # two lengths separate the per-step cost from the fixed one (decode, encode)
+        started = time.perf_counter()
+        generate_images(model, None, ["a red square"] * n_images, list(range(n_images)), probe_gen_steps, config.guidance)
+        timings[probe_gen_steps] = time.perf_counter() - started
+    per_step = max(0.0, (timings[3] - timings[1]) / 2)
+    generation = max(0.0, timings[1] - per_step) + per_step * config.gen_steps
+    overhead = sum(overheads) / len(overheads)
+    log(f"measured: {', '.join(f'{k} {v:.3f} s/step' for k, v in step_seconds.items())}; generation {generation:.1f} s per run")
+    return step_seconds, generation, overhead
+
+
+def run_one(model, judge_model, spec: MethodSpec, concept: str, seed: int, steps: int, config: BenchmarkConfig,
+            work_dir: Path, renders, on_step: Callable | None = None, track: str = "full") -> RunResult:
+    """Train ``spec`` on the concept's exemplars (subject words of ``track``), draw the held-out
+    subjects, judge them."""
+    from lego_studio.shapeworld.judge import judge
+
+    exemplar = exemplar_subject(concept)
+    evaluation = held_out_subjects(concept, exemplar, config.n_subjects)
+    images, masks = [im for im, _ in renders], [m for _, m in renders]
+    cfg = train_config(spec, exemplar, evaluation, steps, seed, lr=config.lr, track=track)
+    run_dir = work_dir / track / _slug(concept) / f"{spec.name}-seed{seed}"
+    started = time.perf_counter()
+    learned = _train(model, cfg, images, masks if spec.uses_masks else None, run_dir, on_step)
+    trained = time.perf_counter()
+    requested = [pair for pair in evaluation for _ in config.gen_seeds]
+    prompts = [benchmark_prompt(shape, colour, learned.placeholder) for shape, colour in requested]
+    seeds = [s for _ in evaluation for s in config.gen_seeds]
+    made = generate_images(model, learned, prompts, seeds, config.gen_steps, config.guidance)
+    generated = time.perf_counter()
+    pictures = [im for _, im in made]
+    predictions = judge(pictures, judge_model)
+    scores = score_predictions(predictions, requested, exemplar, concept)
+    k = len(config.gen_seeds)
+    scores["diversity"] = pixel_diversity([pictures[i : i + k] for i in range(0, len(pictures), k)])
+    row = {
+        "track": track,
+        "concept": concept,
+        "split": concept_split(concept),
+        "method": spec.name,
+        "seed": seed,
+        "steps": steps,
+        "num_vectors": cfg.num_vectors,
+        "exemplar": subject_phrase(*exemplar),
+        "subject_words": cfg.subject if spec.preset == "lego" else "",
+        "subjects": "; ".join(subject_phrase(*pair) for pair in evaluation),
+        "n_images": len(pictures),
+        **{m: round(float(scores[m]), 4) for m in METRICS},
+        "train_s": round(trained - started, 2),
+        "generate_s": round(generated - trained, 2),
+        "final_loss": _final_loss(run_dir),
+    }
+    return RunResult(row, pictures, [r for r, _ in made], predictions)
+
+
+def _final_loss(run_dir: Path) -> float | None:
+    """Mean total loss of the last 10% of steps (from the run's log), or None without a log."""
+    path = run_dir / "log.jsonl"
+    if not path.is_file():
+        return None
+    losses = []
+    for line in path.read_text(encoding="utf-8").splitlines():
+        try:
+            losses.append(float(json.loads(line)["losses"]["total"]))
+        except (ValueError, KeyError, TypeError):
+            continue
+    tail = losses[-max(1, len(losses) // 10) :]
+    return round(sum(tail) / len(tail), 5) if tail else None
+
+
+@contextmanager
+def torch_threads(count: int | None):
+    """Run the block with ``count`` torch CPU threads (0 or None: leave torch's choice), then
+    restore the previous count. The Shape World model is tiny: a second intra-op thread gains
+    little, and on a busy 2-core machine OpenMP threads waiting on each other made a UNet call
+    ~30x slower (measured: 0.05 s with 1 thread, 1.9 s with 2), so the commands default to 1."""
+    import torch
+
+    before = torch.get_num_threads()
+    if count:
+        torch.set_num_threads(int(count))
+    try:
+        yield
+    finally:
+        if count:
+            torch.set_num_threads(before)
+
+
+@dataclass(frozen=True)
+class Job:
+    """One training run of the benchmark: a method on a concept with a seed, on a track."""
+
+    concept: str
+    seed: int
+    spec: MethodSpec
+    track: str
+
+    @property
+    def row_name(self) -> str:
+        """The method as shown in the contact sheet: with its track where the track matters."""
+        return f"{self.track}: {self.spec.name}" if self.spec.uses_words else self.spec.name
+
+
+def plan_jobs(config: BenchmarkConfig, specs: Sequence[MethodSpec]) -> list[Job]:
+    """Every run, in order: concept, seed, method, track. A method that never sees the subject
+    words runs once (on the first track) and stands for all of them."""
+    jobs = []
+    for concept in config.concepts:
+        for seed in config.seeds:
+            for spec in specs:
+                for track in (config.tracks if spec.uses_words else config.tracks[:1]):
+                    jobs.append(Job(concept, int(seed), spec, track))
+    return jobs
+
+
+def _sorted_rows(rows: list[dict], config: BenchmarkConfig, specs: Sequence[MethodSpec]) -> list[dict]:
+    """Rows in plan order whatever order parallel workers finished them in."""
+    methods = [s.name for s in specs]
+    return sorted(rows, key=lambda r: (config.tracks.index(r["track"]), config.concepts.index(r["concept"]),
+                                       config.seeds.index(r["seed"]), methods.index(r["method"])))
+
+
+def _png_bytes(image) -> bytes:
+    buffer = io.BytesIO()
+    image.save(buffer, format="PNG")
+    return buffer.getvalue()
+
+
+def _png_image(data: bytes):
+    from PIL import Image
+
+    return Image.open(io.BytesIO(data)).convert("RGB")
+
+
+def _execute_job(model, judge_model, config: BenchmarkConfig, steps: int, job: Job, work: Path, out: Path) -> dict:
+    """Run one job and write its sample sheet; return its row, images (PNG bytes) and the judge's
+    verdicts as JSON lines, all plain data so that a worker process can send them back."""
+    renders = render_exemplars(job.concept, exemplar_subject(job.concept), config.n_exemplars)
+    result = run_one(model, judge_model, job.spec, job.concept, job.seed, steps, config, work / "runs", renders, track=job.track)
+    sheet_dir = out / "samples" / (job.track if job.spec.uses_words else "any-track")
+    _save_run_sheet(sheet_dir, job.concept, job.spec.name, job.seed, result, config)
+    predictions = [json.dumps({
+        "track": job.track if job.spec.uses_words else "any", "concept": job.concept, "method": job.spec.name,
+        "seed": job.seed, "prompt": request.prompt, "generation_seed": request.seed,
+        "judged": {"shape": p.shape, "colour": p.colour, "concept": p.concept}})
+        for request, p in zip(result.requests, result.predictions)]
+    return {"row": result.row, "images": [_png_bytes(im) for im in result.images], "predictions": predictions}
+
+
+_WORKER: dict = {}
+
+
+def _worker_start(config: BenchmarkConfig, work: str, out: str) -> None:
+    """Worker process set-up: its own model and judge, and ``config.threads`` torch threads."""
+    import torch
+
+    from lego_studio.core.models import load_model
+    from lego_studio.shapeworld.judge import load_judge
+
+    if config.threads:
+        torch.set_num_threads(int(config.threads))
+    _WORKER.update(config=config, work=Path(work), out=Path(out), judge=load_judge(config.judge),
+                   model=load_model(config.model, device=config.device, precision="fp32" if config.device == "cpu" else "auto"))
+
+
+def _worker_run(task: tuple[int, Job, int]) -> tuple[int, dict]:
+    index, job, steps = task
+    w = _WORKER
+    return index, _execute_job(w["model"], w["judge"], w["config"], steps, job, w["work"] / f"worker-{os.getpid()}", w["out"])
+
+
+def _run_jobs(model, judge_model, config: BenchmarkConfig, steps: int, jobs: list[Job], work: Path, out: Path):
+    """Yield (job, result) as runs finish: in this process, or in ``config.jobs`` worker processes
+    (each loads its own model; results are the same as in-process, only their order differs)."""
+    if config.jobs <= 1 or len(jobs) <= 1:
+        for job in jobs:
+            yield job, _execute_job(model, judge_model, config, steps, job, work, out)
+        return
+    import multiprocessing
+
+    context = multiprocessing.get_context("spawn")  # no forked torch/OpenMP state
+    with context.Pool(min(config.jobs, len(jobs)), initializer=_worker_start, initargs=(config, str(work), str(out))) as pool:
+        for index, result in pool.imap_unordered(_worker_run, [(i, job, steps) for i, job in enumerate(jobs)]):
+            yield jobs[index], result
+
+
+def _run_benchmark(config: BenchmarkConfig, out_dir, log: Callable[[str], None], command: str | None) -> dict:
+    import torch
+
+    from lego_studio.core.models import load_model
+    from lego_studio.shapeworld.judge import load_judge
+
+    config.validate()
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    specs = resolve_methods(config.methods, config.num_vectors)
+    started = time.time()
+    judge_model = load_judge(config.judge)  # fails fast, before any training, when missing
+    model = load_model(config.model, device=config.device, precision="fp32" if config.device == "cpu" else "auto")
+    log(f"model {config.model} ({model.family.name}, {model.family.resolution} px) on {model.device}, "
+        f"{torch.get_num_threads()} CPU thread(s)")
+
+    with tempfile.TemporaryDirectory(prefix="lego-benchmark-") as tmp:
+        work = Path(tmp)
+        step_seconds, generation, overhead = measure_costs(model, config, specs, work / "probe", log)
+        steps, note = choose_steps(config, step_seconds, generation, overhead)
+        jobs = plan_jobs(config, specs)
+        runs_total = len(jobs)
+        plan = Plan(steps=steps, runs=runs_total, step_seconds=step_seconds, generation_seconds=generation,
+                    overhead_seconds=overhead, estimated_seconds=estimate_seconds(config, steps, step_seconds, generation, overhead),
+                    budget_seconds=config.budget_minutes * 60, note=note)
+        log(plan.describe())
+
+        rows, samples, prediction_lines = [], {}, []
+        for concept in config.concepts:
+            samples[("exemplars", concept)] = [im for im, _ in render_exemplars(concept, exemplar_subject(concept), config.n_exemplars)]
+        done = 0
+        for job, result in _run_jobs(model, judge_model, config, steps, jobs, work, out):
+            done += 1
+            r = result["row"]
+            log(f"[{done}/{len(jobs)}] {job.track if job.spec.uses_words else 'any track'} | {job.concept} | {job.spec.name} | "
+                f"seed {job.seed}: concept {r['concept_fidelity']:.2f} subject {r['subject_fidelity']:.2f} "
+                f"leakage {r['leakage']:.2f} (colour {r['colour_leakage']:.2f}, shape {r['shape_leakage']:.2f}) "
+                f"({r['train_s']:.0f} s train, {r['generate_s']:.0f} s draw; {(time.time() - started) / 60:.1f} min so far)")
+            # A run that does not see the subject words stands for every track.
+            for track in (config.tracks if not job.spec.uses_words else [job.track]):
+                rows.append({**r, "track": track})
+            write_csv(out / "results.csv", _sorted_rows(rows, config, specs))  # after every run: an interrupted benchmark keeps its rows
+            if job.seed == config.seeds[0]:
+                samples[(job.row_name, job.concept)] = [_png_image(data) for data in result["images"]]
+            prediction_lines += result["predictions"]
+        rows = _sorted_rows(rows, config, specs)
+    elapsed = time.time() - started
+    summary = {
+        "format": "lego-studio-shapeworld-benchmark/1",
+        "command": command or "",
+        "config": asdict(config),
+        "protocol": {
+            "templates": list(CAPTION_TEMPLATES),
+            "prompt": "a {colour} {shape} <concept> (every method)",
+            "methods": {s.name: s.description for s in specs},
+            "exemplar_subjects": {c: subject_phrase(*exemplar_subject(c)) for c in config.concepts},
+            "held_out_subjects": {c: [subject_phrase(*p) for p in held_out_subjects(c, exemplar_subject(c), config.n_subjects)]
+                                  for c in config.concepts},
+            "splits": {"tuning": list(TUNING_CONCEPTS), "held-out": list(HELD_OUT_CONCEPTS)},
+            "metrics": METRIC_HELP,
+        },
+        "plan": asdict(plan),
+        "timing": {"total_seconds": round(elapsed, 1), "runs": [{k: r[k] for k in ("concept", "method", "seed", "train_s", "generate_s")}
+                                                                 for r in rows]},
+        "environment": {"python": platform.python_version(), "torch": torch.__version__, "device": str(model.device),
+                        "threads": torch.get_num_threads(), "cpu_count": os.cpu_count(), "machine": platform.machine()},
+        "summary": {track: {split: summarize([r for r in rows if r["track"] == track], split)
+                            for split in dict.fromkeys(r["split"] for r in rows)} for track in config.tracks},
+    }
+    write_csv(out / "results.csv", rows)
+    atomic_write_text(out / "results.md", results_markdown(rows, summary, config, plan, elapsed))
+    row_names = list(dict.fromkeys(job.row_name for job in plan_jobs(config, specs)))
+    sheet = contact_sheet(samples, row_names, config.concepts, config.n_subjects, len(config.gen_seeds))
+    atomic_save(out / "contact.png", lambda tmp: sheet.save(tmp, format="PNG"))
+    atomic_write_text(out / "predictions.jsonl", "".join(line + "\n" for line in prediction_lines))
+    atomic_write_json(out / "benchmark.json", summary)
+    log(f"done in {elapsed / 60:.1f} min; wrote {out / 'results.md'}")
+    return summary
