@@ -369,3 +369,35 @@ def test_a_trained_concept_whose_name_is_taken_is_asked_about(window, qtbot, tmp
     with qtbot.waitSignal(view.concept_trained, timeout=15000):
         view._finished(clash)
     assert asked == [("ice", "ice-2")] and sorted(library.names()) == ["ice", "ice-2"]
+
+
+# ------------------------------------------------------------------------------ walkthrough: the gallery
+
+
+def test_gallery_chooses_the_concept_just_trained_and_the_projects_own(window, qtbot, tmp_path):
+    # Walkthrough: after training, Generate drew only a "no concept" column: the new concept was
+    # listed but not chosen.
+    gallery = window.gallery_view
+    library = window.context.library()
+    library.add(Concept("other", "<other>", torch.randn(1, 32), {}))
+    window.training_view.concept_trained.emit(str(library.root / "fresh.safetensors"))
+    library.add(Concept("fresh", "<fresh>", torch.randn(1, 32), {}))
+    window.context.library_changed.emit()
+    qtbot.waitUntil(lambda: "fresh" in gallery.concept_names() and not gallery.library_runner.busy, timeout=15000)
+    assert gallery.chosen_concepts() == ["fresh"]
+    # A project whose concept the library has: chosen when nothing else is.
+    gallery.choose_concepts([])
+    project = window.projects_view.create_project("Other", [image_folder(tmp_path / "src")])
+    project.concept_name = "other"
+    window.context.project_changed.emit(project)
+    assert gallery.chosen_concepts() == ["other"]
+
+
+def test_gallery_subjects_follow_a_shape_world_model_unless_typed(window):
+    # Walkthrough: the built-in Shape World model was asked for "a teapot" and "a dog".
+    gallery = window.gallery_view
+    assert gallery.model_combo.currentData() == "shapeworld"
+    assert gallery.subjects() == ["a green square", "a purple triangle"]
+    gallery.subjects_edit.setPlainText("a red star")
+    gallery._fit_subjects_to_model()
+    assert gallery.subjects() == ["a red star"]  # typed by the user: kept

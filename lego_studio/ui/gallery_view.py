@@ -36,11 +36,16 @@ from PySide6.QtWidgets import (
 )
 
 from lego_studio.core.errors import InputError, LegoError
+from lego_studio.core.settings import BUILTIN_MODELS
 from lego_studio.ui.model_cache import refill_model_combos
 from lego_studio.ui.workers import TaskRunner
 from lego_studio.ui.layouts import install_two_pane_layout
 
 CELL = 160
+# Default subjects of the grid's rows: for Stable Diffusion models, and for the Shape World models,
+# which know only Shape World subjects.
+GENERIC_SUBJECTS = "a teapot\na dog"
+SHAPEWORLD_SUBJECTS = "a green square\na purple triangle"
 DEFAULT_TEMPLATE = "a photo of {subject} {concept}"
 PATH_ROLE = Qt.ItemDataRole.UserRole
 REQUEST_ROLE = Qt.ItemDataRole.UserRole + 1
@@ -142,7 +147,7 @@ class GalleryView(QWidget):
         self.concept_list.setMinimumHeight(110)
         self.subjects_edit = QPlainTextEdit()
         self.subjects_edit.setPlaceholderText("a teapot\na dog\na car")
-        self.subjects_edit.setPlainText("a teapot\na dog")
+        self.subjects_edit.setPlainText(GENERIC_SUBJECTS)
         self.subjects_edit.setToolTip("One subject per line; each becomes a row")
         self.subjects_edit.setMaximumHeight(90)
         self.template_edit = QLineEdit(DEFAULT_TEMPLATE)
@@ -220,10 +225,14 @@ class GalleryView(QWidget):
 
         install_two_pane_layout(self, left, right)
 
+        self._wanted: set[str] = set()  # concepts to select once the list (re)loads
         context.library_changed.connect(self.refresh_concepts)
         context.settings_changed.connect(self.refresh_models)
+        context.project_changed.connect(lambda _: self._select_project_concept())
+        self.model_combo.currentIndexChanged.connect(lambda _: self._fit_subjects_to_model())
         self.refresh_models()
         self.refresh_concepts()
+        self._fit_subjects_to_model()
 
     # ------------------------------------------------------------ choices
     def refresh_models(self) -> None:
@@ -236,8 +245,31 @@ class GalleryView(QWidget):
         self.library_runner.start(lambda state: library.list(), on_done=self._concepts_loaded,
                                   on_error=lambda m: self.status_label.setText(m), name="gallery-library")
 
+    def _fit_subjects_to_model(self) -> None:
+        """A Shape World model knows only shapes: untouched default subjects follow the model
+        (a teapot means nothing to it; a green square means nothing to Stable Diffusion)."""
+        spec = self.model_combo.currentData() or "shapeworld"
+        wanted = SHAPEWORLD_SUBJECTS if spec in BUILTIN_MODELS else GENERIC_SUBJECTS
+        if self.subjects_edit.toPlainText() in (GENERIC_SUBJECTS, SHAPEWORLD_SUBJECTS, ""):
+            self.subjects_edit.setPlainText(wanted)
+
+    def _select_project_concept(self) -> None:
+        """With nothing chosen, the open project's own concept (when the library has it) is."""
+        project = self.context.project
+        if project is not None and not self.chosen_concepts():
+            self.select_when_listed([project.concept_name])
+
+    def select_when_listed(self, names) -> None:
+        """Choose ``names`` now if listed, else as soon as the library list (re)loads, e.g. a
+        concept that training has just added."""
+        self._wanted |= set(names)
+        self.choose_concepts(sorted(set(self.chosen_concepts()) | self._wanted))
+
     def _concepts_loaded(self, entries) -> None:
-        chosen = set(self.chosen_concepts())
+        chosen = set(self.chosen_concepts()) | self._wanted
+        if not chosen and self.context.project is not None:
+            chosen = {self.context.project.concept_name}
+        self._wanted = {name for name in self._wanted if name not in {entry.name for entry in entries}}
         self.concept_list.clear()
         for entry in entries:
             method = {"lego": "Lego", "ti": "TI"}.get(str(entry.metadata.get("method")), "")

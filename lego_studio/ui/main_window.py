@@ -81,6 +81,9 @@ class MainWindow(QMainWindow):
             "gallery": self.gallery_view,
             "library": self.library_view,
         }
+        # A concept just trained is the one the user wants to see composed next.
+        self.training_view.concept_trained.connect(
+            lambda path: self.gallery_view.select_when_listed([Path(path).stem]))
 
         self.sidebar = QListWidget()
         self.sidebar.setObjectName("sidebar")
