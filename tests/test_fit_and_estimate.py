@@ -157,6 +157,13 @@ def test_step_clock_estimates_after_the_first_timed_step_and_records_the_figure(
     assert estimate.cached_seconds_per_step("k|cpu") == 70.0  # median of 70, 70, 71
 
 
+def test_an_estimate_from_an_earlier_run_names_the_device_it_was_measured_on():
+    # Walkthrough: "1.64 s a step on auto" — the device choice, not the device.
+    estimate.record_figure("shapeworld|auto|lego|native|1", 1.64, 20, "cpu")
+    guess = estimate.estimate_from_cache("shapeworld|auto|lego|native|1", 300, 300, "auto")
+    assert "1.64 s a step on cpu" in guess.line()
+
+
 def test_format_duration():
     assert estimate.format_duration(42) == "42 s"
     assert estimate.format_duration(600) == "10 min"

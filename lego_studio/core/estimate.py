@@ -169,4 +169,7 @@ def estimate_from_cache(key: str, steps_left: int, total_steps: int, device: str
     per_step = cached_seconds_per_step(key)
     if per_step is None:
         return None
-    return Estimate(per_step, steps_left, total_steps, device, "cached")
+    # The device the figure was measured on ("cpu"), not the choice it was keyed by ("auto").
+    measured_on = load_figures().get(key, {}).get("device")
+    return Estimate(per_step, steps_left, total_steps, measured_on if isinstance(measured_on, str) and measured_on else device,
+                    "cached")
