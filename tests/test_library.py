@@ -181,3 +181,22 @@ def test_a_taken_name_can_be_refused_instead_of_renamed(tmp_path):
     with pytest.raises(NameTaken) as caught:
         library.add(_concept("ice"), on_conflict="error")
     assert (caught.value.name, caught.value.free_name) == ("ice", "ice-2")
+
+
+def test_saved_and_exported_files_get_the_usual_file_mode_not_a_private_one(tmp_path):
+    # Walkthrough: an exported A1111 embedding came out -rw------- (the temp file's mode), so
+    # another user or a web UI running as another account could not read it.
+    import os
+    import stat
+
+    old = os.umask(0o022)
+    try:
+        exported = export_concept(Concept("ice", "<ice>", torch.randn(1, 32), {}), tmp_path / "ice.pt", "a1111")
+        assert stat.S_IMODE(exported.stat().st_mode) == 0o644
+        kept = tmp_path / "notes.json"
+        kept.write_text("{}")
+        os.chmod(kept, 0o600)  # a file the user made private stays private when rewritten
+        paths.atomic_write_json(kept, {"a": 1})
+        assert stat.S_IMODE(kept.stat().st_mode) == 0o600
+    finally:
+        os.umask(old)

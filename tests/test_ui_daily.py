@@ -313,9 +313,15 @@ def test_a_taken_library_name_is_asked_about(window, qtbot, tmp_path, monkeypatc
     # Declining adds nothing.
     asked.clear()
     answers.append(None)
+    shown_while_asking = []
+    monkeypatch.setattr(view, "ask_name_clash", lambda name, free: shown_while_asking.append(view.status_label.text())
+                        or asked.append((name, free)) or answers.pop(0))
     view.import_files([file])
     qtbot.waitUntil(lambda: asked != [] and not view.runner.busy, timeout=15000)
     assert sorted(library.names()) == ["ice", "ice-2"]
+    # Walkthrough: "Imported nothing" stood under the question before it was answered.
+    assert shown_while_asking == [""]
+    assert view.status_label.text() == "Not imported: ice.pt (the library already has <ice>)"
 
 
 # ------------------------------------------------------------------------------ 11: previews on

@@ -116,6 +116,22 @@ def _fsync_dir(folder: Path) -> None:
         os.close(fd)
 
 
+def _new_file_mode() -> int:
+    mask = os.umask(0o022)  # read the umask (there is no other way), then put it back
+    os.umask(mask)
+    return 0o666 & ~mask
+
+
+_NEW_FILE_MODE = _new_file_mode()
+
+
+def _mode_for(path: Path) -> int:
+    try:
+        return path.stat().st_mode & 0o7777
+    except OSError:
+        return _NEW_FILE_MODE
+
+
 def atomic_save(path: str | os.PathLike, writer) -> Path:
     """The one atomic writer: ``writer(tmp_path)`` writes a temp file in the same folder, which is
     fsynced and then renamed over ``path`` (the folder is fsynced too), so a crash or power cut
@@ -127,6 +143,9 @@ def atomic_save(path: str | os.PathLike, writer) -> Path:
     os.close(fd)
     try:
         writer(tmp)
+        # mkstemp makes the file private (0600); the result gets the mode the file had, or a new
+        # file's usual mode, so an exported concept can be shared like any file the user saves.
+        os.chmod(tmp, _mode_for(path))
         _fsync_file(tmp)
         os.replace(tmp, path)
     except BaseException:

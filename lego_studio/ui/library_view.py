@@ -307,7 +307,8 @@ class LibraryView(QWidget):
             if isinstance(result, LibraryChange):
                 select, clashes, result = result.select, result.clashes, result.text
             self.status_label.setStyleSheet("color: #2e7d32;")
-            self.status_label.setText(done_message.format(result=result))
+            # Only clashes: say nothing until the user has answered about them.
+            self.status_label.setText("" if clashes and not select else done_message.format(result=result))
             if select:
                 self._select_after = select
             self.context.library_changed.emit()  # -> refresh(), which then runs what is queued
@@ -323,6 +324,8 @@ class LibraryView(QWidget):
         choice = self.ask_name_clash(clash.name, clash.free_name)
         if choice is not None:
             self.import_files([path], on_conflict=choice)
+        else:
+            self.status_label.setText(f"Not imported: {path.name} (the library already has <{clash.name}>)")
 
     def import_files(self, files: list[Path], on_conflict: str = "error") -> bool:
         """Import concept files; a name the library already has is asked about, not renamed
