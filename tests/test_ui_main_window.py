@@ -136,6 +136,8 @@ def test_settings_dialog_validates_models_and_sam(window, qtbot, tmp_path, tiny_
 
     dialog = SettingsDialog(window.context, window)
     qtbot.addWidget(dialog)
+    # Walkthrough: an empty list read as "no model" while the built-in one was in use.
+    assert not dialog.models_empty_label.isHidden() and "built-in Shape World" in dialog.models_empty_label.text()
     assert not dialog.add_model(str(tmp_path / "nowhere"))
     assert "nowhere" in dialog.model_error.text() and "no such" in dialog.model_error.text()
     not_a_model = tmp_path / "folder"
@@ -144,6 +146,7 @@ def test_settings_dialog_validates_models_and_sam(window, qtbot, tmp_path, tiny_
     assert "model_index.json" in dialog.model_error.text()
     assert dialog.add_model(str(tiny_model_dir))
     assert dialog.models_list.count() == 1
+    assert dialog.models_empty_label.isHidden()
 
     corrupt = tmp_path / "sam.pth"
     corrupt.write_bytes(b"not a checkpoint at all")

@@ -48,6 +48,13 @@ class SettingsDialog(QDialog):
         self.models_list.setMinimumHeight(120)
         self.model_input = QLineEdit()
         self.model_input.setPlaceholderText("diffusers folder, model file, Hugging Face id (org/name), or 'shapeworld'")
+        # An empty list would read as "no model": say what is used until one is added.
+        self.models_empty_label = QLabel(
+            "No models added: Training and the Gallery use the built-in Shape World models. Add your own "
+            "Stable Diffusion model (SD 1.x, SD 2.x or SDXL: a diffusers folder or a .safetensors file) to "
+            "train on your pictures.")
+        self.models_empty_label.setWordWrap(True)
+        self.models_empty_label.setStyleSheet("color: #666;")
         add_spec = QPushButton("Add")
         add_spec.setToolTip("Check the folder, file or id (no weights are loaded) and add it")
         add_spec.clicked.connect(lambda: self.add_model(self.model_input.text()))
@@ -77,6 +84,7 @@ class SettingsDialog(QDialog):
         buttons.addStretch(1)
         models_layout = QVBoxLayout(models_box)
         models_layout.addWidget(self.models_list)
+        models_layout.addWidget(self.models_empty_label)
         models_layout.addLayout(row)
         models_layout.addLayout(buttons)
         models_layout.addWidget(self.model_error)
@@ -140,6 +148,7 @@ class SettingsDialog(QDialog):
             item.setToolTip(entry.spec)
             item.setData(256, entry.name)
             self.models_list.addItem(item)
+        self.models_empty_label.setVisible(not self.draft.models)
 
     def add_model(self, spec: str) -> bool:
         """Validate and add; the error (one line) is shown under the list. True on success."""
