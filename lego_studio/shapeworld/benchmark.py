@@ -47,7 +47,7 @@ pick the defaults (Lego's masked terms, context weight, steps); :data:`HELD_OUT_
 
 Outputs in ``--out``: ``results.md``, ``results.csv`` (one row per run), ``contact.png``,
 ``benchmark.json`` (config, plan, timing, the exact command), ``predictions.jsonl`` (the judge's
-verdict on every image) and ``samples/<concept>/<method>-seed<k>.png``.
+verdict on every image) and ``samples/<track or any-track>/<concept>/<method>-seed<k>.png``.
 
 Code: this module holds the protocol's definitions (concepts, exemplar and held-out subjects,
 tracks and subject words, methods, :class:`BenchmarkConfig`, :class:`Plan`, :func:`train_config`)
@@ -411,3 +411,9 @@ def run_benchmark(config: BenchmarkConfig, out_dir, log: Callable[[str], None] =
 
     with torch_threads(config.threads):
         return _run_benchmark(config, out_dir, log, command)
+
+
+if __name__ == "__main__":  # python -m lego_studio.shapeworld.benchmark, like benchmarks/shapeworld_benchmark.py
+    from lego_studio.shapeworld.benchmark_cli import main
+
+    raise SystemExit(main())
