@@ -343,7 +343,7 @@ def shapeworld_model_dir(name: str = "shapeworld") -> Path:
 def is_shapeworld(model: "SDModel") -> bool:
     """Whether ``model`` is a Shape World model (SD or SDXL architecture): it only knows Shape
     World renders, so the app warns when it is asked to learn from other pictures."""
-    if model.family.name == "shapeworld":
+    if model.family.name == "shapeworld" or str(model.source).lower() in SHIPPED_MODELS:
         return True
     marker = Path(model.source) / FAMILY_FILE
     try:
