@@ -270,8 +270,7 @@ class TrainConfig:
     # None: the model family's native resolution.
     resolution: int | None = field(default=None, metadata=describe(
         group="Optimisation", label="Resolution", minimum=8, multiple_of=8, form_maximum=2048, none_text="native",
-        metavar="PX", cli_default="the model's native resolution",
-        help="training resolution in pixels; not set = the model's native resolution"))
+        metavar="PX", help="training resolution in pixels; the model's native resolution when not set"))
     seed: int = field(default=0, metadata=describe(
         group="Optimisation", label="Seed", minimum=0, form_maximum=2**31 - 1,
         help="every random choice comes from this seed: same seed, same result"))
@@ -327,8 +326,8 @@ class TrainConfig:
     # 10-point gain on any track; README), so by default no term uses the masks.
     ctx_region: str = field(default="full", metadata=describe(
         group="Context", label="Context region", choices=CTX_REGIONS,
-        help="full: the context loss compares the concept's effect over the whole image; outside: only outside "
-             "the subject mask, where the subject's unexplained look is not (with masks)"))
+        help="full: the context loss compares the concept's effects over the whole image; outside: only outside "
+             "the subject mask (with masks), where the subject's unexplained look is not"))
     context_subjects: list[str] = field(default_factory=lambda: list(DEFAULT_CONTEXT_SUBJECTS), metadata=describe(
         group="Context", label="Context subjects", metavar="PHRASE",
         help="other subjects the concept is composed with during training (for the context loss)"))
