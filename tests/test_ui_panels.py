@@ -65,7 +65,7 @@ def test_every_engine_option_has_a_widget_with_a_tooltip(window):
 def test_form_rows_are_made_from_the_descriptions(qtbot):
     """Labels, groups, tooltips, choices and spin-box ranges come from core/training.py SETTINGS,
     and no spin box offers a value at its ends that the config refuses."""
-    from PySide6.QtWidgets import QCheckBox, QComboBox, QDoubleSpinBox, QFormLayout, QGroupBox, QLineEdit, QSpinBox
+    from PySide6.QtWidgets import QCheckBox, QDoubleSpinBox, QFormLayout, QGroupBox, QLineEdit, QSpinBox
 
     from lego_studio.core.training import SETTING_GROUPS
     from lego_studio.ui.training_view import ConfigForm
