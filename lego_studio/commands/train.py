@@ -87,20 +87,22 @@ def flag_help(setting) -> str:
     def shown(value) -> str:
         return f"{value:g}" if isinstance(value, float) else str(value)
 
+    default = getattr(TrainConfig(), setting.name)
     notes = []
     if setting.minimum is not None and setting.maximum is not None:
         notes.append(f"{setting.minimum:g}-{setting.maximum:g}")
     if setting.cli_default:
         notes.append(f"default: {setting.cli_default}")
     elif setting.kind == "bool":
-        notes.append(f"default: {'on' if getattr(TrainConfig(), setting.name) else 'off'}")
-    elif setting.kind in ("int", "float", "choice") and getattr(TrainConfig(), setting.name) is not None:
-        default = getattr(TrainConfig(), setting.name)
-        per_method = {method: shown(TrainConfig.preset_values(method).get(setting.name, default)) for method in METHODS}
-        if setting.name == "method" or len(set(per_method.values())) == 1:
-            notes.append(f"default: {shown(default)}")
-        else:
+        notes.append(f"default: {'on' if default else 'off'}")
+    elif setting.kind in ("int", "float", "choice") and default is not None:
+        # The method's preset decides some defaults (not the method's own: that is the field's).
+        presets = {} if setting.name == "method" else {method: TrainConfig.preset_values(method) for method in METHODS}
+        per_method = {method: shown(values.get(setting.name, default)) for method, values in presets.items()}
+        if len(set(per_method.values())) > 1:
             notes.append("default: " + ", ".join(f"{value} for {method}" for method, value in per_method.items()))
+        else:
+            notes.append(f"default: {shown(default)}")
     text = setting.help
     if notes:  # into the help's closing parenthesis, where it ends with one: "(0 = off; default: 0)"
         text = f"{text[:-1]}; {'; '.join(notes)})" if text.endswith(")") else f"{text} ({'; '.join(notes)})"
