@@ -578,7 +578,7 @@ class TrainingView(QWidget):
         if (self.form.value("method") == "lego" and not str(self.form.value("subject") or "").strip()
                 and not self.form.value("subject_token_steps")):
             # The config's own message names its fields; here the user needs the field to fill.
-            self.status_label.setText('Lego needs words for the subject: type them in "Subject words" (e.g. "a dog"; '
+            self.status_label.setText(f'Lego needs words for the subject: type them in "{SETTINGS["subject"].label}" (e.g. "a dog"; '
                                       "words that describe it only partly are fine), or use the Textual Inversion preset.")
             self.form.widgets["subject"].setFocus()
             return False
