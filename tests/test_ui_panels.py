@@ -17,11 +17,11 @@ from PySide6.QtWidgets import QMessageBox
 from lego_studio.core.concepts import Concept, export_concept, load_concept
 from lego_studio.core.errors import InputError
 from lego_studio.core.settings import Settings
-from lego_studio.core.training import TrainConfig
+from lego_studio.core.training import SETTINGS, TrainConfig
 from lego_studio.ui.context import AppContext
 from lego_studio.ui.gallery_view import parse_seeds
 from lego_studio.ui.main_window import MainWindow
-from lego_studio.ui.training_view import OPTIONS, format_eta
+from lego_studio.ui.training_view import format_eta
 
 pytestmark = pytest.mark.gui
 
@@ -50,10 +50,8 @@ def test_every_engine_option_has_a_widget_with_a_tooltip(window):
     form = window.training_view.form
     names = [f.name for f in dataclasses.fields(TrainConfig)]
     assert set(form.widgets) == set(names)
-    curated = [n for n in names if n in OPTIONS]
-    assert len(curated) >= len(names) - 2, "new engine options need a label and tooltip in OPTIONS"
     for name in names:
-        assert form.widgets[name].toolTip(), name
+        assert form.widgets[name].toolTip().lower().startswith(SETTINGS[name].help.lower()), name
     # The form round-trips a config exactly, including the "None" (use default) values.
     config = TrainConfig(subject="a cat", resolution=None, negative_words=None, preview_prompts=None,
                          templates=["a photo of {}", "a drawing of {}"], lr=0.00123, flip=False)
@@ -62,6 +60,55 @@ def test_every_engine_option_has_a_widget_with_a_tooltip(window):
     changed = TrainConfig(subject="a cat", resolution=64, negative_words=["fur"], init_from="/x/c.safetensors")
     form.set_config(changed)
     assert form.config() == changed
+
+
+def test_form_rows_are_made_from_the_descriptions(qtbot):
+    """Labels, groups, tooltips, choices and spin-box ranges come from core/training.py SETTINGS,
+    and no spin box offers a value at its ends that the config refuses."""
+    from PySide6.QtWidgets import QCheckBox, QDoubleSpinBox, QFormLayout, QGroupBox, QLineEdit, QSpinBox
+
+    from lego_studio.core.training import SETTING_GROUPS
+    from lego_studio.ui.training_view import ConfigForm
+
+    form = ConfigForm()
+    qtbot.addWidget(form)
+    rows = {}
+    for box in form.findChildren(QGroupBox):
+        layout = box.layout()
+        for row in range(layout.rowCount()):
+            label = layout.itemAt(row, QFormLayout.ItemRole.LabelRole).widget()
+            widget = layout.itemAt(row, QFormLayout.ItemRole.FieldRole).widget()
+            name = next(n for n, w in form.widgets.items() if w is widget)
+            rows[name] = (box.title(), label.text(), label.toolTip())
+    assert list(rows) == [s.name for group in SETTING_GROUPS for s in SETTINGS.values() if s.group == group]
+    form.set_value("subject", "a cat")
+    base = form.config()
+    for name, setting in SETTINGS.items():
+        widget = form.widgets[name]
+        assert rows[name][:2] == (setting.group, setting.label + ":"), name
+        assert rows[name][2] == widget.toolTip() and setting.help[1:] in widget.toolTip(), name
+        if setting.choices:
+            assert [widget.itemText(i) for i in range(widget.count())] == list(setting.choices), name
+        elif setting.kind == "bool":
+            assert isinstance(widget, QCheckBox), name
+        elif setting.kind in ("int", "float"):
+            assert isinstance(widget, QSpinBox if setting.kind == "int" else QDoubleSpinBox), name
+            high = setting.maximum if setting.maximum is not None else setting.form_maximum
+            if setting.kind == "float":
+                low = 10 ** -setting.decimals if setting.positive else setting.minimum
+                assert widget.decimals() == setting.decimals, name
+            else:
+                low = setting.minimum - (setting.multiple_of or 1) if setting.optional else setting.minimum
+            assert (widget.minimum(), widget.maximum()) == pytest.approx((low, high)), name
+            for end in (widget.minimum(), widget.maximum()):
+                widget.setValue(end)
+                expected = None if (setting.optional and end == widget.minimum()) else end
+                value = getattr(form.config(), name)
+                assert value is None if expected is None else value == pytest.approx(expected), name
+            form.set_value(name, getattr(base, name))
+        else:
+            assert isinstance(widget, QLineEdit), name
+    assert form.config() == base
 
 
 def test_presets_switch_between_lego_and_the_ti_baseline(window, tmp_path):

@@ -19,89 +19,94 @@ from pathlib import Path
 
 from lego_studio.core.errors import Cancelled, InputError
 
-# Flag name -> TrainConfig field, for flags whose value goes straight into the config.
-CONFIG_FLAGS = {
-    "vectors": "num_vectors",
-    "steps": "steps",
-    "name": "name",
-    "init_words": "init_words",
-    "init_from": "init_from",
-    "positive_words": "positive_words",
-    "negative_words": "negative_words",
-    "context_subjects": "context_subjects",
-    "w_subj": "w_subj",
-    "w_ctx": "w_ctx",
-    "w_words": "w_words",
-    "rec_region": "rec_region",
-    "ctx_region": "ctx_region",
-    "concept_inside_weight": "concept_inside_weight",
-    "lr": "lr",
-    "lr_schedule": "lr_schedule",
-    "warmup_steps": "warmup_steps",
-    "batch_size": "batch_size",
-    "resolution": "resolution",
-    "seed": "seed",
-    "subject": "subject",
-    "subject_token_steps": "subject_token_steps",
-    "checkpoint_every": "checkpoint_every",
-    "preview_every": "preview_every",
-    "preview_steps": "preview_steps",
-}
-
-
 def register(subparsers) -> None:
     p = subparsers.add_parser(
         "train",
         help="learn a concept (an adjective or verb) from example images",
-        description="Learn a concept from example images with Lego (default) or the Textual Inversion baseline.",
+        description="Learn a concept from example images with Lego (default) or the Textual Inversion baseline. "
+                    "The training settings (grouped as in the app's training form) may also come from "
+                    "--config FILE.json; flags given override it.",
     )
     p.add_argument("--images", metavar="DIR", help="folder of 3-10 example images")
     p.add_argument("--masks", metavar="DIR", help="folder of subject masks (255 = subject), paired by file name")
     p.add_argument("--subject-images", metavar="DIR", help="images of the subject alone (for --subject-token-steps)")
-    p.add_argument("--subject", help='the subject in words, e.g. "a toy robot"')
     p.add_argument("--model", metavar="M", help="diffusers folder, .safetensors/.ckpt file, HF-cache id, 'shapeworld' or 'tiny'")
-    p.add_argument("--method", choices=["lego", "ti"], default=None, help="lego (default) or ti (baseline)")
-    p.add_argument("--vectors", type=int, metavar="N", help="number of learned token vectors (1-16)")
-    p.add_argument("--steps", type=int, metavar="N", help="training steps")
     p.add_argument("--out", metavar="FILE", help="where to write the concept (.safetensors)")
-    p.add_argument("--name", help="concept name; users type <name> in prompts (default: the --out file name)")
-    p.add_argument("--init-words", nargs="+", metavar="WORD", help="start the vectors from these words")
-    p.add_argument("--init-from", metavar="CONCEPT", help="start the vectors from an existing concept file")
-    p.add_argument("--positive-words", nargs="+", metavar="WORD", help="words that describe the concept")
-    p.add_argument("--negative-words", nargs="+", metavar="WORD", help="words the concept is not (default: the subject's)")
-    p.add_argument("--context-subjects", nargs="+", metavar="PHRASE", help="other subjects for the context loss")
-    p.add_argument("--w-subj", type=float, metavar="X", help="weight of the subject-separation loss (0 = off)")
-    p.add_argument("--w-ctx", type=float, metavar="X", help="weight of the context loss (0 = off)")
-    p.add_argument("--w-words", type=float, metavar="X", help="weight of the word-guidance loss (0 = off)")
-    p.add_argument("--rec-region", choices=["concept", "full"], help="reconstruction loss over the concept region or the full image")
-    p.add_argument("--ctx-region", choices=["full", "outside"],
-                   help="context loss over the whole latent (default) or only outside the subject mask")
-    p.add_argument("--concept-inside-weight", type=float, metavar="W",
-                   help="how much the masked subject region trains the concept, 0-1 (default 1)")
-    p.add_argument("--lr", type=float, help="learning rate (default 5e-3)")
-    p.add_argument("--lr-schedule", choices=["constant", "cosine", "linear"])
-    p.add_argument("--warmup-steps", type=int, metavar="N")
-    p.add_argument("--batch-size", type=int, metavar="N")
-    p.add_argument("--resolution", type=int, metavar="PX", help="training resolution (default: the model's)")
-    p.add_argument("--seed", type=int, metavar="N")
-    p.add_argument("--subject-token-steps", type=int, metavar="N", help="first learn a subject token for N steps from --subject-images")
-    p.add_argument("--no-flip", action="store_true", help="no horizontal-flip augmentation")
     p.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda", "mps"])
     p.add_argument("--precision", default="auto", choices=["auto", "fp32", "fp16", "bf16"])
     p.add_argument("--run-dir", metavar="DIR", help="run folder (default: <out>.run next to --out)")
     p.add_argument("--resume", action="store_true", help="continue the run in --run-dir from its last checkpoint")
-    p.add_argument("--checkpoint-every", type=int, metavar="N")
-    p.add_argument("--preview-every", type=int, metavar="N", help="save preview images every N steps (0 = never)")
-    p.add_argument("--preview-steps", type=int, metavar="N", help="sampling steps of a preview")
-    p.add_argument("--gradient-checkpointing", action=argparse.BooleanOptionalAction, default=None,
-                   help="save memory at some speed (default: on when the free memory needs it)")
-    p.add_argument("--unet-batching", choices=["stacked", "split"],
-                   help="Lego's UNet calls: stacked (fastest) or split (less memory; default: split when memory needs it)")
     p.add_argument("--memory", choices=["auto", "off"], default="auto",
                    help="auto (default): turn on memory savings the free memory needs; off: use the settings as given")
     p.add_argument("--config", metavar="FILE.json", help="training settings as JSON (flags override it)")
     p.add_argument("--quiet", action="store_true", help="no progress line")
+    add_config_flags(p)
     p.set_defaults(func=run)
+
+
+def config_flag_settings() -> list:
+    """The TrainConfig settings the command has a flag for (the rest only come from --config)."""
+    from lego_studio.core.training import SETTINGS
+
+    return [setting for setting in SETTINGS.values() if setting.cli]
+
+
+def add_config_flags(parser) -> None:
+    """One flag per TrainConfig setting, made from its description (core/training.py SETTINGS),
+    in argument groups named like the form's. Every flag defaults to None (``dest`` = the field's
+    name), so a flag not given leaves the value of the method's preset or of --config."""
+    from lego_studio.core.training import SETTING_GROUPS
+
+    settings = config_flag_settings()
+    for group in SETTING_GROUPS:
+        members = [setting for setting in settings if setting.group == group]
+        if not members:
+            continue
+        arguments = parser.add_argument_group(f"{group.lower()} settings")
+        for setting in members:
+            options = {"dest": setting.name, "default": None, "help": flag_help(setting)}
+            if setting.kind == "bool":
+                options["action"] = argparse.BooleanOptionalAction  # --flip / --no-flip
+            else:
+                options["type"] = {"int": int, "float": float}.get(setting.kind, str)
+                if setting.choices:
+                    options["choices"] = setting.choices
+                if setting.kind == "words":
+                    options["nargs"] = "+"
+                metavar = setting.metavar or {"int": "N", "float": "X", "words": "WORD"}.get(setting.kind)
+                if metavar:
+                    options["metavar"] = metavar
+            arguments.add_argument(setting.cli_flag, **options)
+
+
+def flag_help(setting) -> str:
+    """The setting's help with its range and default; where the methods' presets differ, the
+    default of each ("default: 0.2 for lego, 0 for ti")."""
+    from lego_studio.core.training import METHODS, TrainConfig
+
+    def shown(value) -> str:
+        return f"{value:g}" if isinstance(value, float) else str(value)
+
+    default = getattr(TrainConfig(), setting.name)
+    notes = []
+    if setting.minimum is not None and setting.maximum is not None:
+        notes.append(f"{setting.minimum:g}-{setting.maximum:g}")
+    if setting.cli_default:
+        notes.append(f"default: {setting.cli_default}")
+    elif setting.kind == "bool":
+        notes.append(f"default: {'on' if default else 'off'}")
+    elif setting.kind in ("int", "float", "choice") and default is not None:
+        # The method's preset decides some defaults (not the method's own: that is the field's).
+        presets = {} if setting.name == "method" else {method: TrainConfig.preset_values(method) for method in METHODS}
+        per_method = {method: shown(values.get(setting.name, default)) for method, values in presets.items()}
+        if len(set(per_method.values())) > 1:
+            notes.append("default: " + ", ".join(f"{value} for {method}" for method, value in per_method.items()))
+        else:
+            notes.append(f"default: {shown(default)}")
+    text = setting.help
+    if notes:  # into the help's closing parenthesis, where it ends with one: "(0 = off; default: 0)"
+        text = f"{text[:-1]}; {'; '.join(notes)})" if text.endswith(")") else f"{text} ({'; '.join(notes)})"
+    return text.replace("%", "%%")  # argparse %-formats help texts
 
 
 def _read_inputs(run_dir: Path) -> dict:
@@ -152,16 +157,10 @@ def _build_config(args, run_dir: Path, out: Path):
         data["method"] = args.method
     if "name" not in data:
         data["name"] = out.stem
-    for flag, key in CONFIG_FLAGS.items():
-        value = getattr(args, flag)
-        if value is not None:
-            data[key] = value
-    if args.no_flip:
-        data["flip"] = False
-    if args.gradient_checkpointing is not None:
-        data["gradient_checkpointing"] = bool(args.gradient_checkpointing)
-    if args.unet_batching:
-        data["unet_batching"] = args.unet_batching
+    for setting in config_flag_settings():
+        value = getattr(args, setting.name)
+        if value is not None and setting.name != "method":  # the method was applied first, above
+            data[setting.name] = value
     return TrainConfig.from_dict(data, source)
 
 

@@ -45,11 +45,6 @@ MIN_HEADROOM_BYTES = 0.5 * GIB
 
 # The settings the planner may change, in the order it tries them.
 MEMORY_SETTINGS = ("unet_batching", "gradient_checkpointing", "batch_size")
-SETTING_FLAGS = {
-    "unet_batching": "--unet-batching split",
-    "gradient_checkpointing": "--gradient-checkpointing",
-    "batch_size": "--batch-size",
-}
 SETTING_LABELS = {
     "unet_batching": "split UNet batching",
     "gradient_checkpointing": "gradient checkpointing",
@@ -258,12 +253,27 @@ def next_saving(config, explicit=()) -> dict:
     return {}
 
 
+def as_train_flags(settings: dict) -> str:
+    """The ``train`` flags that give these settings, e.g. "--unet-batching split --batch-size 1"
+    (the flag names come from TrainConfig's descriptions)."""
+    from lego_studio.core.training import SETTINGS
+
+    parts = []
+    for key, value in settings.items():
+        flag = SETTINGS[key].cli_flag
+        if isinstance(value, bool):
+            parts.append(flag if value else "--no-" + flag[2:])
+        else:
+            parts.append(f"{flag} {value}")
+    return " ".join(parts)
+
+
 def oom_advice(config, step: int, device_type: str, explicit=()) -> tuple[str, dict]:
     """One line for a run that ran out of memory, naming the setting that would fit, and the
     settings themselves (saved next to the run so a resume applies them)."""
     changed = next_saving(config, explicit)
     if changed:
-        flags = " ".join(SETTING_FLAGS[k] + (f" {v}" if k == "batch_size" else "") for k, v in changed.items())
+        flags = as_train_flags(changed)
         line = (f"out of memory on {device_type} at step {step}; resume with {describe_changes(changed)} "
                 f"({flags}), which needs less memory; nothing is lost")
     else:

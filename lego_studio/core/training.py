@@ -99,68 +99,276 @@ RESUMABLE_CHANGES = frozenset(
 
 # ----------------------------------------------------------------------------------- config
 
+# The groups of settings, in the order the training form shows them (and `train --help` lists them).
+SETTING_GROUPS = ("Method", "Concept", "Subject separation", "Context", "Words", "Optimisation",
+                  "Saving and previews", "Other")
+
+
+def _is_int(value) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool)
+
+
+def _is_number(value) -> bool:
+    return isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
+
+
+@dataclass(frozen=True)
+class Setting:
+    """One TrainConfig field, described once: TrainConfig.validate, the ``train`` command's flags
+    (commands/train.py) and the app's training form (ui/training_view.py) are all made from it.
+
+    ``name``, ``kind`` and ``optional`` are filled in from the field itself (see SETTINGS)."""
+
+    help: str  # one line: the flag's help and the form's tooltip
+    label: str  # the form's row label
+    group: str  # one of SETTING_GROUPS
+    details: str = ""  # more for the tooltip, where a terminal's --help has no room for it
+    choices: tuple[str, ...] = ()  # a text field with choices takes one of them
+    minimum: float | None = None  # numbers: the valid range, both ends included
+    maximum: float | None = None
+    positive: bool = False  # numbers: > 0 (0 itself refused)
+    multiple_of: int | None = None  # whole numbers: also the form's step
+    max_length: int | None = None  # text: 1 to max_length characters, not blank
+    min_items: int = 0  # lists
+    example: str = ""  # text: shown in the error message of a wrong value
+    # The form's spin box needs an upper end even where the config sets none: it ends here.
+    form_maximum: float | None = None
+    decimals: int = 3  # the form's spin box for a float
+    step: float | None = None  # the form's spin-box step (default: 1, 0.1 for floats, multiple_of)
+    list_separator: str = ","  # the form types a list on one line, split here (";" where items hold commas)
+    none_text: str = ""  # an optional number: the form's spin box shows this at its lowest value (None)
+    cli: bool = True  # the ``train`` command has a flag for it (every field is in --config FILE.json)
+    flag: str = ""  # the flag without "--" where it is not the field's name with dashes
+    metavar: str = ""
+    cli_default: str = ""  # what --help names as the default where the field's own default does not tell it
+    # From the field:
+    name: str = ""
+    kind: str = ""  # "choice", "int", "float", "bool", "text" or "words" (a list of strings)
+    optional: bool = False  # None is a valid value (it means "the default", see help)
+
+    @property
+    def cli_flag(self) -> str:
+        return "--" + (self.flag or self.name.replace("_", "-"))
+
+    def range_text(self) -> str:
+        """The valid values of a number setting in words, e.g. "a whole number from 1 to 16"."""
+        what = "a whole number" if self.kind == "int" else "a number"
+        if self.multiple_of:
+            return f"a multiple of {self.multiple_of}, at least {self.minimum:g}"
+        if self.positive:
+            return "a positive number"
+        if self.minimum is not None and self.maximum is not None:
+            return f"{what} from {self.minimum:g} to {self.maximum:g}"
+        if self.minimum is not None:
+            return f"{what} >= {self.minimum:g}"
+        return what
+
+    def problem(self, value) -> str | None:
+        """What is wrong with ``value`` for this setting, in one line naming it; None when valid."""
+        name = self.name
+        if value is None and self.optional:
+            return None
+        if self.kind == "choice":
+            if value not in self.choices:
+                return f"{name} must be one of {', '.join(self.choices)} (got {value!r})"
+        elif self.kind == "bool":
+            if not isinstance(value, bool):
+                return f"{name} must be true or false"
+        elif self.kind in ("int", "float"):
+            valid = _is_int(value) if self.kind == "int" else _is_number(value)
+            if (not valid
+                    or (self.positive and value <= 0)
+                    or (self.minimum is not None and value < self.minimum)
+                    or (self.maximum is not None and value > self.maximum)
+                    or (self.multiple_of and value % self.multiple_of)):
+                return f"{name} must be {self.range_text()} (got {value!r})"
+        elif self.kind == "text":
+            example = f', e.g. "{self.example}"' if self.example else ""
+            if self.max_length and (not isinstance(value, str) or not value.strip() or len(value) > self.max_length):
+                return f"{name} must be 1-{self.max_length} characters{example} (got {value!r})"
+            if not isinstance(value, str):
+                return f"{name} must be text{example}"
+        elif self.kind == "words":
+            if not isinstance(value, list) or not all(isinstance(v, str) and v.strip() for v in value):
+                return f"{name} must be a list of non-empty strings"
+            if len(value) < self.min_items:
+                return f"{name} must not be empty"
+        return None
+
+
+def describe(**description) -> dict:
+    """A dataclass field's ``metadata`` that describes it: ``field(default=..., metadata=describe(
+    help=..., label=..., group=..., minimum=...))``, see :class:`Setting`."""
+    return {"setting": Setting(**description)}
+
+
+def _settings_of(cls) -> dict[str, Setting]:
+    """Every field's Setting, in field order, with its name, kind and optional-ness from its type."""
+    import types
+    import typing
+
+    hints = typing.get_type_hints(cls)
+    settings = {}
+    for f in dataclasses.fields(cls):
+        if "setting" not in f.metadata:
+            raise TypeError(f"{cls.__name__}.{f.name} has no description: give it metadata=describe(help=..., ...)")
+        setting = f.metadata["setting"]
+        hint = hints[f.name]
+        alternatives = typing.get_args(hint) if isinstance(hint, types.UnionType) else (hint,)
+        not_none = [t for t in alternatives if t is not type(None)]
+        optional = len(not_none) < len(alternatives)
+        kinds = {bool: "bool", int: "int", float: "float", str: "choice" if setting.choices else "text", list[str]: "words"}
+        if len(not_none) != 1 or not_none[0] not in kinds:
+            raise TypeError(f"{cls.__name__}.{f.name}: no settings kind for type {hints[f.name]}")
+        if setting.group not in SETTING_GROUPS:
+            raise TypeError(f"{cls.__name__}.{f.name}: group {setting.group!r} is not one of SETTING_GROUPS")
+        settings[f.name] = dataclasses.replace(setting, name=f.name, kind=kinds[not_none[0]], optional=optional)
+    return settings
+
 
 @dataclass
 class TrainConfig:
-    """Everything that decides a training run. JSON round-trips through to_dict/from_dict."""
+    """Everything that decides a training run. JSON round-trips through to_dict/from_dict.
 
-    method: str = "lego"
-    name: str = "concept"  # the concept's name; users type "<name>" in prompts
+    Each field is described once, in its ``describe(...)``: help, form label and group, valid
+    range or choices, and its ``train`` flag. Validation, the CLI flags and the app's form are
+    made from these descriptions (SETTINGS)."""
+
+    method: str = field(default="lego", metadata=describe(
+        group="Method", label="Method", choices=METHODS,
+        help="lego: Subject Separation + Context Loss + word guidance; ti: the plain Textual Inversion baseline"))
+    name: str = field(default="concept", metadata=describe(
+        group="Concept", label="Concept name", max_length=64, example="frozen in ice", cli_default="the --out file name",
+        help="the concept's name; users type <name> in prompts"))
     # 1: on the Shape World partial-words tracks 4 vectors were no better (0.35 vs 0.64 success
     # with the colour left out), so by the project's rule several vectors are an option, not the
     # default (README "Partial subject words").
-    num_vectors: int = 1
-    init_words: list[str] = field(default_factory=list)  # empty: norm-matched mean of the vocabulary
-    init_from: str | None = None  # a concept file whose vectors start the run
-    steps: int = 500
-    lr: float = 5e-3
-    lr_schedule: str = "constant"
-    warmup_steps: int = 0
-    batch_size: int = 1
-    resolution: int | None = None  # None: the model family's native resolution
-    seed: int = 0
-    flip: bool = True
-    templates: list[str] = field(default_factory=lambda: list(DEFAULT_TEMPLATES))
-    subject: str = ""  # words naming the subject, e.g. "a toy robot"
-    subject_token_steps: int = 0  # >0: stage 0 learns "<subject>" from subject-only images first
+    num_vectors: int = field(default=1, metadata=describe(
+        group="Concept", label="Vectors", minimum=1, maximum=MAX_VECTORS, flag="vectors",
+        help="how many learned token vectors make up the concept"))
+    init_words: list[str] = field(default_factory=list, metadata=describe(
+        group="Concept", label="Start from words", metavar="WORD",
+        help="words whose embeddings start the vectors; none = the norm-matched mean of the vocabulary"))
+    init_from: str | None = field(default=None, metadata=describe(
+        group="Concept", label="Start from concept", metavar="CONCEPT", example="frozen.safetensors",
+        help="a concept file whose vectors start the run (optional)"))
+    steps: int = field(default=500, metadata=describe(
+        group="Optimisation", label="Steps", minimum=1, form_maximum=1_000_000,
+        help="training steps (after stage 0)"))
+    lr: float = field(default=5e-3, metadata=describe(
+        group="Optimisation", label="Learning rate", positive=True, form_maximum=1.0, decimals=6, step=0.0005,
+        help="Adam learning rate of the concept vectors"))
+    lr_schedule: str = field(default="constant", metadata=describe(
+        group="Optimisation", label="LR schedule", choices=LR_SCHEDULES,
+        help="how the learning rate changes over the run"))
+    warmup_steps: int = field(default=0, metadata=describe(
+        group="Optimisation", label="Warm-up steps", minimum=0, form_maximum=100_000,
+        help="steps of linear learning-rate warm-up"))
+    batch_size: int = field(default=1, metadata=describe(
+        group="Optimisation", label="Batch size", minimum=1, maximum=64,
+        help="images per step"))
+    # None: the model family's native resolution.
+    resolution: int | None = field(default=None, metadata=describe(
+        group="Optimisation", label="Resolution", minimum=8, multiple_of=8, form_maximum=2048, none_text="native",
+        metavar="PX", help="training resolution in pixels; the model's native resolution when not set"))
+    seed: int = field(default=0, metadata=describe(
+        group="Optimisation", label="Seed", minimum=0, form_maximum=2**31 - 1,
+        help="every random choice comes from this seed: same seed, same result"))
+    flip: bool = field(default=True, metadata=describe(
+        group="Optimisation", label="Random flips",
+        help="flip images horizontally at random (off for concepts with a direction)"))
+    templates: list[str] = field(default_factory=lambda: list(DEFAULT_TEMPLATES), metadata=describe(
+        group="Optimisation", label="Templates", min_items=1, list_separator=";", cli=False,
+        help="prompt templates, each with one {} for the concept"))
+    subject: str = field(default="", metadata=describe(
+        group="Subject separation", label="Subject words", example="a toy robot",
+        help='the subject in words, e.g. "a cat" or "a toy robot"',
+        details="Partial words are expected: they never describe your own subject completely, and with masks "
+                "Lego keeps what they leave out (its colour, markings, exact shape) from leaking into the concept."))
+    subject_token_steps: int = field(default=0, metadata=describe(
+        group="Subject separation", label="Subject-token steps", minimum=0, form_maximum=100_000,
+        help="stage 0: first learn a <subject> token for this many steps from subject-only images (0 = use the words)"))
     # False: the subject (words or token) is left out of the concept prompts — the "no Subject
     # Separation" ablation; the concept then has to explain the subject's appearance too.
-    subject_in_prompt: bool = True
+    subject_in_prompt: bool = field(default=True, metadata=describe(
+        group="Other", label="Subject in prompt", cli=False,
+        help="put the subject (words or token) in the concept prompts; off = the no-Subject-Separation "
+             "ablation, where the concept has to explain the subject's appearance too"))
     # L_subj is off by default: measured on the Shape World tuning concepts, any weight >= 0.1
     # stopped the concept from being learned at all (concept fidelity 0.00-0.25 against 1.00
     # without), and so it did for a shadow drawn wholly outside the mask (README, tuning table).
-    w_subj: float = 0.0
+    w_subj: float = field(default=0.0, metadata=describe(
+        group="Subject separation", label="Subject weight", minimum=0, form_maximum=100.0,
+        help="weight of the subject-separation loss inside the mask (0 = off)"))
     # 0.2, measured outside the mask: at 0.5 over the whole latent the context loss collapsed the
     # concept whenever the subject words left part of the subject unexplained (tuning: "on fire"
     # with "a circle", success 0.19 -> 0.75-1.00; README "Partial subject words").
-    w_ctx: float = 0.2
-    w_words: float = 0.1
-    rec_region: str = "full"
+    w_ctx: float = field(default=0.2, metadata=describe(
+        group="Context", label="Context weight", minimum=0, form_maximum=100.0,
+        help="weight of the context loss: the concept must act the same on other subjects (0 = off)"))
+    w_words: float = field(default=0.1, metadata=describe(
+        group="Words", label="Words weight", minimum=0, form_maximum=100.0,
+        help="weight of the word-guidance (InfoNCE) loss (0 = off)"))
+    rec_region: str = field(default="full", metadata=describe(
+        group="Subject separation", label="Reconstruct", choices=REC_REGIONS,
+        help="concept: learn only outside the subject mask; full: the whole image"))
     # How much the subject region's reconstruction error trains the concept vectors (1 = as much as
     # the rest of the image, 0 = not at all). Below 1 the exemplar subject's own appearance pulls
     # less on the concept. Only where a mask is given; rec_region="concept" is the same as 0.
-    concept_inside_weight: float = 1.0
+    concept_inside_weight: float = field(default=1.0, metadata=describe(
+        group="Subject separation", label="Inside-mask weight", minimum=0, maximum=1, decimals=2, metavar="W",
+        help="how much the masked subject's own pixels train the concept "
+             "(1 = like the rest of the image, 0 = not at all; only with masks)"))
     # Where L_ctx compares the concept's effect on the exemplar subject with its effect on other
     # subjects: the whole latent, or only outside the exemplar's subject mask (where the exemplar's
     # unexplained appearance is not).
     # "full": measuring L_ctx outside the mask did not earn its place on the held-out concepts (no
     # 10-point gain on any track; README), so by default no term uses the masks.
-    ctx_region: str = "full"
-    context_subjects: list[str] = field(default_factory=lambda: list(DEFAULT_CONTEXT_SUBJECTS))
-    positive_words: list[str] = field(default_factory=list)
-    negative_words: list[str] | None = None  # None: the subject's appearance words
-    random_negatives: int = 8  # random vocabulary rows added to the negatives each step
-    words_temperature: float = 0.07
-    checkpoint_every: int = 50
-    preview_every: int = 0
-    preview_prompts: list[str] | None = None  # None: the method's defaults; may use {subject}, {concept}
-    preview_steps: int = 10
-    gradient_checkpointing: bool = False
+    ctx_region: str = field(default="full", metadata=describe(
+        group="Context", label="Context region", choices=CTX_REGIONS,
+        help="full: the context loss compares the concept's effects over the whole image; outside: only outside "
+             "the subject mask (with masks), where the subject's unexplained look is not"))
+    context_subjects: list[str] = field(default_factory=lambda: list(DEFAULT_CONTEXT_SUBJECTS), metadata=describe(
+        group="Context", label="Context subjects", metavar="PHRASE",
+        help="other subjects the concept is composed with during training (for the context loss)"))
+    positive_words: list[str] = field(default_factory=list, metadata=describe(
+        group="Words", label="Positive words", metavar="WORD",
+        help="words that describe the concept"))
+    negative_words: list[str] | None = field(default=None, metadata=describe(
+        group="Words", label="Negative words", metavar="WORD",
+        help="words the concept must not mean; none = the subject's appearance words"))
+    random_negatives: int = field(default=8, metadata=describe(
+        group="Words", label="Random negatives", minimum=0, form_maximum=1000, cli=False,
+        help="random vocabulary words added to the negatives each step"))
+    words_temperature: float = field(default=0.07, metadata=describe(
+        group="Words", label="Temperature", positive=True, form_maximum=10.0, decimals=3, step=0.01, cli=False,
+        help="InfoNCE temperature of the word-guidance loss"))
+    checkpoint_every: int = field(default=50, metadata=describe(
+        group="Saving and previews", label="Checkpoint every", minimum=0, form_maximum=100_000,
+        help="steps between checkpoints (what resume continues from); 0 = only at the end"))
+    preview_every: int = field(default=0, metadata=describe(
+        group="Saving and previews", label="Preview every", minimum=0, form_maximum=100_000,
+        help="steps between preview images; 0 = none"))
+    preview_prompts: list[str] | None = field(default=None, metadata=describe(
+        group="Saving and previews", label="Preview prompts", list_separator=";", cli=False,
+        help="prompts for previews, may use {subject} and {concept}; none = the method's defaults"))
+    preview_steps: int = field(default=10, metadata=describe(
+        group="Saving and previews", label="Preview steps", minimum=1, form_maximum=200,
+        help="denoising steps per preview image"))
+    gradient_checkpointing: bool = field(default=False, metadata=describe(
+        group="Optimisation", label="Save memory", cli_default="off; on when the free memory needs it",
+        help="gradient checkpointing: less memory, slower steps"))
     # "stacked": the Lego predictions share one UNet call (one forward, one backward through a 4x
     # batch); "split": one call with gradient [SC; RC] and one without [S; R] — less backward
     # work, one more call. Which is faster depends on the device (see benchmarks/).
-    unet_batching: str = "stacked"
-    max_nonfinite_in_a_row: int = 5
+    unet_batching: str = field(default="stacked", metadata=describe(
+        group="Optimisation", label="UNet batching", choices=UNET_BATCHING,
+        cli_default="stacked; split when the free memory needs it",
+        help="stacked: Lego's four predictions in one UNet call; split: two calls, less backward work "
+             "and memory; which is faster depends on the device"))
+    max_nonfinite_in_a_row: int = field(default=5, metadata=describe(
+        group="Optimisation", label="Stop after bad steps", minimum=1, form_maximum=1000, cli=False,
+        help="stop when the loss is not finite this many steps in a row"))
 
     # -- presets
 
@@ -172,7 +380,7 @@ class TrainConfig:
         if method == "lego":  # Lego is what the field defaults describe
             defaults = {f.name: f.default for f in dataclasses.fields(TrainConfig)}
             return {key: defaults[key] for key in ("method", "num_vectors", "w_subj", "w_ctx", "w_words", "rec_region")}
-        raise InputError(f"config: method must be one of {', '.join(METHODS)} (got {method!r})")
+        raise InputError(f"config: {SETTINGS['method'].problem(method)}")
 
     @classmethod
     def preset(cls, method: str, **overrides) -> "TrainConfig":
@@ -195,8 +403,8 @@ class TrainConfig:
         if unknown:
             raise InputError(f"{source}: unknown setting {unknown[0]!r}")
         method = data.get("method", "lego")
-        if method not in METHODS:
-            raise InputError(f"{source}: method must be one of {', '.join(METHODS)} (got {method!r})")
+        if SETTINGS["method"].problem(method):
+            raise InputError(f"{source}: {SETTINGS['method'].problem(method)}")
         # Settings left out take the method's own defaults ({"method": "ti"} is the TI baseline).
         config = cls(**{**cls.preset_values(method), **data})
         config.validate(source)
@@ -223,85 +431,17 @@ class TrainConfig:
     # -- validation
 
     def validate(self, source: str = "config") -> "TrainConfig":
+        """This config, or InputError (one line naming ``source`` and the setting): each field is
+        checked against its description (SETTINGS), then the checks that span fields."""
         def bad(message: str):
             raise InputError(f"{source}: {message}")
 
-        def is_int(value) -> bool:
-            return isinstance(value, int) and not isinstance(value, bool)
-
-        def is_number(value) -> bool:
-            return isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
-
-        def word_list(name: str, value, allow_none: bool = False):
-            if value is None and allow_none:
-                return
-            if not isinstance(value, list) or not all(isinstance(v, str) and v.strip() for v in value):
-                bad(f"{name} must be a list of non-empty strings")
-
-        if self.method not in METHODS:
-            bad(f"method must be one of {', '.join(METHODS)} (got {self.method!r})")
-        if not isinstance(self.name, str) or not self.name.strip() or len(self.name) > 64:
-            bad(f"name {self.name!r} must be 1-64 characters, e.g. \"frozen in ice\"")
-        if not is_int(self.num_vectors) or not 1 <= self.num_vectors <= MAX_VECTORS:
-            bad(f"num_vectors must be a whole number from 1 to {MAX_VECTORS} (got {self.num_vectors!r})")
-        word_list("init_words", self.init_words)
-        if self.init_from is not None and not isinstance(self.init_from, str):
-            bad("init_from must be a concept file path")
-        if not is_int(self.steps) or self.steps < 1:
-            bad(f"steps must be a whole number >= 1 (got {self.steps!r})")
-        if not is_number(self.lr) or self.lr <= 0:
-            bad(f"lr must be a positive number (got {self.lr!r})")
-        if self.lr_schedule not in LR_SCHEDULES:
-            bad(f"lr_schedule must be one of {', '.join(LR_SCHEDULES)} (got {self.lr_schedule!r})")
-        if not is_int(self.warmup_steps) or self.warmup_steps < 0:
-            bad(f"warmup_steps must be a whole number >= 0 (got {self.warmup_steps!r})")
-        if not is_int(self.batch_size) or not 1 <= self.batch_size <= 64:
-            bad(f"batch_size must be a whole number from 1 to 64 (got {self.batch_size!r})")
-        if self.resolution is not None and (not is_int(self.resolution) or self.resolution < 8 or self.resolution % 8):
-            bad(f"resolution must be a multiple of 8, at least 8 (got {self.resolution!r})")
-        if not is_int(self.seed) or self.seed < 0:
-            bad(f"seed must be a whole number >= 0 (got {self.seed!r})")
-        if not isinstance(self.flip, bool):
-            bad("flip must be true or false")
-        word_list("templates", self.templates)
-        if not self.templates:
-            bad("templates must not be empty")
+        for setting in SETTINGS.values():
+            problem = setting.problem(getattr(self, setting.name))
+            if problem:
+                bad(problem)
         for template in self.templates:
             check_template(template, f"{source}: template")
-        if not isinstance(self.subject, str):
-            bad("subject must be text, e.g. \"a toy robot\"")
-        if not is_int(self.subject_token_steps) or self.subject_token_steps < 0:
-            bad(f"subject_token_steps must be a whole number >= 0 (got {self.subject_token_steps!r})")
-        for name in ("w_subj", "w_ctx", "w_words"):
-            value = getattr(self, name)
-            if not is_number(value) or value < 0:
-                bad(f"{name} must be a number >= 0 (got {value!r})")
-        if self.rec_region not in REC_REGIONS:
-            bad(f"rec_region must be one of {', '.join(REC_REGIONS)} (got {self.rec_region!r})")
-        if self.ctx_region not in CTX_REGIONS:
-            bad(f"ctx_region must be one of {', '.join(CTX_REGIONS)} (got {self.ctx_region!r})")
-        if not is_number(self.concept_inside_weight) or not 0 <= self.concept_inside_weight <= 1:
-            bad(f"concept_inside_weight must be a number from 0 to 1 (got {self.concept_inside_weight!r})")
-        word_list("context_subjects", self.context_subjects)
-        word_list("positive_words", self.positive_words)
-        word_list("negative_words", self.negative_words, allow_none=True)
-        if not is_int(self.random_negatives) or self.random_negatives < 0:
-            bad(f"random_negatives must be a whole number >= 0 (got {self.random_negatives!r})")
-        if not is_number(self.words_temperature) or self.words_temperature <= 0:
-            bad(f"words_temperature must be a positive number (got {self.words_temperature!r})")
-        for name in ("checkpoint_every", "preview_every"):
-            value = getattr(self, name)
-            if not is_int(value) or value < 0:
-                bad(f"{name} must be a whole number >= 0, 0 = never (got {value!r})")
-        word_list("preview_prompts", self.preview_prompts, allow_none=True)
-        if not is_int(self.preview_steps) or self.preview_steps < 1:
-            bad(f"preview_steps must be a whole number >= 1 (got {self.preview_steps!r})")
-        if not isinstance(self.gradient_checkpointing, bool):
-            bad("gradient_checkpointing must be true or false")
-        if self.unet_batching not in UNET_BATCHING:
-            bad(f"unet_batching must be one of {', '.join(UNET_BATCHING)} (got {self.unet_batching!r})")
-        if not is_int(self.max_nonfinite_in_a_row) or self.max_nonfinite_in_a_row < 1:
-            bad(f"max_nonfinite_in_a_row must be a whole number >= 1 (got {self.max_nonfinite_in_a_row!r})")
 
         if self.method == "ti":
             lego_terms = [n for n in ("w_subj", "w_ctx", "w_words") if getattr(self, n)]
@@ -310,8 +450,6 @@ class TrainConfig:
             if self.subject_token_steps:
                 bad("method ti does not learn a subject token; set subject_token_steps to 0")
         else:
-            if not isinstance(self.subject_in_prompt, bool):
-                bad("subject_in_prompt must be true or false")
             if self.subject_in_prompt and not self.subject.strip() and not self.subject_token_steps:
                 bad("method lego needs the subject in words (e.g. \"a toy robot\") or subject_token_steps > 0")
             if self.w_ctx and not self.context_subjects:
@@ -339,6 +477,10 @@ class TrainConfig:
         if self.preview_prompts is not None:
             return list(self.preview_prompts)
         return list(DEFAULT_TI_PREVIEW_PROMPTS if self.method == "ti" else DEFAULT_LEGO_PREVIEW_PROMPTS)
+
+
+# Every TrainConfig field's description, in field order (the form's and --help's order).
+SETTINGS: dict[str, Setting] = _settings_of(TrainConfig)
 
 
 def read_config_dict(path: str | os.PathLike) -> dict:

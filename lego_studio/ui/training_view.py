@@ -8,7 +8,6 @@ responsive (a test measures the event-loop stall). A finished concept goes into 
 
 from __future__ import annotations
 
-import dataclasses
 import threading
 from pathlib import Path
 
@@ -38,7 +37,7 @@ from PySide6.QtWidgets import (
 from lego_studio.core import runs
 from lego_studio.core.errors import LegoError
 from lego_studio.core.settings import BUILTIN_MODELS
-from lego_studio.core.training import CTX_REGIONS, LR_SCHEDULES, MAX_VECTORS, METHODS, REC_REGIONS, TrainConfig
+from lego_studio.core.training import SETTING_GROUPS, SETTINGS, Setting, TrainConfig
 from lego_studio.ui import operations, project_io
 from lego_studio.ui.loss_chart import LossChart
 from lego_studio.ui.mask_canvas import pil_to_qimage
@@ -63,66 +62,36 @@ def app_defaults(method: str = "lego", train_defaults: dict | None = None) -> Tr
     (previews on), then the project's saved training settings."""
     data = {**TrainConfig.preset_values(method), "preview_every": APP_PREVIEW_EVERY}
     for key, value in (train_defaults or {}).items():
-        if key in {f.name for f in dataclasses.fields(TrainConfig)} and key != "method":
+        if key in SETTINGS and key != "method":
             data[key] = value
     if method == "lego" and not data.get("subject"):
         data["subject"] = "a subject"
     return TrainConfig.from_dict(data, source="project training settings")
 
-# field -> (group, label, tooltip, extra). Every TrainConfig field appears exactly once; a test
-# checks that nothing is missing when the engine grows a new option.
-OPTIONS: dict[str, tuple[str, str, str, dict]] = {
-    "method": ("Method", "Method", "lego: Subject Separation + Context Loss + word guidance. ti: plain Textual Inversion baseline.", {"choices": METHODS}),
-    "name": ("Concept", "Concept name", "Users type <name> in prompts", {}),
-    "num_vectors": ("Concept", "Vectors", "How many learned token embeddings make up the concept (1-16)", {"min": 1, "max": MAX_VECTORS}),
-    "init_words": ("Concept", "Start from words", "Comma-separated words whose embeddings start the vectors; empty = average word", {"list": ","}),
-    "init_from": ("Concept", "Start from concept", "A concept file whose vectors start the run (optional)", {"optional": True}),
-    "subject": ("Subject separation", "Subject words", "The subject in words, e.g. 'a cat' or 'a toy robot'. Partial words are expected: "
-                "they never describe your own subject completely, and with masks Lego keeps what they leave out (its colour, "
-                "markings, exact shape) from leaking into the concept.", {}),
-    "subject_token_steps": ("Subject separation", "Subject-token steps", "Stage 0: learn a <subject> token from subject-only images first (0 = use the words)", {"min": 0, "max": 100000}),
-    "w_subj": ("Subject separation", "Subject weight", "Weight of the subject-separation loss inside the mask (0 = off)", {"max": 100.0, "decimals": 3}),
-    "rec_region": ("Subject separation", "Reconstruct", "concept: learn only outside the subject mask; full: the whole image", {"choices": REC_REGIONS}),
-    "concept_inside_weight": ("Subject separation", "Inside-mask weight", "How much the masked subject's own pixels train the concept "
-                              "(1 = like the rest of the image, 0 = not at all). Only with masks.", {"max": 1.0, "decimals": 2}),
-    "w_ctx": ("Context", "Context weight", "Weight of the context loss: the concept must act the same on other subjects (0 = off)", {"max": 100.0, "decimals": 3}),
-    "ctx_region": ("Context", "Context region", "outside: compare the concept's effect only outside the subject mask, where the "
-                   "subject's unexplained look is not (with masks); full: the whole image", {"choices": CTX_REGIONS}),
-    "context_subjects": ("Context", "Context subjects", "Other subjects the concept is composed with during training (comma separated)", {"list": ","}),
-    "w_words": ("Words", "Words weight", "Weight of the word-guidance (InfoNCE) loss (0 = off)", {"max": 100.0, "decimals": 3}),
-    "positive_words": ("Words", "Positive words", "Words that describe the concept (comma separated)", {"list": ","}),
-    "negative_words": ("Words", "Negative words", "Words the concept must not mean; empty = the subject's appearance words", {"list": ",", "optional": True}),
-    "random_negatives": ("Words", "Random negatives", "Random vocabulary words added to the negatives each step", {"min": 0, "max": 1000}),
-    "words_temperature": ("Words", "Temperature", "InfoNCE temperature", {"min": 0.001, "max": 10.0, "decimals": 3, "step": 0.01}),
-    "steps": ("Optimisation", "Steps", "Training steps (after stage 0)", {"min": 1, "max": 1000000}),
-    "lr": ("Optimisation", "Learning rate", "Adam learning rate of the concept vectors", {"min": 1e-6, "max": 1.0, "decimals": 6, "step": 0.0005}),
-    "lr_schedule": ("Optimisation", "LR schedule", "How the learning rate changes over the run", {"choices": LR_SCHEDULES}),
-    "warmup_steps": ("Optimisation", "Warm-up steps", "Steps of linear learning-rate warm-up", {"min": 0, "max": 100000}),
-    "batch_size": ("Optimisation", "Batch size", "Images per step", {"min": 1, "max": 64}),
-    "resolution": ("Optimisation", "Resolution", "Training resolution in pixels; 'native' = the model's own", {"min": 0, "max": 2048, "step": 8, "optional_int": "native"}),
-    "seed": ("Optimisation", "Seed", "Every random choice comes from this seed: same seed, same result", {"min": 0, "max": 2**31 - 1}),
-    "flip": ("Optimisation", "Random flips", "Flip images horizontally at random (off for concepts with a direction)", {}),
-    "templates": ("Optimisation", "Templates", "Prompt templates, separated by ';', each with one {} for the concept", {"list": ";"}),
-    "gradient_checkpointing": ("Optimisation", "Save memory", "Gradient checkpointing: less memory, slower steps", {}),
-    "unet_batching": ("Optimisation", "UNet batching", "stacked: Lego's four predictions in one UNet call; split: two calls, less backward work. Which is faster depends on the device.", {"choices": ("stacked", "split")}),
-    "max_nonfinite_in_a_row": ("Optimisation", "Stop after bad steps", "Stop when the loss is not finite this many steps in a row", {"min": 1, "max": 1000}),
-    "checkpoint_every": ("Saving and previews", "Checkpoint every", "Steps between checkpoints (what resume continues from); 0 = only at the end", {"min": 0, "max": 100000}),
-    "preview_every": ("Saving and previews", "Preview every", "Steps between preview images; 0 = none", {"min": 0, "max": 100000}),
-    "preview_prompts": ("Saving and previews", "Preview prompts", "Prompts for previews, separated by ';' ({subject}, {concept}); empty = defaults", {"list": ";", "optional": True}),
-    "preview_steps": ("Saving and previews", "Preview steps", "Denoising steps per preview image", {"min": 1, "max": 200}),
-}
-GROUP_ORDER = ["Method", "Concept", "Subject separation", "Context", "Words", "Optimisation", "Saving and previews", "Other"]
+
+def tooltip(setting: Setting) -> str:
+    """A setting's tooltip: its help (core/training.py) and details; how a list is typed."""
+    text = setting.help[0].upper() + setting.help[1:]
+    if setting.details:
+        text += ". " + setting.details
+    if setting.kind == "words":
+        text += f". Separate them with '{setting.list_separator}'."
+    return text
 
 
-def option_for(name: str, default) -> tuple[str, str, str, dict]:
-    """The form entry of a TrainConfig field; an option newer than this view still gets a widget
-    (under "Other", labelled with its name) so no engine setting is ever out of reach."""
-    if name in OPTIONS:
-        return OPTIONS[name]
-    extra: dict = {"optional": default is None}
-    if isinstance(default, list):
-        extra["list"] = ","
-    return ("Other", name.replace("_", " ").capitalize(), f"Engine option {name!r}", extra)
+def spin_range(setting: Setting) -> tuple[float, float]:
+    """The spin box's range for a number setting: its valid range; the smallest value the box can
+    show for a positive float; one step below the minimum for an optional int (that value shows
+    ``none_text`` and means None); ``form_maximum`` where the config sets no maximum."""
+    low = setting.minimum if setting.minimum is not None else 0
+    if setting.positive:
+        low = 10 ** -setting.decimals
+    if setting.kind == "int" and setting.optional:
+        low -= setting.multiple_of or 1
+    high = setting.maximum if setting.maximum is not None else setting.form_maximum
+    return low, high
+
+
 PRESETS = {"Lego": "lego", "Textual Inversion baseline": "ti"}
 
 
@@ -151,99 +120,93 @@ class ConfigForm(QWidget):
         self.widgets: dict[str, QWidget] = {}
         layout = QVBoxLayout(self)
         forms: dict[str, QFormLayout] = {}
-        defaults = TrainConfig()
-        used = {option_for(f.name, getattr(defaults, f.name))[0] for f in dataclasses.fields(TrainConfig)}
-        for group in GROUP_ORDER:
+        used = {setting.group for setting in SETTINGS.values()}
+        for group in SETTING_GROUPS:
             if group not in used:
                 continue
             box = QGroupBox(group)
             forms[group] = QFormLayout(box)
             forms[group].setFieldGrowthPolicy(QFormLayout.FieldGrowthPolicy.AllNonFixedFieldsGrow)
             layout.addWidget(box)
-        for field in dataclasses.fields(TrainConfig):
-            group, label, tip, extra = option_for(field.name, getattr(defaults, field.name))
-            widget = self._make_widget(getattr(defaults, field.name), extra)
-            widget.setToolTip(tip)
-            self.widgets[field.name] = widget
-            label_widget = QLabel(label + ":")
-            label_widget.setToolTip(tip)
-            forms[group].addRow(label_widget, widget)
+        for setting in SETTINGS.values():
+            widget = self._make_widget(setting)
+            widget.setToolTip(tooltip(setting))
+            self.widgets[setting.name] = widget
+            label_widget = QLabel(setting.label + ":")
+            label_widget.setToolTip(tooltip(setting))
+            forms[setting.group].addRow(label_widget, widget)
         layout.addStretch(1)
-        self.set_config(defaults)
+        self.set_config(TrainConfig())
 
-    def _make_widget(self, default, extra: dict) -> QWidget:
-        if "choices" in extra:
+    def _make_widget(self, setting: Setting) -> QWidget:
+        if setting.choices:
             combo = QComboBox()
-            combo.addItems(list(extra["choices"]))
+            combo.addItems(list(setting.choices))
             combo.currentTextChanged.connect(self.changed)
             return combo
-        if isinstance(default, bool):
+        if setting.kind == "bool":
             box = QCheckBox()
             box.toggled.connect(self.changed)
             return box
-        if "optional_int" in extra or isinstance(default, int):
+        if setting.kind == "int":
             spin = QSpinBox()
-            spin.setRange(int(extra.get("min", 0)), int(extra.get("max", 10**6)))
-            spin.setSingleStep(int(extra.get("step", 1)))
-            if "optional_int" in extra:
-                spin.setSpecialValueText(extra["optional_int"])  # shown at the minimum (0)
+            spin.setRange(*(int(end) for end in spin_range(setting)))
+            spin.setSingleStep(int(setting.step or setting.multiple_of or 1))
+            if setting.optional:
+                spin.setSpecialValueText(setting.none_text)  # shown at the minimum, which means None
             spin.valueChanged.connect(self.changed)
             return spin
-        if isinstance(default, float):
+        if setting.kind == "float":
             spin = QDoubleSpinBox()
-            spin.setDecimals(int(extra.get("decimals", 3)))
-            spin.setRange(float(extra.get("min", 0.0)), float(extra.get("max", 1e6)))
-            spin.setSingleStep(float(extra.get("step", 0.1)))
+            spin.setDecimals(setting.decimals)
+            spin.setRange(*(float(end) for end in spin_range(setting)))
+            spin.setSingleStep(float(setting.step or 0.1))
             spin.valueChanged.connect(self.changed)
             return spin
         edit = QLineEdit()
         edit.textChanged.connect(self.changed)
         return edit
 
-    def _extra(self, name: str) -> dict:
-        return option_for(name, getattr(TrainConfig(), name))[3]
-
     def set_config(self, config: TrainConfig) -> None:
-        for field in dataclasses.fields(TrainConfig):
-            self.set_value(field.name, getattr(config, field.name))
+        for name in SETTINGS:
+            self.set_value(name, getattr(config, name))
 
     def set_value(self, name: str, value) -> None:
         widget = self.widgets[name]
-        extra = self._extra(name)
+        setting = SETTINGS[name]
         if isinstance(widget, QComboBox):
             widget.setCurrentText(str(value))
         elif isinstance(widget, QCheckBox):
             widget.setChecked(bool(value))
         elif isinstance(widget, (QSpinBox, QDoubleSpinBox)):
-            widget.setValue(0 if value is None else value)
-        elif "list" in extra:
-            separator = extra["list"]
-            widget.setText("" if value is None else f"{separator} ".join(value))
+            widget.setValue(widget.minimum() if value is None else value)
+        elif setting.kind == "words":
+            widget.setText("" if value is None else f"{setting.list_separator} ".join(value))
         else:
             widget.setText("" if value is None else str(value))
 
     def value(self, name: str):
         widget = self.widgets[name]
-        extra = self._extra(name)
+        setting = SETTINGS[name]
         if isinstance(widget, QComboBox):
             return widget.currentText()
         if isinstance(widget, QCheckBox):
             return widget.isChecked()
         if isinstance(widget, QSpinBox):
-            if "optional_int" in extra and widget.value() == widget.minimum():
+            if setting.optional and widget.value() == widget.minimum():
                 return None
             return widget.value()
         if isinstance(widget, QDoubleSpinBox):
             return float(widget.value())
         text = widget.text().strip()
-        if "list" in extra:
-            items = [part.strip() for part in text.split(extra["list"]) if part.strip()]
-            return None if (extra.get("optional") and not items) else items
-        return None if (extra.get("optional") and not text) else text
+        if setting.kind == "words":
+            items = [part.strip() for part in text.split(setting.list_separator) if part.strip()]
+            return None if (setting.optional and not items) else items
+        return None if (setting.optional and not text) else text
 
     def config(self) -> TrainConfig:
         """The form as a validated TrainConfig; InputError (one line) when a value is wrong."""
-        data = {field.name: self.value(field.name) for field in dataclasses.fields(TrainConfig)}
+        data = {name: self.value(name) for name in SETTINGS}
         return TrainConfig.from_dict(data, source="training settings")
 
     def apply_preset(self, method: str) -> None:
@@ -615,7 +578,7 @@ class TrainingView(QWidget):
         if (self.form.value("method") == "lego" and not str(self.form.value("subject") or "").strip()
                 and not self.form.value("subject_token_steps")):
             # The config's own message names its fields; here the user needs the field to fill.
-            self.status_label.setText('Lego needs words for the subject: type them in "Subject words" (e.g. "a dog"; '
+            self.status_label.setText(f'Lego needs words for the subject: type them in "{SETTINGS["subject"].label}" (e.g. "a dog"; '
                                       "words that describe it only partly are fine), or use the Textual Inversion preset.")
             self.form.widgets["subject"].setFocus()
             return False
