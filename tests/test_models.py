@@ -177,7 +177,7 @@ def test_missing_tokenizer_folder_uses_shipped_tokenizer(tmp_path, tiny_model_di
 
 def test_shapeworld_alias(tmp_path, tiny_model_dir, monkeypatch):
     target = tmp_path / "shapeworld"
-    monkeypatch.setattr(models_module, "shapeworld_model_dir", lambda: target)
+    monkeypatch.setattr(models_module, "shapeworld_model_dir", lambda name="shapeworld": target)
     with pytest.raises(ModelError, match="Shape World model is not installed"):
         load_model("shapeworld", device="cpu")
     _copy_model(tiny_model_dir, target)

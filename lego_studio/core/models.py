@@ -361,7 +361,8 @@ def resolve_spec(spec: str | os.PathLike) -> tuple[str, Path]:
         folder = shapeworld_model_dir(text.lower())
         if not folder.is_dir():
             raise ModelError(
-                f"{folder}: the {text.lower()} model is not installed (it is built by the Shape World training scripts)"
+                f"{folder}: the {'Shape World XL' if text.lower().endswith('-xl') else 'Shape World'} model is not "
+                "installed (it is built by the Shape World training scripts)"
             )
         return "folder", folder
     path = Path(text).expanduser()

@@ -61,11 +61,11 @@ def model_choices(settings) -> list[tuple[str, str]]:
     """(label, spec) of every model the user can pick: the configured ones, else Shape World.
     The default model comes first."""
     choices = [(f"{m.name} ({m.family or m.kind})", m.spec) for m in settings.models]
-    from lego_studio.core.models import shapeworld_model_dir
+    from lego_studio.core.paths import resource  # not core.models: the window opens before torch loads
 
     if not any(spec == "shapeworld" for _, spec in choices):
         choices.append(("Shape World (built in)", "shapeworld"))
-    if not any(spec == "shapeworld-xl" for _, spec in choices) and shapeworld_model_dir("shapeworld-xl").is_dir():
+    if not any(spec == "shapeworld-xl" for _, spec in choices) and resource("models", "shapeworld-xl").is_dir():
         choices.append(("Shape World XL (built in, SDXL architecture)", "shapeworld-xl"))
     default = settings.model()
     if default is not None:
