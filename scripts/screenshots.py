@@ -122,13 +122,15 @@ def main(argv: list[str] | None = None) -> int:
     masks.set_tool("brush")
     shot("masks")
 
-    # Training: Lego, then the TI baseline, so the library has both.
+    # Training: the TI baseline, then Lego, so the library has both. A name typed in Training is
+    # the project's concept name from then on, so both are made from the name it had before.
     window.show_place("training")
     training = window.training_view
+    base_name = project.concept_name
     for preset, name in (("Textual Inversion baseline", "ti"), ("Lego", "lego")):
         training.preset_combo.setCurrentText(preset)
         form = training.form
-        form.set_value("name", f"{project.concept_name}-{name}")
+        form.set_value("name", f"{base_name}-{name}")
         form.set_value("steps", args.steps)
         form.set_value("preview_every", max(1, args.steps // 3))
         form.set_value("preview_steps", 15)
