@@ -18,7 +18,7 @@ def register(subparsers) -> None:
             "model and concepts in PNG text chunks (AUTOMATIC1111 'parameters' + 'lego_studio')."
         ),
     )
-    parser.add_argument("--model", required=True, help="diffusers folder, HF-cache model id, .safetensors/.ckpt file, 'shapeworld' or 'tiny'")
+    parser.add_argument("--model", required=True, help="diffusers folder, HF-cache model id, .safetensors/.ckpt file, 'shapeworld', 'shapeworld-xl' or 'tiny'")
     parser.add_argument(
         "--concept",
         action="append",

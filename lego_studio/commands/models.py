@@ -25,7 +25,7 @@ def register(subparsers) -> None:
         help="show a model's family, widths, prediction type, resolution and parameter counts",
         description="Load a model offline and describe it.",
     )
-    inspect.add_argument("spec", help="diffusers folder, .safetensors/.ckpt file, cached model id, or 'shapeworld'")
+    inspect.add_argument("spec", help="diffusers folder, .safetensors/.ckpt file, cached model id, 'shapeworld' or 'shapeworld-xl'")
     inspect.add_argument("--device", default="cpu", help="auto | cuda | mps | cpu (default cpu)")
     inspect.add_argument(
         "--prediction-type", choices=("epsilon", "v_prediction"), default=None,

@@ -30,7 +30,7 @@ def register(subparsers) -> None:
     p.add_argument("--images", metavar="DIR", help="folder of 3-10 example images")
     p.add_argument("--masks", metavar="DIR", help="folder of subject masks (255 = subject), paired by file name")
     p.add_argument("--subject-images", metavar="DIR", help="images of the subject alone (for --subject-token-steps)")
-    p.add_argument("--model", metavar="M", help="diffusers folder, .safetensors/.ckpt file, HF-cache id, 'shapeworld' or 'tiny'")
+    p.add_argument("--model", metavar="M", help="diffusers folder, .safetensors/.ckpt file, HF-cache id, 'shapeworld', 'shapeworld-xl' or 'tiny'")
     p.add_argument("--out", metavar="FILE", help="where to write the concept (.safetensors)")
     p.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda", "mps"])
     p.add_argument("--precision", default="auto", choices=["auto", "fp32", "fp16", "bf16"])
@@ -334,7 +334,7 @@ def run(args: argparse.Namespace) -> int:
     config = _build_config(args, run_dir, out)
     model_spec = args.model or saved.get("model")
     if not model_spec:
-        raise InputError("--model is required (a diffusers folder, a .safetensors/.ckpt file, 'shapeworld' or 'tiny')")
+        raise InputError("--model is required (a diffusers folder, a .safetensors/.ckpt file, 'shapeworld', 'shapeworld-xl' or 'tiny')")
 
     # Check every input file before the (slow) model load, so a bad mask fails in a second.
     from lego_studio.core.data import check_inputs
