@@ -182,8 +182,10 @@ class ConfigForm(QWidget):
             widget.setValue(widget.minimum() if value is None else value)
         elif setting.kind == "words":
             widget.setText("" if value is None else f"{setting.list_separator} ".join(value))
+            widget.setCursorPosition(0)  # a long list shows its start, not its end
         else:
             widget.setText("" if value is None else str(value))
+            widget.setCursorPosition(0)
 
     def value(self, name: str):
         widget = self.widgets[name]
