@@ -331,3 +331,30 @@ def test_vae_stage_is_deterministic_for_a_seed():
     (a, scale_a), (b, scale_b), (c, _) = weights(0), weights(0), weights(1)
     assert torch.equal(a, b) and scale_a == scale_b
     assert not torch.equal(a, c)
+
+
+def test_the_grown_xl_unet_reads_both_encoders_as_the_sd_unet_read_the_mix():
+    # Shape World XL starts from the SD model: its UNet, given clip_l and clip_g states side by
+    # side, must predict what the SD UNet predicts from the mixed context 0.5 A_l h_l + 0.5 A_g h_g
+    # (the value maps' biases folded into the output projection, the pooled path at zero).
+    import torch
+    from diffusers import UNet2DConditionModel
+
+    from lego_studio.core.models import shapeworld_model_dir
+    from lego_studio.shapeworld.xl_model import CLIP_G_WIDTH, make_xl_unet
+
+    folder = shapeworld_model_dir() / "unet"
+    if not folder.is_dir():
+        pytest.skip("the Shape World model is not installed")
+    base = UNet2DConditionModel.from_pretrained(str(folder), torch_dtype=torch.float32, local_files_only=True).eval()
+    width = base.config.cross_attention_dim
+    torch.manual_seed(0)
+    map_l, map_g = torch.nn.Linear(width, width), torch.nn.Linear(CLIP_G_WIDTH, width)
+    grown = make_xl_unet(base, map_l, map_g, pooled_width=CLIP_G_WIDTH).eval()
+    h_l, h_g = torch.randn(2, 77, width), torch.randn(2, 77, CLIP_G_WIDTH)
+    latents, t = torch.randn(2, 4, 16, 16), torch.tensor([10, 700])
+    added = {"text_embeds": torch.randn(2, CLIP_G_WIDTH), "time_ids": torch.tensor([[64.0, 64, 0, 0, 64, 64]] * 2)}
+    with torch.no_grad():
+        expected = base(latents, t, 0.5 * map_l(h_l) + 0.5 * map_g(h_g)).sample
+        got = grown(latents, t, torch.cat([h_l, h_g], dim=-1), added_cond_kwargs=added).sample
+    assert torch.allclose(got, expected, atol=1e-4), (got - expected).abs().max()

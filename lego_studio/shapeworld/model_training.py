@@ -189,6 +189,23 @@ class EMA:
                 p.copy_(s.to(p.dtype))
 
 
+def apply_update(opt, loss, params, ema: EMA) -> float:
+    """One optimiser step (gradients clipped to norm 1), then the EMA; returns the loss value."""
+    import torch
+
+    opt.zero_grad(set_to_none=True)
+    loss.backward()
+    torch.nn.utils.clip_grad_norm_(params, 1.0)
+    opt.step()
+    ema.update()
+    return loss.item()
+
+
+def loss_curve(losses: list[float], every: int = 100) -> list[float]:
+    """Mean loss per ``every`` steps, for the training log."""
+    return [round(sum(losses[i : i + every]) / len(losses[i : i + every]), 5) for i in range(0, len(losses), every)]
+
+
 def autocast(device: str):
     import torch
 
@@ -297,18 +314,13 @@ def train_unet(args, vae, seconds, steps, tokenizer_dir):
             context = text_encoder(ids).last_hidden_state
             pred = unet(noisy, t, context).sample.float()
         loss = torch.nn.functional.mse_loss(pred, noise)
-        opt.zero_grad(set_to_none=True)
-        loss.backward()
-        torch.nn.utils.clip_grad_norm_(params, 1.0)
-        opt.step()
-        ema.update()
+        losses.append(apply_update(opt, loss, params, ema))
         step += 1
-        losses.append(loss.item())
         progress.maybe(step, budget.planned, loss=sum(losses[-50:]) / len(losses[-50:]), lr=opt.param_groups[0]["lr"])
     ema.copy_to_params()
     unet.eval()
     text_encoder.eval()
-    curve = [round(sum(losses[i : i + 100]) / len(losses[i : i + 100]), 5) for i in range(0, len(losses), 100)]
+    curve = loss_curve(losses)
     info = {"steps": step, "seconds": round(time.time() - budget.start, 1), "lr": lr, "ema_decay": ema.decay,
             "loss_curve_per_100_steps": curve, "caption_dropout": CAPTION_DROPOUT}
     log(f"[unet] done: steps {step}, final loss {curve[-1] if curve else None}")

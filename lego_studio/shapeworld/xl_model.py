@@ -227,7 +227,7 @@ def fine_tune(args, unet, vae, clip_l, clip_g, tokenizer, seconds: float, steps:
     import torch
 
     from lego_studio.shapeworld.data import RenderedBatches, ReplayBuffer, images_to_tensor, loader
-    from lego_studio.shapeworld.model_training import EMA, Budget, Progress, make_schedulers
+    from lego_studio.shapeworld.model_training import EMA, Budget, Progress, apply_update, loss_curve, make_schedulers
 
     torch.manual_seed(args.seed + 1)
     noise_scheduler, _ = make_schedulers()
@@ -265,17 +265,12 @@ def fine_tune(args, unet, vae, clip_l, clip_g, tokenizer, seconds: float, steps:
         context, pooled = encode(clip_l, clip_g, ids_l, ids_g)
         pred = unet(noisy, t, context, added_cond_kwargs={"text_embeds": pooled, "time_ids": time_ids.repeat(b, 1)}).sample
         loss = torch.nn.functional.mse_loss(pred, noise)
-        opt.zero_grad(set_to_none=True)
-        loss.backward()
-        torch.nn.utils.clip_grad_norm_(params, 1.0)
-        opt.step()
-        ema.update()
+        losses.append(apply_update(opt, loss, params, ema))
         step += 1
-        losses.append(loss.item())
         progress.maybe(step, budget.planned, loss=sum(losses[-50:]) / len(losses[-50:]), lr=opt.param_groups[0]["lr"])
     ema.copy_to_params()
     unet.eval(), clip_l.eval(), clip_g.eval()
-    curve = [round(sum(losses[i : i + 100]) / len(losses[i : i + 100]), 5) for i in range(0, len(losses), 100)]
+    curve = loss_curve(losses)
     info = {"steps": step, "seconds": round(time.time() - budget.start, 1), "lr": args.lr, "batch": args.batch,
             "ema_decay": ema.decay, "caption_dropout": CAPTION_DROPOUT, "stream_dropout": STREAM_DROPOUT,
             "loss_curve_per_100_steps": curve}
