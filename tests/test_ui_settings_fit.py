@@ -96,4 +96,6 @@ def test_a_model_added_without_taking_the_offer_changes_no_selection(window, qtb
     dialog.accept()
     window.context.apply_settings()
     assert window.training_view.model_combo.currentData() == "shapeworld"
-    assert window.training_view.model_combo.count() == 2
+    combo = window.training_view.model_combo
+    specs = [combo.itemData(i) for i in range(combo.count())]
+    assert len(specs) == 3 and "shapeworld-xl" in specs  # the added one, and the built-in SDXL-shaped one
