@@ -407,3 +407,27 @@ def test_gallery_subjects_follow_a_shape_world_model_unless_typed(window):
     gallery.subjects_edit.setPlainText("a red star")
     gallery._fit_subjects_to_model()
     assert gallery.subjects() == ["a red star"]  # typed by the user: kept
+
+
+def test_a_library_change_during_the_gallerys_listing_is_not_lost(window, qtbot, monkeypatch):
+    # The gallery skipped a refresh asked for while it was still listing the library, so a concept
+    # added then never appeared (seen as a CI timeout of the test above).
+    import threading
+
+    gallery = window.gallery_view
+    qtbot.waitUntil(lambda: not gallery.library_runner.busy, timeout=15000)
+    library = window.context.library()
+    release = threading.Event()
+    real_list = type(library).list
+    def slow_list(self):
+        entries = real_list(self)  # read before "late" is added, handed back after
+        release.wait(10)
+        return entries
+
+    monkeypatch.setattr(type(library), "list", slow_list)
+    gallery.refresh_concepts()
+    assert gallery.library_runner.busy
+    library.add(Concept("late", "<late>", torch.randn(1, 32), {}))
+    window.context.library_changed.emit()  # while the first listing runs
+    release.set()
+    qtbot.waitUntil(lambda: "late" in gallery.concept_names(), timeout=15000)

@@ -10,7 +10,7 @@ import html
 import shutil
 from pathlib import Path
 
-from PySide6.QtCore import QSize, Qt, Signal
+from PySide6.QtCore import QSize, Qt, QTimer, Signal
 from PySide6.QtGui import QGuiApplication, QIcon, QPixmap
 from PySide6.QtWidgets import (
     QAbstractItemView,
@@ -226,6 +226,7 @@ class GalleryView(QWidget):
         install_two_pane_layout(self, left, right)
 
         self._wanted: set[str] = set()  # concepts to select once the list (re)loads
+        self._relist = False  # the library changed while it was being listed
         context.library_changed.connect(self.refresh_concepts)
         context.settings_changed.connect(self.refresh_models)
         context.project_changed.connect(lambda _: self._select_project_concept())
@@ -241,7 +242,10 @@ class GalleryView(QWidget):
     def refresh_concepts(self) -> None:
         library = self.context.library()
         if self.library_runner.busy:
+            # A change during a load: list again when it ends, or the change is never shown.
+            self._relist = True
             return
+        self._relist = False
         self.library_runner.start(lambda state: library.list(), on_done=self._concepts_loaded,
                                   on_error=lambda m: self.status_label.setText(m), name="gallery-library")
 
@@ -266,6 +270,8 @@ class GalleryView(QWidget):
         self.choose_concepts(sorted(set(self.chosen_concepts()) | self._wanted))
 
     def _concepts_loaded(self, entries) -> None:
+        if self._relist:
+            QTimer.singleShot(0, self.refresh_concepts)  # after this task's runner is idle
         chosen = set(self.chosen_concepts()) | self._wanted
         if not chosen and self.context.project is not None:
             chosen = {self.context.project.concept_name}
