@@ -5,7 +5,15 @@ Same model, same device, same process, same images; Lego is measured in both UNe
 
     python benchmarks/speed_lego_vs_ti.py                      # CPU, tiny model
     python benchmarks/speed_lego_vs_ti.py --sd15-shaped        # random SD-1.5-shaped model (GPU)
+    python benchmarks/speed_lego_vs_ti.py --sdxl-shaped --checkpointing both --json sdxl.json   # SDXL, 1024 px (GPU)
+    python benchmarks/speed_lego_vs_ti.py --tiny-sdxl --checkpointing both   # the same run on a tiny SDXL (CPU check)
     python benchmarks/speed_lego_vs_ti.py --json figures.json
+
+``--sdxl-shaped`` builds a random model from the shipped real SDXL configs
+(``resources/configs/sdxl``: 2.57 B UNet, CLIP ViT-L + OpenCLIP bigG, the SDXL VAE) directly on the
+device, trained at 1024 px: the figures say which settings fit Lego on real SDXL into a given
+memory (e.g. 16 GB). ``--checkpointing both`` measures every method with and without gradient
+checkpointing.
 
 Prints a Markdown table: steps/s, seconds/step, peak memory, and the ratio to TI. Peak memory is
 ``torch.cuda.max_memory_allocated`` on CUDA, and the peak resident set size above the level
@@ -67,6 +75,48 @@ def build_sd15_shaped(device, dtype):
         family=ModelFamily(name="sd1", text_width=768, prediction_type="epsilon", resolution=512),
         source="random SD-1.5-shaped", device=torch.device(device), dtype=dtype, scheduler_config=scheduler_config,
     )
+
+
+def build_sdxl_shaped(device, dtype, tiny: bool = False):
+    """A random-weight SDXL-architecture model: the real SDXL shapes (from the shipped configs) or,
+    with ``tiny``, the tiny SDXL test shapes. Built on ``device``; nothing is downloaded."""
+    import torch
+    from diffusers import AutoencoderKL, DDPMScheduler, UNet2DConditionModel
+    from transformers import CLIPTextConfig, CLIPTextModel, CLIPTextModelWithProjection
+
+    from lego_studio.core.models import ModelFamily, SDModel, tiny_sdxl_configs
+    from lego_studio.core.paths import resource
+    from lego_studio.core.tokenizer import load_tokenizer
+
+    if tiny:
+        configs = tiny_sdxl_configs(32)
+    else:
+        folder = resource("configs", "sdxl")
+        configs = {part: json.loads((folder / part / "config.json").read_text()) for part in
+                   ("unet", "vae", "text_encoder", "text_encoder_2")}
+        configs["scheduler"] = json.loads((folder / "scheduler" / "scheduler_config.json").read_text())
+    clean = {k: {key: v for key, v in c.items() if not key.startswith("_")} for k, c in configs.items()}
+    with torch.device(device):
+        unet = UNet2DConditionModel(**clean["unet"])
+        vae = AutoencoderKL(**clean["vae"])
+        text_encoder = CLIPTextModel(CLIPTextConfig(**clean["text_encoder"]))
+        text_encoder_2 = CLIPTextModelWithProjection(CLIPTextConfig(**clean["text_encoder_2"]))
+    for module in (unet, vae, text_encoder, text_encoder_2):
+        module.to(device=device, dtype=dtype).eval()
+    scheduler_config = dict(clean["scheduler"], clip_sample=False)
+    vae_scale = 2 ** (len(vae.config.block_out_channels) - 1)
+    width_l, width_g = text_encoder.config.hidden_size, text_encoder_2.config.hidden_size
+    model = SDModel(
+        tokenizer=load_tokenizer("sd1"), text_encoder=text_encoder, unet=unet, vae=vae,
+        noise_scheduler=DDPMScheduler.from_config(scheduler_config),
+        family=ModelFamily(name="sdxl", text_width=width_l, prediction_type="epsilon",
+                           resolution=int(unet.config.sample_size) * vae_scale, text_width_2=width_g),
+        source="random tiny SDXL" if tiny else "random SDXL-shaped", device=torch.device(device), dtype=dtype,
+        scheduler_config=scheduler_config,
+    )
+    model.text_encoder_2 = text_encoder_2
+    model.tokenizer_2 = load_tokenizer("sd2")
+    return model
 
 
 def build_tiny(device, precision):
@@ -157,6 +207,10 @@ def measure(model, config, images, masks, run_dir, warmup: int) -> dict:
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--sd15-shaped", action="store_true", help="random SD-1.5-shaped model instead of the tiny one")
+    parser.add_argument("--sdxl-shaped", action="store_true", help="random SDXL-shaped model (the real configs, 1024 px)")
+    parser.add_argument("--tiny-sdxl", action="store_true", help="random tiny SDXL model (a CPU check of the SDXL run)")
+    parser.add_argument("--checkpointing", choices=["off", "on", "both"], default="off",
+                        help="gradient checkpointing for every method: off, on, or both (each method twice)")
     parser.add_argument("--device", default="auto")
     parser.add_argument("--precision", default="auto", help="auto | fp32 | fp16 | bf16")
     parser.add_argument("--steps", type=int, default=12, help="timed steps per method")
@@ -180,6 +234,9 @@ def main(argv=None) -> int:
     if args.sd15_shaped:
         model = build_sd15_shaped(device, dtype)
         model_name = "random SD-1.5-shaped"
+    elif args.sdxl_shaped or args.tiny_sdxl:
+        model = build_sdxl_shaped(device, dtype, tiny=args.tiny_sdxl)
+        model_name = model.source
     else:
         model = build_tiny(str(device), args.precision)
         model_name = "tiny"
@@ -189,18 +246,20 @@ def main(argv=None) -> int:
     total = args.warmup + args.steps + 1
     common = dict(steps=total, batch_size=args.batch_size, checkpoint_every=0, preview_every=0,
                   subject="a red square", max_nonfinite_in_a_row=total + 1, resolution=resolution)
-    runs = {
-        "ti": TrainConfig.preset("ti", **common),
-        "lego (stacked)": TrainConfig.preset("lego", num_vectors=args.vectors, positive_words=["frozen", "icy"],
-                                              unet_batching="stacked", **common),
-        "lego (split)": TrainConfig.preset("lego", num_vectors=args.vectors, positive_words=["frozen", "icy"],
-                                            unet_batching="split", **common),
-    }
+    checkpointing = {"off": [False], "on": [True], "both": [False, True]}[args.checkpointing]
+    runs = {}
+    for ckpt in checkpointing:
+        tag = " + checkpointing" if ckpt else ""
+        runs["ti" + tag] = TrainConfig.preset("ti", gradient_checkpointing=ckpt, **common)
+        for batching in ("stacked", "split"):
+            runs[f"lego ({batching}){tag}"] = TrainConfig.preset(
+                "lego", num_vectors=args.vectors, positive_words=["frozen", "icy"], unet_batching=batching,
+                gradient_checkpointing=ckpt, **common)
     results = {}
     for name, config in runs.items():
         results[name] = measure(model, config, images, masks, work / name.replace(" ", "_"), args.warmup)
         print(f"measured {name}: {results[name]['seconds_per_step']:.4f} s/step", file=sys.stderr)
-    base = results["ti"]["seconds_per_step"]
+    base = results[next(iter(results))]["seconds_per_step"]  # TI, as given (without checkpointing if measured)
     for figures in results.values():
         figures["cost_vs_ti"] = figures["seconds_per_step"] / base
 
