@@ -397,3 +397,23 @@ def test_cli_generate_refuses_a_concept_of_another_family(tiny_sdxl_dir, tmp_pat
                  "--steps", "1", "--device", "cpu", "--out", str(tmp_path / "out")])
     err = capsys.readouterr().err
     assert code == 2 and "made for SD 1.x but the model is SDXL" in err and "Traceback" not in err
+
+
+def test_the_prepared_sdxl_speed_run_works_on_a_tiny_sdxl(tmp_path):
+    # The GPU run for real SDXL shapes (benchmarks/speed_lego_vs_ti.py --sdxl-shaped) must not
+    # waste a GPU session on a bug: the same matrix runs here on a tiny SDXL.
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    repo = Path(__file__).resolve().parents[1]
+    out = tmp_path / "speed.json"
+    result = subprocess.run([sys.executable, "benchmarks/speed_lego_vs_ti.py", "--tiny-sdxl", "--checkpointing", "both",
+                             "--steps", "2", "--warmup", "1", "--threads", "1", "--json", str(out)],
+                            cwd=repo, capture_output=True, text=True, timeout=300)
+    assert result.returncode == 0, result.stderr[-2000:]
+    figures = json.loads(out.read_text())
+    assert sorted(figures["results"]) == sorted([
+        "ti", "lego (stacked)", "lego (split)",
+        "ti + checkpointing", "lego (stacked) + checkpointing", "lego (split) + checkpointing"])
+    assert all(row["skipped_steps"] == 0 and row["seconds_per_step"] > 0 for row in figures["results"].values())
