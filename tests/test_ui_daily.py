@@ -232,6 +232,10 @@ def test_restart_reopens_the_last_project_and_offers_its_interrupted_run(qtbot, 
 def test_status_bar_names_the_built_in_model_training_uses(window):
     assert "none" not in window.model_label.text()
     assert window.model_label.text() == f"Model: {window.training_view.model_combo.currentText()}"
+    # Walkthrough: with Shape World XL chosen in Training the status bar still named Shape World.
+    combo = window.training_view.model_combo
+    combo.setCurrentIndex(combo.findData("shapeworld-xl"))
+    assert window.model_label.text() == "Model: Shape World XL (built in, SDXL architecture)"
 
 
 # ------------------------------------------------------------------------------ 6: Settings and SAM

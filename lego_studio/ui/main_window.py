@@ -112,12 +112,15 @@ class MainWindow(QMainWindow):
         for label in (self.project_label, self.model_label, self.device_label):
             self.statusBar().addPermanentWidget(label)
         self.context.status_message.connect(lambda text: self.statusBar().showMessage(text, 8000))
-        self.context.model_changed.connect(self._show_model)
+        # The status bar names the model Training will use: the one chosen there, not only the default.
+        self.context.model_changed.connect(lambda name: self._show_model(self.training_view.model_combo.currentText() or name))
+        self.training_view.model_combo.currentIndexChanged.connect(
+            lambda _: self._show_model(self.training_view.model_combo.currentText()))
         self.context.project_changed.connect(self._on_project_changed)
         self.projects_view.open_masks_requested.connect(lambda: self.show_place("masks"))
         self.library_view.settings_requested.connect(self.open_settings)
         self.training_view.settings_requested.connect(self.open_settings)
-        self._show_model(self.context.model_name())
+        self._show_model(self.training_view.model_combo.currentText() or self.context.model_name())
         self._on_project_changed(self.context.project)
         self.show_place("projects")
         self._restore_state()
