@@ -435,3 +435,21 @@ def test_a_library_change_during_the_gallerys_listing_is_not_lost(window, qtbot,
     window.context.library_changed.emit()  # while the first listing runs
     release.set()
     qtbot.waitUntil(lambda: "late" in gallery.concept_names(), timeout=15000)
+
+
+def test_resuming_a_run_shows_the_model_it_continues_on(window, tmp_path, monkeypatch):
+    # Walkthrough: a Shape World XL run resumed after a restart continued on XL while the Model
+    # box and the status bar said Shape World.
+    project = window.projects_view.create_project("Resume XL", [image_folder(tmp_path / "src")])
+    run = project.new_run_dir()
+    config = TrainConfig(subject="a cat", steps=10)
+    config.save(run / "config.json")
+    runs.create_run(run, {"model": "shapeworld-xl", "device": "cpu"}, config)
+    view = window.training_view
+    launched = []
+    monkeypatch.setattr(view, "_launch", lambda config, run_dir, resume, spec, device, confirmed=False:
+                        launched.append(spec) or True)
+    assert view.model_combo.currentData() == "shapeworld"
+    assert view.resume_run(run)
+    assert launched == ["shapeworld-xl"] and view.model_combo.currentData() == "shapeworld-xl"
+    assert "Shape World XL" in window.model_label.text()

@@ -623,6 +623,9 @@ class TrainingView(QWidget):
             return False
         spec = saved.get("model") or self.model_combo.currentData() or "shapeworld"
         device = saved.get("device") or self.device_combo.currentText()
+        listed = self.model_combo.findData(spec)
+        if listed >= 0:  # show the model the run continues on (and the status bar names it)
+            self.model_combo.setCurrentIndex(listed)
         self.form.set_config(config)
         self.preset_combo.blockSignals(True)
         self.preset_combo.setCurrentText("Lego" if config.method == "lego" else "Textual Inversion baseline")
