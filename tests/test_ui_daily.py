@@ -453,3 +453,17 @@ def test_resuming_a_run_shows_the_model_it_continues_on(window, tmp_path, monkey
     assert view.resume_run(run)
     assert launched == ["shapeworld-xl"] and view.model_combo.currentData() == "shapeworld-xl"
     assert "Shape World XL" in window.model_label.text()
+
+
+def test_choosing_a_concept_selects_the_model_it_was_trained_on(window, qtbot):
+    # Walkthrough: an SDXL concept trained on Shape World XL was chosen in the Gallery with the SD
+    # Shape World model still selected, so Generate only said the families differ.
+    gallery = window.gallery_view
+    library = window.context.library()
+    library.add(Concept("xl-ice", "<xl-ice>", torch.randn(1, 32), {"base_model": "shapeworld-xl"}))
+    window.context.library_changed.emit()
+    qtbot.waitUntil(lambda: "xl-ice" in gallery.concept_names() and not gallery.library_runner.busy, timeout=15000)
+    gallery.choose_concepts([])
+    assert gallery.model_combo.currentData() == "shapeworld"
+    gallery.choose_concepts(["xl-ice"])
+    assert gallery.model_combo.currentData() == "shapeworld-xl"

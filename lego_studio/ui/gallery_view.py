@@ -227,6 +227,8 @@ class GalleryView(QWidget):
 
         self._wanted: set[str] = set()  # concepts to select once the list (re)loads
         self._relist = False  # the library changed while it was being listed
+        self._base_models: dict[str, str] = {}  # concept name -> the model spec it was trained on
+        self.concept_list.itemSelectionChanged.connect(self._follow_concepts_model)
         context.library_changed.connect(self.refresh_concepts)
         context.settings_changed.connect(self.refresh_models)
         context.project_changed.connect(lambda _: self._select_project_concept())
@@ -257,6 +259,15 @@ class GalleryView(QWidget):
         if self.subjects_edit.toPlainText() in (GENERIC_SUBJECTS, SHAPEWORLD_SUBJECTS, ""):
             self.subjects_edit.setPlainText(wanted)
 
+    def _follow_concepts_model(self) -> None:
+        """Chosen concepts that were all trained on one listed model select that model: an SDXL
+        concept is drawn with the SDXL model it was made for, not refused by the SD default."""
+        models = {self._base_models.get(name, "") for name in self.chosen_concepts()}
+        if len(models) == 1:
+            index = self.model_combo.findData(models.pop())
+            if index >= 0:
+                self.model_combo.setCurrentIndex(index)
+
     def _select_project_concept(self) -> None:
         """With nothing chosen, the open project's own concept (when the library has it) is."""
         project = self.context.project
@@ -276,6 +287,7 @@ class GalleryView(QWidget):
         if not chosen and self.context.project is not None:
             chosen = {self.context.project.concept_name}
         self._wanted = {name for name in self._wanted if name not in {entry.name for entry in entries}}
+        self._base_models = {entry.name: str(entry.metadata.get("base_model") or "") for entry in entries}
         self.concept_list.clear()
         for entry in entries:
             method = {"lego": "Lego", "ti": "TI"}.get(str(entry.metadata.get("method")), "")
