@@ -152,7 +152,7 @@ def test_a1111_round_trip_keeps_the_base_model_and_the_original_record(tmp_path)
     library = ConceptLibrary(tmp_path / "lib")
     original = _concept("ice", n=2, width=96, family="shapeworld")
     original.metadata.update(base_model="/home/me/resources/models/shapeworld", method="lego", subject="a red circle")
-    library.add(original)
+    library.add(original, thumbnail=Image.new("RGB", (64, 64), (200, 30, 30)), tags=["ice", "demo"])
     exported = export_concept(library.get("ice"), tmp_path / "ice.pt", "a1111")
     back = load_concept(exported)
     assert back.metadata["family"] == "shapeworld" and back.metadata["base_model"].endswith("shapeworld")
@@ -164,6 +164,8 @@ def test_a1111_round_trip_keeps_the_base_model_and_the_original_record(tmp_path)
     copy = library.add(exported, name="ice-copy")
     assert copy.badge == "Shape World" and copy.metadata["method"] == "lego" and copy.subject == "a red circle"
     assert copy.metadata["imported_from"]["format"] == "a1111"
+    # ...and its picture and tags (the walkthrough saw a copy without either).
+    assert copy.thumbnail is not None and copy.tags == ["ice", "demo"]
 
     # A file that carries no model at all (a plain A1111 embedding of an odd width) says so.
     import torch

@@ -266,7 +266,11 @@ class ConceptLibrary:
         if not isinstance(concept, Concept):
             source = source or str(Path(concept).resolve())
             concept = load_concept(concept)
-        concept = self._with_original_record(concept)
+        concept, original = self._with_original_record(concept)
+        if original is not None:  # the copy looks like its original in the library, too
+            if thumbnail is None and self.thumbnail_path(original).is_file():
+                thumbnail = self.thumbnail_path(original)
+            tags = tags or self._read_index().get(original, {}).get("tags", [])
         wanted = library_name(name or concept.name)
         if wanted in self:
             if on_conflict == "error":
@@ -289,15 +293,16 @@ class ConceptLibrary:
         self._write_index(index)
         return self.entry(wanted)
 
-    def _with_original_record(self, concept):
+    def _with_original_record(self, concept) -> tuple:
         """An imported file (A1111, diffusers, kohya) carries little metadata; when the library
         holds the concept it came from (the same vectors), keep that concept's record (method,
-        config, subject, base model) and note where this copy came from."""
+        config, subject, base model) and note where this copy came from. Returns the concept and
+        the original's name (None when there is none)."""
         from lego_studio.core.concepts import Concept
 
         imported = concept.metadata.get("imported_from")
         if not imported:
-            return concept
+            return concept, None
         import torch
 
         for path in sorted(self.root.glob("*.safetensors")):
@@ -310,8 +315,9 @@ class ConceptLibrary:
             if (original.joined_vectors.shape == concept.joined_vectors.shape
                     and torch.equal(original.joined_vectors, concept.joined_vectors)):
                 metadata = {**original.metadata, "imported_from": imported}
-                return Concept(concept.name, concept.placeholder, concept.vectors, metadata, vectors_2=concept.vectors_2)
-        return concept
+                return (Concept(concept.name, concept.placeholder, concept.vectors, metadata, vectors_2=concept.vectors_2),
+                        path.stem)
+        return concept, None
 
     def set_thumbnail(self, name: str, image) -> Path:
         """Store a thumbnail (image path or PIL image), shrunk to 256 px on the long side."""
