@@ -467,3 +467,20 @@ def test_choosing_a_concept_selects_the_model_it_was_trained_on(window, qtbot):
     assert gallery.model_combo.currentData() == "shapeworld"
     gallery.choose_concepts(["xl-ice"])
     assert gallery.model_combo.currentData() == "shapeworld-xl"
+
+
+def test_each_project_keeps_the_model_it_trains_on(window, tmp_path, monkeypatch):
+    # A project trained on Shape World XL reopens with XL chosen; another project does not inherit it.
+    view = window.training_view
+    monkeypatch.setattr(view, "_launch", lambda *a, **k: True)
+    xl_project = window.projects_view.create_project("On XL", [image_folder(tmp_path / "a")])
+    view.set_project(xl_project)
+    view.form.set_value("subject", "a star")
+    view.model_combo.setCurrentIndex(view.model_combo.findData("shapeworld-xl"))
+    assert view.start()
+    assert xl_project.train_defaults["model"] == "shapeworld-xl"
+    other = window.projects_view.create_project("Plain", [image_folder(tmp_path / "b")])
+    assert window.context.project.folder == other.folder
+    assert view.model_combo.currentData() == "shapeworld"
+    window.projects_view.open_project(xl_project.folder)
+    assert view.model_combo.currentData() == "shapeworld-xl"

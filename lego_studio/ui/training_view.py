@@ -464,6 +464,9 @@ class TrainingView(QWidget):
             self.preset_combo.blockSignals(True)
             self.preset_combo.setCurrentText(next(k for k, v in PRESETS.items() if v == method))
             self.preset_combo.blockSignals(False)
+            # The model this project last trained on (if still listed), else the default (listed first).
+            listed = self.model_combo.findData(saved.get("model")) if saved.get("model") else -1
+            self.model_combo.setCurrentIndex(max(0, listed))
             self.show_project_fields()
             self._project_folder = project.folder
         self.refresh_runs()
@@ -491,7 +494,7 @@ class TrainingView(QWidget):
         self.form.set_value("positive_words", project.positive_words)
         self.form.set_value("negative_words", project.negative_words or None)
 
-    def remember_settings(self, project, config: TrainConfig) -> None:
+    def remember_settings(self, project, config: TrainConfig, model: str | None = None) -> None:
         """Store the form's settings in the project (what differs from the app's defaults), so the
         project trains with them again after a restart. The project's own fields (subject words,
         concept name, word lists) typed here are the project's: they are stored as if typed in
@@ -505,6 +508,10 @@ class TrainingView(QWidget):
         defaults = app_defaults(config.method).to_dict()
         changed = {k: v for k, v in config.to_dict().items() if k not in PROJECT_FIELDS and v != defaults.get(k)}
         changed["method"] = config.method
+        if model:  # the form's settings do not hold it; the project does (not a TrainConfig field)
+            changed["model"] = model
+        elif "model" in project.train_defaults:
+            changed["model"] = project.train_defaults["model"]
         if changed != project.train_defaults:
             project.train_defaults = changed
             project.save()
@@ -597,13 +604,13 @@ class TrainingView(QWidget):
         if guess is not None and guess.long and not self.confirm_long_run(guess):
             self.status_label.setText(f"Not started: {guess.warning()}.")
             return False
+        spec = self.model_combo.currentData() or "shapeworld"
         try:
-            self.remember_settings(project, config)
+            self.remember_settings(project, config, model=spec)
         except LegoError as exc:
             self.status_label.setText(str(exc))
             return False
         run_dir = project.new_run_dir()
-        spec = self.model_combo.currentData() or "shapeworld"
         device = self.device_combo.currentText()
         return self._launch(config, run_dir, resume=False, spec=spec, device=device,
                             confirmed=guess is not None and guess.long)
