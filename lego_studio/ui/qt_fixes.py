@@ -58,11 +58,18 @@ def binding_leaks() -> dict[str, bool]:
     }
 
 
-def make_immortal(obj) -> None:
-    """Raise ``obj``'s reference count out of reach of any leak (CPython < 3.12 only)."""
-    if sys.version_info >= (3, 12) or sys.implementation.name != "cpython":
-        return
-    ctypes.c_ssize_t.from_address(id(obj)).value += _IMMORTAL_REFERENCES
+def make_immortal(obj) -> bool:
+    """Raise ``obj``'s reference count out of reach of any leak (release builds of CPython < 3.12,
+    where the count is the object's first field). Returns whether it was done."""
+    if sys.version_info >= (3, 12) or sys.implementation.name != "cpython" or hasattr(sys, "gettotalrefcount"):
+        return False  # 3.12+: immortal already; a debug build puts other fields first
+    count = ctypes.c_ssize_t.from_address(id(obj))
+    # Not the layout we expect (the count read there is not the object's count): leave it alone.
+    # A few references to None come and go between the two reads, hence the tolerance.
+    if abs(count.value - (sys.getrefcount(obj) - 1)) > 16:
+        return False
+    count.value += _IMMORTAL_REFERENCES
+    return True
 
 
 def apply() -> None:
