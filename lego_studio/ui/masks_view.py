@@ -416,7 +416,11 @@ class MasksView(QWidget):
             button.deleteLater()
         self.candidate_buttons = []
         for index, (mask, score) in enumerate(self._candidates):
-            button = QPushButton(f"Candidate {index + 1} — score {score:.2f}")
+            # SAM's score is its own quality estimate; GrabCut's is the share of the clicks the
+            # mask agrees with, so say that rather than a bare "score 1.00".
+            what = (f"agrees with {score:.0%} of the clicks" if self.segmenter_name() == "GrabCut"
+                    else f"score {score:.2f}")
+            button = QPushButton(f"Candidate {index + 1} — {what}")
             button.setCheckable(True)
             button.setToolTip(f"{int(mask.sum())} pixels")
             button.clicked.connect(lambda _=False, i=index: self.choose_candidate(i))
