@@ -39,7 +39,11 @@ def load_figures() -> dict:
 
 
 def cached_seconds_per_step(key: str) -> float | None:
-    entry = load_figures().get(key)
+    return _seconds_per_step(load_figures().get(key))
+
+
+def _seconds_per_step(entry) -> float | None:
+    """The seconds per step of a recorded figure; None when missing or broken."""
     try:
         value = float(entry["seconds_per_step"])
     except (TypeError, KeyError, ValueError):
@@ -166,10 +170,11 @@ class StepClock:
 
 
 def estimate_from_cache(key: str, steps_left: int, total_steps: int, device: str) -> Estimate | None:
-    per_step = cached_seconds_per_step(key)
+    entry = load_figures().get(key)
+    per_step = _seconds_per_step(entry)
     if per_step is None:
         return None
     # The device the figure was measured on ("cpu"), not the choice it was keyed by ("auto").
-    measured_on = load_figures().get(key, {}).get("device")
+    measured_on = entry.get("device")
     return Estimate(per_step, steps_left, total_steps, measured_on if isinstance(measured_on, str) and measured_on else device,
                     "cached")

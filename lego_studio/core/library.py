@@ -267,10 +267,11 @@ class ConceptLibrary:
             source = source or str(Path(concept).resolve())
             concept = load_concept(concept)
         concept, original = self._with_original_record(concept)
+        index = self._read_index()
         if original is not None:  # the copy looks like its original in the library, too
             if thumbnail is None and self.thumbnail_path(original).is_file():
                 thumbnail = self.thumbnail_path(original)
-            tags = tags or self._read_index().get(original, {}).get("tags", [])
+            tags = tags or index.get(original, {}).get("tags", [])
         wanted = library_name(name or concept.name)
         if wanted in self:
             if on_conflict == "error":
@@ -284,7 +285,6 @@ class ConceptLibrary:
             self.set_thumbnail(wanted, thumbnail)
         elif on_conflict == "replace":
             self.thumbnail_path(wanted).unlink(missing_ok=True)
-        index = self._read_index()
         index[wanted] = {
             "tags": _clean_tags(tags),
             "added": datetime.now().isoformat(timespec="seconds"),

@@ -35,6 +35,7 @@ import torch
 from lego_studio.core.devices import pick_device, pick_dtype
 from lego_studio.core.errors import InputError, LegoError, ModelError
 from lego_studio.core.paths import atomic_save, atomic_write_json, resource
+from lego_studio.core.settings import BUILTIN_MODELS
 
 FAMILY_FILE = "lego_studio.json"
 SD1_TEXT_WIDTH = 768
@@ -53,8 +54,6 @@ _OPEN_CLIP_PREFIX = "cond_stage_model.model."
 _SDXL_CLIP_PREFIX = "conditioner.embedders.0.transformer."
 _SDXL_OPEN_CLIP_PREFIX = "conditioner.embedders.1.model."
 _SDXL_REFINER_PREFIX = "conditioner.embedders.0.model."
-# Names resolve_spec maps to models shipped in resources/models.
-SHIPPED_MODELS = ("shapeworld", "shapeworld-xl")
 _MODEL_ID = re.compile(r"^[A-Za-z0-9][\w.-]*/[\w.-]+$")
 
 
@@ -343,7 +342,7 @@ def shapeworld_model_dir(name: str = "shapeworld") -> Path:
 def is_shapeworld(model: "SDModel") -> bool:
     """Whether ``model`` is a Shape World model (SD or SDXL architecture): it only knows Shape
     World renders, so the app warns when it is asked to learn from other pictures."""
-    if model.family.name == "shapeworld" or str(model.source).lower() in SHIPPED_MODELS:
+    if model.family.name == "shapeworld" or str(model.source).lower() in BUILTIN_MODELS:
         return True
     marker = Path(model.source) / FAMILY_FILE
     try:
@@ -357,12 +356,12 @@ def resolve_spec(spec: str | os.PathLike) -> tuple[str, Path]:
     text = str(spec).strip()
     if not text:
         raise ModelError("no model given (a diffusers folder, a .safetensors/.ckpt file or a cached model id)")
-    if text.lower() in SHIPPED_MODELS:
+    if text.lower() in BUILTIN_MODELS:
         folder = shapeworld_model_dir(text.lower())
         if not folder.is_dir():
             raise ModelError(
-                f"{folder}: the {'Shape World XL' if text.lower().endswith('-xl') else 'Shape World'} model is not "
-                "installed (it is built by the Shape World training scripts)"
+                f"{folder}: the {BUILTIN_MODELS[text.lower()].label} model is not installed "
+                "(it is built by the Shape World training scripts)"
             )
         return "folder", folder
     path = Path(text).expanduser()

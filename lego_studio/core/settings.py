@@ -27,7 +27,19 @@ SETTINGS_FILE = "settings.json"
 SCHEMA_VERSION = 1
 MAX_RECENT_PROJECTS = 10
 MODEL_KINDS = ("diffusers", "hf-cache", "single-file", "builtin")
-BUILTIN_MODELS = ("shapeworld", "shapeworld-xl")  # names load_model resolves to shipped models (models.SHIPPED_MODELS)
+
+@dataclass(frozen=True)
+class BuiltinModel:
+    label: str  # what the app calls it
+    family: str  # the family of the concepts trained on it (SD-shaped or SDXL-shaped vectors)
+    note: str = ""  # after "built in" in the model lists
+
+
+# The names load_model resolves to the models shipped in resources/models/<name>.
+BUILTIN_MODELS = {
+    "shapeworld": BuiltinModel("Shape World", "shapeworld"),
+    "shapeworld-xl": BuiltinModel("Shape World XL", "sdxl", note="SDXL architecture"),
+}
 DEVICES = ("auto", "cpu", "cuda", "mps")
 
 
@@ -94,9 +106,7 @@ def inspect_model_spec(spec: str | os.PathLike) -> ModelEntry:
     text = str(spec).strip()
     where, path = resolve_spec(text)  # ModelError naming the spec when it is unusable
     if text.lower() in BUILTIN_MODELS:
-        # The concept family: the XL Shape World model takes SDXL-shaped (clip_l + clip_g) concepts.
-        family = "sdxl" if text.lower() == "shapeworld-xl" else "shapeworld"
-        return ModelEntry(name=text.lower(), spec=text.lower(), kind="builtin", family=family)
+        return ModelEntry(name=text.lower(), spec=text.lower(), kind="builtin", family=BUILTIN_MODELS[text.lower()].family)
     if where == "file":
         if path.stat().st_size < 1024:
             raise ModelError(f"{path}: model file is too small to hold weights ({path.stat().st_size} bytes)")

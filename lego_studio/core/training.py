@@ -403,8 +403,9 @@ class TrainConfig:
         if unknown:
             raise InputError(f"{source}: unknown setting {unknown[0]!r}")
         method = data.get("method", "lego")
-        if SETTINGS["method"].problem(method):
-            raise InputError(f"{source}: {SETTINGS['method'].problem(method)}")
+        problem = SETTINGS["method"].problem(method)
+        if problem:
+            raise InputError(f"{source}: {problem}")
         # Settings left out take the method's own defaults ({"method": "ti"} is the TI baseline).
         config = cls(**{**cls.preset_values(method), **data})
         config.validate(source)

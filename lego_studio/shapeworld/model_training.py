@@ -390,17 +390,20 @@ def save_model_folder(pipe, out: Path, tokenizer_dir: Path, metadata: dict, log_
     tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.", dir=out.parent))
     try:
         pipe.to("cpu")
-        for module in (pipe.unet, pipe.vae, pipe.text_encoder):
+        # Every weight-holding part (unet, vae, the text encoder or both of SDXL's) in fp16.
+        modules = [m for m in pipe.components.values() if isinstance(m, torch.nn.Module)]
+        for module in modules:
             module.to(torch.float16)
         pipe.save_pretrained(str(tmp), safe_serialization=True)
-        for module in (pipe.unet, pipe.vae, pipe.text_encoder):
+        for module in modules:
             module.to(torch.float32)
-        # The tokenizer is the shipped CLIP one, byte for byte.
-        shutil.rmtree(tmp / "tokenizer", ignore_errors=True)
-        (tmp / "tokenizer").mkdir()
-        for item in tokenizer_dir.iterdir():
-            if item.is_file():
-                shutil.copy2(item, tmp / "tokenizer" / item.name)
+        # The tokenizer(s): the shipped CLIP one, byte for byte.
+        for name in [n for n in ("tokenizer", "tokenizer_2") if getattr(pipe, n, None) is not None]:
+            shutil.rmtree(tmp / name, ignore_errors=True)
+            (tmp / name).mkdir()
+            for item in tokenizer_dir.iterdir():
+                if item.is_file():
+                    shutil.copy2(item, tmp / name / item.name)
         # diffusers' loader also wants the training scheduler config next to the sampling one.
         atomic_write_json(tmp / "lego_studio.json", metadata)
         atomic_write_json(tmp / "train_log.json", log_data)

@@ -31,9 +31,7 @@ from __future__ import annotations
 import argparse
 import json
 import random
-import shutil
 import sys
-import tempfile
 import time
 from pathlib import Path
 
@@ -329,39 +327,6 @@ def evaluate_streams(model_dir, judge_dir=None, n: int = 96, seed: int = 1000, s
     return {"which": which, "seed": seed, "steps": steps, "guidance": guidance, "results": results}
 
 
-def save(pipe, out: Path, tokenizer_dir: Path, metadata: dict, log_data: dict) -> None:
-    """Write the diffusers folder beside ``out`` and swap it in, so a crash never leaves half a model."""
-    import torch
-
-    from lego_studio.core.paths import atomic_write_json
-    from lego_studio.shapeworld.model_training import folder_size_mb
-
-    out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.", dir=out.parent))
-    try:
-        modules = (pipe.unet, pipe.vae, pipe.text_encoder, pipe.text_encoder_2)
-        for module in modules:
-            module.to(torch.float16)
-        pipe.save_pretrained(str(tmp), safe_serialization=True)
-        for module in modules:
-            module.to(torch.float32)
-        for name in ("tokenizer", "tokenizer_2"):  # the shipped CLIP tokenizer, byte for byte
-            shutil.rmtree(tmp / name, ignore_errors=True)
-            (tmp / name).mkdir()
-            for item in tokenizer_dir.iterdir():
-                if item.is_file():
-                    shutil.copy2(item, tmp / name / item.name)
-        atomic_write_json(tmp / "lego_studio.json", metadata)
-        atomic_write_json(tmp / "train_log.json", log_data)
-        if out.exists():
-            shutil.rmtree(out)
-        tmp.rename(out)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
-    log(f"saved {out} ({folder_size_mb(out):.1f} MB)")
-
-
 def run(args) -> dict:
     import torch
     from diffusers import AutoencoderKL, DDIMScheduler, UNet2DConditionModel
@@ -369,6 +334,7 @@ def run(args) -> dict:
 
     from lego_studio.core.paths import resource
     from lego_studio.shapeworld.judge import load_judge
+    from lego_studio.shapeworld.model_training import folder_size_mb, save_model_folder
 
     if args.threads:
         torch.set_num_threads(args.threads)
@@ -418,8 +384,10 @@ def run(args) -> dict:
         },
         "evaluation": {"grown": grown_eval, "fine_tuned": final_eval},
     }
-    save(pipe, Path(args.out), args.tokenizer_dir, metadata,
-         {"distill": distill_info, "fine_tune": tune_info, "eval": metadata["evaluation"]})
+    out = Path(args.out)
+    save_model_folder(pipe, out, args.tokenizer_dir, metadata,
+                      {"distill": distill_info, "fine_tune": tune_info, "eval": metadata["evaluation"]})
+    log(f"saved {out} ({folder_size_mb(out):.1f} MB)")
     return metadata
 
 

@@ -196,7 +196,8 @@ class MainWindow(QMainWindow):
         try:
             project = Project.open(folder)
         except LegoError as exc:
-            QTimer.singleShot(0, lambda: self.context.status_message.emit(str(exc)))
+            message = str(exc)  # ``exc`` is gone once the except block ends, before the timer fires
+            QTimer.singleShot(0, lambda: self.context.status_message.emit(message))
             return None
         self.context.set_project(project)
         return project

@@ -62,11 +62,13 @@ def model_choices(settings) -> list[tuple[str, str]]:
     The default model comes first."""
     choices = [(f"{m.name} ({m.family or m.kind})", m.spec) for m in settings.models]
     from lego_studio.core.paths import resource  # not core.models: the window opens before torch loads
+    from lego_studio.core.settings import BUILTIN_MODELS
 
-    if not any(spec == "shapeworld" for _, spec in choices):
-        choices.append(("Shape World (built in)", "shapeworld"))
-    if not any(spec == "shapeworld-xl" for _, spec in choices) and resource("models", "shapeworld-xl").is_dir():
-        choices.append(("Shape World XL (built in, SDXL architecture)", "shapeworld-xl"))
+    listed = {spec for _, spec in choices}
+    for spec, builtin in BUILTIN_MODELS.items():
+        # Shape World is always offered (the app's model when none is added); the others when installed.
+        if spec not in listed and (spec == "shapeworld" or resource("models", spec).is_dir()):
+            choices.append((f"{builtin.label} (built in{', ' + builtin.note if builtin.note else ''})", spec))
     default = settings.model()
     if default is not None:
         choices.sort(key=lambda c: c[1] != default.spec)

@@ -475,7 +475,7 @@ class TrainingView(QWidget):
 
     def clear_run_display(self) -> None:
         """Forget the last run's progress, curves, previews and status: they belong to the project
-        that ran it, not to the one opened now."""
+        that ran it, not to the one opened now (and a new run starts from here too)."""
         self.chart.clear()
         self.previews.clear()
         self.progress.setRange(0, 100)
@@ -698,14 +698,11 @@ class TrainingView(QWidget):
         self._run_dir = run_dir
         self._run_method = config.method
         self.last_error = ""
-        self.chart.clear()
+        self.clear_run_display()
         self.chart.total_steps = config.total_steps
-        self.previews.clear()
         self.progress.setRange(0, config.total_steps)
         self.progress.setValue(0)
-        self.eta_label.setText("ETA —")
         self.status_label.setText(("Resuming" if resume else "Starting") + f" {config.placeholder} ({config.method})…")
-        self.memory_label.hide()
         started = self.runner.start(
             train,
             on_done=self._finished,
