@@ -12,7 +12,7 @@ import torch
 from PIL import Image
 
 from lego_studio.cli import main
-from lego_studio.core import estimate, memory
+from lego_studio.core import estimate, memory, memory_trace
 from lego_studio.core.training import TrainConfig
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
@@ -27,26 +27,31 @@ def train_args(exemplar_folders, model, out, *extra):
 # ------------------------------------------------------------------------------ memory
 
 
+def _room(step_bytes: int, fraction: float) -> int:
+    """Free memory that leaves ``fraction`` of a step's own bytes after the planner's headroom and
+    the allocator overhead it adds to every need."""
+    return int(memory.MIN_HEADROOM_BYTES) + memory_trace.DEVICE_OVERHEAD_BYTES + int(fraction * step_bytes)
+
+
 def test_fit_walks_the_ladder_and_keeps_explicit_settings(tiny_model):
     config = TrainConfig.preset("lego", subject="a toy")
-    stacked = memory.estimate_step_memory(tiny_model, config)
-    floor = int(memory.MIN_HEADROOM_BYTES)
+    stacked = memory.estimate_step_memory(tiny_model, config) - memory_trace.DEVICE_OVERHEAD_BYTES
 
-    plenty = memory.fit_config(tiny_model, config, free=floor + 10 * stacked)
+    plenty = memory.fit_config(tiny_model, config, free=_room(stacked, 10))
     assert plenty.changed == {} and plenty.note == "" and plenty.config is config
 
-    tight = memory.fit_config(tiny_model, config, free=floor + int(0.7 * stacked))
+    tight = memory.fit_config(tiny_model, config, free=_room(stacked, 0.7))
     assert tight.changed == {"unet_batching": "split"} and tight.fits
     assert tight.config.unet_batching == "split" and config.unet_batching == "stacked"
     assert "turned on split UNet batching" in tight.note and "\n" not in tight.note
 
-    tighter = memory.fit_config(tiny_model, config, free=floor + int(0.3 * stacked))
+    tighter = memory.fit_config(tiny_model, config, free=_room(stacked, 0.3))
     assert tighter.changed == {"unet_batching": "split", "gradient_checkpointing": True} and tighter.fits
 
-    kept = memory.fit_config(tiny_model, config, explicit={"unet_batching"}, free=floor + int(0.5 * stacked))
+    kept = memory.fit_config(tiny_model, config, explicit={"unet_batching"}, free=_room(stacked, 0.5))
     assert kept.config.unet_batching == "stacked" and kept.changed == {"gradient_checkpointing": True}
 
-    hopeless = memory.fit_config(tiny_model, config, free=floor + 1)
+    hopeless = memory.fit_config(tiny_model, config, free=_room(stacked, 0.01))
     assert not hopeless.fits and "may run out of memory" in hopeless.note
 
 
@@ -71,7 +76,7 @@ def _squeeze(monkeypatch, fraction: float):
 
     def fake_free(device):
         stacked = real.__globals__["estimate_step_memory"]
-        return None if stacked is None else int(memory.MIN_HEADROOM_BYTES) + int(fraction * _stacked_need[0])
+        return None if stacked is None else _room(_stacked_need[0], fraction)
 
     monkeypatch.setattr(memory, "free_memory", fake_free)
 
@@ -80,7 +85,8 @@ _stacked_need = [0]
 
 
 def test_cli_turns_on_savings_says_so_and_explicit_flags_win(exemplar_folders, tiny_model, tiny_model_dir, tmp_path, capsys, monkeypatch):
-    _stacked_need[0] = memory.estimate_step_memory(tiny_model, TrainConfig.preset("lego", subject="a red square"))
+    _stacked_need[0] = (memory.estimate_step_memory(tiny_model, TrainConfig.preset("lego", subject="a red square"))
+                        - memory_trace.DEVICE_OVERHEAD_BYTES)
     _squeeze(monkeypatch, 0.7)
     out = tmp_path / "a.safetensors"
     assert main(train_args(exemplar_folders, tiny_model_dir, out, "--steps", "1", "--quiet")) == 0

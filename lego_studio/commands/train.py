@@ -268,6 +268,8 @@ def _fit_memory(args, model, config, run_dir: Path):
         if applied:
             print(f"memory: resuming with {describe_changes(applied)} (the run ran out of memory before)")
     if args.memory == "auto":
+        if not args.quiet:  # tracing the step takes seconds for SDXL (core/memory_trace.py)
+            print("checking how much memory a step needs…", file=sys.stderr, flush=True)
         plan = fit_config(model, config, explicit)
         if plan.note:
             print(plan.note)

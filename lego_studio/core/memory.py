@@ -1,16 +1,18 @@
 """Settings that fit the machine: how much memory a training step needs, how much is free, and
 which memory-saving settings to turn on before a run starts.
 
-The estimate is a small model calibrated by measurement (``benchmarks/memory_fit.py``; README,
-"Speed and memory"). The model weights are already loaded when a run is planned, so only the
-*activations* of a step have to fit into the memory that is still free:
+The need is traced, not guessed (``core/memory_trace.py``): the Trainer's own step runs on a
+``meta``-device twin of the loaded model, which counts the bytes of every tensor the step creates
+while it is alive, for the model's real architecture, resolution, batch, method and settings, in
+seconds and without a GPU. Against a measured H100 run (SD-1.5-shaped, fp16, 512 px) the traced
+peaks were within 2-4 % (README, "Speed and memory"). The model weights are already loaded when a
+run is planned, so only what the run adds has to fit into the memory still free:
 
-    need = copies x per_copy x (CHECKPOINTING_FACTOR if gradient checkpointing) + HEADROOM
-    per_copy = ACTIVATION_BYTES_PER_PARAM_PIXEL x UNet parameters x latent pixels x bytes per value
+    need = max(step, encoding one image into latents) + the device's allocator overhead
 
-``copies`` counts the UNet batch entries that keep activations for the backward pass: TI 1 per
-image; Lego with ``stacked`` batching 4 per image (one call through ``[SC; S; RC; R]``), with
-``split`` 2 per image plus a no-gradient call whose activations are freed as it goes.
+If a model cannot be traced (an architecture the meta device cannot build), the older calibrated
+formula is the fallback: ``copies x ACTIVATION_BYTES_PER_PARAM_PIXEL x UNet parameters x latent
+pixels x bytes per value``, x ``CHECKPOINTING_FACTOR`` with gradient checkpointing.
 
 Free memory: CUDA ``torch.cuda.mem_get_info``; CPU and MPS (unified memory) the system's
 available memory (psutil, else ``/proc/meminfo``). ``LEGO_STUDIO_MEMORY_LIMIT_GB`` caps what this
@@ -34,9 +36,11 @@ GIB = 1024**3
 LIMIT_ENV = "LEGO_STUDIO_MEMORY_LIMIT_GB"
 OOM_FILE = "out_of_memory.json"  # written into the run folder when a run ran out of memory
 
-# Calibrated on a random SD-1.5-shaped model (860 M UNet) at 512 px on CPU, fp32
-# (benchmarks/memory_fit.py, README table): bytes of activations kept per UNet parameter per
-# latent pixel per byte of value, for one batch entry that carries gradient.
+# The fallback formula, calibrated on a random SD-1.5-shaped model (860 M UNet) at 512 px on CPU,
+# fp32 (benchmarks/memory_fit.py, README table): bytes of activations kept per UNet parameter per
+# latent pixel per byte of value, for one batch entry that carries gradient. Per parameter is a poor
+# unit across architectures (traced, SDXL keeps 0.6x SD 1.5's per parameter, 0.4x with
+# checkpointing), hence the trace.
 ACTIVATION_BYTES_PER_PARAM_PIXEL = 1.55e-4
 CHECKPOINTING_FACTOR = 0.45  # activations kept with gradient checkpointing, relative to without
 NO_GRAD_COPY = 0.25  # a no-gradient call's transient activations, in grad-carrying copies
@@ -85,7 +89,20 @@ def grad_copies(config) -> float:
 
 
 def estimate_step_memory(model, config) -> int:
-    """Bytes a training step needs on top of the loaded model (activations), per the calibration above."""
+    """Bytes a run of ``config`` needs on top of the loaded model: traced (see the module's
+    docstring), or by the fallback formula when the model cannot be traced."""
+    from lego_studio.core import memory_trace
+
+    try:
+        resolution = int(config.resolution or model.family.resolution)
+        need = max(memory_trace.trace_step(model, config), memory_trace.trace_latent_encoding(model, resolution))
+    except Exception:  # noqa: BLE001 - any architecture the meta device cannot build or run: the formula
+        return formula_step_memory(model, config)
+    return need + memory_trace.DEVICE_OVERHEAD_BYTES
+
+
+def formula_step_memory(model, config) -> int:
+    """The fallback: activations per the calibration above."""
     per_copy = ACTIVATION_BYTES_PER_PARAM_PIXEL * unet_parameters(model) * latent_pixels(model, config) * value_bytes(model)
     need = grad_copies(config) * per_copy
     if config.gradient_checkpointing:

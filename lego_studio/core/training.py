@@ -1137,7 +1137,9 @@ class Trainer:
             target = scheduler.get_velocity(z0, noise, t)
         else:
             target = noise
-        has_mask = torch.tensor([exemplars.has_mask[i] for i in index.tolist()], device=device)
+        # On the CPU: whether the batch has a mask decides which terms run, and reading it from the
+        # device would wait for the GPU (and cannot be read at all when memory_trace runs on meta).
+        has_mask = torch.tensor([exemplars.has_mask[i] for i in index.tolist()])
         return z_t, t, target, mask, has_mask
 
     def _unet(self, z_t, t, conditioning, copies: int):
@@ -1176,7 +1178,7 @@ class Trainer:
         lego = config.method == "lego"
         masked = lego and bool(has_mask.any())
         # The subject region per sample (all zero for an image without a mask).
-        subject_region = mask * has_mask.float().view(-1, 1, 1, 1)
+        subject_region = mask * has_mask.to(mask.device).float().view(-1, 1, 1, 1)
         use_subj = masked and config.w_subj > 0
         use_ctx = lego and config.w_ctx > 0
         if use_ctx:

@@ -669,6 +669,8 @@ class TrainingView(QWidget):
                     fitted, applied = apply_oom_hint(fitted, run_dir, explicit)
                     if applied:
                         notes.append(f"Memory: resuming with {describe_changes(applied)} (the run ran out of memory before).")
+                # Tracing the step takes seconds for SDXL (core/memory_trace.py): say what is happening.
+                state.emit(TrainEvent("log", message="Checking how much memory a step needs…"))
                 plan = fit_config(model, fitted, explicit)
                 fitted = plan.config
                 if plan.note:
