@@ -146,6 +146,32 @@ def test_mask_thresholds_any_mode_at_128(tmp_path):
     assert load_mask(path, (4, 2)).tolist() == [[0, 0, 0, 0], [0, 255, 0, 0]]
 
 
+def test_label_map_masks_mark_their_non_zero_pixels(tmp_path):
+    # Segmentation tools save 0/1 masks, class-index PNGs (VOC palette: index 1 is dark red) and
+    # 16-bit label images: nothing in them reaches 128, and read by brightness the user's subject
+    # would silently vanish.
+    labels = np.zeros((4, 6), np.uint8)
+    labels[1:3, 2:5] = 1
+    expected = (labels * 255).tolist()
+    path = _save(Image.fromarray(labels, "L"), tmp_path / "zero_one.png")
+    assert load_mask(path, (6, 4)).tolist() == expected
+
+    voc = Image.fromarray(labels * 15).convert("P")  # class 15 ("person")
+    palette = [0, 0, 0] + [128, 0, 0] * 255
+    voc.putpalette(palette)
+    path = _save(voc, tmp_path / "voc.png")
+    assert load_mask(path, (6, 4)).tolist() == expected
+
+    path = _save(Image.fromarray(labels.astype(np.uint16) * 3), tmp_path / "labels16.png")
+    assert load_mask(path, (6, 4)).tolist() == expected
+
+    # A bright mask still thresholds at 128, and a black mask with a stray speck marks nothing.
+    speck = np.zeros((40, 60), np.uint8)
+    speck[0, 0] = 3
+    path = _save(Image.fromarray(speck, "L"), tmp_path / "speck.png")
+    assert load_mask(path, (60, 40)).max() == 0
+
+
 def test_mask_painted_on_transparency_uses_alpha(tmp_path):
     rgba = np.zeros((2, 3, 4), np.uint8)
     rgba[..., :3] = 0  # black paint: brightness alone would say "no subject"

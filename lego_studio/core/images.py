@@ -152,6 +152,9 @@ def load_image(path: str | os.PathLike, max_pixels: int = MAX_PIXELS) -> Image.I
         raise InputError(f"{path}: not a readable image (cannot convert mode {image.mode}: {exc})") from None
 
 
+LABEL_MAP_MIN_FRACTION = 0.001  # of the pixels, for a dark mask to be read as a label map
+
+
 def load_mask(path: str | os.PathLike, size: tuple[int, int]) -> np.ndarray:
     """Load a subject mask as a ``uint8`` array ``[height, width]`` with 255 = subject, 0 = concept.
 
@@ -166,8 +169,15 @@ def load_mask(path: str | os.PathLike, size: tuple[int, int]) -> np.ndarray:
         raise InputError(
             f"{path}: mask is {image.size[0]}x{image.size[1]} but its image is {width}x{height}"
         )
-    values = _mask_values(image)
-    mask = np.where(values >= 128, 255, 0).astype(np.uint8)
+    subject = _mask_values(image) >= 128
+    if not subject.any():
+        # Nothing bright, yet something marked: a label map (values 0/1, class indices such as a
+        # VOC palette PNG, a 16-bit label image) or a dim paint. Every non-zero pixel is the subject;
+        # a few stray ones (compression noise) do not count.
+        marked = _marked_pixels(image)
+        if marked.mean() >= LABEL_MAP_MIN_FRACTION:
+            subject = marked
+    mask = np.where(subject, 255, 0).astype(np.uint8)
     if mask.size and mask.min() == 255:
         raise InputError(
             f"{path}: mask marks the whole image as subject, leaving nothing for the concept"
@@ -187,6 +197,15 @@ def _mask_values(image: Image.Image) -> np.ndarray:
     if mode == "1":
         return np.asarray(image.convert("L"))
     return np.asarray(_to_rgb(image).convert("L"))
+
+
+def _marked_pixels(image: Image.Image) -> np.ndarray:
+    """Pixels whose raw value is not zero (alpha for a mask painted on transparency)."""
+    if _has_transparency(image):
+        return np.asarray(image.convert("RGBA"))[..., 3] > 0
+    if image.mode in ("L", "I", "F") or image.mode.startswith("I;16"):
+        return np.nan_to_num(np.asarray(image, dtype=np.float64)) > 0
+    return np.asarray(_to_rgb(image).convert("L")) > 0
 
 
 def _natural_key(path: Path) -> list:
