@@ -249,6 +249,33 @@ def test_ti_training_and_split_batching_on_sdxl(tiny_sdxl, exemplars, tmp_path):
     assert torch.allclose(stacked.vectors_2, split.vectors_2, atol=1e-5)
 
 
+def test_micro_conditioning_gives_each_image_its_original_size_and_crop(fresh_tiny_sdxl, tmp_path):
+    # SDXL is told the size and crop of every training image (as its paper and diffusers' training
+    # scripts do), so a small or cut photo does not teach the concept its blur or its edges.
+    from lego_studio.core.data import size_conditioning
+
+    rng = np.random.default_rng(1)
+    wide = tmp_path / "wide.png"  # 48 x 36: the centre square is cut 6 px from the left
+    Image.fromarray((rng.random((36, 48, 3)) * 255).astype(np.uint8)).save(wide)
+    square = tmp_path / "square.png"  # already the training size: what the pipeline assumes
+    Image.fromarray((rng.random((32, 32, 3)) * 255).astype(np.uint8)).save(square)
+    assert size_conditioning((48, 36), 32) == [[36, 48, 0, 5], [36, 48, 0, 5]]
+    assert size_conditioning((32, 32), 32) == [[32, 32, 0, 0], [32, 32, 0, 0]]
+    assert size_conditioning((100, 401), 50) == [[401, 100, 75, 0], [401, 100, 75, 0]]
+
+    seen = []
+    hook = fresh_tiny_sdxl.unet.register_forward_pre_hook(
+        lambda module, args, kwargs: seen.append(kwargs["added_cond_kwargs"]["time_ids"].tolist()), with_kwargs=True)
+    try:
+        for image in (wide, square):
+            Trainer(fresh_tiny_sdxl, TrainConfig.preset("ti", steps=1, checkpoint_every=0, resolution=32), [image], None,
+                    tmp_path / image.stem).run()
+    finally:
+        hook.remove()
+    assert seen[0] == [[36, 48, 0, 5, 32, 32]]
+    assert seen[-1] == [[32, 32, 0, 0, 32, 32]] == fresh_tiny_sdxl.sdxl_time_ids(32, 32).tolist()
+
+
 def test_training_conditioning_equals_the_installed_concept(fresh_tiny_sdxl, tmp_path):
     model = fresh_tiny_sdxl
     concept = sdxl_concept("<par>", n=3)

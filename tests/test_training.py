@@ -445,7 +445,7 @@ def test_v_prediction_models_train_against_the_velocity(tiny_model, exemplar_fil
     trainer = Trainer(v_model, small(), *exemplar_files, tmp_path)
     exemplars = build_exemplars(v_model, exemplar_files[0], None, 32)
     generator = torch.Generator().manual_seed(0)
-    z_t, t, target, _, _ = trainer._noisy_batch(exemplars, generator)
+    z_t, t, target, *_ = trainer._noisy_batch(exemplars, generator)
     # Re-draw the same randomness to recover z0 and the noise.
     generator = torch.Generator().manual_seed(0)
     index = torch.randint(3, (1,), generator=generator)

@@ -41,6 +41,9 @@ class ExemplarSet:
     masks: torch.Tensor  # [K, 2, 1, h, w] in [0, 1], 1 = subject
     has_mask: list[bool]
     sources: list[str]
+    # [K, 2, 4] per image and mirror: original height, width, crop top, left (in the resized frame),
+    # SDXL's size and crop micro-conditioning. None: original = training size, no crop.
+    sizes: torch.Tensor | None = None
 
     def __len__(self) -> int:
         return int(self.latents.shape[0])
@@ -60,6 +63,20 @@ def center_crop_resize(image: Image.Image, resolution: int, resample=Image.Resam
     if square.size != (resolution, resolution):
         square = square.resize((resolution, resolution), resample=resample)
     return square
+
+
+def size_conditioning(size: tuple[int, int], resolution: int) -> list[list[int]]:
+    """SDXL's micro-conditioning of an image of ``size`` (width, height) that center_crop_resize
+    turns into the training square: [original height, width, crop top, crop left] as the SDXL paper
+    and diffusers' training scripts give it (the crop in the frame resized to the training scale),
+    for the image and for its mirror. It tells the UNet that a small or cropped photo is one, so the
+    concept does not have to explain its blur or its cut-off edges."""
+    width, height = int(size[0]), int(size[1])
+    side = min(width, height)
+    left, top = (width - side) // 2, (height - side) // 2
+    scale = resolution / side
+    mirrored_left = width - side - left
+    return [[height, width, round(top * scale), round(offset * scale)] for offset in (left, mirrored_left)]
 
 
 def image_to_tensor(image: Image.Image) -> torch.Tensor:
@@ -186,7 +203,7 @@ def build_exemplars(model, images, masks=None, resolution: int | None = None, ca
     cache_dir = Path(cache_dir) if cache_dir is not None else None
     model_key = _model_key(model)
 
-    latents, mask_maps, has_mask, sources = [], [], [], []
+    latents, mask_maps, has_mask, sources, sizes = [], [], [], [], []
     for image_source, mask_source in zip(images, masks):
         image, name = _load_source(image_source, "training image")
         mask = _mask_array(mask_source, image, name)
@@ -207,8 +224,10 @@ def build_exemplars(model, images, masks=None, resolution: int | None = None, ca
         mask_maps.append(torch.stack([subject, torch.flip(subject, dims=[-1])]))
         has_mask.append(mask is not None and bool(mask.any()))
         sources.append(name)
+        sizes.append(size_conditioning(image.size, resolution))
     return ExemplarSet(
-        latents=torch.stack(latents), masks=torch.stack(mask_maps), has_mask=has_mask, sources=sources
+        latents=torch.stack(latents), masks=torch.stack(mask_maps), has_mask=has_mask, sources=sources,
+        sizes=torch.tensor(sizes, dtype=torch.float32),
     )
 
 

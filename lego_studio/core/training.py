@@ -1140,16 +1140,24 @@ class Trainer:
         # On the CPU: whether the batch has a mask decides which terms run, and reading it from the
         # device would wait for the GPU (and cannot be read at all when memory_trace runs on meta).
         has_mask = torch.tensor([exemplars.has_mask[i] for i in index.tolist()])
-        return z_t, t, target, mask, has_mask
+        sizes = exemplars.sizes[index, flips] if exemplars.sizes is not None else None
+        return z_t, t, target, mask, has_mask, sizes
 
-    def _unet(self, z_t, t, conditioning, copies: int):
+    def _unet(self, z_t, t, conditioning, copies: int, sizes=None):
+        """The UNet's prediction for ``copies`` conditionings of the batch. SDXL: ``sizes`` [B, 4]
+        are the images' original size and crop (ExemplarSet.sizes), its micro-conditioning."""
+        import torch
+
         model = self.model
         sample = z_t.repeat(copies, 1, 1, 1).to(model.dtype)
         if model.is_sdxl:
             hidden, pooled = unpack_sdxl(conditioning, model)
             h, w = (int(side) * model.vae_scale_factor for side in z_t.shape[-2:])
+            time_ids = model.sdxl_time_ids(h, w, z_t.shape[0])
+            if sizes is not None:
+                time_ids = torch.cat([sizes.float(), time_ids[:, 4:]], dim=1)
             added = {"text_embeds": pooled.to(model.dtype),
-                     "time_ids": model.sdxl_time_ids(h, w, hidden.shape[0]).to(model.device, model.dtype)}
+                     "time_ids": time_ids.repeat(copies, 1).to(model.device, model.dtype)}
             return model.unet(sample, t.repeat(copies), encoder_hidden_states=hidden.to(model.dtype),
                               added_cond_kwargs=added).sample.float()
         return model.unet(sample, t.repeat(copies), encoder_hidden_states=conditioning.to(model.dtype)).sample.float()
@@ -1158,10 +1166,10 @@ class Trainer:
         """Stage 0: plain textual inversion of the subject token on the subject-only images."""
         import torch
 
-        z_t, t, target, _, _ = self._noisy_batch(self.subject_set, generator)
+        z_t, t, target, _, _, sizes = self._noisy_batch(self.subject_set, generator)
         picks = torch.randint(len(self.config.templates), (z_t.shape[0],), generator=generator).tolist()
         prompts = [fill_template(self.config.templates[i], slots(1, start=self.config.num_vectors)) for i in picks]
-        prediction = self._unet(z_t, t, self.encode(prompts), 1)
+        prediction = self._unet(z_t, t, self.encode(prompts), 1, sizes)
         rec = region_mse(prediction, target)
         zero = rec.detach() * 0.0
         return {"total": rec, "rec": rec, "subj": zero, "ctx": zero, "words": zero}
@@ -1170,7 +1178,7 @@ class Trainer:
         import torch
 
         config = self.config
-        z_t, t, target, mask, has_mask = self._noisy_batch(self.exemplars, generator)
+        z_t, t, target, mask, has_mask, sizes = self._noisy_batch(self.exemplars, generator)
         b = z_t.shape[0]
         picks = torch.randint(len(config.templates), (b,), generator=generator).tolist()
         templates = [config.templates[i] for i in picks]
@@ -1197,7 +1205,7 @@ class Trainer:
                 plain_parts["S"] = self.encode([fill_template(tp, subject) for tp in templates], grad=False)
             if use_ctx:
                 plain_parts["R"] = self.encode([fill_template(tp, [other]) for tp, other in zip(templates, others)], grad=False)
-        predictions = self._predict(z_t, t, grad_parts, plain_parts)
+        predictions = self._predict(z_t, t, grad_parts, plain_parts, sizes)
         pred_sc = predictions["SC"]
 
         # L_rec: the subject region counts concept_inside_weight (rec_region "concept" = 0).
@@ -1222,7 +1230,7 @@ class Trainer:
         total = rec + config.w_subj * subj + config.w_ctx * ctx + config.w_words * words
         return {"total": total, "rec": rec, "subj": subj, "ctx": ctx, "words": words}
 
-    def _predict(self, z_t, t, grad_parts: dict, plain_parts: dict) -> dict:
+    def _predict(self, z_t, t, grad_parts: dict, plain_parts: dict, sizes=None) -> dict:
         """UNet predictions for every named conditioning, all on the same noisy latents.
 
         "stacked" makes one UNet call over every conditioning; "split" one call with gradient and
@@ -1232,13 +1240,13 @@ class Trainer:
         b = z_t.shape[0]
         names = list(grad_parts) + list(plain_parts)
         if self.config.unet_batching == "split" or not plain_parts:
-            outputs = list(self._unet(z_t, t, torch.cat(list(grad_parts.values())), len(grad_parts)).split(b))
+            outputs = list(self._unet(z_t, t, torch.cat(list(grad_parts.values())), len(grad_parts), sizes).split(b))
             if plain_parts:
                 with torch.no_grad():
-                    outputs += list(self._unet(z_t, t, torch.cat(list(plain_parts.values())), len(plain_parts)).split(b))
+                    outputs += list(self._unet(z_t, t, torch.cat(list(plain_parts.values())), len(plain_parts), sizes).split(b))
         else:
             stacked = torch.cat(list(grad_parts.values()) + list(plain_parts.values()))
-            outputs = list(self._unet(z_t, t, stacked, len(names)).split(b))
+            outputs = list(self._unet(z_t, t, stacked, len(names), sizes).split(b))
         predictions = dict(zip(names, outputs))
         for name in plain_parts:
             predictions[name] = predictions[name].detach()
