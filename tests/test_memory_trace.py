@@ -63,6 +63,7 @@ def test_the_traced_need_orders_the_memory_settings(tiny_model):
     assert need["split+ckpt"] < need["split"] and need["stacked+ckpt"] < need["stacked"]
     assert need["batch 2"] > 1.5 * need["stacked"]
     assert need["64 px"] > 2 * need["stacked"]  # 4x the latent pixels
+    assert not memory.planning_takes_a_while(tiny_model)  # traced in well under a second: nothing to say
 
 
 def test_the_planner_falls_back_to_the_formula_when_a_model_cannot_be_traced(tiny_model, monkeypatch):
@@ -98,5 +99,6 @@ def test_a_real_sdxl_config_is_traced_in_seconds_on_the_meta_device():
     from speed_lego_vs_ti import build_sdxl_shaped
 
     model = build_sdxl_shaped("meta", torch.float16)
+    assert memory.planning_takes_a_while(model)  # so the CLI and Training say "checking how much memory…"
     need = memory_trace.trace_step(model, lego(resolution=1024, unet_batching="split", gradient_checkpointing=True))
     assert 0.5 * 2**30 < need < 4 * 2**30  # 1.40 GiB when measured for the README

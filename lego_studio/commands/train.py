@@ -260,7 +260,7 @@ def cancel_on_ctrl_c(trainer):
 def _fit_memory(args, model, config, run_dir: Path):
     """Resume: the settings an out-of-memory stop named. Then (``--memory auto``) the memory
     savings the free memory needs; one line says what changed. Explicit settings are kept."""
-    from lego_studio.core.memory import apply_oom_hint, describe_changes, fit_config
+    from lego_studio.core.memory import apply_oom_hint, describe_changes, fit_config, planning_takes_a_while
 
     explicit = explicit_memory_settings(args)
     if args.resume:
@@ -268,7 +268,7 @@ def _fit_memory(args, model, config, run_dir: Path):
         if applied:
             print(f"memory: resuming with {describe_changes(applied)} (the run ran out of memory before)")
     if args.memory == "auto":
-        if not args.quiet:  # tracing the step takes seconds for SDXL (core/memory_trace.py)
+        if not args.quiet and planning_takes_a_while(model):
             print("checking how much memory a step needs…", file=sys.stderr, flush=True)
         plan = fit_config(model, config, explicit)
         if plan.note:

@@ -67,6 +67,12 @@ def unet_parameters(model) -> int:
     return sum(p.numel() for p in model.unet.parameters())
 
 
+def planning_takes_a_while(model) -> bool:
+    """Whether fit_config will take seconds (tracing an SD-size UNet: about 5 s a configuration
+    for SDXL on a 2-core CPU), so the CLI and the app say what is happening meanwhile."""
+    return unet_parameters(model) > 100_000_000
+
+
 def latent_pixels(model, config) -> int:
     resolution = int(config.resolution or model.family.resolution)
     side = max(1, resolution // int(getattr(model, "vae_scale_factor", 8) or 8))

@@ -659,7 +659,7 @@ class TrainingView(QWidget):
             runs.create_run(run_dir, {"images": images, "masks": masks, "subject_images": subject_images,
                                       "model": spec, "device": device}, config)
             from lego_studio.core.estimate import StepClock, figure_key
-            from lego_studio.core.memory import apply_oom_hint, describe_changes, fit_config
+            from lego_studio.core.memory import apply_oom_hint, describe_changes, fit_config, planning_takes_a_while
             from lego_studio.core.training import TrainEvent
 
             with models.lease(spec, device, state=state) as model:
@@ -669,8 +669,8 @@ class TrainingView(QWidget):
                     fitted, applied = apply_oom_hint(fitted, run_dir, explicit)
                     if applied:
                         notes.append(f"Memory: resuming with {describe_changes(applied)} (the run ran out of memory before).")
-                # Tracing the step takes seconds for SDXL (core/memory_trace.py): say what is happening.
-                state.emit(TrainEvent("log", message="Checking how much memory a step needs…"))
+                if planning_takes_a_while(model):  # seconds for SDXL (core/memory_trace.py)
+                    state.emit(TrainEvent("log", message="Checking how much memory a step needs…"))
                 plan = fit_config(model, fitted, explicit)
                 fitted = plan.config
                 if plan.note:
