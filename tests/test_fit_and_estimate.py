@@ -53,6 +53,7 @@ def test_fit_walks_the_ladder_and_keeps_explicit_settings(tiny_model):
 
     hopeless = memory.fit_config(tiny_model, config, free=_room(stacked, 0.01))
     assert not hopeless.fits and "may run out of memory" in hopeless.note
+    assert "kept for the system" in hopeless.note  # else "needs 0.2 GB, 0.6 GB is free" reads as if it fitted
 
 
 def test_out_of_memory_errors_are_recognised():

@@ -227,7 +227,8 @@ def fit_config(model, config, explicit=(), free: int | None = None) -> MemoryPla
     default_need = estimate_step_memory(model, config)
     if free is None:
         return MemoryPlan(config, default_need, default_need, None, {}, True, "")
-    budget = free - max(MIN_HEADROOM_BYTES, HEADROOM * free)
+    reserve = max(MIN_HEADROOM_BYTES, HEADROOM * free)
+    budget = free - reserve
     last = None
     for candidate, changed in _candidates(config, explicit):
         need = estimate_step_memory(model, candidate)
@@ -239,12 +240,14 @@ def fit_config(model, config, explicit=(), free: int | None = None) -> MemoryPla
                     f"{model.device.type}; turned on {describe_changes(changed)} (about {format_bytes(need)})")
             return MemoryPlan(candidate, need, default_need, free, changed, True, note)
     candidate, changed, need = last
-    note = (f"memory: a step needs about {format_bytes(need)} even with every saving on, but only "
-            f"{format_bytes(free)} is free on {model.device.type}; it may run out of memory "
-            f"(a lower resolution, or a GPU with more memory, would fit)")
+    # The reserve is named: "needs 0.2 GB, 0.3 GB is free" alone would read as if it fitted.
+    free_text = (f"{format_bytes(free)} is free on {model.device.type}, {format_bytes(reserve)} of it kept for "
+                 f"the system")
+    note = (f"memory: a step needs about {format_bytes(need)} even with every saving on, but only {free_text}; "
+            f"it may run out of memory (a lower resolution, or a GPU with more memory, would fit)")
     if changed:
         note = (f"memory: turned on {describe_changes(changed)}, but a step still needs about {format_bytes(need)} and only "
-                f"{format_bytes(free)} is free on {model.device.type}; it may run out of memory (a lower resolution would fit)")
+                f"{free_text}; it may run out of memory (a lower resolution would fit)")
     return MemoryPlan(candidate, need, default_need, free, changed, False, note)
 
 
