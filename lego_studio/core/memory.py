@@ -241,8 +241,9 @@ def fit_config(model, config, explicit=(), free: int | None = None) -> MemoryPla
             return MemoryPlan(candidate, need, default_need, free, changed, True, note)
     candidate, changed, need = last
     # The reserve is named: "needs 0.2 GB, 0.3 GB is free" alone would read as if it fitted.
-    free_text = (f"{format_bytes(free)} is free on {model.device.type}, {format_bytes(reserve)} of it kept for "
-                 f"the system")
+    free_text = f"{format_bytes(free)} is free on {model.device.type}, " + (
+        f"less than the {format_bytes(reserve)} kept for the system" if reserve >= free
+        else f"{format_bytes(reserve)} of it kept for the system")
     note = (f"memory: a step needs about {format_bytes(need)} even with every saving on, but only {free_text}; "
             f"it may run out of memory (a lower resolution, or a GPU with more memory, would fit)")
     if changed:
