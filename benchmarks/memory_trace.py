@@ -28,22 +28,16 @@ GIB = 1024**3
 
 
 def run_matrix(model, resolution: int, checkpointing=(False, True), vectors: int = 4) -> dict:
-    from lego_studio.core.memory_trace import trace_step
-    from lego_studio.core.training import TrainConfig
+    from speed_lego_vs_ti import method_matrix
 
-    common = dict(steps=10, batch_size=1, checkpoint_every=0, preview_every=0, subject="a red square",
-                  resolution=resolution)
+    from lego_studio.core.memory_trace import trace_step
+
+    configs = method_matrix(checkpointing, vectors, steps=10, batch_size=1, checkpoint_every=0, preview_every=0,
+                            subject="a red square", resolution=resolution)
     results = {}
-    for ckpt in checkpointing:
-        tag = " + checkpointing" if ckpt else ""
-        configs = {"ti" + tag: TrainConfig.preset("ti", gradient_checkpointing=ckpt, **common)}
-        for batching in ("stacked", "split"):
-            configs[f"lego ({batching}){tag}"] = TrainConfig.preset(
-                "lego", num_vectors=vectors, positive_words=["frozen", "icy"], unet_batching=batching,
-                gradient_checkpointing=ckpt, **common)
-        for name, config in configs.items():
-            results[name] = {"step_peak_bytes": trace_step(model, config)}
-            print(f"traced {name}: step {results[name]['step_peak_bytes'] / GIB:.2f} GiB", file=sys.stderr)
+    for name, config in configs.items():
+        results[name] = {"step_peak_bytes": trace_step(model, config)}
+        print(f"traced {name}: step {results[name]['step_peak_bytes'] / GIB:.2f} GiB", file=sys.stderr)
     return results
 
 

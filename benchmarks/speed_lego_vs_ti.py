@@ -119,6 +119,22 @@ def build_sdxl_shaped(device, dtype, tiny: bool = False):
     return model
 
 
+def method_matrix(checkpointing, vectors: int, **common) -> dict:
+    """The configurations every speed and memory figure is given for: TI, Lego stacked and split,
+    each with and without gradient checkpointing (as ``checkpointing`` lists)."""
+    from lego_studio.core.training import TrainConfig
+
+    runs = {}
+    for ckpt in checkpointing:
+        tag = " + checkpointing" if ckpt else ""
+        runs["ti" + tag] = TrainConfig.preset("ti", gradient_checkpointing=ckpt, **common)
+        for batching in ("stacked", "split"):
+            runs[f"lego ({batching}){tag}"] = TrainConfig.preset(
+                "lego", num_vectors=vectors, positive_words=["frozen", "icy"], unet_batching=batching,
+                gradient_checkpointing=ckpt, **common)
+    return runs
+
+
 def build_tiny(device, precision):
     from lego_studio.core.models import load_model, make_tiny_model
 
@@ -225,7 +241,6 @@ def main(argv=None) -> int:
     import torch
 
     from lego_studio.core.devices import pick_device, pick_dtype
-    from lego_studio.core.training import TrainConfig
 
     if args.threads:
         torch.set_num_threads(args.threads)
@@ -247,14 +262,7 @@ def main(argv=None) -> int:
     common = dict(steps=total, batch_size=args.batch_size, checkpoint_every=0, preview_every=0,
                   subject="a red square", max_nonfinite_in_a_row=total + 1, resolution=resolution)
     checkpointing = {"off": [False], "on": [True], "both": [False, True]}[args.checkpointing]
-    runs = {}
-    for ckpt in checkpointing:
-        tag = " + checkpointing" if ckpt else ""
-        runs["ti" + tag] = TrainConfig.preset("ti", gradient_checkpointing=ckpt, **common)
-        for batching in ("stacked", "split"):
-            runs[f"lego ({batching}){tag}"] = TrainConfig.preset(
-                "lego", num_vectors=args.vectors, positive_words=["frozen", "icy"], unet_batching=batching,
-                gradient_checkpointing=ckpt, **common)
+    runs = method_matrix(checkpointing, args.vectors, **common)
     results = {}
     for name, config in runs.items():
         results[name] = measure(model, config, images, masks, work / name.replace(" ", "_"), args.warmup)

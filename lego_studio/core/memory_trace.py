@@ -126,8 +126,9 @@ def meta_twin(model):
     # Its own scheduler: add_noise moves the scheduler's tables to the samples' device (meta here).
     scheduler = type(model.noise_scheduler).from_config(model.noise_scheduler.config)
     twin = dataclasses.replace(
-        model, noise_scheduler=scheduler, unet=rebuild(model.unet), vae=rebuild(model.vae), text_encoder=rebuild(model.text_encoder),
-        text_encoder_2=rebuild(model.text_encoder_2), device=torch.device("meta"))
+        model, noise_scheduler=scheduler, unet=rebuild(model.unet), vae=rebuild(model.vae),
+        text_encoder=rebuild(model.text_encoder), text_encoder_2=rebuild(model.text_encoder_2),
+        device=torch.device("meta"))
     model._meta_twin = twin
     return twin
 
@@ -153,7 +154,7 @@ def trace_step(model, config) -> int:
 def count_step(model, config, images: int = 2) -> int:
     """Run one training step of ``config`` on ``model`` (any device; ``meta`` = traced) and return
     the bytes its tensors peaked at. The images are zero latents of the real shape, all with a mask
-    so that every Lego term runs; nothing is written to the model."""
+    so that every Lego term runs; the model's weights are not changed."""
     import torch
 
     from lego_studio.core.data import ExemplarSet
@@ -162,9 +163,7 @@ def count_step(model, config, images: int = 2) -> int:
     with tempfile.TemporaryDirectory(prefix="lego-trace-") as run_dir:
         trainer = Trainer(model, config.validate(), images=["traced"] * images, run_dir=run_dir)
         # Trainer._run's set-up, without reading images.
-        trainer._freeze_model()
-        trainer._table = trainer._embedding_table()
-        trainer._vocab_limit = trainer._regular_vocab_limit()
+        trainer._prepare_model()
         trainer._initial = torch.zeros(config.num_vectors, trainer._table.shape[1])
         trainer._initial_subject = None
         side = int(config.resolution or model.family.resolution) // model.vae_scale_factor

@@ -709,9 +709,7 @@ class Trainer:
 
         from lego_studio.core.data import build_exemplars
 
-        self._freeze_model()
-        self._table = self._embedding_table()
-        self._vocab_limit = self._regular_vocab_limit()
+        self._prepare_model()
         # Before the (slow) image encoding, so a bad --init-from or init word fails at once.
         self._initial = self._initial_concept_vectors()
         self._initial_subject = self._initial_subject_vector() if config.subject_token_steps else None
@@ -926,6 +924,12 @@ class Trainer:
                     f"({previous.get(changed[0])!r}, now {current[changed[0]]!r})"
                 )
         atomic_write_json(path, self.config.to_dict())
+
+    def _prepare_model(self) -> None:
+        """Freeze the model and read the token-embedding table the learned rows live beside."""
+        self._freeze_model()
+        self._table = self._embedding_table()
+        self._vocab_limit = self._regular_vocab_limit()
 
     def _freeze_model(self) -> None:
         for module in self.model.modules:
