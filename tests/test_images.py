@@ -252,3 +252,29 @@ def test_find_mask_for_pairs_by_stem(tmp_path):
     (images / "d_mask.png").write_bytes(b"x")
     assert find_mask_for(images / "d.jpg", images) == images / "d_mask.png"
     assert find_mask_for(images / "a.jpg", images) is None
+
+
+# ----------------------------------------------------------------------------- image_size_note
+
+
+def test_image_size_note_names_small_and_far_from_square_images(tmp_path):
+    from lego_studio.core.images import image_size_note
+
+    def picture(name, width, height):
+        return _save(Image.new("RGB", (width, height), (200, 30, 30)), tmp_path / name)
+
+    fine = [picture("fine.png", 600, 500), picture("fine2.png", 512, 512)]
+    assert image_size_note(fine, 512) == ""
+    small = picture("thumb.png", 200, 150)  # its 150 px side is enlarged 3.4x to 512
+    note = image_size_note(fine + [small], 512)
+    assert note.startswith("1 of 3 images is much smaller than the 512 px training size")
+    assert "thumb.png, 200x150, enlarged 3.4x" in note and "\n" not in note
+    banner = picture("banner.png", 1500, 500)  # the centre square keeps a third of it
+    note = image_size_note(fine + [banner], 512)
+    assert note.startswith("1 of 3 images is far from square (e.g. banner.png, 1500x500)") and "33%" in note
+    both = image_size_note([picture("strip.png", 100, 20)], 512)
+    assert both.startswith("the image is much smaller") and "the image is far from square" in both
+    broken = tmp_path / "broken.png"
+    broken.write_bytes(b"not an image")  # reported elsewhere, by the checks that name it
+    assert image_size_note(fine + [broken], 512) == ""
+

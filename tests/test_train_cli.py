@@ -46,6 +46,25 @@ def test_train_writes_a_concept_and_resume_extends_the_run(exemplar_folders, tin
     assert not torch.equal(load_concept(out).vectors, concept.vectors)
 
 
+def test_small_and_far_from_square_images_get_a_warning(tiny_model_dir, tmp_path, capsys):
+    import numpy as np
+    from PIL import Image
+
+    images = tmp_path / "small"
+    images.mkdir()
+    rng = np.random.default_rng(0)
+    for i in range(2):  # 36x12: enlarged 2.7x to the tiny model's 32 px, a third of it kept
+        Image.fromarray((rng.random((12, 36, 3)) * 255).astype(np.uint8)).save(images / f"s{i}.png")
+    code = main(["train", "--images", str(images), "--method", "ti", "--model", str(tiny_model_dir), "--device", "cpu",
+                 "--precision", "fp32", "--out", str(tmp_path / "s.safetensors"), "--steps", "1", "--quiet"])
+    captured = capsys.readouterr()
+    assert code == 0, captured.err
+    warnings = [line for line in captured.out.splitlines() if line.startswith("warning:")]
+    assert len(warnings) == 1
+    assert "2 of 2 images are much smaller than the 32 px training size" in warnings[0]
+    assert "far from square" in warnings[0]
+
+
 def test_ti_baseline_from_a_config_file(exemplar_folders, tiny_model_dir, tmp_path, capsys):
     from lego_studio.core.concepts import load_concept
 

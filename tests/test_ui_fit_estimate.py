@@ -63,6 +63,22 @@ def photos():
     return [Image.fromarray((rng.random((48, 64, 3)) * 255).astype("uint8")) for _ in range(3)]
 
 
+def test_small_images_are_named_beside_the_memory_plan(make_window, qtbot, tmp_path):
+    import numpy as np
+
+    window = make_window(with_tiny=True)
+    training = window.training_view
+    rng = np.random.default_rng(0)
+    open_project(window, tmp_path, [Image.fromarray((rng.random((12, 12, 3)) * 255).astype("uint8")) for _ in range(2)])
+    training.model_combo.setCurrentIndex(training.model_combo.findData(str(window.context.settings.models[0].spec)))
+    training.device_combo.setCurrentText("cpu")
+    training.form.set_value("steps", 1)
+    assert training.start()
+    qtbot.waitUntil(lambda: not training.runner.busy, timeout=120000)
+    assert not training.plan_label.isHidden()
+    assert "2 of 2 images are much smaller than the 32 px training size" in training.plan_label.text()
+
+
 def test_shapeworld_model_with_foreign_images_says_so_and_points_to_settings(make_window, qtbot, tmp_path):
     window = make_window()
     training = window.training_view
@@ -140,8 +156,8 @@ def test_timed_estimate_memory_line_and_a_no_cancels_a_long_run(make_window, qtb
     assert len(questions.texts) == 1 and "The fastest option is fewer steps" in questions.texts[0]
     assert training.estimate_label.text().startswith("Expected duration: about")
     assert "timed on its first steps" in training.estimate_label.text()
-    assert not training.memory_label.isHidden()
-    assert "turned on split UNet batching and gradient checkpointing" in training.memory_label.text()
+    assert not training.plan_label.isHidden()
+    assert "turned on split UNet batching and gradient checkpointing" in training.plan_label.text()
     run_dir = training._run_dir
     saved = json.loads((run_dir / "config.json").read_text())
     assert saved["unet_batching"] == "split" and saved["gradient_checkpointing"] is True

@@ -355,6 +355,11 @@ def run(args: argparse.Namespace) -> int:
         warning = foreign_images_warning(images, cli=True)
         if warning:
             print(f"warning: {warning}")
+    from lego_studio.core.images import image_size_note
+
+    size_note = image_size_note(images, int(config.resolution or model.family.resolution))
+    if size_note:
+        print(f"warning: {size_note}")
     config = _fit_memory(args, model, config, run_dir)
     create_run(run_dir, {
         "images": images, "masks": masks, "subject_images": subject_images, "model": str(model_spec), "out": str(out),

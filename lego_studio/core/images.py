@@ -208,6 +208,50 @@ def _marked_pixels(image: Image.Image) -> np.ndarray:
     return np.asarray(_to_rgb(image).convert("L")) > 0
 
 
+SMALL_IMAGE_FACTOR = 2.0  # an image whose shorter side is upscaled more than this is "small"
+LONG_IMAGE_RATIO = 2.0  # longer side over shorter side beyond which the centre square drops most of it
+
+
+def image_size_note(images, resolution: int) -> str:
+    """One line about training images that will train poorly at ``resolution`` (px), or "".
+
+    Training takes each image's centre square and resizes it to the training size, so a picture
+    much smaller than that is blown up (the concept then has to explain its blur), and a very wide
+    or tall one loses most of itself. Only the headers are read; unreadable files are left to the
+    checks that name them."""
+    small, long = [], []
+    for path in images:
+        try:
+            with Image.open(path) as image:
+                width, height = image.size
+        except Exception:  # noqa: BLE001 - reported by check_inputs / load_image, not here
+            continue
+        short_side, long_side = min(width, height), max(width, height)
+        if short_side <= 0:
+            continue
+        name = Path(path).name
+        if resolution / short_side > SMALL_IMAGE_FACTOR:
+            small.append((short_side, name, width, height))
+        if long_side / short_side > LONG_IMAGE_RATIO:
+            long.append((short_side / long_side, name, width, height))
+    def how_many(found: list) -> str:
+        if len(images) == 1:
+            return "the image is"
+        return f"{len(found)} of {len(images)} images {'is' if len(found) == 1 else 'are'}"
+
+    parts = []
+    if small:
+        side, name, width, height = min(small)
+        parts.append(f"{how_many(small)} much smaller than the {resolution} px training size (smallest: {name}, "
+                     f"{width}x{height}, enlarged {resolution / side:.1f}x), so the concept may learn their blur; "
+                     f"larger pictures train better")
+    if long:
+        share, name, width, height = min(long)
+        parts.append(f"{how_many(long)} far from square (e.g. {name}, {width}x{height}): training uses only the centre "
+                     f"square, {share:.0%} of it; crop them around what shows the concept")
+    return "; ".join(parts)
+
+
 def _natural_key(path: Path) -> list:
     # "img2" before "img10", case-insensitive, ties broken by the exact name.
     parts = re.split(r"(\d+)", path.name.casefold())

@@ -570,7 +570,8 @@ def info_nce(vectors, positives, negatives, temperature: float):
 
 @dataclass
 class TrainEvent:
-    """What the trainer reports. ``kind``: start | step | preview | checkpoint | skipped | log | done."""
+    """What the trainer reports. ``kind``: start | step | preview | checkpoint | skipped | log | done
+    (the app adds ``plan``, how the run was set up, and ``estimate``, its expected duration)."""
 
     kind: str
     step: int = 0

@@ -293,9 +293,9 @@ class TrainingView(QWidget):
         self.estimate_label = QLabel()
         self.estimate_label.setWordWrap(True)
         self.estimate_label.setToolTip("Measured on this machine: an earlier run's time per step, or this run's first steps")
-        self.memory_label = QLabel()
-        self.memory_label.setWordWrap(True)
-        self.memory_label.hide()
+        self.plan_label = QLabel()
+        self.plan_label.setWordWrap(True)
+        self.plan_label.hide()
         self.foreign_label = QLabel()
         self.foreign_label.setWordWrap(True)
         self.foreign_label.setTextFormat(Qt.TextFormat.RichText)
@@ -328,7 +328,7 @@ class TrainingView(QWidget):
         right_layout.addLayout(progress_row)
         right_layout.addWidget(self.status_label)
         right_layout.addWidget(self.estimate_label)
-        right_layout.addWidget(self.memory_label)
+        right_layout.addWidget(self.plan_label)
         right_layout.addWidget(self.foreign_label)
         right_layout.addWidget(QLabel("<b>Loss</b> (smoothed)"))
         right_layout.addWidget(self.chart, 2)
@@ -482,7 +482,7 @@ class TrainingView(QWidget):
         self.progress.reset()  # as at start: an empty bar without a step count
         self.eta_label.setText("ETA —")
         self.status_label.setText("Ready.")
-        self.memory_label.hide()
+        self.plan_label.hide()
 
     def show_project_fields(self) -> None:
         """The project's name, subject and word lists (edited in Projects) into the form."""
@@ -659,6 +659,7 @@ class TrainingView(QWidget):
             runs.create_run(run_dir, {"images": images, "masks": masks, "subject_images": subject_images,
                                       "model": spec, "device": device}, config)
             from lego_studio.core.estimate import StepClock, figure_key
+            from lego_studio.core.images import image_size_note
             from lego_studio.core.memory import apply_oom_hint, describe_changes, fit_config, planning_takes_a_while
             from lego_studio.core.training import TrainEvent
 
@@ -675,8 +676,11 @@ class TrainingView(QWidget):
                 fitted = plan.config
                 if plan.note:
                     notes.append(plan.note[0].upper() + plan.note[1:] + ".")
+                size_note = image_size_note(images, int(fitted.resolution or model.family.resolution))
+                if size_note:
+                    notes.append(size_note[0].upper() + size_note[1:] + ".")
                 if notes:
-                    state.emit(TrainEvent("memory", message=" ".join(notes)))
+                    state.emit(TrainEvent("plan", message=" ".join(notes)))
                 clock = StepClock(figure_key(spec, device, config.method, config.resolution, config.batch_size),
                                   model.device.type)
 
@@ -766,9 +770,9 @@ class TrainingView(QWidget):
         elif kind in ("log", "start"):
             if event.message:
                 self.status_label.setText(event.message)
-        elif kind == "memory":
-            self.memory_label.setText(event.message)
-            self.memory_label.show()
+        elif kind == "plan":  # notes on how the run was set up (memory settings, small images)
+            self.plan_label.setText(event.message)
+            self.plan_label.show()
         elif kind == "estimate":
             self._on_estimate(event)
         elif kind == "checkpoint":
