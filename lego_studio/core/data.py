@@ -108,18 +108,26 @@ def _scaling(model) -> tuple[float, float]:
     return scale, shift
 
 
-def encode_images(model, pixels: torch.Tensor) -> torch.Tensor:
-    """VAE latents (mean of the posterior, scaled like diffusers' training scripts), float32."""
+def encoding_vae(model):
+    """The VAE that encodes training images: the model's own, or for SDXL in half precision an
+    fp32 copy (the SDXL VAE overflows in fp16: NaN latents), leaving the model's VAE untouched."""
     import torch
 
-    scale, shift = _scaling(model)
     vae = model.vae
     if vae.dtype != torch.float32 and getattr(vae.config, "force_upcast", False) and model.family.name == "sdxl":
-        # The SDXL VAE overflows in fp16 (NaN latents): encode with an fp32 copy, leaving the
-        # model's own (half-precision) VAE untouched.
         import copy
 
         vae = copy.deepcopy(vae).to(torch.float32)
+    return vae
+
+
+def encode_images(model, pixels: torch.Tensor, vae=None) -> torch.Tensor:
+    """VAE latents (mean of the posterior, scaled like diffusers' training scripts), float32.
+    ``vae``: an :func:`encoding_vae` made once for many calls."""
+    import torch
+
+    scale, shift = _scaling(model)
+    vae = vae if vae is not None else encoding_vae(model)
     latents = []
     with torch.no_grad():
         # One image at a time: the encoder's full-resolution feature maps are the largest tensors
@@ -204,6 +212,7 @@ def build_exemplars(model, images, masks=None, resolution: int | None = None, ca
     model_key = _model_key(model)
 
     latents, mask_maps, has_mask, sources, sizes = [], [], [], [], []
+    vae = None
     for image_source, mask_source in zip(images, masks):
         image, name = _load_source(image_source, "training image")
         mask = _mask_array(mask_source, image, name)
@@ -214,7 +223,8 @@ def build_exemplars(model, images, masks=None, resolution: int | None = None, ca
         cached = _load_cached(cache_dir / f"{key}.safetensors") if cache_dir is not None else None
         if cached is None:
             pixels = torch.stack([image_to_tensor(cropped), image_to_tensor(cropped.transpose(Image.Transpose.FLIP_LEFT_RIGHT))])
-            encoded = encode_images(model, pixels)
+            vae = vae if vae is not None else encoding_vae(model)  # made once, at the first image to encode
+            encoded = encode_images(model, pixels, vae)
             cached = (encoded[0].contiguous(), encoded[1].contiguous())
             if cache_dir is not None:
                 tensors = {"latent": cached[0], "latent_flipped": cached[1]}
