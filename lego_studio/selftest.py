@@ -315,6 +315,30 @@ def check_training(state: SelfTestState) -> str:
     )
 
 
+def check_memory(state: SelfTestState) -> str:
+    """The memory planner traces a step on a meta-device twin of the model (core/memory_trace.py).
+    It falls back to a rough formula when tracing fails, so only a check like this one notices a
+    build that lost the pieces tracing needs."""
+    import dataclasses
+
+    from lego_studio.core import memory_trace
+    from lego_studio.core.memory import format_bytes, free_memory
+    from lego_studio.core.training import TrainConfig
+
+    if state.model is None:
+        raise LegoError("no model loaded (see the model check)")
+    config = TrainConfig.preset("lego", subject="a red square", steps=1, checkpoint_every=0, preview_every=0)
+    stacked = memory_trace.trace_step(state.model, config)
+    saving = memory_trace.trace_step(state.model, dataclasses.replace(
+        config, unet_batching="split", gradient_checkpointing=True))
+    if not 0 < saving < stacked:
+        raise LegoError(f"traced step memory does not add up: {stacked} bytes, {saving} with every saving on")
+    free = free_memory(state.model.device)
+    free_text = f"{format_bytes(free)} free" if free is not None else "free memory unknown"
+    return (f"a Lego step traced at {stacked / 2**20:.0f} MiB ({saving / 2**20:.0f} MiB with split batching and "
+            f"checkpointing); {free_text} on {state.model.device.type}")
+
+
 def check_generation(state: SelfTestState) -> str:
     import numpy as np
 
@@ -369,6 +393,7 @@ CHECKS: list[tuple[str, Callable[[SelfTestState], str]]] = [
     ("qt", check_qt),
     ("model", check_model),
     ("training", check_training),
+    ("memory", check_memory),
     ("generation", check_generation),
     ("grabcut", check_grabcut),
     ("sam", check_sam),

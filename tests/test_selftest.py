@@ -33,12 +33,13 @@ def test_self_test_passes_with_the_tiny_model(tiny_model_dir, lego_home):
     code, lines = run_collecting(model=str(tiny_model_dir), steps=2, generation_steps=2)
 
     assert code == 0, "\n".join(lines)
-    for check in ("qt", "model", "training", "generation", "grabcut", "network"):
+    for check in ("qt", "model", "training", "memory", "generation", "grabcut", "network"):
         assert status_of(lines, check) == "PASS", "\n".join(lines)
     assert status_of(lines, "sam") == "SKIP"  # no checkpoint configured in the test home
     assert lines[0].startswith("Lego Studio") and "torch" in lines[1] and lines[2].startswith("device: cpu")
     assert "2 Lego steps on 3 masked 32 px renders" in next(line for line in lines if " training " in line)
     assert "32x32 image, 2 DDIM steps" in next(line for line in lines if " generation " in line)
+    assert "a Lego step traced at" in next(line for line in lines if " memory " in line)
     assert lines[-1].startswith("self-test passed")
     # The run borrowed a temporary home and the socket guard, and gave both back.
     assert os.environ["LEGO_STUDIO_HOME"] == home_before
@@ -56,7 +57,7 @@ def test_broken_model_path_fails_with_one_clear_line(tmp_path):
     assert model_line.startswith("FAIL") and str(missing) in model_line and "no such model" in model_line
     assert status_of(lines, "training") == "FAIL" and status_of(lines, "generation") == "FAIL"
     assert status_of(lines, "grabcut") == "PASS"  # later checks still run and report
-    assert lines[-1].startswith("self-test FAILED (model, training, generation)")
+    assert lines[-1].startswith("self-test FAILED (model, training, memory, generation)")
     assert not any("Traceback" in line for line in lines)  # one line per problem, no stack dump
 
 
