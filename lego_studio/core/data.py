@@ -53,12 +53,15 @@ class ExemplarSet:
         return any(self.has_mask)
 
 
+def centre_square(width: int, height: int) -> tuple[int, int, int]:
+    """(left, top, side) of the largest centred square of a ``width`` x ``height`` image."""
+    side = min(width, height)
+    return (width - side) // 2, (height - side) // 2, side
+
+
 def center_crop_resize(image: Image.Image, resolution: int, resample=Image.Resampling.BICUBIC) -> Image.Image:
     """The largest centred square of ``image``, resized to ``resolution`` x ``resolution``."""
-    width, height = image.size
-    side = min(width, height)
-    left = (width - side) // 2
-    top = (height - side) // 2
+    left, top, side = centre_square(*image.size)
     square = image.crop((left, top, left + side, top + side))
     if square.size != (resolution, resolution):
         square = square.resize((resolution, resolution), resample=resample)
@@ -72,8 +75,7 @@ def size_conditioning(size: tuple[int, int], resolution: int) -> list[list[int]]
     for the image and for its mirror. It tells the UNet that a small or cropped photo is one, so the
     concept does not have to explain its blur or its cut-off edges."""
     width, height = int(size[0]), int(size[1])
-    side = min(width, height)
-    left, top = (width - side) // 2, (height - side) // 2
+    left, top, side = centre_square(width, height)  # the crop center_crop_resize makes
     scale = resolution / side
     mirrored_left = width - side - left
     return [[height, width, round(top * scale), round(offset * scale)] for offset in (left, mirrored_left)]

@@ -222,7 +222,7 @@ def image_size_note(images, resolution: int) -> str:
     small, long = [], []
     for path in images:
         try:
-            with Image.open(path) as image:
+            with Image.open(path, formats=_pil_formats()) as image:  # the formats load_image accepts
                 width, height = image.size
         except Exception:  # noqa: BLE001 - reported by check_inputs / load_image, not here
             continue
