@@ -43,6 +43,10 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def _print_warning(message: str) -> None:
+    print(f"warning: {message}", file=sys.stderr)
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
@@ -55,10 +59,23 @@ def main(argv: list[str] | None = None) -> int:
         from lego_studio.ui.app import main as gui_main
 
         return int(gui_main() or 0)
+    from lego_studio.core import settings as settings_module
+
+    # A settings file the app would warn about is reported here too (once, on stderr), instead of
+    # the command silently using the defaults (e.g. the default library).
+    settings_module.add_warning_listener(_print_warning)
     try:
         result = args.func(args)
     except LegoError as exc:
         print(f"error: {exc}", file=sys.stderr)
+        return 2
+    except Exception as exc:  # noqa: BLE001 - OS-level failures become one line; bugs keep their traceback
+        from lego_studio.core.errors import disk_error
+
+        problem = disk_error(exc)
+        if problem is None:
+            raise
+        print(f"error: {problem}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
         print("interrupted", file=sys.stderr)

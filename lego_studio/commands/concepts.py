@@ -61,18 +61,22 @@ def load_concept_spec(spec: str):
 
 def run_import(args) -> int:
     from lego_studio.core.concepts import load_concept
-    from lego_studio.core.library import ConceptLibrary, library_name
+    from lego_studio.core.errors import InputError
+    from lego_studio.core.library import ConceptLibrary, NameTaken, library_name
 
     library = ConceptLibrary()
     concept = load_concept(args.file)  # fails here, naming the file, before touching the library
     wanted = library_name(args.name or concept.name)
-    entry = library.add(
-        concept,
-        name=wanted,
-        tags=args.tag,
-        source=str(args.file.resolve()),
-        on_conflict="replace" if args.replace else "error",
-    )
+    try:  # the library lock makes the name check and the write one step (core/library.py)
+        entry = library.add(
+            concept,
+            name=wanted,
+            tags=args.tag,
+            source=str(args.file.resolve()),
+            on_conflict="replace" if args.replace else "error",
+        )
+    except NameTaken as exc:
+        raise InputError(f"{exc}; pass --replace to replace it, or --name {exc.free_name} to keep both") from None
     print(
         f"imported {args.file} as {entry.placeholder} ({entry.num_vectors} vectors, width {entry.text_width}, "
         f"{entry.badge}) -> {entry.path}"

@@ -38,3 +38,76 @@ class OutOfMemory(TrainingError):
     def __init__(self, message: str, settings: dict | None = None):
         super().__init__(message)
         self.settings = dict(settings or {})
+
+
+class DiskError(LegoError, OSError):
+    """A file could not be written or read because of the disk or the folder (full, read-only,
+    no permission, a folder where a file should be ...). Still an ``OSError`` (``errno`` is kept),
+    so code that handles OS errors keeps working; front ends show it as one line like any
+    :class:`LegoError`. Made by :func:`disk_error`, the one path from OS errors to messages."""
+
+    def __init__(self, message: str, errno: int | None = None, path: str | None = None):
+        super().__init__(message)
+        self.errno = errno
+        self.path = path
+
+
+# One template per OS error: what happened and what to do ({doing} "writing", {path} the file).
+_ADVICE = {
+    "ENOSPC": "no space left on device {doing} {path}: free some space and try again (a run resumes with --resume)",
+    "EDQUOT": "disk quota exceeded {doing} {path}: free some space and try again (a run resumes with --resume)",
+    "EROFS": "read-only file system {doing} {path}: choose a folder on a writable disk",
+    "EACCES": "permission denied {doing} {path}: choose a folder you can write to, or change its permissions",
+    "EPERM": "operation not permitted {doing} {path}: choose a folder you can write to, or change its permissions",
+    "EISDIR": "{path} is a folder where a file is expected: move that folder away or choose another name",
+    "ENOTDIR": "{path}: a part of this path is a file, not a folder: choose another folder",
+    "EEXIST": "{path} is a file where a folder is expected: move that file away or choose another folder",
+    "ENOENT": "no such file or folder {doing} {path}: check the path",
+}
+_DISK_FULL_TEXT = ("no space left on device", "os error 28", "storagefull", "code: 28", "disk quota exceeded", "os error 122")
+
+
+def disk_error(exc: BaseException, path=None, doing: str = "writing") -> "DiskError | None":
+    """The one-line :class:`DiskError` for an OS-level failure ``exc`` while ``doing`` ``path``
+    (``path`` defaults to the file the error names), or None when ``exc`` is not one.
+
+    Understands ``OSError`` (by errno), safetensors' ``SafetensorError`` (which wraps the OS error
+    in its text: "No space left on device (os error 28)") and the C++ ``RuntimeError`` torch and
+    PIL give for a failed stream ("basic_ios::clear: iostream error", "PytorchStreamWriter
+    failed writing file"). A :class:`DiskError` comes back unchanged."""
+    import errno as errno_module
+
+    if isinstance(exc, DiskError):
+        return exc
+    code = None
+    text = str(exc)
+    if isinstance(exc, OSError):
+        code = exc.errno
+        if path is None or (code in (errno_module.EEXIST, errno_module.ENOTDIR) and exc.filename):
+            path = exc.filename  # mkdir's own path: the file standing where a folder should be
+    elif type(exc).__name__ == "SafetensorError" or isinstance(exc, RuntimeError):
+        lowered = text.lower()
+        if any(marker in lowered for marker in _DISK_FULL_TEXT):
+            code = errno_module.ENOSPC
+        elif "read-only file system" in lowered or "os error 30" in lowered:
+            code = errno_module.EROFS
+        elif "permission denied" in lowered or "os error 13" in lowered:
+            code = errno_module.EACCES
+        elif "basic_ios::clear" in lowered or "iostream error" in lowered or "failed writing file" in lowered \
+                or "file write failed" in lowered:
+            # The C++ stream does not say why; a full disk is by far the usual cause.
+            where = f" {path}" if path is not None else ""
+            return DiskError(f"could not write{where} (the disk is probably full or not writable): "
+                             "free some space or choose another folder, then try again", errno_module.EIO,
+                             None if path is None else str(path))
+        else:
+            return None
+    else:
+        return None
+    name = errno_module.errorcode.get(code, "") if isinstance(code, int) else ""
+    shown = str(path) if path is not None else "a file"
+    if name in _ADVICE:
+        return DiskError(_ADVICE[name].format(doing=doing, path=shown), code, None if path is None else str(path))
+    reason = (getattr(exc, "strerror", None) or text or type(exc).__name__).strip()
+    return DiskError(f"{reason} {doing} {shown}: check the disk and the folder, then try again", code,
+                     None if path is None else str(path))

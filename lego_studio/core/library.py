@@ -14,21 +14,30 @@ Concept files copied into the folder by hand show up in :meth:`ConceptLibrary.li
 
 Where it lives: ``Settings.library_dir`` or ``<data dir>/library``; :meth:`ConceptLibrary.move_to`
 moves the files and remembers the new place in the settings.
+
+Several processes (the app, the CLI, two windows) may change one library at once: every change
+(add/import, rename, delete, tags, thumbnail, move) holds the library lock ``.index.json.lock``
+(core/locks.py) across its read-modify-write of the folder and ``index.json``, so no entry is lost
+and a name is taken by one of them only. Reading needs no lock (every file is replaced atomically).
 """
 
 from __future__ import annotations
 
 import os
 import shutil
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from datetime import datetime
 from pathlib import Path
 from typing import Iterable
 
 from lego_studio.core import paths
-from lego_studio.core.errors import InputError, LegoError
+from lego_studio.core.errors import InputError, LegoError, disk_error
+from lego_studio.core.locks import LockBusy, ProcessLock
 
 INDEX_FILE = "index.json"
+LOCK_FILE = ".index.json.lock"
+LOCK_TIMEOUT_S = 60.0  # a change waits this long for another process's change to end
 INDEX_SCHEMA = 1
 THUMBNAIL_SIZE = 256
 CONFLICT_CHOICES = ("rename", "error", "replace")
@@ -99,7 +108,39 @@ class ConceptLibrary:
 
             root = Settings.load().library_path()
         self.root = Path(root).expanduser()
-        self.root.mkdir(parents=True, exist_ok=True)
+        if self.root.exists() and not self.root.is_dir():
+            raise InputError(f"{self.root}: the library folder is a file, not a folder; move that file away "
+                             "or choose another library folder in the settings")
+        try:
+            self.root.mkdir(parents=True, exist_ok=True)
+        except OSError as exc:
+            raise (disk_error(exc, self.root, "creating the library folder") or exc) from exc
+        self._clean_temps()
+
+    def _clean_temps(self) -> None:
+        """Temp files a killed write left behind, removed when no other process is changing the
+        library (a live writer's temp file is never taken)."""
+        if not any(paths.is_temp_file(p.name) for p in self.root.glob(".*")):
+            return
+        try:
+            with self._lock(timeout=0):
+                paths.clean_stale_temps(self.root)
+        except (LockBusy, OSError):
+            pass  # busy or read-only: the next start cleans up
+
+    @contextmanager
+    def _lock(self, timeout: float | None = LOCK_TIMEOUT_S):
+        """Hold the library's change lock across a read-modify-write of the folder."""
+        lock = ProcessLock(self.root / LOCK_FILE,
+                           "{path}: the library is being changed by process {pid}; try again in a moment")
+        try:
+            lock.acquire(timeout=timeout)
+        except OSError as exc:
+            raise (disk_error(exc, self.root, "changing the library in") or exc) from exc
+        try:
+            yield lock
+        finally:
+            lock.release()
 
     # ---------------------------------------------------------------- index
 
@@ -259,13 +300,19 @@ class ConceptLibrary:
         name; when it is taken, ``on_conflict`` decides: ``"rename"`` (``frozen-2``),
         ``"error"`` or ``"replace"``. ``thumbnail`` is an image path or a PIL image.
         """
-        from lego_studio.core.concepts import Concept, load_concept, save_concept
+        from lego_studio.core.concepts import Concept, load_concept
 
         if on_conflict not in CONFLICT_CHOICES:
             raise InputError(f"unknown on_conflict {on_conflict!r}; choose one of {', '.join(CONFLICT_CHOICES)}")
         if not isinstance(concept, Concept):
             source = source or str(Path(concept).resolve())
             concept = load_concept(concept)
+        with self._lock():
+            return self._add_locked(concept, name, thumbnail, tags, source, on_conflict)
+
+    def _add_locked(self, concept, name, thumbnail, tags, source, on_conflict) -> LibraryEntry:
+        from lego_studio.core.concepts import Concept, save_concept
+
         concept, original = self._with_original_record(concept)
         index = self._read_index()
         if original is not None:  # the copy looks like its original in the library, too
@@ -332,10 +379,16 @@ class ConceptLibrary:
             picture = load_image(image)
         picture = picture.copy()
         picture.thumbnail((THUMBNAIL_SIZE, THUMBNAIL_SIZE))
-        return paths.atomic_save(self.thumbnail_path(name), lambda tmp: picture.save(tmp, format="PNG"))
+        with self._lock():
+            self._require(name)
+            return paths.atomic_save(self.thumbnail_path(name), lambda tmp: picture.save(tmp, format="PNG"))
 
     def rename(self, old: str, new: str) -> LibraryEntry:
         """Rename an entry; its placeholder becomes ``<new>``."""
+        with self._lock():
+            return self._rename_locked(old, new)
+
+    def _rename_locked(self, old: str, new: str) -> LibraryEntry:
         from lego_studio.core.concepts import Concept, save_concept
 
         self._require(old)
@@ -357,19 +410,24 @@ class ConceptLibrary:
         return self.entry(new)
 
     def delete(self, name: str) -> None:
-        self._require(name)
-        self.concept_path(name).unlink()
-        self.thumbnail_path(name).unlink(missing_ok=True)
-        index = self._read_index()
-        if index.pop(name, None) is not None:
-            self._write_index(index)
+        with self._lock():
+            self._require(name)
+            try:
+                self.concept_path(name).unlink()
+                self.thumbnail_path(name).unlink(missing_ok=True)
+            except OSError as exc:
+                raise (disk_error(exc, self.concept_path(name), "deleting") or exc) from exc
+            index = self._read_index()
+            if index.pop(name, None) is not None:
+                self._write_index(index)
 
     def set_tags(self, name: str, tags: Iterable[str]) -> None:
-        self._require(name)
-        index = self._read_index()
-        index.setdefault(name, {"added": datetime.now().isoformat(timespec="seconds"), "source": ""})
-        index[name]["tags"] = _clean_tags(tags)
-        self._write_index(index)
+        with self._lock():
+            self._require(name)
+            index = self._read_index()
+            index.setdefault(name, {"added": datetime.now().isoformat(timespec="seconds"), "source": ""})
+            index[name]["tags"] = _clean_tags(tags)
+            self._write_index(index)
 
     def export(self, name: str, fmt: str, path: str | os.PathLike) -> Path:
         """Write the concept as ``fmt`` ("lego" | "diffusers" | "a1111" | "kohya" | "comfyui") to
@@ -387,8 +445,11 @@ class ConceptLibrary:
         if new_root.exists() and (not new_root.is_dir() or any(new_root.iterdir())):
             raise InputError(f"{new_root}: choose an empty or new folder for the library")
         new_root.mkdir(parents=True, exist_ok=True)
-        for item in sorted(self.root.iterdir()):
-            shutil.move(str(item), str(new_root / item.name))
+        with self._lock():
+            for item in sorted(self.root.iterdir()):
+                if item.name != LOCK_FILE:
+                    shutil.move(str(item), str(new_root / item.name))
+        (self.root / LOCK_FILE).unlink(missing_ok=True)
         try:
             self.root.rmdir()  # empty now; a folder the user chose stays if it had other files
         except OSError:

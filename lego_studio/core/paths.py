@@ -136,11 +136,18 @@ def atomic_save(path: str | os.PathLike, writer) -> Path:
     """The one atomic writer: ``writer(tmp_path)`` writes a temp file in the same folder, which is
     fsynced and then renamed over ``path`` (the folder is fsynced too), so a crash or power cut
     leaves either the old file or the new one, never an empty or half-written file.
-    Libraries that write to a path themselves (safetensors, PIL, torch) use it directly."""
+    Libraries that write to a path themselves (safetensors, PIL, torch) use it directly.
+
+    A failure of the disk or the folder (full, read-only, no permission, a folder in the way;
+    also safetensors' and torch's wrapped forms of them) is raised as one-line
+    :class:`~lego_studio.core.errors.DiskError` naming ``path`` (still an ``OSError``)."""
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp" + path.suffix, dir=path.parent)
-    os.close(fd)
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=TEMP_MARK + path.suffix, dir=path.parent)
+        os.close(fd)
+    except OSError as exc:
+        raise _disk_error(exc, path) from exc
     try:
         writer(tmp)
         # mkstemp makes the file private (0600); the result gets the mode the file had, or a new
@@ -148,14 +155,60 @@ def atomic_save(path: str | os.PathLike, writer) -> Path:
         os.chmod(tmp, _mode_for(path))
         _fsync_file(tmp)
         os.replace(tmp, path)
-    except BaseException:
+    except BaseException as exc:
         try:
             os.unlink(tmp)
         except OSError:
             pass
+        if isinstance(exc, Exception):
+            translated = _disk_error(exc, path)
+            if translated is not exc:
+                raise translated from exc
         raise
     _fsync_dir(path.parent)
     return path
+
+
+def _disk_error(exc: BaseException, path: Path) -> BaseException:
+    from lego_studio.core.errors import disk_error
+
+    return disk_error(exc, path) or exc
+
+
+# Temp files of atomic_save are ``.<name>.<random>.tmp<suffix>``: hidden, and never taken for the
+# real file. One left by a killed process is removed by clean_stale_temps when its owner starts.
+TEMP_MARK = ".tmp"
+
+
+def is_temp_file(name: str) -> bool:
+    """Whether ``name`` is an atomic_save temp file (``.index.json.k2j3_x.tmp.json``)."""
+    if not name.startswith("."):
+        return False
+    stem, mark, rest = name[1:].rpartition(TEMP_MARK)
+    return bool(mark) and "." in stem and (rest == "" or (rest.startswith(".") and "." not in rest[1:]))
+
+
+def clean_stale_temps(folder: str | os.PathLike, recursive: bool = False) -> list[Path]:
+    """Remove the atomic-write temp files a killed process left in ``folder`` (and below, with
+    ``recursive``). Call it only while holding the folder's lock (core/locks.py), so no live
+    writer's temp file is taken. Returns what was removed; files that cannot be removed stay."""
+    folder = Path(folder)
+    removed = []
+    try:
+        entries = list(os.scandir(folder))
+    except OSError:
+        return removed
+    for entry in entries:
+        try:
+            if entry.is_dir(follow_symlinks=False):
+                if recursive and not entry.name.startswith("."):
+                    removed += clean_stale_temps(entry.path, recursive=True)
+            elif is_temp_file(entry.name):
+                os.unlink(entry.path)
+                removed.append(Path(entry.path))
+        except OSError:
+            continue
+    return removed
 
 
 def atomic_write_bytes(path: str | os.PathLike, data: bytes) -> Path:

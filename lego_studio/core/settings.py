@@ -43,6 +43,21 @@ BUILTIN_MODELS = {
 DEVICES = ("auto", "cpu", "cuda", "mps")
 
 
+_warning_listeners: list = []
+
+
+def add_warning_listener(listener) -> None:
+    """``listener(message)`` is called whenever :meth:`Settings.load` finds the settings file
+    unusable (the CLI prints it; the app shows ``load_warning`` in its status bar)."""
+    if listener not in _warning_listeners:
+        _warning_listeners.append(listener)
+
+
+def _warn(message: str) -> None:
+    for listener in list(_warning_listeners):
+        listener(message)
+
+
 def settings_path() -> Path:
     return paths.config_dir() / SETTINGS_FILE
 
@@ -168,11 +183,13 @@ class Settings:
             reason = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
             settings = cls(path=path)
             settings.load_warning = f"{path}: settings were unreadable ({reason}); {where}, using defaults"
+            _warn(settings.load_warning)
             return settings
         settings, problems = cls._from_json(data)
         settings.path = path
         if problems:
             settings.load_warning = f"{path}: ignored invalid value(s) for {', '.join(problems)}; using defaults for them"
+            _warn(settings.load_warning)
         return settings
 
     @classmethod
