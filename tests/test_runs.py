@@ -50,7 +50,7 @@ def test_a_running_record_whose_process_is_gone_reads_interrupted_at_once(tmp_pa
     (run / runs.RUN_FILE).write_text(json.dumps(record))
     info = runs.read_run(run)  # no waiting for files to go stale
     assert info.status == runs.RUN_INTERRUPTED and "gone" in info.message
-    assert runs.run_inputs(run)["images"] == ["a.png"]
+    assert runs.run_inputs(run)["images"] == [os.path.abspath("a.png")]  # stored absolute
 
 
 def test_a_reused_pid_is_not_mistaken_for_the_run(tmp_path):

@@ -109,11 +109,18 @@ def flag_help(setting) -> str:
     return text.replace("%", "%%")  # argparse %-formats help texts
 
 
-def _read_inputs(run_dir: Path) -> dict:
-    """What a run was started with (core/runs.py: run.json, or inputs.json of older runs)."""
+def _read_inputs(run_dir: Path, args=None) -> dict:
+    """What a run was started with (core/runs.py: run.json, or inputs.json of older runs). A
+    damaged run.json is an error naming it, unless the command gives every input again."""
     from lego_studio.core.runs import run_inputs
 
-    return run_inputs(run_dir)
+    try:
+        return run_inputs(run_dir, strict=True)
+    except InputError as exc:
+        if args is not None and args.images and args.model and args.out:
+            print(f"warning: {exc}; using the images, model and output given", file=sys.stderr)
+            return {}
+        raise InputError(f"{exc}; to resume anyway, give --images, --model and --out again") from None
 
 
 def _collect_images(args, saved: dict) -> tuple[list[str], list[str | None] | None, list[str]]:
@@ -314,14 +321,14 @@ def _with_estimate(args, model_spec, model, config, progress):
 
 
 def run(args: argparse.Namespace) -> int:
-    from lego_studio.core.runs import create_run
-
     if args.resume and not args.run_dir:
         raise InputError("--resume needs --run-dir DIR (the run to continue)")
     if not args.out and not args.run_dir:
         raise InputError("--out FILE.safetensors is required")
     run_dir = Path(args.run_dir) if args.run_dir else None
-    saved = _read_inputs(run_dir) if (args.resume and run_dir) else {}
+    if args.resume and not run_dir.is_dir():
+        raise InputError(f"{run_dir}: no run to resume (folder not found)")
+    saved = _read_inputs(run_dir, args) if (args.resume and run_dir) else {}
     out = Path(args.out or saved.get("out") or "")
     if not args.out and not saved.get("out"):
         raise InputError("--out FILE.safetensors is required")
@@ -345,6 +352,20 @@ def run(args: argparse.Namespace) -> int:
     if subject_images:
         check_inputs(subject_images, None)
 
+    from lego_studio.core.runs import hold_run
+
+    # From here on the run folder is this process's (a second trainer refuses, naming this one) and
+    # any failure, also before the first step (the model does not load), is recorded in run.json.
+    with hold_run(run_dir):
+        return _train(args, run_dir, out, images, masks, subject_images, config, model_spec)
+
+
+def _train(args, run_dir: Path, out: Path, images, masks, subject_images, config, model_spec) -> int:
+    from lego_studio.core.runs import create_run
+
+    inputs = {"images": images, "masks": masks, "subject_images": subject_images, "model": str(model_spec),
+              "out": str(out), "device": args.device, "precision": args.precision}
+    create_run(run_dir, inputs, config)  # before the (slow, fallible) model load
     from lego_studio.core.models import is_shapeworld, load_model
     from lego_studio.core.training import Trainer
 
@@ -361,10 +382,7 @@ def run(args: argparse.Namespace) -> int:
     if size_note:
         print(f"warning: {size_note}")
     config = _fit_memory(args, model, config, run_dir)
-    create_run(run_dir, {
-        "images": images, "masks": masks, "subject_images": subject_images, "model": str(model_spec), "out": str(out),
-        "device": args.device, "precision": args.precision,
-    }, config)
+    create_run(run_dir, inputs, config)
     progress = ProgressLine(enabled=not args.quiet)
     on_event = _with_estimate(args, model_spec, model, config, progress)
     trainer = Trainer(model, config, images, masks, run_dir, subject_images=subject_images or None, on_event=on_event)

@@ -123,7 +123,8 @@ class ProcessLock:
             while not _try_lock(fd):
                 if deadline is not None and time.monotonic() >= deadline:
                     pid = self.holder()
-                    raise LockBusy(self.busy_message.format(path=self.path, pid=pid if pid else "unknown"), pid)
+                    message = self.busy_message.replace("{path}", str(self.path)).replace("{pid}", str(pid or "unknown"))
+                    raise LockBusy(message, pid)
                 time.sleep(delay)
                 delay = min(delay * 2, 0.05)
             try:  # who holds it, for the message another process shows

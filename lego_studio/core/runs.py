@@ -21,6 +21,14 @@ Who writes what:
   longer alive, or alive but a different process) reads as **interrupted at once**, resumable
   from its last checkpoint.
 
+One process at a time: whoever trains in a run folder holds its lock ``.run.lock``
+(:func:`hold_run`, core/locks.py) from before ``create_run`` to the end state, so a second trainer
+on a live folder refuses in one line naming the process; the OS drops the lock of a killed process,
+so a dead run's folder is free at once. A held lock is also how :func:`read_run` tells a live run.
+A failure before the first step (the model does not load, the folder is read-only) is recorded as
+``failed`` by :func:`hold_run`; a record that could not be written (a full disk) reads as
+``interrupted`` with that said. Paths in ``inputs`` are absolute, so a resume works from any folder.
+
 Runs written before ``run.json`` existed (``status.json``, ``inputs.json``, the app's
 ``studio.json``) are still read.
 """
@@ -35,10 +43,18 @@ from dataclasses import dataclass
 from datetime import datetime, timezone
 from pathlib import Path
 
+import threading
+from contextlib import contextmanager
+
 from lego_studio.core import paths
-from lego_studio.core.errors import InputError
+from lego_studio.core.errors import Cancelled, InputError, LegoError, disk_error
+from lego_studio.core.locks import ProcessLock, is_locked
 
 RUN_FILE = "run.json"
+RUN_LOCK = ".run.lock"
+# The inputs that are file paths: stored absolute (a relative path would depend on the folder
+# the command was started in).
+PATH_INPUTS = ("images", "masks", "subject_images", "out")
 SCHEMA = 1
 
 RUN_RUNNING = "running"
@@ -131,10 +147,125 @@ def _read_json(path: Path):
         return None
 
 
-def read_record(run_dir: str | os.PathLike) -> dict:
-    """The run's ``run.json`` as a dict ({} when there is none or it is unreadable)."""
-    data = _read_json(Path(run_dir) / RUN_FILE)
-    return data if isinstance(data, dict) else {}
+def read_record(run_dir: str | os.PathLike, strict: bool = False) -> dict:
+    """The run's ``run.json`` as a dict ({} when there is none; also when it is unreadable, unless
+    ``strict``: then :class:`InputError` says so in one line)."""
+    path = Path(run_dir) / RUN_FILE
+    data = _read_json(path)
+    if isinstance(data, dict):
+        return data
+    if strict and path.exists():
+        raise InputError(f"run.json in {Path(run_dir)} is unreadable: {record_problem(run_dir)}")
+    return {}
+
+
+def record_problem(run_dir: str | os.PathLike) -> str | None:
+    """Why ``run.json`` cannot be used (None when it is fine or missing)."""
+    path = Path(run_dir) / RUN_FILE
+    try:
+        data = json.loads(path.read_bytes().decode("utf-8"))
+    except FileNotFoundError:
+        return None
+    except OSError as exc:
+        return str(disk_error(exc, path, "reading"))
+    except UnicodeDecodeError:
+        return "it is not text (damaged)"
+    except ValueError as exc:
+        return f"it is not valid JSON ({getattr(exc, 'msg', exc)}; truncated or damaged)"
+    return None if isinstance(data, dict) else "it does not hold a run record"
+
+
+# ------------------------------------------------------------------------------- one process per run
+
+
+_ended_here: set[str] = set()  # run folders whose end state this process recorded (see hold_run)
+_ended_lock = threading.Lock()
+_pending_ends: dict[str, tuple[str, str]] = {}  # end states this process could not write yet
+
+
+def run_lock(run_dir: str | os.PathLike) -> ProcessLock:
+    run_dir = Path(run_dir)
+    return ProcessLock(run_dir / RUN_LOCK,
+                       f"{run_dir}: another training (process {{pid}}) is using this run folder; wait for it to "
+                       "end or stop it, or choose another run folder")
+
+
+def is_live(run_dir: str | os.PathLike) -> bool:
+    """Whether a process (this one included) is training in ``run_dir`` now."""
+    return is_locked(Path(run_dir) / RUN_LOCK)
+
+
+@contextmanager
+def hold_run(run_dir: str | os.PathLike):
+    """Hold the run folder for this process (and thread): raises a one-line
+    :class:`~lego_studio.core.locks.LockBusy` naming the other process when one trains there.
+    Re-entrant. The outermost hold removes temp files killed writes left in the folder, and
+    records a failure (or cancel) that happens inside it when nothing recorded an end state, so
+    a run that fails before its first step does not stay "running"."""
+    run_dir = Path(run_dir)
+    lock = run_lock(run_dir)
+    outermost = not lock.held
+    try:
+        run_dir.mkdir(parents=True, exist_ok=True)
+        lock.acquire(timeout=0)
+    except OSError as exc:
+        raise (disk_error(exc, run_dir, "creating the run folder") or exc) from exc
+    key = os.path.abspath(run_dir)
+    try:
+        if outermost:
+            with _ended_lock:
+                _ended_here.discard(key)
+            paths.clean_stale_temps(run_dir, recursive=True)
+        yield run_dir
+    except BaseException as exc:
+        if outermost and key not in _ended_here and (run_dir / RUN_FILE).exists():
+            cancelled = isinstance(exc, (Cancelled, KeyboardInterrupt))
+            record_end(run_dir, RUN_CANCELLED if cancelled else RUN_FAILED, exc)
+        raise
+    finally:
+        lock.release()
+
+
+def holding(run_dir: str | os.PathLike, job):
+    """``job`` wrapped in :func:`hold_run` (for a front end's worker: the folder is held from
+    ``create_run`` to the trainer's end state, and an early failure is recorded)."""
+    import functools
+
+    @functools.wraps(job)
+    def wrapped(*args, **kwargs):
+        with hold_run(run_dir):
+            return job(*args, **kwargs)
+
+    return wrapped
+
+
+def failure_reason(exc: BaseException) -> str:
+    """The one-line reason a run stopped, for its record: a user error's message, an OS error's
+    :func:`~lego_studio.core.errors.disk_error` line, else the exception's type and text."""
+    if isinstance(exc, LegoError):
+        return str(exc)
+    problem = disk_error(exc)
+    if problem is not None:
+        return str(problem)
+    if isinstance(exc, KeyboardInterrupt):
+        return "cancelled (interrupted from the keyboard)"
+    text = " ".join(str(exc).split())
+    return f"{type(exc).__name__}: {text}" if text else type(exc).__name__
+
+
+def record_end(run_dir: str | os.PathLike, status: str, reason: "BaseException | str" = "") -> bool:
+    """:func:`end_run` that never raises (it runs while another error is on its way up): False
+    when the record could not be written, e.g. on a full disk; :func:`read_run` then reads the
+    run as interrupted, saying that its end was not recorded."""
+    message = reason if isinstance(reason, str) else failure_reason(reason)
+    key = os.path.abspath(run_dir)
+    try:
+        end_run(run_dir, status, message)
+    except Exception:  # noqa: BLE001 - the original error matters more than this one
+        _pending_ends[key] = (status, " ".join(message.split()))  # read_run says it, and writes it later
+        return False
+    _pending_ends.pop(key, None)
+    return True
 
 
 def _write_record(run_dir: Path, record: dict) -> Path:
@@ -145,19 +276,21 @@ def _write_record(run_dir: Path, record: dict) -> Path:
 
 def create_run(run_dir: str | os.PathLike, inputs: dict | None = None, config=None) -> Path:
     """Record a run's inputs before training starts (keeps what an earlier record said that
-    ``inputs`` does not override, so a resume may add the device without losing the images)."""
+    ``inputs`` does not override, so a resume may add the device without losing the images).
+    Refuses (:class:`~lego_studio.core.locks.LockBusy`) while another process trains there."""
     run_dir = Path(run_dir)
-    run_dir.mkdir(parents=True, exist_ok=True)
-    record = read_record(run_dir)
-    record.setdefault("created", now_iso())
-    record.setdefault("status", RUN_RUNNING)
-    merged = dict(record.get("inputs") or {})
-    merged.update({k: _jsonable(v) for k, v in (inputs or {}).items()})
-    record["inputs"] = merged
-    if config is not None:
-        record["config"] = config.to_dict() if hasattr(config, "to_dict") else dict(config)
-    record.update(_this_process())
-    return _write_record(run_dir, record)
+    with hold_run(run_dir):
+        record = read_record(run_dir)
+        record.setdefault("created", now_iso())
+        record.setdefault("status", RUN_RUNNING)
+        merged = dict(record.get("inputs") or {})
+        merged.update({k: _input_value(k, v) for k, v in (inputs or {}).items()})
+        record["inputs"] = merged
+        record["run_dir"] = os.path.abspath(run_dir)
+        if config is not None:
+            record["config"] = config.to_dict() if hasattr(config, "to_dict") else dict(config)
+        record.update(_this_process())
+        return _write_record(run_dir, record)
 
 
 def _jsonable(value):
@@ -168,10 +301,28 @@ def _jsonable(value):
     return value
 
 
+def _absolute(value):
+    if isinstance(value, (list, tuple)):
+        return [_absolute(v) for v in value]
+    if isinstance(value, (str, os.PathLike)) and str(value):
+        return os.path.abspath(os.path.expanduser(value))
+    return value
+
+
+def _input_value(key: str, value):
+    if key in PATH_INPUTS:
+        return _absolute(value)
+    if key == "model" and isinstance(value, (str, os.PathLike)) and str(value) and Path(value).expanduser().exists():
+        return os.path.abspath(os.path.expanduser(value))  # a model folder or file; names stay names
+    return _jsonable(value)
+
+
 def begin_run(run_dir: str | os.PathLike, config=None) -> Path:
     """The trainer starts (or resumes) the run in this process: status running, pid/host."""
     run_dir = Path(run_dir)
     run_dir.mkdir(parents=True, exist_ok=True)
+    with _ended_lock:
+        _ended_here.discard(os.path.abspath(run_dir))
     record = read_record(run_dir)
     record.setdefault("created", now_iso())
     if config is not None:
@@ -186,17 +337,20 @@ def end_run(run_dir: str | os.PathLike, status: str, message: str = "") -> Path:
     if status not in END_STATES:
         raise InputError(f"unknown end state {status!r} (one of {', '.join(END_STATES)})")
     run_dir = Path(run_dir)
+    with _ended_lock:
+        _ended_here.add(os.path.abspath(run_dir))  # hold_run must not record another end
     record = read_record(run_dir)
     record.setdefault("created", now_iso())
     record.update(status=status, message=" ".join(str(message).split()), ended=now_iso())
     return _write_record(run_dir, record)
 
 
-def run_inputs(run_dir: str | os.PathLike) -> dict:
+def run_inputs(run_dir: str | os.PathLike, strict: bool = False) -> dict:
     """What the run was started with (images, masks, subject_images, model, device, out), from
-    run.json, or from the files older versions wrote (inputs.json / studio.json)."""
+    run.json, or from the files older versions wrote (inputs.json / studio.json). ``strict``: an
+    unreadable run.json raises a one-line :class:`InputError` instead of reading as empty."""
     run_dir = Path(run_dir)
-    record = read_record(run_dir)
+    record = read_record(run_dir, strict=strict)
     if isinstance(record.get("inputs"), dict) and record["inputs"]:
         return dict(record["inputs"])
     merged: dict = {}
@@ -273,9 +427,17 @@ def record_status(run_dir: str | os.PathLike, record: dict | None = None) -> tup
     if status in END_STATES:
         return status, message
     if status == RUN_RUNNING:
+        if is_live(run_dir):
+            return RUN_RUNNING, message
+        pending = _pending_ends.get(os.path.abspath(run_dir))
+        if pending is not None:  # this process could not write the end state: try again now
+            if record_end(run_dir, *pending):
+                _pending_ends.pop(os.path.abspath(run_dir), None)
+            return pending
         alive = process_alive(record.get("pid"), record.get("host"), record.get("process_started"))
         if alive is False:
-            return RUN_INTERRUPTED, "the process that ran it is gone; resume continues from its last checkpoint"
+            return RUN_INTERRUPTED, ("the process that ran it is gone without recording how it ended (a crash, a kill, "
+                                     "or a full disk); resume continues from its last checkpoint")
         if alive is None:  # another machine: fall back to the files' age
             updated = max(_mtime_or_zero(run_dir / RUN_FILE), _mtime_or_zero(run_dir / "log.jsonl"))
             if time.time() - updated >= RUN_STALE_SECONDS:
@@ -302,10 +464,17 @@ def read_run(run_dir: str | os.PathLike) -> RunInfo:
         if isinstance(event.get("total"), int):
             total = event["total"]
     concept = run_dir / "concept.safetensors"
+    problem = None if record else record_problem(run_dir)
     if record:
         status, message = record_status(run_dir, record)
+    elif problem is not None:  # a damaged run.json: not "running" for 15 minutes
+        status = RUN_RUNNING if is_live(run_dir) else RUN_INTERRUPTED
+        message = f"run.json is unreadable: {problem}"
     else:
         status, message = _legacy_status(run_dir, events, concept)
+    if status == RUN_INTERRUPTED and message.startswith("the process that ran it is gone without"):
+        message = message.replace("recording how it ended", f"recording how it ended, at step {step}"
+                                  + (f" of {total}" if total else ""), 1)
     created = record.get("created") if isinstance(record.get("created"), str) else None
     created = created or (config.get("created") if isinstance(config.get("created"), str) else None)
     if not created:

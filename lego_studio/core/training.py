@@ -687,16 +687,17 @@ class Trainer:
         """
         from lego_studio.core import runs
 
-        runs.begin_run(self.run_dir, self.config)
-        try:
-            concept = self._run(resume)
-        except (Cancelled, KeyboardInterrupt) as exc:
-            runs.end_run(self.run_dir, runs.RUN_CANCELLED, str(exc) or "cancelled (interrupted from the keyboard)")
-            raise
-        except BaseException as exc:
-            runs.end_run(self.run_dir, runs.RUN_FAILED, str(exc) or type(exc).__name__)
-            raise
-        runs.end_run(self.run_dir, runs.RUN_FINISHED)
+        with runs.hold_run(self.run_dir):  # one trainer per run folder; refuses naming the other one
+            runs.begin_run(self.run_dir, self.config)
+            try:
+                concept = self._run(resume)
+            except (Cancelled, KeyboardInterrupt) as exc:
+                runs.record_end(self.run_dir, runs.RUN_CANCELLED, str(exc) or "cancelled (interrupted from the keyboard)")
+                raise
+            except BaseException as exc:
+                runs.record_end(self.run_dir, runs.RUN_FAILED, exc)  # never raises over exc (a full disk)
+                raise
+            runs.end_run(self.run_dir, runs.RUN_FINISHED)
         return concept
 
     def _run(self, resume: bool):
@@ -1394,7 +1395,7 @@ class Trainer:
         if not self.log_path.exists():
             return
         kept = []
-        for line in self.log_path.read_text(encoding="utf-8").splitlines():
+        for line in self.log_path.read_text(encoding="utf-8", errors="replace").splitlines():  # garbage lines dropped
             try:
                 if json.loads(line)["step"] <= step:
                     kept.append(line)

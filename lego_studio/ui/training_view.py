@@ -701,6 +701,7 @@ class TrainingView(QWidget):
 
             return library_io.add_trained(library, trainer.concept_path, concept, project)  # path, or NameTaken
 
+        train = runs.holding(run_dir, train)  # one trainer per run folder; a failure before step 1 is recorded
         self._run_dir = run_dir
         self._run_method = config.method
         self.last_error = ""
