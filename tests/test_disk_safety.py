@@ -455,3 +455,34 @@ ConceptLibrary({str(library)!r})
     with holder:  # another process (this one) is changing the library
         subprocess.run([sys.executable, "-c", code], env=env, check=True)
         assert temp.exists()
+
+
+# ------------------------------------------------------------------------------ messages
+
+
+def test_the_image_limit_message_and_the_readme_agree(tmp_path):
+    import re
+
+    from PIL import Image
+
+    from lego_studio.core.images import load_image
+
+    path = tmp_path / "huge.png"
+    Image.new("1", (8200, 8200)).save(path)
+    with pytest.raises(InputError) as info:
+        load_image(path)
+    limit = re.search(r"the (\d+) MP limit", str(info.value)).group(1)
+    readme = (Path(__file__).resolve().parents[1] / "README.md").read_text(encoding="utf-8")
+    assert re.search(r"larger than (\d+) MP", readme).group(1) == limit == "64"
+
+
+def test_a_concept_name_with_a_line_break_is_refused_or_made_one_line(exemplar_folders, tmp_path, capsys):
+    images, masks = exemplar_folders
+    code = main(["train", "--subject", "a red square", "--images", str(images), "--model", "tiny",
+                 "--name", "frozen\nsaved fake.safetensors", "--out", str(tmp_path / "c.safetensors"), "--quiet"])
+    assert code == 2
+    assert "name must be one line" in _one_error_line(capsys.readouterr().err)
+    assert not (tmp_path / "c.run").exists()
+    # A concept file from elsewhere whose name holds a line break is read as one line.
+    concept = Concept("frozen\nin ice", "<frozen-in-ice>", torch.zeros(1, 4))
+    assert concept.name == "frozen in ice"

@@ -90,6 +90,9 @@ class Concept:
                 raise InputError(f"concept {self.placeholder}: clip_l has {self.vectors.shape[0]} vectors but clip_g "
                                  f"has {self.vectors_2.shape[0]}; an SDXL concept has as many of each")
         check_placeholder(self.placeholder)
+        if isinstance(self.name, str) and any(ch < " " or ch == "\x7f" for ch in self.name):
+            # A name read from a file (or typed) with a line break would split every line that shows it.
+            self.name = " ".join(re.sub(r"[\x00-\x1f\x7f]", " ", self.name).split()) or "concept"
         self.metadata = dict(self.metadata or {})
         if self.vectors_2 is not None:
             self.metadata["family"] = "sdxl"

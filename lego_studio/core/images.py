@@ -30,6 +30,9 @@ IMAGE_EXTENSIONS = frozenset(
     {".png", ".jpg", ".jpeg", ".jpe", ".jfif", ".webp", ".bmp", ".dib", ".gif", ".tif", ".tiff"}
 )
 MAX_PIXELS = 8192 * 8192  # 64 MP
+# Megapixels as this module counts them (2**20 pixels), so that the limit reads "64 MP" in the
+# message, in MAX_PIXELS' comment and in the README alike (8192 x 8192 / 1e6 would say 67).
+MEGAPIXEL = 1 << 20
 # Decoders we let PIL use. Others (EPS/PS run Ghostscript, SVG-like or exotic formats) are refused:
 # exemplar photos never need them and some start external programs.
 _ALLOWED_FORMATS = ("PNG", "JPEG", "MPO", "WEBP", "BMP", "DIB", "GIF", "TIFF", "PPM", "TGA", "ICO", "AVIF")
@@ -64,8 +67,8 @@ def _open_decoded(path: Path, max_pixels: int, what: str) -> Image.Image:
                 width, height = image.size
                 if width * height > max_pixels:
                     raise InputError(
-                        f"{path}: image is {width}x{height} ({width * height / 1e6:.0f} MP), more than "
-                        f"the {max_pixels / 1e6:.0f} MP limit; downscale it first"
+                        f"{path}: image is {width}x{height} ({width * height / MEGAPIXEL:.0f} MP), more than "
+                        f"the {max_pixels / MEGAPIXEL:.0f} MP limit; downscale it first"
                     )
                 if width == 0 or height == 0:
                     raise InputError(f"{path}: not a readable {what} (it has no pixels)")

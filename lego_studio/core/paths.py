@@ -29,7 +29,10 @@ def _user_dir(home_subdir: str, platform_dir) -> Path:
     (a platformdirs lookup, imported lazily to keep start-up fast); created on first use."""
     home = _home()
     path = home / home_subdir if home is not None else Path(platform_dir())
-    path.mkdir(parents=True, exist_ok=True)
+    try:
+        path.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:  # a read-only disk, a file in the way: one line naming the folder
+        raise _disk_error(exc, path, "creating the folder") from exc
     return path
 
 

@@ -186,6 +186,8 @@ class Setting:
             example = f', e.g. "{self.example}"' if self.example else ""
             if self.max_length and (not isinstance(value, str) or not value.strip() or len(value) > self.max_length):
                 return f"{name} must be 1-{self.max_length} characters{example} (got {value!r})"
+            if isinstance(value, str) and any(ch < " " or ch == "\x7f" for ch in value):  # a line break, a tab ...
+                return f"{name} must be one line without control characters{example} (got {value!r})"
             if not isinstance(value, str):
                 return f"{name} must be text{example}"
         elif self.kind == "words":
