@@ -486,3 +486,20 @@ def test_a_concept_name_with_a_line_break_is_refused_or_made_one_line(exemplar_f
     # A concept file from elsewhere whose name holds a line break is read as one line.
     concept = Concept("frozen\nin ice", "<frozen-in-ice>", torch.zeros(1, 4))
     assert concept.name == "frozen in ice"
+
+
+def test_a_data_folder_under_a_read_only_parent_fails_in_one_line(tmp_path, monkeypatch, capsys):
+    source = save_concept(_concept(), tmp_path / "frost.safetensors")
+    with read_only(tmp_path / "ro") as folder:
+        monkeypatch.setenv("LEGO_STUDIO_HOME", str(folder / "home"))
+        assert main(["concepts", "import", str(source)]) == 2
+        line = _one_error_line(capsys.readouterr().err)
+        assert "read-only file system creating the folder" in line and str(folder / "home") in line
+
+
+def test_a_data_folder_that_cannot_be_made_fails_in_one_line(tmp_path, monkeypatch, capsys):
+    (tmp_path / "home").write_text("a file where the data folder should be")
+    monkeypatch.setenv("LEGO_STUDIO_HOME", str(tmp_path / "home"))
+    source = save_concept(_concept(), tmp_path / "frost.safetensors")
+    assert main(["concepts", "import", str(source)]) == 2
+X

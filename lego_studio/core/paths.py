@@ -172,10 +172,10 @@ def atomic_save(path: str | os.PathLike, writer) -> Path:
     return path
 
 
-def _disk_error(exc: BaseException, path: Path) -> BaseException:
+def _disk_error(exc: BaseException, path: Path, doing: str = "writing") -> BaseException:
     from lego_studio.core.errors import disk_error
 
-    return disk_error(exc, path) or exc
+    return disk_error(exc, path, doing) or exc
 
 
 # Temp files of atomic_save are ``.<name>.<random>.tmp<suffix>``: hidden, and never taken for the
