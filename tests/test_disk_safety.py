@@ -502,4 +502,4 @@ def test_a_data_folder_that_cannot_be_made_fails_in_one_line(tmp_path, monkeypat
     monkeypatch.setenv("LEGO_STUDIO_HOME", str(tmp_path / "home"))
     source = save_concept(_concept(), tmp_path / "frost.safetensors")
     assert main(["concepts", "import", str(source)]) == 2
-X
+    assert "a part of this path is a file, not a folder" in _one_error_line(capsys.readouterr().err)
