@@ -503,3 +503,47 @@ def test_a_data_folder_that_cannot_be_made_fails_in_one_line(tmp_path, monkeypat
     source = save_concept(_concept(), tmp_path / "frost.safetensors")
     assert main(["concepts", "import", str(source)]) == 2
     assert "a part of this path is a file, not a folder" in _one_error_line(capsys.readouterr().err)
+
+
+# ------------------------------------------------------------------------------ projects
+
+
+def test_one_writer_per_project(tmp_path):
+    from lego_studio.core.project import Project, ProjectReadOnly
+
+    folder = tmp_path / "proj"
+    Project.create(folder, name="Proj", concept_name="frost")
+    (folder / ".project.json.k2.tmp.json").write_text("{")  # left by a killed save
+    first = Project.open(folder)
+    assert first.claim() is None
+    assert not (folder / ".project.json.k2.tmp.json").exists()
+    second = Project.open(folder)  # another window
+    reason = second.claim()
+    assert reason and "opened read-only" in reason and f"process {os.getpid()}" in reason
+    second.save()  # nothing changed: fine
+    second.subject = "changed"
+    with pytest.raises(ProjectReadOnly):
+        second.save()
+    with pytest.raises(ProjectReadOnly):
+        second.new_run_dir()
+    first.subject = "mine"
+    first.save()
+    first.release()
+    third = Project.open(folder)
+    assert third.claim() is None and third.subject == "mine"
+    third.release()
+
+
+def test_a_project_on_a_read_only_disk_opens_read_only(tmp_path):
+    from lego_studio.core.project import Project, ProjectReadOnly
+
+    folder = tmp_path / "proj"
+    Project.create(folder, name="Proj", concept_name="frost")
+    with read_only(folder):
+        project = Project.open(folder)
+        reason = project.claim()
+        assert reason and "opened read-only" in reason
+        project.save()  # unchanged: no write, no error
+        project.subject = "changed"
+        with pytest.raises(ProjectReadOnly, match="opened read-only"):
+            project.save()

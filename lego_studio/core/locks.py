@@ -95,16 +95,18 @@ class ProcessLock:
     :class:`LockBusy` is raised with ``busy_message.format(path=..., pid=...)``."""
 
     def __init__(self, path: str | os.PathLike, busy_message: str = "{path}: in use by process {pid}; try again",
-                 timeout: float | None = None):
+                 timeout: float | None = None, reentrant: bool = True):
         self.path = Path(path)
         self.busy_message = busy_message
         self.timeout = timeout  # what ``with lock:`` waits
+        self.reentrant = reentrant  # False: a second holder in this very thread is refused too
         self._key = os.path.abspath(self.path)
+        self._own_fd: int | None = None  # the descriptor of a non-reentrant hold
 
     @property
     def held(self) -> bool:
-        """Whether this thread holds the lock."""
-        return self._key in _held_by_thread()
+        """Whether this thread holds the lock (a non-reentrant lock: whether this object does)."""
+        return self._own_fd is not None if not self.reentrant else self._key in _held_by_thread()
 
     def holder(self) -> int | None:
         """The pid written by the last holder (the current one while it is held)."""
@@ -112,7 +114,10 @@ class ProcessLock:
 
     def acquire(self, timeout: float | None = None) -> "ProcessLock":
         locks = _held_by_thread()
-        if self._key in locks:
+        if not self.reentrant:
+            if self._own_fd is not None:
+                return self
+        elif self._key in locks:
             locks[self._key][1] += 1
             return self
         self.path.parent.mkdir(parents=True, exist_ok=True)
@@ -136,10 +141,21 @@ class ProcessLock:
         except BaseException:
             os.close(fd)
             raise
-        locks[self._key] = [fd, 1]
+        if self.reentrant:
+            locks[self._key] = [fd, 1]
+        else:
+            self._own_fd = fd
         return self
 
     def release(self) -> None:
+        if not self.reentrant:
+            fd, self._own_fd = self._own_fd, None
+            if fd is not None:
+                try:
+                    _unlock(fd)
+                finally:
+                    os.close(fd)
+            return
         locks = _held_by_thread()
         entry = locks.get(self._key)
         if entry is None:

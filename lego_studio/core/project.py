@@ -24,6 +24,11 @@ Decisions (user-visible; the README repeats them):
   by a mis-click; empty that folder to reclaim the space).
 * Masks present in ``masks/`` but not listed in ``project.json`` (copied in by hand) are picked up
   when the project is opened: the files are the truth.
+* **One window writes a project.** The app claims the project (:meth:`Project.claim`, the lock
+  ``.project.lock``, core/locks.py) when it opens it; a second window or process opening the same
+  project gets it **read-only** and is told so, and every change there is refused in one line
+  instead of silently overwriting the other window's work. A project on a read-only disk opens
+  read-only the same way. The lock dies with its process.
 * Run status comes from each run's record ``runs/<id>/run.json`` (core/runs.py): the trainer
   writes its end state; a run whose process is gone is ``interrupted`` (the app crashed or was
   killed) and can be resumed from its last checkpoint.
@@ -43,9 +48,13 @@ from typing import Iterable
 import numpy as np
 
 from lego_studio.core import paths
-from lego_studio.core.errors import InputError
+from lego_studio.core.errors import InputError, disk_error
 
 PROJECT_FILE = "project.json"
+LOCK_FILE = ".project.lock"
+# Folders of the project whose atomic-write temp files the claiming window may clean (not runs/:
+# a run there may be trained by another process, which cleans its own folder).
+_CLEANED_FOLDERS = (".", "images", "masks", "subject_images", "gallery")
 SCHEMA_VERSION = 1
 IMAGES_DIR = "images"
 MASKS_DIR = "masks"
@@ -157,6 +166,50 @@ class Project:
         self.modified: str = data["modified"]
         self.train_defaults: dict = dict(data["train_defaults"])
         self.extra: dict = dict(data.get("extra", {}))  # keys from newer minor versions, kept
+        self.read_only: str | None = None  # why changes are refused (set by claim), None = writable
+        self._lock = None
+
+    # ---------------------------------------------------------------- one writer
+
+    def claim(self) -> str | None:
+        """Make this the window that writes the project: take its lock. Returns None when it is
+        ours, else the one-line reason it is opened read-only (another window or process has it,
+        or the folder cannot be written); every change then raises :class:`ProjectReadOnly`.
+        Claiming also removes temp files that killed writes left in the project."""
+        from lego_studio.core.locks import LockBusy, ProcessLock
+
+        if self._lock is not None:
+            return self.read_only
+        lock = ProcessLock(self.folder / LOCK_FILE, reentrant=False,
+                           busy_message=f"{self.folder}: open in another Lego Studio window (process {{pid}}); "
+                                        "opened read-only: close it there to change it here")
+        try:
+            lock.acquire(timeout=0)
+        except LockBusy as exc:
+            self.read_only = str(exc)
+            return self.read_only
+        except OSError as exc:
+            problem = disk_error(exc, self.folder, "opening")
+            self.read_only = f"{self.folder}: opened read-only ({problem or exc})"
+            return self.read_only
+        self._lock = lock
+        if not os.access(self.folder, os.W_OK) or not os.access(self.file, os.W_OK):
+            self.read_only = f"{self.folder}: opened read-only (the folder or project.json cannot be written)"
+            return self.read_only
+        self.read_only = None
+        for sub in _CLEANED_FOLDERS:
+            paths.clean_stale_temps(self.folder / sub)
+        return None
+
+    def release(self) -> None:
+        """Give the project back (the window closes it or opens another)."""
+        if self._lock is not None:
+            self._lock.release()
+            self._lock = None
+
+    def _check_writable(self) -> None:
+        if self.read_only:
+            raise ProjectReadOnly(self.read_only)
 
     # ---------------------------------------------------------------- create / open / save
 
@@ -251,7 +304,12 @@ class Project:
         return data
 
     def save(self) -> Path:
-        """Check the editable fields and write project.json atomically."""
+        """Check the editable fields and write project.json atomically. A read-only project
+        (:meth:`claim`) refuses, unless nothing changed."""
+        if self.read_only:
+            if self._same_as_on_disk():
+                return self.file
+            raise ProjectReadOnly(self.read_only)
         if not isinstance(self.name, str) or not self.name.strip():
             raise InputError(f"{self.file}: the project needs a name")
         if "\n" in self.name:
@@ -265,6 +323,18 @@ class Project:
             raise InputError(f"{self.file}: train_defaults must be a JSON object")
         self.modified = now_iso()
         return paths.atomic_write_json(self.file, self.to_json())
+
+    def _same_as_on_disk(self) -> bool:
+        try:
+            on_disk = json.loads(self.file.read_text(encoding="utf-8"))
+        except (OSError, ValueError):
+            return False
+        mine = self.to_json()
+        if not isinstance(on_disk, dict):
+            return False
+        for data in (on_disk, mine):
+            data.pop("modified", None)
+        return json.loads(json.dumps(mine, default=str)) == on_disk
 
     @property
     def placeholder(self) -> str:
@@ -306,6 +376,7 @@ class Project:
         Returns the files that were NOT added, as ``(path, one-line reason)``; the good ones are
         appended to :attr:`images` (or :attr:`subject_images` for ``kind="subject"``) and saved.
         """
+        self._check_writable()
         entries = self._entries(kind)
         failures: list[tuple[Path, str]] = []
         added = False
@@ -355,6 +426,7 @@ class Project:
 
     def remove_image(self, image) -> None:
         """Forget ``image`` and delete its copy and its mask from the project folder."""
+        self._check_writable()
         entry = self.entry(image)
         for entries in (self.images, self.subject_images):
             if entry in entries:
@@ -386,6 +458,7 @@ class Project:
     def save_mask(self, image, mask: np.ndarray) -> Path:
         """Store ``mask`` (uint8 or bool HxW, nonzero/>=128 = subject) for ``image``, as an 8-bit
         PNG with 255 = subject. It must be the size of the image."""
+        self._check_writable()
         entry = self.entry(image)
         array = np.asarray(mask)
         if array.dtype == bool:
@@ -412,6 +485,7 @@ class Project:
         return target
 
     def clear_mask(self, image) -> None:
+        self._check_writable()
         entry = self.entry(image)
         if entry.mask:
             (self.folder / entry.mask).unlink(missing_ok=True)
@@ -451,6 +525,7 @@ class Project:
     def rename(self, new_name: str, rename_folder: bool = True) -> None:
         """Change the name; with ``rename_folder`` the folder is renamed to match (it must not
         exist yet). The recent-projects list follows the move."""
+        self._check_writable()
         new_name = (new_name or "").strip()
         if not new_name or "\n" in new_name:
             raise InputError(f"{self.file}: a project name must be one non-empty line")
@@ -488,6 +563,7 @@ class Project:
 
     def delete(self) -> Path:
         """Move the whole project folder to ``<data dir>/trash/`` and return where it went."""
+        self._check_writable()
         trash = paths.data_dir() / TRASH_DIR
         trash.mkdir(parents=True, exist_ok=True)
         stamp = datetime.now().strftime("%Y%m%d-%H%M%S")
@@ -504,6 +580,7 @@ class Project:
 
     def new_run_dir(self) -> Path:
         """A fresh, empty ``runs/<id>`` (id = local time, unique even for two runs a second)."""
+        self._check_writable()
         runs = self.folder / RUNS_DIR
         runs.mkdir(parents=True, exist_ok=True)
         base = datetime.now().strftime("%Y%m%d-%H%M%S")
@@ -532,6 +609,7 @@ class Project:
 
     def new_gallery_path(self, prefix: str = "image") -> Path:
         """An unused ``gallery/<prefix>-<time>.png`` path for a generated image."""
+        self._check_writable()
         folder = self.folder / GALLERY_DIR
         folder.mkdir(parents=True, exist_ok=True)
         base = f"{safe_folder_name(prefix)}-{datetime.now().strftime('%Y%m%d-%H%M%S')}"
@@ -726,3 +804,7 @@ def _update_recent(old: Path, new: Path | None) -> None:
     else:
         settings.replace_recent_project(old, new)
     settings.save()
+
+
+class ProjectReadOnly(InputError):
+    """A change to a project opened read-only (another window has it, or its disk is read-only)."""

@@ -57,13 +57,22 @@ class AppContext(QObject):
     # ------------------------------------------------------------ project
     def set_project(self, project) -> None:
         """Open ``project`` (or close with None); it is remembered as the last project, so the
-        app reopens it on the next start."""
+        app reopens it on the next start. The window claims it (one writer per project, core/project.py):
+        one another window holds, or on a read-only disk, opens read-only and the status bar says so."""
+        if self.project is not None and self.project is not project and hasattr(self.project, "release"):
+            self.project.release()
         self.project = project
+        read_only = project.claim() if project is not None and hasattr(project, "claim") else None
         if project is not None:
             self.settings.add_recent_project(project.folder)
         self.settings.last_project = str(project.folder) if project is not None else None
-        self.save_settings()
+        try:
+            self.save_settings()
+        except OSError as exc:  # a read-only or full data folder: say so, keep the project open
+            self.status_message.emit(str(exc))
         self.project_changed.emit(project)
+        if read_only:
+            self.status_message.emit(read_only)
 
     def last_project_folder(self) -> Path | None:
         """The project open when the app last closed, if it is still there."""

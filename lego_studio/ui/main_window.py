@@ -335,13 +335,22 @@ class MainWindow(QMainWindow):
         self.context.save_settings()
 
     def shutdown_workers(self) -> None:
-        """Quit and wait every worker thread (views first: they may hold training runs)."""
-        for view in self.views.values():
-            view.shutdown()
-        self._device_runner.shutdown()
+        """Quit and wait every worker thread (views first: they may hold training runs). A view
+        whose last save fails (a read-only or full disk) does not stop the others: a thread that
+        outlives the window makes Qt abort. The failure is reported in one line afterwards."""
         from lego_studio.ui.workers import shutdown_abandoned
 
+        problems = []
+        for view in self.views.values():
+            try:
+                view.shutdown()
+            except Exception as exc:  # noqa: BLE001 - reported below, after every thread stopped
+                problems.append(exc)
+        for runner in [self._device_runner, *self.findChildren(TaskRunner)]:
+            runner.shutdown()  # also the runners of a view whose shutdown failed half-way
         shutdown_abandoned()  # checks a closed dialog left running (Settings: OK never waits for them)
+        for exc in problems:
+            _report_on_quit(exc)
 
     def closeEvent(self, event: QCloseEvent) -> None:  # noqa: N802
         if self.training_view.is_running():
@@ -353,7 +362,28 @@ class MainWindow(QMainWindow):
             if answer != QMessageBox.StandardButton.Yes:
                 event.ignore()
                 return
-        self.masks_view.flush_autosave()
-        self.save_state()
+        try:
+            self.masks_view.flush_autosave()
+            self.save_state()
+        except Exception as exc:  # noqa: BLE001 - a read-only or full disk must not stop a clean quit
+            _report_on_quit(exc)
         self.shutdown_workers()
         event.accept()
+
+
+def _report_on_quit(exc: Exception) -> None:
+    """A failure while quitting (the last save): one line on stderr for a disk or user error,
+    the bug log for anything else. Never raises: the window must still close cleanly."""
+    import sys
+
+    from lego_studio.core.errors import LegoError, disk_error
+
+    try:
+        if isinstance(exc, LegoError) or disk_error(exc) is not None:
+            print(f"warning: not saved on quit: {disk_error(exc) or exc}", file=sys.stderr)
+        else:
+            from lego_studio.ui.errors import log_bug
+
+            print(log_bug(type(exc), exc, exc.__traceback__), file=sys.stderr)
+    except Exception:  # noqa: BLE001
+        pass
