@@ -72,7 +72,7 @@ def main(argv: list[str] | None = None) -> int:
     except Exception as exc:  # noqa: BLE001 - OS-level failures become one line; bugs keep their traceback
         from lego_studio.core.errors import disk_error
 
-        problem = disk_error(exc)
+        problem = disk_error(exc, doing="accessing")
         if problem is None:
             raise
         print(f"error: {problem}", file=sys.stderr)
