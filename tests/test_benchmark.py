@@ -158,18 +158,34 @@ def test_summary_is_mean_and_std_over_training_seeds():
     assert report.summarize(rows, "tuning") == {}
 
 
-def test_plan_fits_the_budget_or_says_so():
+def test_robustness_reports_collapsed_runs_and_the_worst_run_that_means_hide():
+    rows = [{"method": "lego", "seed": seed, "split": "held-out", "concept": concept,
+             "success": fidelity, "concept_fidelity": fidelity}
+            for seed in range(4) for concept, fidelity in (("in a cage", 1.0), ("melting", 0.1 if seed == 2 else 0.9))]
+    result = report.robustness(rows, "held-out")["lego"]
+    assert result["runs"] == 8 and result["collapse_rate"] == pytest.approx(1 / 8)
+    assert result["worst_success"] == pytest.approx(0.1) and result["worst_run"] == "melting, seed 2"
+
+
+def test_every_generic_noun_and_no_words_are_tracks_of_their_own():
+    words = {track: bench.subject_words(("hexagon", "green"), track) for track in bench.TRACKS}
+    assert words["no-colour"] == "a hexagon" and words["no-words"] == ""
+    assert {words[t] for t in bench.NO_SHAPE_TRACKS} == {"a green thing", "a green object", "a green shape", "a green item"}
+    assert set(bench.BenchmarkConfig().tracks) == set(bench.TRACKS)
+
+
+def test_plan_runs_the_products_step_count_and_warns_when_over_budget():
+    from lego_studio.core.training import TrainConfig
+
     config = bench.BenchmarkConfig(budget_minutes=20).validate()
     costs = {m: 0.1 for m in config.methods}
     steps, note = runner.choose_steps(config, costs, generation=5.0, overhead=1.0)
-    assert bench.MIN_STEPS <= steps <= bench.DEFAULT_STEPS
-    assert runner.estimate_seconds(config, steps, costs, 5.0, 1.0) <= 1200
+    assert steps == bench.DEFAULT_STEPS == TrainConfig().steps  # what a user trains, never lowered
     assert runner.estimate_seconds(bench.BenchmarkConfig(jobs=2), 100, costs, 5.0, 1.0) == runner.estimate_seconds(bench.BenchmarkConfig(), 100, costs, 5.0, 1.0) / 2
-    assert "lowered" in note
     steps, note = runner.choose_steps(config, {m: 10.0 for m in config.methods}, 5.0, 1.0)
-    assert steps == bench.MIN_STEPS and note.startswith("WARNING")
-    config.steps = 1000
-    assert runner.choose_steps(config, costs, 5.0, 1.0) == (1000, "WARNING: --steps does not fit the budget")
+    assert steps == bench.DEFAULT_STEPS and note.startswith("WARNING")
+    config.steps = 300
+    assert runner.choose_steps(config, costs, 5.0, 1.0)[0] == 300
 
 
 # ------------------------------------------------------------------ end to end

@@ -12,6 +12,8 @@ from pathlib import Path
 from lego_studio.shapeworld import benchmark
 from lego_studio.shapeworld.benchmark import (
     ALL_METHODS,
+    DEFAULT_METHODS,
+    DEFAULT_SEEDS,
     DEFAULT_BUDGET_MINUTES,
     DEFAULT_GEN_STEPS,
     DEFAULT_GUIDANCE,
@@ -29,9 +31,9 @@ def add_arguments(parser) -> None:
     """The benchmark's flags (shared by ``lego-studio shapeworld benchmark`` and the script)."""
     parser.add_argument("--concepts", nargs="+", metavar="C",
                         help=f"concepts (dashes for spaces) or tuning / held-out / all (default: held-out = {', '.join(HELD_OUT_CONCEPTS)})")
-    parser.add_argument("--methods", nargs="+", metavar="M", help=f"from {', '.join(ALL_METHODS)} (default: all)")
-    parser.add_argument("--seeds", nargs="+", type=int, metavar="N", help="training seeds (default: 0 1 2)")
-    parser.add_argument("--steps", type=int, metavar="N", help=f"training steps per run (default: up to {DEFAULT_STEPS}, fitted to the budget)")
+    parser.add_argument("--methods", nargs="+", metavar="M", help=f"from {', '.join(ALL_METHODS)} (default: {' '.join(DEFAULT_METHODS)})")
+    parser.add_argument("--seeds", nargs="+", type=int, metavar="N", help=f"training seeds (default: {' '.join(map(str, DEFAULT_SEEDS))})")
+    parser.add_argument("--steps", type=int, metavar="N", help=f"training steps per run (default: {DEFAULT_STEPS}, the app's default)")
     parser.add_argument("--vectors", type=int, default=DEFAULT_VECTORS, metavar="N", help="N of ti-N and lego (default: %(default)s)")
     parser.add_argument("--lr", type=float, default=DEFAULT_LR, help="learning rate of every method (default: %(default)g)")
     parser.add_argument("--subjects", type=int, metavar="N", help="held-out subjects per run (default: 4)")
@@ -42,9 +44,9 @@ def add_arguments(parser) -> None:
     parser.add_argument("--judge", default=None, metavar="DIR", help="judge folder (default: resources/judge)")
     parser.add_argument("--device", default="auto", help="auto | cpu | cuda | mps")
     parser.add_argument("--threads", type=int, default=1, metavar="N", help="torch CPU threads (default 1; 0 = torch's choice)")
-    parser.add_argument("--budget-minutes", type=float, default=None, help=f"time budget the step count is fitted to (default: {DEFAULT_BUDGET_MINUTES:g})")
+    parser.add_argument("--budget-minutes", type=float, default=None, help=f"time budget; the plan warns when the run will not fit it (default: {DEFAULT_BUDGET_MINUTES:g})")
     parser.add_argument("--tracks", nargs="+", metavar="T", choices=TRACKS,
-                        help="subject-word tracks: full, no-colour (\"a hexagon\"), no-shape (\"a green thing\") (default: all three)")
+                        help=f"subject-word tracks: {', '.join(TRACKS)} (default: all)")
     parser.add_argument("--jobs", type=int, default=None, metavar="N",
                         help="worker processes, each with --threads torch threads (default: 2 on a machine with 2+ cores, else 1)")
     parser.add_argument("--quick", action="store_true", help="CI smoke run: 1 concept, ti-1 vs lego, 10 steps, 1 seed, 2 subjects x 2 seeds")

@@ -13,6 +13,7 @@ from typing import TYPE_CHECKING, Sequence
 from lego_studio.core.paths import atomic_save, atomic_write_text
 from lego_studio.shapeworld.benchmark import (
     METRIC_HELP,
+    COLLAPSE_BELOW,
     METRICS,
     TRACK_HELP,
     BenchmarkConfig,
@@ -58,6 +59,26 @@ def summarize(rows: Sequence[dict], split: str | None = None) -> dict[str, dict[
                 per_seed.append(sum(values) / len(values))
             summary[method][metric] = mean_std(per_seed)
     return summary
+
+
+def robustness(rows: Sequence[dict], split: str | None = None) -> dict[str, dict]:
+    """{method: {runs, collapse_rate, worst_success, worst_concept, worst_run}} over single runs
+    (one concept, one training seed): the share of runs whose concept fidelity is below
+    COLLAPSE_BELOW (the concept does almost nothing), and the worst run. Means hide a method that
+    fails one run in eight; these do not."""
+    chosen = [r for r in rows if split is None or r["split"] == split]
+    out = {}
+    for method in dict.fromkeys(r["method"] for r in chosen):
+        mine = [r for r in chosen if r["method"] == method]
+        worst = min(mine, key=lambda r: (float(r["success"]), float(r["concept_fidelity"])))
+        out[method] = {
+            "runs": len(mine),
+            "collapse_rate": sum(float(r["concept_fidelity"]) < COLLAPSE_BELOW for r in mine) / len(mine),
+            "worst_success": float(worst["success"]),
+            "worst_concept": min(float(r["concept_fidelity"]) for r in mine),
+            "worst_run": f"{worst['concept']}, seed {worst['seed']}",
+        }
+    return out
 
 
 # ------------------------------------------------------------------------------ outputs
@@ -113,7 +134,9 @@ def results_markdown(rows: Sequence[dict], summary: dict, config: BenchmarkConfi
         "Tracks: " + "; ".join(f"**{t}**: {TRACK_HELP[t]}" for t in config.tracks) + ". TI and lego-no-subj never see "
         "the subject words, so one run of each stands in every track.",
         "",
-        "Values: mean ± std over training seeds (of the per-seed mean over concepts). "
+        "Values: mean ± std over training seeds (of the per-seed mean over concepts); **collapsed runs**: the share of "
+        f"runs (one concept, one seed) whose concept fidelity is below {COLLAPSE_BELOW}; **worst run**: the run with the "
+        "lowest success, its success and the lowest concept fidelity of any run. "
         + " ".join(f"**{m}**: {h}." for m, h in METRIC_HELP.items()),
         "",
     ]
@@ -126,9 +149,14 @@ def results_markdown(rows: Sequence[dict], summary: dict, config: BenchmarkConfi
             concepts = sorted({r["concept"] for r in rows if r["split"] == split}, key=config.concepts.index)
             lines += [f"## Track {track}, {titles[split].lower()}: {', '.join(concepts)}", "",
                       f"Subject words: {TRACK_HELP[track]}.", "",
-                      "| method | " + " | ".join(METRICS) + " |", "|---|" + "---|" * len(METRICS)]
+                      "| method | " + " | ".join(METRICS) + " | collapsed runs | worst run (success, concept) |",
+                      "|---|" + "---|" * len(METRICS) + "---|---|"]
+            robust = summary.get("robustness", {}).get(track, {}).get(split, {})
             for method, values in summary["summary"][track][split].items():
-                lines.append(f"| {method} | " + " | ".join(_cell(values[m]) for m in METRICS) + " |")
+                r = robust.get(method)
+                extra = (f" | {r['collapse_rate']:.2f} of {r['runs']} | {r['worst_success']:.2f}, {r['worst_concept']:.2f} "
+                         f"({r['worst_run']})" if r else " | | ")
+                lines.append(f"| {method} | " + " | ".join(_cell(values[m]) for m in METRICS) + extra + " |")
             lines.append("")
             text = verdict(summary["summary"][track][split])
             if text:

@@ -27,7 +27,6 @@ from lego_studio.shapeworld.benchmark import (
     HELD_OUT_CONCEPTS,
     METRIC_HELP,
     METRICS,
-    MIN_STEPS,
     TUNING_CONCEPTS,
     BenchmarkConfig,
     MethodSpec,
@@ -41,7 +40,14 @@ from lego_studio.shapeworld.benchmark import (
     resolve_methods,
     train_config,
 )
-from lego_studio.shapeworld.benchmark_report import _save_run_sheet, contact_sheet, results_markdown, summarize, write_csv
+from lego_studio.shapeworld.benchmark_report import (
+    _save_run_sheet,
+    contact_sheet,
+    results_markdown,
+    robustness,
+    summarize,
+    write_csv,
+)
 from lego_studio.shapeworld.world import CAPTION_TEMPLATES, subject_phrase
 
 
@@ -145,20 +151,12 @@ def estimate_seconds(config: BenchmarkConfig, steps: int, step_seconds: dict[str
 
 
 def choose_steps(config: BenchmarkConfig, step_seconds: dict[str, float], generation: float, overhead: float) -> tuple[int, str]:
-    """--steps if given, else the most steps (<= DEFAULT_STEPS, >= MIN_STEPS) that fit the budget."""
-    budget = config.budget_minutes * 60
-    if config.steps is not None:
-        estimate = estimate_seconds(config, config.steps, step_seconds, generation, overhead)
-        return config.steps, ("" if estimate <= budget else "WARNING: --steps does not fit the budget")
-    fixed = estimate_seconds(config, 0, step_seconds, generation, overhead)
-    per_step = estimate_seconds(config, 1, step_seconds, generation, overhead) - fixed
-    fitting = int((budget - fixed) / per_step) if per_step > 0 else DEFAULT_STEPS
-    steps = max(MIN_STEPS, min(DEFAULT_STEPS, fitting))
-    note = ""
-    if fitting < MIN_STEPS:
-        note = f"WARNING: even {MIN_STEPS} steps exceed the budget; fewer concepts/methods/seeds would fit"
-    elif steps < DEFAULT_STEPS:
-        note = f"steps lowered from {DEFAULT_STEPS} to fit the budget"
+    """--steps if given, else the product's default (DEFAULT_STEPS); a note when the run will not fit
+    the budget. The step count is never lowered to fit: a shorter run measures another product."""
+    steps = config.steps if config.steps is not None else DEFAULT_STEPS
+    estimate = estimate_seconds(config, steps, step_seconds, generation, overhead)
+    note = "" if estimate <= config.budget_minutes * 60 else (
+        "WARNING: the run will not fit the budget; fewer concepts, methods, tracks or seeds, or more --jobs, would")
     return steps, note
 
 
@@ -459,6 +457,8 @@ def _run_benchmark(config: BenchmarkConfig, out_dir, log: Callable[[str], None],
                         "threads": torch.get_num_threads(), "cpu_count": os.cpu_count(), "machine": platform.machine()},
         "summary": {track: {split: summarize([r for r in rows if r["track"] == track], split)
                             for split in dict.fromkeys(r["split"] for r in rows)} for track in config.tracks},
+        "robustness": {track: {split: robustness([r for r in rows if r["track"] == track], split)
+                               for split in dict.fromkeys(r["split"] for r in rows)} for track in config.tracks},
     }
     write_csv(out / "results.csv", rows)
     atomic_write_text(out / "results.md", results_markdown(rows, summary, config, plan, elapsed))

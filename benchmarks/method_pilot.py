@@ -1,0 +1,145 @@
+"""Method pilots on Shape World: one training run, judged at several step counts.
+
+    python benchmarks/method_pilot.py --concepts tuning --tracks no-colour no-shape \
+        --seeds 0 1 --variants lego lego-dir --snapshots 150 300 500 --out /tmp/pilot
+
+Each run trains a variant (a TrainConfig preset plus overrides, see VARIANTS) for the largest
+snapshot step count, keeps the concept vectors at every snapshot, and judges each snapshot with the
+benchmark's own protocol (held-out subjects x generation seeds, the Shape World judge). One run
+thus shows whether a concept collapses or leaks more the longer it trains. It writes one JSON line
+per (run, snapshot) to ``pilot.jsonl`` and prints a line each. Tuning concepts only unless
+``--allow-held-out`` (the decision run on held-out concepts uses the benchmark itself).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from lego_studio.shapeworld import benchmark as bm  # noqa: E402
+from lego_studio.shapeworld import benchmark_runner as br  # noqa: E402
+
+# name -> (preset, overrides, uses_masks)
+VARIANTS: dict[str, tuple[str, dict, bool]] = {
+    "ti-1": ("ti", {"num_vectors": 1}, False),
+    "lego": ("lego", {}, True),
+    "lego-ctx0": ("lego", {"w_ctx": 0.0}, True),
+    "lego-out": ("lego", {"ctx_region": "outside"}, True),
+    "ctx0-cap1.5": ("lego", {"w_ctx": 0.0, "norm_cap": 1.5}, True),
+    "ctx0-cap1.2": ("lego", {"w_ctx": 0.0, "norm_cap": 1.2}, True),
+    "ctx0-cap1": ("lego", {"w_ctx": 0.0, "norm_cap": 1.0}, True),
+    "lego-cap1.5": ("lego", {"norm_cap": 1.5}, True),
+    "lego-cap1.2": ("lego", {"norm_cap": 1.2}, True),
+    "ti-cap1.5": ("ti", {"num_vectors": 1, "norm_cap": 1.5}, False),
+}
+
+
+def _trace_effects(trainer, trace: list) -> None:
+    """Record, every step, how big the concept's effect is on the exemplar (S C vs S) and on the
+    other subjects (R C vs R), inside and outside the subject mask: shrinking = collapse."""
+    original = trainer._predict
+
+    def predict(z_t, t, grad_parts, plain_parts, sizes=None):
+        out = original(z_t, t, grad_parts, plain_parts, sizes)
+        if "S" in out and "R" in out:
+            e_s = (out["SC"].detach() - out["S"]).abs().mean().item()
+            e_r = (out["RC"].detach() - out["R"]).abs().mean().item()
+            trace.append([int(t[0]), round(e_s, 5), round(e_r, 5), round(float(trainer.concept_vectors.detach().norm()), 4)])
+        elif "SC" in out:
+            trace.append([int(t[0]), 0.0, 0.0, round(float(trainer.concept_vectors.detach().norm()), 4)])
+        return out
+
+    trainer._predict = predict
+
+
+def main(argv=None) -> int:
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--concepts", nargs="+", default=["tuning"])
+    p.add_argument("--variants", nargs="+", default=["lego"])
+    p.add_argument("--tracks", nargs="+", default=["no-colour"])
+    p.add_argument("--seeds", nargs="+", type=int, default=[0])
+    p.add_argument("--snapshots", nargs="+", type=int, default=[150, 300, 500])
+    p.add_argument("--lr", type=float, default=bm.DEFAULT_LR)
+    p.add_argument("--threads", type=int, default=1)
+    p.add_argument("--allow-held-out", action="store_true")
+    p.add_argument("--trace", action="store_true", help="record the concept's effect sizes every step (trace.jsonl)")
+    p.add_argument("--out", required=True)
+    args = p.parse_args(argv)
+
+    import torch
+
+    from lego_studio.core.models import load_model
+    from lego_studio.core.training import Trainer
+    from lego_studio.shapeworld.judge import judge, load_judge
+
+    concepts = bm.resolve_concepts(args.concepts)
+    held = [c for c in concepts if bm.concept_split(c) == "held-out"]
+    if held and not args.allow_held_out:
+        raise SystemExit(f"error: {held} are held-out concepts; tune on the tuning ones")
+    torch.set_num_threads(args.threads)
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    config = bm.BenchmarkConfig(concepts=concepts, device="cpu", threads=args.threads)
+    model = load_model("shapeworld", device="cpu", precision="fp32")
+    judge_model = load_judge(None)
+    snapshots = sorted(set(args.snapshots))
+    started = time.time()
+    with tempfile.TemporaryDirectory(prefix="lego-pilot-") as tmp:
+        for concept in concepts:
+            exemplar = bm.exemplar_subject(concept)
+            evaluation = bm.held_out_subjects(concept, exemplar, config.n_subjects)
+            renders = bm.render_exemplars(concept, exemplar, config.n_exemplars)
+            images, masks = [im for im, _ in renders], [m for _, m in renders]
+            for track in args.tracks:
+                for seed in args.seeds:
+                    for name in args.variants:
+                        preset, overrides, uses_masks = VARIANTS[name]
+                        spec = bm.MethodSpec(name, preset, overrides, uses_masks, name)
+                        cfg = bm.train_config(spec, exemplar, evaluation, snapshots[-1], seed, lr=args.lr, track=track)
+                        kept = {}
+                        trainer = None
+
+                        def on_event(event, kept=kept):
+                            if event.kind == "step" and event.step in snapshots:
+                                kept[event.step] = trainer.concept()
+
+                        run_dir = Path(tmp) / f"{bm._slug(concept)}-{track}-{name}-{seed}"
+                        t0 = time.time()
+                        trainer = Trainer(model, cfg, images, masks if uses_masks else None, run_dir, on_event=on_event)
+                        trace = []
+                        if args.trace:
+                            _trace_effects(trainer, trace)
+                        final = trainer.run()
+                        if trace:
+                            with open(out / "trace.jsonl", "a", encoding="utf-8") as fh:
+                                fh.write(json.dumps({"concept": concept, "track": track, "seed": seed, "variant": name,
+                                                     "trace": trace}) + "\n")
+                        kept[snapshots[-1]] = final
+                        train_s = time.time() - t0
+                        for step in snapshots:
+                            learned = kept[step]
+                            requested = [pair for pair in evaluation for _ in config.gen_seeds]
+                            prompts = [bm.benchmark_prompt(s, c, learned.placeholder) for s, c in requested]
+                            seeds = [s for _ in evaluation for s in config.gen_seeds]
+                            made = br.generate_images(model, learned, prompts, seeds, config.gen_steps, config.guidance)
+                            scores = br.score_predictions(judge([im for _, im in made], judge_model), requested, exemplar,
+                                                          concept)
+                            row = {"concept": concept, "track": track, "seed": seed, "variant": name, "step": step,
+                                   "subject_words": cfg.subject, **{k: round(v, 3) for k, v in scores.items()},
+                                   "train_s": round(train_s, 1)}
+                            with open(out / "pilot.jsonl", "a", encoding="utf-8") as fh:
+                                fh.write(json.dumps(row) + "\n")
+                            print(f"{concept:16s} {track:9s} s{seed} {name:14s} @{step:4d}: concept {row['concept_fidelity']:.2f} "
+                                  f"success {row['success']:.2f} leak c{row['colour_leakage']:.2f} s{row['shape_leakage']:.2f} "
+                                  f"({train_s:.0f} s train; {(time.time() - started) / 60:.1f} min)", flush=True)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
