@@ -31,12 +31,6 @@ VARIANTS: dict[str, tuple[str, dict, bool]] = {
     "lego": ("lego", {}, True),
     "lego-ctx0": ("lego", {"w_ctx": 0.0}, True),
     "lego-out": ("lego", {"ctx_region": "outside"}, True),
-    "ctx0-cap1.5": ("lego", {"w_ctx": 0.0, "norm_cap": 1.5}, True),
-    "ctx0-cap1.2": ("lego", {"w_ctx": 0.0, "norm_cap": 1.2}, True),
-    "ctx0-cap1": ("lego", {"w_ctx": 0.0, "norm_cap": 1.0}, True),
-    "lego-cap1.5": ("lego", {"norm_cap": 1.5}, True),
-    "lego-cap1.2": ("lego", {"norm_cap": 1.2}, True),
-    "ti-cap1.5": ("ti", {"num_vectors": 1, "norm_cap": 1.5}, False),
 }
 
 

@@ -18,6 +18,7 @@ from contextlib import contextmanager
 from pathlib import Path
 
 from lego_studio.core.errors import Cancelled, InputError
+from lego_studio.core.separation import subject_words_note
 
 def register(subparsers) -> None:
     p = subparsers.add_parser(
@@ -351,6 +352,9 @@ def run(args: argparse.Namespace) -> int:
     check_inputs(images, masks if config.method == "lego" else None)
     if subject_images:
         check_inputs(subject_images, None)
+    vague = subject_words_note(config)
+    if vague:
+        print(f"warning: {vague}", file=sys.stderr)
 
     from lego_studio.core.runs import hold_run
 

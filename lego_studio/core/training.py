@@ -285,8 +285,9 @@ class TrainConfig:
     subject: str = field(default="", metadata=describe(
         group="Subject separation", label="Subject words", example="a toy robot",
         help='the subject in words, e.g. "a cat" or "a toy robot"',
-        details="Partial words are expected: they never describe your own subject completely, and with masks "
-                "Lego keeps what they leave out (its colour, markings, exact shape) from leaking into the concept."))
+        details="Lego keeps the subject out of the concept by these words: name the subject and its look as fully "
+                "as you can (\"a red toy robot\", not \"an object\"). What they leave out (its colour, markings, exact "
+                "shape) can end up in the concept; vague words get a warning before the run."))
     subject_token_steps: int = field(default=0, metadata=describe(
         group="Subject separation", label="Subject-token steps", minimum=0, form_maximum=100_000,
         help="stage 0: first learn a <subject> token for this many steps from subject-only images (0 = use the words)"))

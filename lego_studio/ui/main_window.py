@@ -72,6 +72,7 @@ class MainWindow(QMainWindow):
         self.projects_view = ProjectsView(self.context)
         self.masks_view = MasksView(self.context)
         self.training_view = TrainingView(self.context)
+        self.masks_view.training_config = self.training_view.form.config
         self.gallery_view = GalleryView(self.context)
         self.library_view = LibraryView(self.context)
         self.views = {

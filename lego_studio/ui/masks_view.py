@@ -38,8 +38,13 @@ AUTOSAVE_DELAY_MS = 400
 THUMB = 72
 
 
-MASKS_PURPOSE = ("Masks tell training where your subject is: Lego keeps the subject's own look (what its words "
-                 "leave out) out of the concept, so the concept works on other subjects.")
+def masks_purpose(config) -> str:
+    """The Masks page's line on what masks do: the sentence for the training settings in use
+    (``config``; None = the defaults), so the page never claims more than training does."""
+    from lego_studio.core.separation import masks_usage
+    from lego_studio.core.training import TrainConfig
+
+    return masks_usage(config if config is not None else TrainConfig())
 
 
 class MasksView(QWidget):
@@ -163,7 +168,9 @@ class MasksView(QWidget):
 
         self.info_label = QLabel()
         # One line on why masks matter, so painting them does not feel like a chore of unclear use.
-        self.purpose_label = QLabel(MASKS_PURPOSE)
+        # Set by the main window: the training form's current settings (None: the defaults).
+        self.training_config = lambda: None
+        self.purpose_label = QLabel(masks_purpose(None))
         self.purpose_label.setWordWrap(True)
         centre = QVBoxLayout()
         centre.addWidget(self.purpose_label)
@@ -193,6 +200,15 @@ class MasksView(QWidget):
         self.addAction(action)
         (toolbar or self.toolbar).addAction(action)
         return action
+
+    def showEvent(self, event) -> None:  # noqa: N802 - Qt API
+        """The page's line on masks follows the training settings the user has now."""
+        try:
+            config = self.training_config()
+        except Exception:  # noqa: BLE001 - a half-typed form value: show the defaults' sentence
+            config = None
+        self.purpose_label.setText(masks_purpose(config))
+        super().showEvent(event)
 
     # ------------------------------------------------------------ project + images
     def set_project(self, project) -> None:

@@ -1,0 +1,86 @@
+"""How Lego keeps the subject out of the concept, in words the app shows: the subject words and the masks.
+
+Subject words. 
+Lego separates the subject from the concept with the subject's words: whatever the words leave
+unexplained about the exemplars' subject (its colour when the user typed "a hexagon", its shape
+when they typed "a green thing") can end up in the concept and leak into every picture drawn with
+it, and with no words at all there is nothing to separate by. :func:`vague_subject` says when a
+phrase tells the model almost nothing ("an object", "a thing", nothing at all), so the app and the
+CLI can say so before a run starts, with a suggestion. The run still goes if the user wants.
+
+Masks. :func:`mask_terms` lists the training terms that read the subject masks under a config, and
+:func:`masks_usage` says it in one sentence: the Masks page and the help show that sentence for
+the current settings, so what the app says about masks is what training does (tested by training
+with and without masks).
+
+Torch-free and Qt-free.
+"""
+
+from __future__ import annotations
+
+import re
+
+ARTICLES = ("a", "an", "the", "one", "some", "my", "this", "that")
+
+# Nouns that name no particular thing: a phrase made only of these says nothing about the subject.
+GENERIC_NOUNS = ("thing", "things", "object", "objects", "shape", "shapes", "item", "items", "stuff", "something",
+                 "figure", "form", "subject", "entity", "piece", "one", "it", "element", "pic", "picture", "photo",
+                 "image")
+
+SUGGESTION = 'name the subject and its look, e.g. "a red toy robot" or "a black cat"'
+
+
+def _words(phrase: str) -> list[str]:
+    return re.findall(r"[a-z][a-z'-]*", phrase.lower())
+
+
+def vague_subject(phrase: str) -> str | None:
+    """A one-line reason, with a suggestion, when ``phrase`` says almost nothing about the
+    subject; None when it names something.
+
+    Vague: empty, or made only of articles and generic nouns ("an object", "a thing", "stuff")."""
+    words = _words(phrase)
+    if not words:
+        return f"no subject words: Lego has nothing to tell the subject from the concept; {SUGGESTION}"
+    content = [w for w in words if w not in ARTICLES]
+    if not content or all(w in GENERIC_NOUNS for w in content):
+        return (f"the subject words {phrase.strip()!r} say almost nothing about the subject, so its look can end up "
+                f"in the concept; {SUGGESTION}")
+    return None
+
+
+def subject_words_note(config) -> str | None:
+    """The vague-words note for a training config (a TrainConfig), or None: only Lego separates by
+    the subject words, and a stage-0 subject token stands in for them."""
+    if config.method != "lego" or config.subject_token_steps or not config.subject_in_prompt:
+        return None
+    return vague_subject(config.subject)
+
+
+def mask_terms(config) -> list[str]:
+    """The training terms that read the subject masks under ``config`` (a TrainConfig), as short
+    phrases naming the setting; empty when masks change nothing."""
+    if config.method != "lego":
+        return []
+    terms = []
+    if config.w_subj > 0:
+        terms.append(f"the subject loss holds the concept's effect inside the mask to nothing (Subject weight {config.w_subj:g})")
+    inside = 0.0 if config.rec_region == "concept" else config.concept_inside_weight
+    if inside < 1.0:
+        terms.append(f"the subject's own pixels teach the concept {inside:g} as much as the rest of the image "
+                     "(Inside-mask weight / Reconstruct)")
+    if config.w_ctx > 0 and config.ctx_region == "outside":
+        terms.append("the context loss compares the concept's effects only outside the subject (Context region: outside)")
+    return terms
+
+
+def masks_usage(config) -> str:
+    """One sentence on what the masks do in training under ``config``."""
+    terms = mask_terms(config)
+    if config.method != "lego":
+        return "Textual Inversion ignores masks: it learns from the whole image."
+    if not terms:
+        return ("Masks are optional: with the current training settings no training term reads them (Lego separates "
+                "the subject by its words). They are used when you set Context region to \"outside\", an Inside-mask "
+                "weight below 1 or a Subject weight above 0.")
+    return "Masks tell training where your subject is: " + "; ".join(terms) + "."

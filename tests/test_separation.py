@@ -1,0 +1,96 @@
+"""What the app says about subject words and masks is what training does."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+from lego_studio.core.separation import mask_terms, masks_usage, subject_words_note, vague_subject
+from lego_studio.core.training import TrainConfig, Trainer
+
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
+
+
+@pytest.fixture(scope="module")
+def exemplars(tmp_path_factory):
+    folder = tmp_path_factory.mktemp("separation")
+    rng = np.random.default_rng(5)
+    images, masks = [], []
+    for i in range(2):
+        pixels = (rng.random((32, 32, 3)) * 255).astype(np.uint8)
+        pixels[8:24, 8:24] = (30, 200, 30)
+        Image.fromarray(pixels).save(folder / f"img{i}.png")
+        mask = np.zeros((32, 32), np.uint8)
+        mask[8:24, 8:24] = 255
+        Image.fromarray(mask).save(folder / f"mask{i}.png")
+        images.append(folder / f"img{i}.png")
+        masks.append(folder / f"mask{i}.png")
+    return images, masks
+
+
+def _vectors(model, config, images, masks, run_dir):
+    return Trainer(model, config, images, masks, run_dir).run().vectors
+
+
+SETTINGS = {
+    "defaults": {},
+    "context outside": {"ctx_region": "outside"},
+    "inside-mask weight": {"concept_inside_weight": 0.3},
+    "subject weight": {"w_subj": 0.5},
+    "ti": {"method": "ti"},
+}
+
+
+@pytest.mark.parametrize("name", list(SETTINGS))
+def test_what_the_masks_page_says_is_what_training_does(name, tiny_model, exemplars, tmp_path):
+    """masks_usage says masks change nothing exactly when training with and without them gives the
+    same vectors (same seed); and it names each term that reads them."""
+    overrides = dict(SETTINGS[name])
+    method = overrides.pop("method", "lego")
+    config = TrainConfig.preset(method, steps=3, subject="a green square", checkpoint_every=0, seed=2, **overrides)
+    images, masks = exemplars
+    with_masks = _vectors(tiny_model, config, images, masks, tmp_path / "with")
+    without = _vectors(tiny_model, config, images, None, tmp_path / "without")
+    says_unused = not mask_terms(config)
+    assert torch.equal(with_masks, without) == says_unused
+    text = masks_usage(config)
+    if says_unused:
+        assert "no training term reads them" in text or "ignores masks" in text
+    else:
+        assert text.startswith("Masks tell training where your subject is")
+
+
+def test_the_masks_page_shows_the_sentence_for_the_default_settings():
+    from lego_studio.ui import masks_view
+
+    assert masks_view.masks_purpose(None) == masks_usage(TrainConfig())
+
+
+@pytest.mark.parametrize("words", ["", "   ", "an object", "a thing", "the item", "stuff", "a shape", "something"])
+def test_vague_subject_words_get_a_one_line_note_with_a_suggestion(words):
+    note = vague_subject(words)
+    assert note and "\n" not in note and "e.g." in note
+
+
+@pytest.mark.parametrize("words", ["a cat", "a hexagon", "a green thing with spikes", "a red toy robot", "my dog"])
+def test_words_that_name_something_get_no_note(words):
+    assert vague_subject(words) is None
+
+
+def test_only_lego_runs_that_separate_by_words_get_the_note():
+    assert subject_words_note(TrainConfig(subject="an object"))
+    assert subject_words_note(TrainConfig.preset("ti", subject="an object")) is None
+    assert subject_words_note(TrainConfig(subject="", subject_token_steps=10)) is None
+
+
+def test_train_warns_about_vague_subject_words_before_the_run(exemplar_folders, tiny_model_dir, tmp_path, capsys):
+    from lego_studio.cli import main
+
+    images, masks = exemplar_folders
+    code = main(["train", "--model", str(tiny_model_dir), "--images", str(images), "--masks", str(masks), "--subject", "an object",
+                 "--steps", "1", "--out", str(tmp_path / "c.safetensors"), "--quiet"])
+    assert code == 0
+    err = capsys.readouterr().err
+    assert "warning: the subject words 'an object' say almost nothing" in err
