@@ -31,6 +31,15 @@ VARIANTS: dict[str, tuple[str, dict, bool]] = {
     "lego": ("lego", {}, True),
     "lego-ctx0": ("lego", {"w_ctx": 0.0}, True),
     "lego-out": ("lego", {"ctx_region": "outside"}, True),
+    "anchor100": ("lego", {"ctx_start": 100, "ctx_target": "anchor"}, True),
+    "anchor100-w.5": ("lego", {"ctx_start": 100, "ctx_target": "anchor", "w_ctx": 0.5}, True),
+    "anchor50": ("lego", {"ctx_start": 50, "ctx_target": "anchor"}, True),
+    "start100": ("lego", {"ctx_start": 100}, True),
+    "in0.1": ("lego", {"w_ctx": 0.0, "concept_inside_weight": 0.1}, True),
+    "in0.3": ("lego", {"w_ctx": 0.0, "concept_inside_weight": 0.3}, True),
+    "in0": ("lego", {"w_ctx": 0.0, "rec_region": "concept"}, True),
+    "ctx0.05": ("lego", {"w_ctx": 0.05}, True),
+    "ctx0.1": ("lego", {"w_ctx": 0.1}, True),
 }
 
 
