@@ -34,6 +34,7 @@ import torch
 
 from lego_studio.core.devices import pick_device, pick_dtype
 from lego_studio.core.errors import InputError, LegoError, ModelError
+from lego_studio.core.model_stack import MODEL_LOAD_LOCK, import_model_stack
 from lego_studio.core.paths import atomic_save, atomic_write_json, resource
 from lego_studio.core.settings import BUILTIN_MODELS
 
@@ -544,18 +545,22 @@ def load_model(
     Every failure is a one-line :class:`ModelError` naming the path."""
     if prediction_type is not None and prediction_type not in PREDICTION_TYPES:
         raise ModelError(f"unknown prediction type '{prediction_type}' (choose epsilon or v_prediction)")
+    import_model_stack()  # before any diffusers/transformers name: their lazy imports race across threads
     torch_device = pick_device(device)
     dtype = pick_dtype(torch_device, precision)
     kind, path = resolve_spec(spec)
-    try:
-        if kind == "folder":
-            model = _load_folder(path, prediction_type)
-        else:
-            model = _load_single_file(path, prediction_type, Path(config) if config else None)
-    except LegoError as exc:
-        raise ModelError(str(exc)) from exc
-    except (OSError, ValueError, RuntimeError, KeyError) as exc:
-        raise ModelError(f"{path}: cannot load the model ({_first_line(exc)})") from exc
+    # One load at a time: transformers/diffusers build modules under torch's process-global
+    # default-device context ("meta"), so two threads loading at once break each other.
+    with MODEL_LOAD_LOCK:
+        try:
+            if kind == "folder":
+                model = _load_folder(path, prediction_type)
+            else:
+                model = _load_single_file(path, prediction_type, Path(config) if config else None)
+        except LegoError as exc:
+            raise ModelError(str(exc)) from exc
+        except (OSError, ValueError, RuntimeError, KeyError) as exc:
+            raise ModelError(f"{path}: cannot load the model ({_first_line(exc)})") from exc
     model.source = str(spec)
     _place(model, torch_device, dtype)
     return model
@@ -979,6 +984,7 @@ def make_tiny_model(out_dir: str | os.PathLike, seed: int = 0, sample_size: int 
     ``StableDiffusionPipeline.from_pretrained(dir, safety_checker=None)``. ``family="sdxl"``
     writes the SDXL architecture instead (two text encoders of widths 32 and 48, pooled
     embeddings, micro-conditioning), which plain ``StableDiffusionXLPipeline`` loads."""
+    import_model_stack()
     from diffusers import AutoencoderKL, PNDMScheduler, StableDiffusionPipeline, UNet2DConditionModel
     from transformers import CLIPTextConfig, CLIPTextModel
 

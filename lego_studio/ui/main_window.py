@@ -259,11 +259,11 @@ class MainWindow(QMainWindow):
 
             device = str(pick_device(wanted).type)
             state.emit(device)
+            from lego_studio.core.model_stack import import_model_stack
+
+            import_model_stack()  # the one thread-safe import every model path shares
             import lego_studio.core.generation  # noqa: F401
             import lego_studio.core.models  # noqa: F401
-            import diffusers  # noqa: F401
-            from diffusers import AutoencoderKL, DDPMScheduler, StableDiffusionPipeline, UNet2DConditionModel  # noqa: F401
-            from transformers import CLIPTextModel, CLIPTokenizer  # noqa: F401
 
             if default_spec is not None:
                 state.emit(f"Loading {default_spec}…")
