@@ -40,6 +40,7 @@ from lego_studio.core.settings import BUILTIN_MODELS
 from lego_studio.ui.model_cache import refill_model_combos
 from lego_studio.ui.workers import TaskRunner
 from lego_studio.ui.layouts import install_two_pane_layout
+from lego_studio.ui.wheel_guard import guard_wheel
 
 CELL = 160
 # Default subjects of the grid's rows: for Stable Diffusion models, and for the Shape World models,
@@ -236,6 +237,7 @@ class GalleryView(QWidget):
         self.refresh_models()
         self.refresh_concepts()
         self._fit_subjects_to_model()
+        guard_wheel(self)  # spin and combo boxes take the wheel only when focused
 
     # ------------------------------------------------------------ choices
     def refresh_models(self) -> None:

@@ -31,6 +31,7 @@ from PySide6.QtWidgets import (
 )
 
 from lego_studio.ui.workers import TaskRunner
+from lego_studio.ui.wheel_guard import guard_wheel
 
 THUMB = 128
 EXPORT_FORMATS = {
@@ -182,6 +183,7 @@ class LibraryView(QWidget):
         context.settings_changed.connect(self.refresh)
         self._update_buttons()
         self.refresh()
+        guard_wheel(self)  # spin and combo boxes take the wheel only when focused
 
     # ------------------------------------------------------------ loading
     def refresh(self) -> None:

@@ -33,6 +33,7 @@ from lego_studio.core.errors import LegoError
 from lego_studio.ui import operations, project_io
 from lego_studio.ui.mask_canvas import BRUSH, ERASER, FILL, SAM, MaskCanvas, SamPrompt
 from lego_studio.ui.workers import TaskRunner
+from lego_studio.ui.wheel_guard import guard_wheel
 
 AUTOSAVE_DELAY_MS = 400
 THUMB = 72
@@ -181,6 +182,7 @@ class MasksView(QWidget):
         context.masks_changed.connect(lambda _image: self._refresh_badges())
         context.settings_changed.connect(self._forget_segmenter)
         self.set_project(context.project)
+        guard_wheel(self)  # spin and combo boxes take the wheel only when focused
 
     def _action(self, text, shortcut, slot, tip, toolbar: QToolBar | None = None) -> QAction:
         action = QAction(text, self)

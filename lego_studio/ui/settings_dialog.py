@@ -26,6 +26,7 @@ from PySide6.QtWidgets import (
 from lego_studio.core.errors import LegoError
 from lego_studio.core.settings import DEVICES
 from lego_studio.ui.workers import TaskRunner
+from lego_studio.ui.wheel_guard import guard_wheel
 
 ERROR_STYLE = "color: #c0392b;"
 OK_STYLE = "color: #2e7d32;"
@@ -137,6 +138,7 @@ class SettingsDialog(QDialog):
         layout.addWidget(general)
         layout.addWidget(self.button_box)
         self._refresh_models()
+        guard_wheel(self)  # spin and combo boxes take the wheel only when focused
 
     # ------------------------------------------------------------ models
     def _refresh_models(self) -> None:

@@ -42,6 +42,7 @@ from lego_studio.ui import operations, project_io
 from lego_studio.ui.loss_chart import LossChart
 from lego_studio.ui.mask_canvas import pil_to_qimage
 from lego_studio.ui.model_cache import refill_model_combos
+from lego_studio.ui.wheel_guard import guard_wheel
 from lego_studio.ui.workers import TaskRunner
 from lego_studio.ui.layouts import install_two_pane_layout
 
@@ -350,6 +351,7 @@ class TrainingView(QWidget):
         self.refresh_models()
         self.set_project(context.project)
         self.update_estimate()
+        guard_wheel(self)  # the wheel scrolls the form; it edits a setting only when focused
 
     # ------------------------------------------------------------ state
     def is_running(self) -> bool:
