@@ -63,3 +63,41 @@ def test_the_wheel_over_an_unfocused_setting_leaves_it_alone(window):
     if spin.hasFocus():  # offscreen: focus needs an active window, which some platforms refuse
         wheel(spin)
         assert spin.value() != value
+
+
+# ------------------------------------------------------------------------------ 3: selectors during a run
+
+
+class BlockingModels:
+    """Stands in for the model cache: the run waits on ``gate``, then fails (no model work)."""
+
+    def __init__(self):
+        import threading
+
+        self.gate = threading.Event()
+
+    from contextlib import contextmanager
+
+    @contextmanager
+    def lease(self, *args, **kwargs):
+        self.gate.wait(30)
+        raise RuntimeError("no model in this test")
+        yield  # pragma: no cover
+
+    def preload(self, *args, **kwargs):
+        pass
+
+
+def test_model_and_device_selectors_are_disabled_while_a_run_is_active(window, qtbot, tmp_path):
+    new_project(window, tmp_path)
+    view = window.training_view
+    models = window.context.models = BlockingModels()
+    view.form.set_value("subject", "a toy robot")
+    assert view.model_combo.isEnabled() and view.device_combo.isEnabled()
+    assert view.start(), view.status_label.text()
+    assert view.runner.busy
+    assert not view.model_combo.isEnabled()
+    assert not view.device_combo.isEnabled()
+    models.gate.set()
+    qtbot.waitUntil(lambda: not view.runner.busy, timeout=20000)
+    assert view.model_combo.isEnabled() and view.device_combo.isEnabled()

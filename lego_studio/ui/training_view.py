@@ -578,6 +578,10 @@ class TrainingView(QWidget):
             not busy and item is not None and bool(item.data(Qt.ItemDataRole.UserRole + 1))
         )
         self.preset_combo.setEnabled(not busy)
+        # The run uses the model and device it started with: changing them mid-run would only
+        # mislead (the status bar names the chosen model).
+        self.model_combo.setEnabled(not busy)
+        self.device_combo.setEnabled(not busy)
         self.form.setEnabled(not busy)
 
     # ------------------------------------------------------------ commands
