@@ -101,3 +101,30 @@ def test_model_and_device_selectors_are_disabled_while_a_run_is_active(window, q
     models.gate.set()
     qtbot.waitUntil(lambda: not view.runner.busy, timeout=20000)
     assert view.model_combo.isEnabled() and view.device_combo.isEnabled()
+
+
+# ------------------------------------------------------------------------------ 4: adding a model
+
+
+def test_a_random_file_is_refused_and_a_new_model_is_not_made_the_default_unasked(window, qtbot, tmp_path,
+                                                                                    tiny_model_dir):
+    import os
+
+    from lego_studio.ui.settings_dialog import SettingsDialog
+
+    dialog = SettingsDialog(window.context, window)
+    qtbot.addWidget(dialog)
+    random_file = tmp_path / "holiday.safetensors"
+    random_file.write_bytes(os.urandom(10000))
+    assert not dialog.add_model(str(random_file))
+    assert "holiday.safetensors" in dialog.model_error.text() and "\n" not in dialog.model_error.text()
+    assert dialog.draft.models == []
+    # The first model added is offered as the default, not made it.
+    assert dialog.add_model(str(tiny_model_dir))
+    assert dialog.draft.default_model is None
+    assert not dialog.offer_default_button.isHidden()
+    dialog.accept()
+    window.context.apply_settings()
+    assert window.training_view.model_combo.currentData() == "shapeworld"
+    assert window.gallery_view.model_combo.currentData() == "shapeworld"
+    assert window.context.model_name().startswith("Shape World") or "shapeworld" in window.context.model_name().lower()

@@ -24,6 +24,7 @@ import os
 import pickle
 import re
 import shutil
+import struct
 import tempfile
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
@@ -269,6 +270,65 @@ def safe_torch_load(path: str | os.PathLike) -> Any:
         raise InputError(f"{path}: not a PyTorch checkpoint (it is some other kind of file)") from exc
     except (RuntimeError, EOFError, OSError, ValueError, KeyError, IndexError, AttributeError, TypeError) as exc:
         raise InputError(f"{path}: not a PyTorch checkpoint, or a corrupt or truncated one{_detail(exc)}") from exc
+
+
+# A safetensors header is JSON naming every tensor; a few MB even for SDXL. A larger length field
+# means the file is not a safetensors file (or is damaged): never read that much to find out.
+MAX_SAFETENSORS_HEADER = 64 * 1024 * 1024
+
+
+def read_safetensors_shapes(path: str | os.PathLike) -> dict[str, tuple[int, ...]]:
+    """Tensor name -> shape of a ``.safetensors`` file, from its header only (no weights read).
+
+    The header length is checked against the file size before anything is read; a file that is
+    not a well-formed safetensors file is refused with one line (:class:`ModelError`)."""
+    path = Path(path)
+    try:
+        size = path.stat().st_size
+        with open(path, "rb") as handle:
+            head = handle.read(8)
+            if len(head) < 8:
+                raise ModelError(f"{path}: not a safetensors file (too short)")
+            (length,) = struct.unpack("<Q", head)
+            if not 2 <= length <= min(size - 8, MAX_SAFETENSORS_HEADER):
+                raise ModelError(f"{path}: not a safetensors file (no valid header)")
+            raw = handle.read(length)
+    except OSError as exc:
+        raise ModelError(f"{path}: cannot read ({_first_line(exc)})") from exc
+    try:
+        header = json.loads(raw.decode("utf-8"))
+    except (UnicodeDecodeError, ValueError):
+        raise ModelError(f"{path}: not a safetensors file (its header is not readable)") from None
+    if not isinstance(header, dict):
+        raise ModelError(f"{path}: not a safetensors file (its header is not readable)")
+    shapes: dict[str, tuple[int, ...]] = {}
+    for key, info in header.items():
+        if key == "__metadata__":
+            continue
+        shape = info.get("shape") if isinstance(info, dict) else None
+        if not isinstance(shape, list) or not all(isinstance(n, int) and n >= 0 for n in shape):
+            raise ModelError(f"{path}: not a safetensors file (tensor {key!r} has no valid shape)")
+        shapes[key] = tuple(shape)
+    return shapes
+
+
+def inspect_single_file(path: str | os.PathLike) -> ModelFamily | None:
+    """Check a single-file model without loading its weights: a ``.safetensors`` file's header
+    must describe a Stable Diffusion checkpoint this app can load (its family is returned); a
+    ``.ckpt``/``.pt`` file must at least be a PyTorch file (None: its family shows on loading,
+    since reading it means unpickling all of it). One-line :class:`ModelError` otherwise."""
+    path = Path(path)
+    if path.suffix.lower() == ".safetensors":
+        shapes = read_safetensors_shapes(path)
+        return detect_checkpoint_family(shapes, str(path))[1]
+    try:
+        with open(path, "rb") as handle:
+            head = handle.read(4)
+    except OSError as exc:
+        raise ModelError(f"{path}: cannot read ({_first_line(exc)})") from exc
+    if not (head.startswith(b"PK\x03\x04") or head[:1] == b"\x80"):
+        raise ModelError(f"{path}: not a PyTorch checkpoint (it is some other kind of file)")
+    return None
 
 
 def _detail(exc: BaseException) -> str:

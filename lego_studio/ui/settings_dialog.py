@@ -155,13 +155,15 @@ class SettingsDialog(QDialog):
     def add_model(self, spec: str) -> bool:
         """Validate and add; the error (one line) is shown under the list. True on success."""
         try:
-            entry = self.draft.add_model(spec.strip())
+            # Never the default without asking: the offer below makes it one.
+            entry = self.draft.add_model(spec.strip(), make_default=False)
         except LegoError as exc:
             self.model_error.setStyleSheet(ERROR_STYLE)
             self.model_error.setText(str(exc))
             return False
         self.model_error.setStyleSheet(OK_STYLE)
-        self.model_error.setText(f"Added {entry.name} ({entry.kind}).")
+        family = f", {entry.family}" if entry.family else ""
+        self.model_error.setText(f"Added {entry.name} ({entry.kind}{family}).")
         self.model_input.clear()
         self._refresh_models()
         self._select_model(entry.name)
