@@ -128,3 +128,98 @@ def test_a_random_file_is_refused_and_a_new_model_is_not_made_the_default_unaske
     assert window.training_view.model_combo.currentData() == "shapeworld"
     assert window.gallery_view.model_combo.currentData() == "shapeworld"
     assert window.context.model_name().startswith("Shape World") or "shapeworld" in window.context.model_name().lower()
+
+
+# ------------------------------------------------------------------------------ 5, 10: Gallery composition
+
+
+def _fake_generation(monkeypatch):
+    """Record each image's prompt and concepts; no model work."""
+    import json
+
+    from lego_studio.core import concepts as core_concepts
+    from lego_studio.core import generation
+
+    made = []
+
+    def fake_generate(model, request, concepts=(), progress=None, cancel=None):
+        made.append((request.prompt, sorted(c.placeholder for c in concepts)))
+        if progress is not None:
+            progress(request.steps, request.steps)
+        image = Image.new("RGB", (8, 8), "blue")
+        record = request.to_dict()
+        record["concepts"] = [{"name": c.name, "placeholder": c.placeholder} for c in concepts]
+        image.info[generation.METADATA_KEY] = json.dumps({"version": 1, "request": record})
+        return image
+
+    monkeypatch.setattr(generation, "generate", fake_generate)
+    monkeypatch.setattr(core_concepts, "check_concepts_fit", lambda model, concepts: None)
+    return made
+
+
+class FakeModels:
+    from contextlib import contextmanager
+
+    @contextmanager
+    def lease(self, *args, **kwargs):
+        yield object()
+
+    def preload(self, *args, **kwargs):
+        pass
+
+
+def _library_with(window, qtbot, *names):
+    import torch
+
+    from lego_studio.core.concepts import Concept
+
+    library = window.context.library()
+    for name, method in names:
+        library.add(Concept(name, f"<{name}>", torch.randn(1, 32), {"method": method, "family": "tiny"}))
+    window.context.library_changed.emit()
+    view = window.gallery_view
+    qtbot.waitUntil(lambda: len(view.concept_names()) == len(names), timeout=10000)
+    return view
+
+
+def test_gallery_composes_two_concepts_in_one_image(window, qtbot, monkeypatch):
+    made = _fake_generation(monkeypatch)
+    window.context.models = FakeModels()
+    view = _library_with(window, qtbot, ("melting", "lego"), ("on-fire", "ti"))
+    view.choose_concepts(["melting", "on-fire"])
+    view.subjects_edit.setPlainText("a teapot\na car")
+    view.template_edit.setText("a photo of {subject} {concept}")
+    view.steps_spin.setValue(2)
+    # Side by side (one column each), the columns say which method made each concept.
+    assert view.generate()
+    qtbot.waitUntil(lambda: not view.runner.busy, timeout=20000)
+    labels = [view.table.horizontalHeaderItem(i).text() for i in range(view.table.columnCount())]
+    assert labels == ["<melting> Lego", "<on-fire> TI"]
+    assert ("a photo of a teapot <melting>", ["<melting>"]) in made
+    # Together: every image has both concepts.
+    made.clear()
+    view.together_check.setChecked(True)
+    assert view.generate()
+    qtbot.waitUntil(lambda: not view.runner.busy, timeout=20000)
+    assert view.table.columnCount() == 1 and view.table.rowCount() == 2
+    assert "<melting>" in view.table.horizontalHeaderItem(0).text() and "<on-fire>" in view.table.horizontalHeaderItem(0).text()
+    assert made == [("a photo of a teapot <melting> <on-fire>", ["<melting>", "<on-fire>"]),
+                    ("a photo of a car <melting> <on-fire>", ["<melting>", "<on-fire>"])]
+    assert len(view.results) == 2 and all(r["path"].is_file() for r in view.results)
+
+
+def test_gallery_concepts_typed_in_the_template_are_used_and_unknown_ones_are_one_line(window, qtbot, monkeypatch):
+    made = _fake_generation(monkeypatch)
+    window.context.models = FakeModels()
+    view = _library_with(window, qtbot, ("melting", "lego"), ("on-fire", "lego"))
+    view.choose_concepts([])
+    view.steps_spin.setValue(1)
+    view.template_edit.setText("a teapot <melting> <on-fyre>")
+    assert not view.generate()
+    line = view.status_label.text()
+    assert "<on-fyre>" in line and "not in your concept library" in line and "\n" not in line
+    assert not view.runner.busy and made == []
+    view.template_edit.setText("a teapot <melting> <on-fire>")
+    assert view.generate()
+    qtbot.waitUntil(lambda: not view.runner.busy, timeout=20000)
+    assert made == [("a teapot <melting> <on-fire>", ["<melting>", "<on-fire>"])]
