@@ -1,0 +1,66 @@
+"""CLI faults from the walkthrough (issue 19): ``runs``, every bad image at once, flag names in
+value errors, what ``--resume --steps`` does, plurals."""
+
+from __future__ import annotations
+
+import json
+import os
+
+import pytest
+from PIL import Image
+
+from lego_studio.cli import main
+from lego_studio.core import runs
+from lego_studio.core.training import TrainConfig
+
+
+def _run(folder, name, status=None, message="", step=0, steps=10, method="lego", concept=False, pid=None):
+    run_dir = folder / name
+    runs.create_run(run_dir, {"model": "tiny"}, TrainConfig(subject="a cat", steps=steps, method=method))
+    TrainConfig(subject="a cat", steps=steps, method=method).save(run_dir / "config.json")
+    if step:
+        (run_dir / "log.jsonl").write_text(json.dumps({"kind": "step", "step": step, "total": steps}) + "\n")
+    if concept:
+        (run_dir / "concept.safetensors").write_bytes(b"x")
+    if status is not None:
+        runs.end_run(run_dir, status, message)
+    elif pid is not None:
+        record = runs.read_record(run_dir)
+        record.update(pid=pid, process_started=None)
+        (run_dir / runs.RUN_FILE).write_text(json.dumps(record))
+    return run_dir
+
+
+def test_runs_lists_every_run_of_a_project_one_line_each(tmp_path, capsys):
+    project = tmp_path / "project"
+    folder = project / "runs"
+    folder.mkdir(parents=True)
+    (project / "project.json").write_text("{}")
+    _run(folder, "20250101-000001", runs.RUN_FINISHED, step=10, concept=True)
+    _run(folder, "20250101-000002", runs.RUN_CANCELLED, step=4, method="ti")
+    _run(folder, "20250101-000003", runs.RUN_FAILED, "out of memory on cuda", step=2)
+    _run(folder, "20250101-000004", pid=os.getpid(), step=3)  # this process: running
+    dead = 2 ** 22 + 12345
+    _run(folder, "20250101-000005", pid=dead, step=5)  # a pid no process has: interrupted
+    assert main(["runs", str(project)]) == 0
+    lines = capsys.readouterr().out.strip().splitlines()
+    assert len(lines) == 5
+    by_id = {line.split()[0]: line for line in lines}
+    assert "lego" in by_id["20250101-000001"] and "finished" in by_id["20250101-000001"]
+    assert "step 10/10" in by_id["20250101-000001"] and "concept.safetensors" in by_id["20250101-000001"]
+    assert " ti " in by_id["20250101-000002"] and "cancelled" in by_id["20250101-000002"]
+    assert "failed: out of memory on cuda" in by_id["20250101-000003"]
+    assert f"running in pid {os.getpid()}" in by_id["20250101-000004"]
+    assert "interrupted" in by_id["20250101-000005"] and "step 5/10" in by_id["20250101-000005"]
+    # The runs folder itself, and one run folder, work too.
+    assert main(["runs", str(folder)]) == 0
+    assert len(capsys.readouterr().out.strip().splitlines()) == 5
+    assert main(["runs", str(folder / "20250101-000003")]) == 0
+    assert capsys.readouterr().out.count("\n") == 1
+
+
+def test_runs_of_a_missing_or_empty_folder(tmp_path, capsys):
+    assert main(["runs", str(tmp_path / "nowhere")]) == 2
+    assert "no such folder" in capsys.readouterr().err
+    assert main(["runs", str(tmp_path)]) == 0
+    assert "no training runs" in capsys.readouterr().out
