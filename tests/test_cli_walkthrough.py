@@ -62,5 +62,6 @@ def test_runs_lists_every_run_of_a_project_one_line_each(tmp_path, capsys):
 def test_runs_of_a_missing_or_empty_folder(tmp_path, capsys):
     assert main(["runs", str(tmp_path / "nowhere")]) == 2
     assert "no such folder" in capsys.readouterr().err
+    (tmp_path / "photos").mkdir()  # not a run
     assert main(["runs", str(tmp_path)]) == 0
     assert "no training runs" in capsys.readouterr().out

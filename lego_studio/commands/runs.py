@@ -21,7 +21,6 @@ def register(subparsers) -> None:
 def runs_folder(path: Path) -> tuple[Path, bool]:
     """(folder, single): the runs folder PATH names, or PATH itself when it is one run."""
     from lego_studio.core.errors import InputError
-    from lego_studio.core.runs import RUN_FILE
 
     path = Path(path).expanduser()
     if not path.exists():
@@ -30,9 +29,15 @@ def runs_folder(path: Path) -> tuple[Path, bool]:
         raise InputError(f"{path}: not a folder (give a project folder or its runs folder)")
     if (path / "runs").is_dir():
         return path / "runs", False
-    if (path / RUN_FILE).is_file() or (path / "config.json").is_file() or (path / "log.jsonl").is_file():
+    if is_run_folder(path):
         return path, True
     return path, False
+
+
+def is_run_folder(path: Path) -> bool:
+    from lego_studio.core.runs import RUN_FILE
+
+    return any((path / name).is_file() for name in (RUN_FILE, "config.json", "log.jsonl"))
 
 
 def status_text(info, record: dict) -> str:
@@ -59,7 +64,8 @@ def run(args: argparse.Namespace) -> int:
     from lego_studio.core.runs import list_runs, read_run
 
     folder, single = runs_folder(args.path)
-    infos = [read_run(folder)] if single else list_runs(folder)
+    # Only folders a run wrote (a folder of other things lists nothing, not every sub-folder).
+    infos = [read_run(folder)] if single else [info for info in list_runs(folder) if is_run_folder(info.path)]
     if not infos:
         print(f"no training runs under {args.path}")
         return 0
