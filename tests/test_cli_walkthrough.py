@@ -65,3 +65,23 @@ def test_runs_of_a_missing_or_empty_folder(tmp_path, capsys):
     (tmp_path / "photos").mkdir()  # not a run
     assert main(["runs", str(tmp_path)]) == 0
     assert "no training runs" in capsys.readouterr().out
+
+
+# ------------------------------------------------------------------------------ 18: every bad image
+
+
+def test_train_lists_every_bad_image_at_once(tmp_path, capsys):
+    images = tmp_path / "images"
+    images.mkdir()
+    Image.new("RGB", (32, 32), "red").save(images / "good.png")
+    (images / "broken.png").write_bytes(b"not a png at all")
+    (images / "empty.jpg").write_bytes(b"")
+    (images / "cut.png").write_bytes(b"\x89PNG\r\n\x1a\n" + b"\0" * 20)
+    code = main(["train", "--images", str(images), "--subject", "a cat", "--model", "tiny",
+                 "--out", str(tmp_path / "c.safetensors"), "--method", "ti"])
+    err = capsys.readouterr().err
+    assert code == 2
+    for name in ("broken.png", "empty.jpg", "cut.png"):
+        assert name in err, err
+    assert "good.png" not in err
+    assert "3 of 4" in err
