@@ -85,3 +85,38 @@ def test_train_lists_every_bad_image_at_once(tmp_path, capsys):
         assert name in err, err
     assert "good.png" not in err
     assert "3 of 4" in err
+
+
+# ------------------------------------------------------------------------------ 19: flag names
+
+
+@pytest.fixture
+def one_image(tmp_path):
+    images = tmp_path / "images"
+    images.mkdir()
+    Image.new("RGB", (32, 32), "red").save(images / "a.png")
+    return images
+
+
+@pytest.mark.parametrize("flags, expected, internal", [
+    (["--w-ctx", "-1"], "--w-ctx must be", "w_ctx"),
+    (["--steps", "0"], "--steps must be", None),
+    (["--method", "ti", "--w-subj", "0.5"], "--w-subj", "w_subj"),
+])
+def test_value_errors_name_the_flag(one_image, tmp_path, capsys, flags, expected, internal):
+    code = main(["train", "--images", str(one_image), "--subject", "a cat", "--model", "tiny",
+                 "--out", str(tmp_path / "c.safetensors"), *flags])
+    err = capsys.readouterr().err
+    assert code == 2
+    assert expected in err, err
+    if internal:
+        assert f" {internal}" not in err.replace(expected, "")
+
+
+def test_a_config_file_value_keeps_its_json_key(one_image, tmp_path, capsys):
+    config = tmp_path / "c.json"
+    config.write_text(json.dumps({"w_ctx": -1}))
+    code = main(["train", "--images", str(one_image), "--subject", "a cat", "--model", "tiny",
+                 "--out", str(tmp_path / "c.safetensors"), "--config", str(config)])
+    err = capsys.readouterr().err
+    assert code == 2 and "w_ctx must be" in err and "--w-ctx" not in err

@@ -157,11 +157,35 @@ def _build_config(args, run_dir: Path, out: Path):
         data["method"] = args.method
     if "name" not in data:
         data["name"] = out.stem
+    flagged = set()
     for setting in config_flag_settings():
         value = getattr(args, setting.name)
         if value is not None and setting.name != "method":  # the method was applied first, above
             data[setting.name] = value
-    return TrainConfig.from_dict(data, source)
+            flagged.add(setting.name)
+    try:
+        return TrainConfig.from_dict(data, source)
+    except InputError as exc:
+        # Name what the user typed: the flag (--w-ctx), not the field (w_ctx); a value from a
+        # --config file keeps its JSON key.
+        names = {s.name for s in config_flag_settings()} if not args.config else flagged
+        raise InputError(with_flag_names(str(exc), names)) from None
+
+
+def with_flag_names(message: str, names) -> str:
+    """``message`` with the settings ``names`` written as their command-line flags: every
+    ``w_ctx`` becomes ``--w-ctx``; a one-word name only where the message says what it "must" be."""
+    import re
+
+    from lego_studio.core.training import SETTINGS
+
+    for name in sorted(names, key=len, reverse=True):
+        setting = SETTINGS.get(name)
+        if setting is None or not setting.cli:
+            continue
+        follow = r"(?![\w-])" if "_" in name else r"(?= must )"
+        message = re.sub(rf"(?<![\w-]){re.escape(name)}{follow}", setting.cli_flag, message)
+    return message
 
 
 def explicit_memory_settings(args) -> set[str]:
