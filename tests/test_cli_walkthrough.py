@@ -120,3 +120,31 @@ def test_a_config_file_value_keeps_its_json_key(one_image, tmp_path, capsys):
                  "--out", str(tmp_path / "c.safetensors"), "--config", str(config)])
     err = capsys.readouterr().err
     assert code == 2 and "w_ctx must be" in err and "--w-ctx" not in err
+
+
+# ------------------------------------------------------------------------------ 21: resume --steps, plurals
+
+
+def test_resume_with_steps_says_what_it_does(tmp_path):
+    from lego_studio.commands.train import resume_note
+
+    run_dir = tmp_path / "c.run"
+    (run_dir / "checkpoints").mkdir(parents=True)
+    TrainConfig(subject="a cat", steps=300).save(run_dir / "config.json")
+    (run_dir / "checkpoints" / "step-000150.safetensors").write_bytes(b"x")
+    shorter = resume_note(run_dir, TrainConfig(subject="a cat", steps=100), 100)
+    assert "total" in shorter and "it was 300" in shorter and "not 100 more" in shorter
+    assert "step 150" in shorter and "ends now" in shorter and "\n" not in shorter
+    longer = resume_note(run_dir, TrainConfig(subject="a cat", steps=400), 400)
+    assert "resuming at step 150, 250 steps to go" in longer
+    one = resume_note(run_dir, TrainConfig(subject="a cat", steps=151), 151)
+    assert one.endswith("1 step to go")
+    assert resume_note(run_dir, TrainConfig(subject="a cat", steps=300), None) == ""
+
+
+def test_plural():
+    from lego_studio.core.wording import plural
+
+    assert plural(1, "vector") == "1 vector"
+    assert plural(3, "vector") == "3 vectors"
+    assert plural(0, "image") == "0 images"

@@ -188,6 +188,39 @@ def with_flag_names(message: str, names) -> str:
     return message
 
 
+def last_checkpoint_step(run_dir: Path) -> int:
+    """The step of the newest checkpoint in ``run_dir`` (what a resume continues from); 0 if none."""
+    import re
+
+    steps = [int(m.group(1)) for path in (run_dir / "checkpoints").glob("step-*.safetensors")
+             if (m := re.fullmatch(r"step-(\d+)\.safetensors", path.name))]
+    return max(steps, default=0)
+
+
+def resume_note(run_dir: Path, config, steps_flag) -> str:
+    """What ``--resume`` will do, in one line, when ``--steps`` changes the run's length: the
+    steps are the run's new total (not more steps on top), counted from its last checkpoint."""
+    from lego_studio.core.training import TrainConfig
+    from lego_studio.core.wording import plural
+
+    stored = run_dir / "config.json"
+    if steps_flag is None or not stored.is_file():
+        return ""
+    try:
+        before = TrainConfig.load(stored)
+    except InputError:
+        return ""
+    at, total = last_checkpoint_step(run_dir), config.total_steps
+    if config.steps == before.steps:
+        return ""
+    head = (f"--steps {config.steps} with --resume makes {config.steps} the run's total number of steps "
+            f"(it was {before.steps}; it is not {config.steps} more)")
+    if at >= total:
+        return (f"{head}: the run's last checkpoint is at step {at}, so it ends now and saves the "
+                f"vectors of step {at}")
+    return f"{head}: resuming at step {at}, {plural(total - at, 'step')} to go"
+
+
 def explicit_memory_settings(args) -> set[str]:
     """Memory settings the user chose (flags or a --config file): the automatic choice keeps off them."""
     explicit = set()
@@ -358,6 +391,10 @@ def run(args: argparse.Namespace) -> int:
 
     images, masks, subject_images = _collect_images(args, saved)
     config = _build_config(args, run_dir, out)
+    if args.resume:
+        note = resume_note(run_dir, config, args.steps)
+        if note:
+            print(note)
     model_spec = args.model or saved.get("model")
     if not model_spec:
         raise InputError("--model is required (a diffusers folder, a .safetensors/.ckpt file, 'shapeworld', 'shapeworld-xl' or 'tiny')")
@@ -409,5 +446,7 @@ def run(args: argparse.Namespace) -> int:
     from lego_studio.core.concepts import save_concept
 
     save_concept(concept, out)
-    print(f"saved {out} ({concept.num_vectors} vectors, use {concept.placeholder} in prompts; run in {run_dir})")
+    from lego_studio.core.wording import plural
+
+    print(f"saved {out} ({plural(concept.num_vectors, 'vector')}, use {concept.placeholder} in prompts; run in {run_dir})")
     return 0

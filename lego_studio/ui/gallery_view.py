@@ -38,6 +38,7 @@ from PySide6.QtWidgets import (
 
 from lego_studio.core.errors import InputError, LegoError
 from lego_studio.core.settings import BUILTIN_MODELS
+from lego_studio.core.wording import plural
 from lego_studio.ui.model_cache import refill_model_combos
 from lego_studio.ui.workers import TaskRunner
 from lego_studio.ui.layouts import install_two_pane_layout
@@ -303,7 +304,7 @@ class GalleryView(QWidget):
             method = {"lego": "Lego", "ti": "TI"}.get(str(entry.metadata.get("method")), "")
             self._methods[entry.name] = method
             item = QListWidgetItem(f"{entry.placeholder}  {method}".strip())
-            item.setToolTip(f"{entry.placeholder}: {entry.badge}, {entry.num_vectors} vector(s)")
+            item.setToolTip(f"{entry.placeholder}: {entry.badge}, {plural(entry.num_vectors, 'vector')}")
             item.setData(Qt.ItemDataRole.UserRole, entry.name)
             self.concept_list.addItem(item)
             item.setSelected(entry.name in chosen)
@@ -454,7 +455,7 @@ class GalleryView(QWidget):
     def _finished(self, count: int) -> None:
         self._set_busy(False)
         self.progress.setValue(self.progress.maximum())
-        self.status_label.setText(f"Made {count} image(s) in {self._output_folder()}")
+        self.status_label.setText(f"Made {plural(count, 'image')} in {self._output_folder()}")
         self.generation_finished.emit()
 
     def _failed(self, message: str) -> None:
@@ -536,7 +537,7 @@ class GalleryView(QWidget):
             # Plain copy keeps the PNG text chunks (prompt, seed, model, concept).
             shutil.copy2(path, _unused(folder / path.name))
             count += 1
-        self.status_label.setText(f"Exported {count} image(s) to {folder}")
+        self.status_label.setText(f"Exported {plural(count, 'image')} to {folder}")
         return count
 
     def _export_dialog(self) -> None:

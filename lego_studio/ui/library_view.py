@@ -30,6 +30,7 @@ from PySide6.QtWidgets import (
     QWidget,
 )
 
+from lego_studio.core.wording import plural
 from lego_studio.ui.workers import TaskRunner
 from lego_studio.ui.wheel_guard import guard_wheel
 
@@ -237,7 +238,7 @@ class LibraryView(QWidget):
             tags = f"\n{', '.join(entry.tags)}" if entry.tags else ""
             item = QListWidgetItem(entry_icon(entry), f"{entry.placeholder}{tags}")
             item.setData(Qt.ItemDataRole.UserRole, entry.name)
-            item.setToolTip(f"{entry.placeholder} — {entry.badge}, {entry.num_vectors} vector(s)")
+            item.setToolTip(f"{entry.placeholder} — {entry.badge}, {plural(entry.num_vectors, 'vector')}")
             self.grid.addItem(item)
             if entry.name == selected:
                 self.grid.setCurrentItem(item)
