@@ -223,3 +223,68 @@ def test_gallery_concepts_typed_in_the_template_are_used_and_unknown_ones_are_on
     assert view.generate()
     qtbot.waitUntil(lambda: not view.runner.busy, timeout=20000)
     assert made == [("a teapot <melting> <on-fire>", ["<melting>", "<on-fire>"])]
+
+
+# ------------------------------------------------------------------------------ 6: a resumed run's history
+
+
+def _run_with_history(project):
+    import json
+
+    from lego_studio.core.training import TrainConfig
+
+    run = project.new_run_dir()
+    TrainConfig(subject="a cat", steps=10).save(run / "config.json")
+    lines = [json.dumps({"step": s, "stage": 1, "losses": {"total": 1.0 / s, "rec": 0.5 / s}, "lr": 0.01,
+                         "time": 0.1, "skipped": False}) for s in range(1, 7)]
+    (run / "log.jsonl").write_text("\n".join(lines) + "\n")
+    (run / "previews").mkdir()
+    sheet = Image.new("RGB", (32, 16), "green")
+    sheet.save(run / "previews" / "step-000002.png")
+    sheet.save(run / "previews" / "step-000006.png")  # after the checkpoint: redone, not shown
+    return run
+
+
+def test_read_history_up_to_the_checkpoint(tmp_path, window):
+    from lego_studio.core.run_history import read_history
+
+    project = new_project(window, tmp_path)
+    run = _run_with_history(project)
+    history = read_history(run, upto=4)
+    assert [step for step, _ in history.points] == [1, 2, 3, 4] and history.step == 4
+    assert [step for step, _ in history.previews] == [2] and len(history.previews[0][1]) == 2
+
+
+def test_a_resumed_run_shows_its_whole_history(window, qtbot, tmp_path, monkeypatch):
+    from types import SimpleNamespace
+
+    from lego_studio.core import memory, training
+    from lego_studio.core.errors import Cancelled
+
+    class FakeTrainer:
+        def __init__(self, model, config, images, masks, run_dir, on_event=None, **kwargs):
+            self.on_event = on_event
+
+        def run(self, resume=False):
+            assert resume
+            self.on_event(training.TrainEvent("log", step=4, total=10, message="resumed from step-000004"))
+            raise Cancelled("stopped by the test")
+
+    class Models(FakeModels):
+        from contextlib import contextmanager
+
+        @contextmanager
+        def lease(self, *args, **kwargs):
+            yield SimpleNamespace(family=SimpleNamespace(resolution=32), device=SimpleNamespace(type="cpu"))
+
+    monkeypatch.setattr(training, "Trainer", FakeTrainer)
+    monkeypatch.setattr(memory, "fit_config", lambda model, config, explicit: SimpleNamespace(config=config, note=""))
+    monkeypatch.setattr(memory, "planning_takes_a_while", lambda model: False)
+    window.context.models = Models()
+    project = new_project(window, tmp_path)
+    run = _run_with_history(project)
+    view = window.training_view
+    assert view.resume_run(run)
+    qtbot.waitUntil(lambda: not view.runner.busy, timeout=20000)
+    assert [step for step, _ in view.chart.points("total")] == [1, 2, 3, 4]
+    assert view.previews.count() == 2 and view.previews.item(0).text() == "step 2"

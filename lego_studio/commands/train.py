@@ -188,18 +188,10 @@ def with_flag_names(message: str, names) -> str:
     return message
 
 
-def last_checkpoint_step(run_dir: Path) -> int:
-    """The step of the newest checkpoint in ``run_dir`` (what a resume continues from); 0 if none."""
-    import re
-
-    steps = [int(m.group(1)) for path in (run_dir / "checkpoints").glob("step-*.safetensors")
-             if (m := re.fullmatch(r"step-(\d+)\.safetensors", path.name))]
-    return max(steps, default=0)
-
-
 def resume_note(run_dir: Path, config, steps_flag) -> str:
     """What ``--resume`` will do, in one line, when ``--steps`` changes the run's length: the
     steps are the run's new total (not more steps on top), counted from its last checkpoint."""
+    from lego_studio.core.run_history import last_checkpoint_step
     from lego_studio.core.training import TrainConfig
     from lego_studio.core.wording import plural
 

@@ -691,6 +691,12 @@ class TrainingView(QWidget):
                                   model.device.type)
 
                 def on_event(event):
+                    if (resume and event.kind == "log" and str(event.message or "").startswith("resumed from")):
+                        # The trainer has just cut its log back to the checkpoint: the run so far
+                        # (losses and previews), read here, off the UI thread, goes first.
+                        from lego_studio.core.run_history import read_history
+
+                        state.emit(read_history(run_dir, upto=event.step))
                     state.emit(event)
                     guess = clock.observe(event)
                     if guess is not None and guess.steps_left:
@@ -765,14 +771,15 @@ class TrainingView(QWidget):
                 rate = f" — {event.steps_per_s:.1f} steps/s" if event.steps_per_s else ""
                 self.status_label.setText(f"Training: step {event.step} of {event.total}{rate}")
         elif kind == "preview":
-            for image in event.images:
-                pixmap = QPixmap.fromImage(pil_to_qimage(image)).scaled(
-                    PREVIEW_THUMB, PREVIEW_THUMB, Qt.AspectRatioMode.KeepAspectRatio, Qt.TransformationMode.FastTransformation
-                )
-                item = QListWidgetItem(QIcon(pixmap), f"step {event.step}")
-                item.setToolTip(event.path or "")
-                self.previews.addItem(item)
-            self.previews.scrollToBottom()
+            self._add_previews(event.step, event.images, event.path or "")
+        elif kind == "history":  # a resumed run: everything before the checkpoint it continues from
+            self.chart.clear()
+            self.previews.clear()
+            for step, losses in event.points:
+                self.chart.add(step, losses)
+            for step, images in event.previews:
+                self._add_previews(step, images, "")
+            self.progress.setValue(event.step)
         elif kind in ("log", "start"):
             if event.message:
                 self.status_label.setText(event.message)
@@ -784,6 +791,16 @@ class TrainingView(QWidget):
         elif kind == "checkpoint":
             self.refresh_runs()
         self.event_received.emit(event)
+
+    def _add_previews(self, step: int, images, path: str) -> None:
+        for image in images:
+            pixmap = QPixmap.fromImage(pil_to_qimage(image)).scaled(
+                PREVIEW_THUMB, PREVIEW_THUMB, Qt.AspectRatioMode.KeepAspectRatio, Qt.TransformationMode.FastTransformation
+            )
+            item = QListWidgetItem(QIcon(pixmap), f"step {step}")
+            item.setToolTip(path)
+            self.previews.addItem(item)
+        self.previews.scrollToBottom()
 
     def ask_name_clash(self, name: str, free_name: str) -> str | None:
         from lego_studio.ui.library_view import ask_name_clash
