@@ -288,3 +288,38 @@ def test_a_resumed_run_shows_its_whole_history(window, qtbot, tmp_path, monkeypa
     qtbot.waitUntil(lambda: not view.runner.busy, timeout=20000)
     assert [step for step, _ in view.chart.points("total")] == [1, 2, 3, 4]
     assert view.previews.count() == 2 and view.previews.item(0).text() == "step 2"
+
+
+# ------------------------------------------------------------------------------ 7: Masks Fill, Undo; window size
+
+
+def test_masks_fill_then_undo_clears_the_stale_error_and_messages_wrap(window, qtbot, tmp_path):
+    new_project(window, tmp_path, sizes=((40, 30),))
+    window.show_place("masks")
+    view = window.masks_view
+    qtbot.waitUntil(lambda: view.canvas.has_image(), timeout=5000)
+    before = window.minimumSizeHint().width()
+    view.canvas.flood_fill(1, 1, 255)  # an empty mask: the whole image becomes subject
+    view.save_current_mask()
+    assert "Could not save" in view.info_label.text() and "c0392b" in view.info_label.styleSheet()
+    view.canvas.undo()
+    view.save_current_mask()
+    assert "Could not save" not in view.info_label.text() and view.info_label.styleSheet() == ""
+    assert "image 1 of 1" in view.info_label.text()
+    # A very long message wraps instead of widening the window.
+    assert view.info_label.wordWrap()
+    view.info_label.setText("Could not save the mask: " + "/very/long/path" * 60)
+    assert window.minimumSizeHint().width() <= before + 1
+
+
+def test_a_window_wider_than_the_screen_is_not_remembered(window):
+    from lego_studio.ui.main_window import unpack_window_state
+
+    available = window.screen().availableGeometry()
+    window.resize(window.minimumSizeHint())
+    window.save_state()
+    saved = unpack_window_state(window.context.settings.window_state)[0]
+    assert saved
+    window.resize(available.width() + 900, 400)
+    window.save_state()
+    assert unpack_window_state(window.context.settings.window_state)[0] == saved

@@ -122,6 +122,7 @@ class MainWindow(QMainWindow):
         self.training_view.settings_requested.connect(self.open_settings)
         self._show_model(self.training_view.model_combo.currentText() or self.context.model_name())
         self._on_project_changed(self.context.project)
+        self._base_minimum = self.minimumSizeHint()  # before any message could widen it
         self.show_place("projects")
         self._restore_state()
         if self.context.project is None:
@@ -323,14 +324,32 @@ class MainWindow(QMainWindow):
         if unpacked is None:
             return
         geometry, state, place = unpacked
-        self.restoreGeometry(QByteArray(geometry))
+        if geometry:
+            self.restoreGeometry(QByteArray(geometry))
         self.restoreState(QByteArray(state))
         if 0 <= place < len(PLACES):
             self.sidebar.setCurrentRow(place)
 
+    def fits_screen(self) -> bool:
+        """Whether the window fits its screen: one that a long message once pushed wider (or
+        taller) than the screen is not a size to come back to."""
+        screen = self.screen()
+        if screen is None:
+            return True
+        available = screen.availableGeometry()
+        frame = self.frameGeometry()
+        extra = frame.size() - self.size()  # the window frame
+        base = self._base_minimum  # what the window needs by itself, before any message
+        return (frame.width() <= max(available.width(), base.width() + extra.width())
+                and frame.height() <= max(available.height(), base.height() + extra.height()))
+
     def save_state(self) -> None:
+        geometry = bytes(self.saveGeometry().data())
+        if not self.fits_screen():  # keep the size saved before (or none: the default size)
+            previous = unpack_window_state(self.context.settings.window_state)
+            geometry = previous[0] if previous is not None else b""
         self.context.settings.window_state = pack_window_state(
-            bytes(self.saveGeometry().data()), bytes(self.saveState().data()), self.stack.currentIndex()
+            geometry, bytes(self.saveState().data()), self.stack.currentIndex()
         )
         self.context.save_settings()
 

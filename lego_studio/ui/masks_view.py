@@ -21,6 +21,7 @@ from PySide6.QtWidgets import (
     QListWidget,
     QListWidgetItem,
     QPushButton,
+    QSizePolicy,
     QSlider,
     QSpinBox,
     QToolBar,
@@ -36,6 +37,7 @@ from lego_studio.ui.workers import TaskRunner
 from lego_studio.ui.wheel_guard import guard_wheel
 
 AUTOSAVE_DELAY_MS = 400
+ERROR_STYLE = "color: #c0392b;"
 THUMB = 72
 
 
@@ -163,6 +165,10 @@ class MasksView(QWidget):
         self._update_candidate_buttons()
 
         self.info_label = QLabel()
+        # Long messages (a path in an error) wrap; they never widen the window.
+        self.info_label.setWordWrap(True)
+        self.info_label.setSizePolicy(QSizePolicy.Policy.Ignored, QSizePolicy.Policy.Preferred)
+        self.info_label.setMinimumWidth(1)
         # One line on why masks matter, so painting them does not feel like a chore of unclear use.
         self.purpose_label = QLabel(MASKS_PURPOSE)
         self.purpose_label.setWordWrap(True)
@@ -260,6 +266,7 @@ class MasksView(QWidget):
             mask = project_io.load_mask(self.context.project, path, image.size)
         except LegoError as exc:
             self.canvas.clear_image()
+            self.info_label.setStyleSheet(ERROR_STYLE)
             self.info_label.setText(str(exc))
             return
         self._current_pil = image
@@ -267,9 +274,18 @@ class MasksView(QWidget):
         self._dirty = False
         self._candidates = []
         self._update_candidate_buttons()
-        self.info_label.setText(f"{path.name} — {image.size[0]}×{image.size[1]} — image {self._index + 1} of {len(self._images)}")
+        self._show_info()
         if self.canvas.tool == SAM:
             self._prepare_segmenter()
+
+    def _show_info(self) -> None:
+        """The current image's name, size and place, in the plain style (clears an error)."""
+        path = self.current_image()
+        image = getattr(self, "_current_pil", None)
+        if path is None or image is None:
+            return
+        self.info_label.setStyleSheet("")
+        self.info_label.setText(f"{path.name} — {image.size[0]}×{image.size[1]} — image {self._index + 1} of {len(self._images)}")
 
     def previous_image(self) -> None:
         if self._index > 0:
@@ -292,9 +308,11 @@ class MasksView(QWidget):
         try:
             operations.save_mask(self.context, path, self.canvas.mask())  # -> masks_changed
         except (LegoError, OSError) as exc:
+            self.info_label.setStyleSheet(ERROR_STYLE)
             self.info_label.setText(f"Could not save the mask: {exc}")
             return
         self._dirty = False
+        self._show_info()  # an earlier save's error (e.g. before an Undo) is stale now
         self.context.status_message.emit(f"Saved mask for {path.name}")
 
     def flush_autosave(self) -> None:
