@@ -30,7 +30,7 @@ def new_project(window, tmp_path, name="P", sizes=((32, 32),)):
     folder = tmp_path / f"src-{name}"
     folder.mkdir()
     for i, size in enumerate(sizes):
-        Image.new("RGB", size, "red").save(folder / f"a{i}.png")
+        Image.new("RGB", size, (200, 30 * i, 0)).save(folder / f"a{i}.png")  # no two alike
     return window.projects_view.create_project(name, [folder])
 
 
@@ -323,3 +323,28 @@ def test_a_window_wider_than_the_screen_is_not_remembered(window):
     window.resize(available.width() + 900, 400)
     window.save_state()
     assert unpack_window_state(window.context.settings.window_state)[0] == saved
+
+
+# ------------------------------------------------------------------------------ 9: the plan line before Start
+
+
+def test_the_plan_line_shows_before_start(window, qtbot, tmp_path):
+    view = window.training_view
+    new_project(window, tmp_path, sizes=((64, 64), (64, 64), (20, 20), (200, 40)))
+    view.form.set_value("resolution", 256)
+    qtbot.waitUntil(lambda: view.plan_label.isVisibleTo(view) and view.plan_label.text() != "", timeout=10000)
+    text = view.plan_label.text()
+    assert "256 px" in text and "a2.png" in text and "far from square" in text, text
+    assert not view.runner.busy  # nothing started
+    # Images that suit the size: no line.
+    view.form.set_value("resolution", 16)
+    qtbot.waitUntil(lambda: not view.plan_label.isVisibleTo(view) or "much smaller" not in view.plan_label.text(),
+                    timeout=10000)
+
+
+def test_the_plan_line_uses_the_models_own_size(window, qtbot, tmp_path):
+    view = window.training_view
+    assert view.model_combo.currentData() == "shapeworld"
+    new_project(window, tmp_path, sizes=((64, 64), (20, 20)))
+    view.form.set_value("resolution", None)  # the model's own size: Shape World's 64 px
+    qtbot.waitUntil(lambda: "64 px" in view.plan_label.text() and view.plan_label.isVisibleTo(view), timeout=10000)

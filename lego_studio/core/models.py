@@ -331,6 +331,25 @@ def inspect_single_file(path: str | os.PathLike) -> ModelFamily | None:
     return None
 
 
+def native_resolution(spec: str | os.PathLike) -> int:
+    """The size in pixels a model trains at by default, from its configs (or a single file's
+    header) alone, no weights loaded: what the plan line before Start compares images with.
+    0 when it cannot be told."""
+    try:
+        kind, path = resolve_spec(spec)
+        if kind == "file":
+            family = inspect_single_file(path)
+            return int(family.resolution) if family is not None else 0
+        overrides = _read_json(path / FAMILY_FILE) if (path / FAMILY_FILE).is_file() else {}
+        if overrides.get("resolution"):
+            return int(overrides["resolution"])
+        unet = _read_json(path / "unet" / "config.json")
+        vae = _read_json(path / "vae" / "config.json")
+        return int(unet.get("sample_size") or 64) * 2 ** (len(vae.get("block_out_channels", (1,))) - 1)
+    except (LegoError, OSError, ValueError, TypeError):
+        return 0
+
+
 def _detail(exc: BaseException) -> str:
     """" (reason)" when the library's message says something a user can read; nothing for bare
     internals such as a KeyError of a pickle opcode ("101") or torch's multi-line help text."""

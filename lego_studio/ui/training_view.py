@@ -241,6 +241,9 @@ class TrainingView(QWidget):
         self.runner = TaskRunner(self)
         self._pause = threading.Event()  # read by the trainer between steps (its paused() control)
         self.check_runner = TaskRunner(self)  # the foreign-images check (judge), off the UI thread
+        self.plan_runner = TaskRunner(self)  # the image-size notes before Start (reads image headers)
+        self._plan_key = None  # what the plan line shown was worked out for
+        self._plan_pending = False
         self._foreign: dict = {}  # (spec, images) -> warning or ""
         self._foreign_pending = False
         self._long_confirmed = False
@@ -345,8 +348,11 @@ class TrainingView(QWidget):
         context.project_fields_changed.connect(self.show_project_fields)
         context.settings_changed.connect(self.refresh_models)
         context.project_edited.connect(self.check_foreign_images)
+        context.project_edited.connect(self.update_plan)
         self.form.changed.connect(self.update_estimate)
-        self.model_combo.currentIndexChanged.connect(lambda _i: (self.update_estimate(), self.check_foreign_images()))
+        self.form.widgets["resolution"].valueChanged.connect(lambda _v: self.update_plan())
+        self.model_combo.currentIndexChanged.connect(
+            lambda _i: (self.update_estimate(), self.check_foreign_images(), self.update_plan()))
         self.device_combo.currentIndexChanged.connect(lambda _i: self.update_estimate())
         self.refresh_models()
         self.set_project(context.project)
@@ -474,6 +480,49 @@ class TrainingView(QWidget):
         self.refresh_runs()
         self._update_buttons()
         self.check_foreign_images()
+        self.update_plan()
+
+    def update_plan(self) -> None:
+        """The plan line before Start: notes on the project's images at the training size (much
+        smaller, far from square), worked out in a worker from the image headers and the chosen
+        model's configs. A run shows its own plan (memory settings too) when it starts."""
+        project = self.context.project
+        if self.runner.busy:
+            return
+        images = project.training_inputs()[0] if project is not None else []
+        resolution = self.form.value("resolution")
+        spec = self._choice()[0]
+        key = (spec, resolution, tuple(str(p) for p in images))
+        if not images:
+            self._plan_key = key
+            self.plan_label.hide()
+            return
+        if key == self._plan_key:
+            return
+        if self.plan_runner.busy:
+            self._plan_pending = True
+            return
+
+        def plan(state):
+            from lego_studio.core.images import image_size_note
+            from lego_studio.core.models import native_resolution
+
+            size = int(resolution or native_resolution(spec) or 0)
+            note = image_size_note(images, size) if size else ""
+            return note[0].upper() + note[1:] + "." if note else ""
+
+        def done(note):
+            self._plan_pending = False
+            if not self.runner.busy:
+                self._plan_key = key
+                self.plan_label.setText(note)
+                self.plan_label.setVisible(bool(note))
+            self.update_plan()  # what changed meanwhile
+
+        def failed(_message):
+            self._plan_pending = False
+
+        self.plan_runner.start(plan, on_done=done, on_error=failed, name="plan")
 
     def clear_run_display(self) -> None:
         """Forget the last run's progress, curves, previews and status: they belong to the project
@@ -485,6 +534,7 @@ class TrainingView(QWidget):
         self.eta_label.setText("ETA —")
         self.status_label.setText("Ready.")
         self.plan_label.hide()
+        self._plan_key = None  # the plan line before Start is worked out again
 
     def show_project_fields(self) -> None:
         """The project's name, subject and word lists (edited in Projects) into the form."""
@@ -879,4 +929,5 @@ class TrainingView(QWidget):
     def shutdown(self) -> None:
         self.runner.shutdown(timeout_ms=120000)
         self.check_runner.shutdown()
+        self.plan_runner.shutdown()
 
