@@ -348,3 +348,30 @@ def test_the_plan_line_uses_the_models_own_size(window, qtbot, tmp_path):
     new_project(window, tmp_path, sizes=((64, 64), (20, 20)))
     view.form.set_value("resolution", None)  # the model's own size: Shape World's 64 px
     qtbot.waitUntil(lambda: "64 px" in view.plan_label.text() and view.plan_label.isVisibleTo(view), timeout=10000)
+
+
+# ------------------------------------------------------------------------------ 10: a taken name, before the run
+
+
+def test_a_taken_concept_name_is_asked_about_before_the_run_starts(window, qtbot, tmp_path):
+    import torch
+
+    from lego_studio.core.concepts import Concept
+
+    new_project(window, tmp_path)
+    view = window.training_view
+    models = window.context.models = BlockingModels()
+    window.context.library().add(Concept("frozen", "<frozen>", torch.randn(1, 32), {"method": "lego"}))
+    view.form.set_value("subject", "a toy robot")
+    view.form.set_value("name", "frozen")
+    view.preset_combo.setCurrentText("Textual Inversion baseline")  # the name stays
+    asked = []
+    view.ask_name_clash = lambda name, free: asked.append((name, free, view.runner.busy)) or None
+    assert not view.start()
+    assert asked == [("frozen", "frozen-2", False)]
+    assert "<frozen>" in view.status_label.text() and not view.runner.busy
+    view.ask_name_clash = lambda name, free: asked.append((name, free, view.runner.busy)) or "rename"
+    assert view.start()
+    assert asked[-1] == ("frozen", "frozen-2", False)
+    models.gate.set()
+    qtbot.waitUntil(lambda: not view.runner.busy, timeout=20000)

@@ -660,6 +660,13 @@ class TrainingView(QWidget):
         if guess is not None and guess.long and not self.confirm_long_run(guess):
             self.status_label.setText(f"Not started: {guess.warning()}.")
             return False
+        # A name the library already has (e.g. the TI baseline of a Lego concept, same name) is
+        # asked about now, not after the whole run.
+        on_conflict = self.ask_about_taken_name(config.name)
+        if on_conflict is None:
+            self.status_label.setText(f"Not started: the library already has <{config.name}>; "
+                                      f'change "{SETTINGS["name"].label}" or choose Replace or Keep both.')
+            return False
         spec = self.model_combo.currentData() or "shapeworld"
         try:
             self.remember_settings(project, config, model=spec)
@@ -669,7 +676,18 @@ class TrainingView(QWidget):
         run_dir = project.new_run_dir()
         device = self.device_combo.currentText()
         return self._launch(config, run_dir, resume=False, spec=spec, device=device,
-                            confirmed=guess is not None and guess.long)
+                            confirmed=guess is not None and guess.long, on_conflict=on_conflict)
+
+    def ask_about_taken_name(self, name: str) -> str | None:
+        """"error" when the library has no concept of this name (nothing to ask), else the user's
+        choice: "replace", "rename" (keep both) or None (do not start)."""
+        from lego_studio.core.library import library_name
+
+        library = self.context.library()
+        wanted = library_name(name)
+        if wanted not in library:
+            return "error"
+        return self.ask_name_clash(wanted, library._free_name(wanted))
 
     def resume_selected(self) -> bool:
         item = self.runs_list.currentItem()
@@ -696,7 +714,7 @@ class TrainingView(QWidget):
         return self._launch(config, run_dir, resume=True, spec=spec, device=device)
 
     def _launch(self, config: TrainConfig, run_dir: Path, resume: bool, spec: str, device: str,
-                confirmed: bool = False) -> bool:
+                confirmed: bool = False, on_conflict: str = "error") -> bool:
         project = self.context.project
         explicit = explicit_memory_settings(config)
         self._long_confirmed = confirmed
@@ -761,7 +779,8 @@ class TrainingView(QWidget):
                     clock.finish()
             from lego_studio.ui import library_io
 
-            return library_io.add_trained(library, trainer.concept_path, concept, project)  # path, or NameTaken
+            # A path, or NameTaken when a name taken meanwhile (or on a resume) is still to be asked about.
+            return library_io.add_trained(library, trainer.concept_path, concept, project, on_conflict=on_conflict)
 
         self._run_dir = run_dir
         self._run_method = config.method
