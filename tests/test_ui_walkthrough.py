@@ -375,3 +375,18 @@ def test_a_taken_concept_name_is_asked_about_before_the_run_starts(window, qtbot
     assert asked[-1] == ("frozen", "frozen-2", False)
     models.gate.set()
     qtbot.waitUntil(lambda: not view.runner.busy, timeout=20000)
+
+
+# ------------------------------------------------------------------------------ 12: long tooltips wrap
+
+
+def test_setting_tooltips_are_rich_text_so_long_ones_wrap(window):
+    from PySide6.QtGui import Qt as QtGuiQt
+
+    from lego_studio.core.training import SETTINGS
+
+    form = window.training_view.form
+    longest = max(SETTINGS, key=lambda name: len(SETTINGS[name].help + SETTINGS[name].details))
+    tip = form.widgets[longest].toolTip()
+    assert QtGuiQt.mightBeRichText(tip)
+    assert "&lt;" not in SETTINGS[longest].help and SETTINGS[longest].help[1:20] in tip

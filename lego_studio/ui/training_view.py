@@ -8,6 +8,7 @@ responsive (a test measures the event-loop stall). A finished concept goes into 
 
 from __future__ import annotations
 
+import html
 import threading
 from pathlib import Path
 
@@ -71,13 +72,19 @@ def app_defaults(method: str = "lego", train_defaults: dict | None = None) -> Tr
 
 
 def tooltip(setting: Setting) -> str:
-    """A setting's tooltip: its help (core/training.py) and details; how a list is typed."""
+    """A setting's tooltip: its help (core/training.py) and details; how a list is typed. Rich
+    text, so Qt wraps a long one instead of showing one line as wide as the screen."""
     text = setting.help[0].upper() + setting.help[1:]
     if setting.details:
         text += ". " + setting.details
     if setting.kind == "words":
         text += f". Separate them with '{setting.list_separator}'."
-    return text
+    return wrapping_tooltip(text)
+
+
+def wrapping_tooltip(text: str) -> str:
+    """``text`` as a rich-text tooltip (Qt word-wraps those), its characters shown as typed."""
+    return "<qt>" + html.escape(text, quote=False).replace("\n", "<br>") + "</qt>"
 
 
 def spin_range(setting: Setting) -> tuple[float, float]:
