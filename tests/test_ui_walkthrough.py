@@ -390,3 +390,62 @@ def test_setting_tooltips_are_rich_text_so_long_ones_wrap(window):
     tip = form.widgets[longest].toolTip()
     assert QtGuiQt.mightBeRichText(tip)
     assert "&lt;" not in SETTINGS[longest].help and SETTINGS[longest].help[1:20] in tip
+
+
+# ------------------------------------------------------------------------------ 13: small visual faults
+
+
+def test_loss_axis_labels_are_whole_numbers_and_fit(qtbot):
+    from lego_studio.ui.loss_chart import LossChart
+
+    chart = LossChart()
+    qtbot.addWidget(chart)
+    labels = chart.axis_labels(0.00966, 0.0123)
+    assert all(label.startswith("0.") for label in labels), labels
+    assert chart.axis_labels(0.1, 0.35) == ["0.1", "0.225", "0.35"]
+    for step, value in enumerate((0.0123, 0.011, 0.00966), start=1):
+        chart.add(step, {"total": value})
+    chart.resize(400, 200)
+    assert not chart.grab().isNull()
+
+
+def test_the_progress_text_has_room_for_its_digits(window):
+    bar = window.training_view.progress
+    bar.setRange(0, 12000)
+    bar.setValue(11999)
+    assert bar.minimumWidth() >= bar.fontMetrics().horizontalAdvance(bar.text()) + 20
+
+
+def test_paused_shows_in_the_eta_and_the_run_list(window, qtbot, tmp_path):
+    new_project(window, tmp_path)
+    view = window.training_view
+    models = window.context.models = BlockingModels()
+    view.form.set_value("subject", "a toy robot")
+    assert view.start()
+    view.eta_label.setText("ETA 1:05")
+    view.toggle_pause()
+    assert view.eta_label.text() == "paused"
+    assert any("paused" in view.runs_list.item(i).text() and "training now" not in view.runs_list.item(i).text()
+               for i in range(view.runs_list.count()))
+    view.refresh_runs()
+    assert any("paused" in view.runs_list.item(i).text() for i in range(view.runs_list.count()))
+    view.toggle_pause()
+    assert view.eta_label.text() == "ETA 1:05"
+    assert any("training now" in view.runs_list.item(i).text() for i in range(view.runs_list.count()))
+    models.gate.set()
+    qtbot.waitUntil(lambda: not view.runner.busy, timeout=20000)
+
+
+def test_the_settings_dialog_keeps_its_size_as_messages_come_and_go(window, qtbot, tmp_path, tiny_model_dir):
+    from lego_studio.ui.settings_dialog import SettingsDialog
+
+    dialog = SettingsDialog(window.context, window)
+    qtbot.addWidget(dialog)
+    dialog.show()
+    before = dialog.sizeHint().height()
+    assert not dialog.add_model(str(tmp_path / "nowhere"))
+    assert dialog.sizeHint().height() == before
+    assert dialog.add_model(str(tiny_model_dir))  # a message and the offer to make it the default
+    after_offer = dialog.sizeHint().height()
+    dialog.offer_default_button.click()  # the offer goes away
+    assert dialog.sizeHint().height() == after_offer

@@ -255,6 +255,7 @@ class TrainingView(QWidget):
         self._foreign_pending = False
         self._long_confirmed = False
         self._run_dir: Path | None = None
+        self._eta_before_pause = ""
         self._run_method = ""
         self._project_folder: Path | None = None
         self.last_concept_path: Path | None = None
@@ -298,6 +299,9 @@ class TrainingView(QWidget):
         buttons.addStretch(1)
         self.progress = QProgressBar()
         self.progress.setFormat("%v / %m steps")
+        # Room for the widest count, centred: the text's leading digit was clipped at the bar's edge.
+        self.progress.setAlignment(Qt.AlignmentFlag.AlignCenter)
+        self.progress.setMinimumWidth(self.progress.fontMetrics().horizontalAdvance("888888 / 888888 steps") + 40)
         self.eta_label = QLabel("ETA —")
         self.status_label = QLabel("Ready.")
         self.status_label.setWordWrap(True)
@@ -582,7 +586,7 @@ class TrainingView(QWidget):
             return
         for info in project.runs():
             ours = self._run_dir is not None and info.path == self._run_dir and self.runner.busy
-            status = "training now" if ours else info.status
+            status = self._our_status() if ours else info.status
             if info.status == runs.RUN_RUNNING and not ours:
                 status = "running in another process"
             total = info.total_steps or "?"
@@ -608,8 +612,11 @@ class TrainingView(QWidget):
         for i in range(self.runs_list.count()):
             item = self.runs_list.item(i)
             if Path(item.data(Qt.ItemDataRole.UserRole)) == Path(self._run_dir):
-                item.setText(f"{Path(self._run_dir).name} — {self._run_method} — training now — step {step}/{total}")
+                item.setText(f"{Path(self._run_dir).name} — {self._run_method} — {self._our_status()} — step {step}/{total}")
                 return
+
+    def _our_status(self) -> str:
+        return "paused" if self._paused else "training now"
 
     def select_run(self, run_dir: Path) -> None:
         for i in range(self.runs_list.count()):
@@ -816,9 +823,13 @@ class TrainingView(QWidget):
         if self._paused:
             self._pause.clear()
             self.status_label.setText("Training…")
+            self.eta_label.setText(self._eta_before_pause or "ETA —")  # the next step brings a fresh one
         else:
             self._pause.set()
             self.status_label.setText("Paused after the current step. Press Resume to go on.")
+            self._eta_before_pause = self.eta_label.text()
+            self.eta_label.setText("paused")  # no time to count down while nothing runs
+        self._show_current_run_step(self.progress.value(), self.progress.maximum())
         self._update_buttons()
 
     def cancel(self) -> None:
@@ -833,7 +844,8 @@ class TrainingView(QWidget):
         if kind in ("step", "skipped"):
             self.progress.setMaximum(max(1, event.total))
             self.progress.setValue(event.step)
-            self.eta_label.setText(format_eta(event.eta_s))
+            if not self._paused:  # a step finishing just after Pause must not bring the ETA back
+                self.eta_label.setText(format_eta(event.eta_s))
             self.chart.total_steps = event.total
             self.chart.add(event.step, event.losses)
             self._show_current_run_step(event.step, event.total)
