@@ -449,3 +449,19 @@ def test_the_settings_dialog_keeps_its_size_as_messages_come_and_go(window, qtbo
     after_offer = dialog.sizeHint().height()
     dialog.offer_default_button.click()  # the offer goes away
     assert dialog.sizeHint().height() == after_offer
+
+
+# ------------------------------------------------------------------------------ 14: examples, not values
+
+
+def test_project_word_fields_show_examples_and_what_training_uses(window, tmp_path):
+    from lego_studio.core.training import TrainConfig
+
+    view = window.projects_view
+    for edit in (view.subject_edit, view.concept_edit, view.positive_edit):
+        assert edit.placeholderText().startswith("e.g. "), edit.placeholderText()
+        placeholder = edit.palette().color(edit.palette().ColorRole.PlaceholderText)
+        assert placeholder.lightness() > edit.palette().color(edit.palette().ColorRole.Text).lightness() + 80
+    view.subject_edit.setText("a shiny toy robot")
+    used = TrainConfig(subject="a shiny toy robot").effective_negative_words()
+    assert view.negative_edit.placeholderText() == f"empty: the subject's words ({', '.join(used)})"
