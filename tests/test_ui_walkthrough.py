@@ -465,3 +465,21 @@ def test_project_word_fields_show_examples_and_what_training_uses(window, tmp_pa
     view.subject_edit.setText("a shiny toy robot")
     used = TrainConfig(subject="a shiny toy robot").effective_negative_words()
     assert view.negative_edit.placeholderText() == f"empty: the subject's words ({', '.join(used)})"
+
+
+# ------------------------------------------------------------------------------ 15: Help
+
+
+def test_help_says_the_version_what_to_do_first_and_where_files_live(window):
+    from lego_studio import __version__
+    from lego_studio.ui.errors import log_path
+
+    about = window.about_text()
+    assert __version__ in about and "lego-studio.log" in about
+    guide = window.guide_text()
+    for words in ("What to do first", "subject words", "Masks", "Where files live",
+                  str(window.context.settings.library_path()), str(window.context.settings.projects_path())):
+        assert words in guide, words
+    assert str(log_path()) in guide
+    actions = [a.text() for a in window.menuBar().actions()[-1].menu().actions()]
+    assert actions[0] == "&Getting Started"
