@@ -483,3 +483,27 @@ def test_help_says_the_version_what_to_do_first_and_where_files_live(window):
     assert str(log_path()) in guide
     actions = [a.text() for a in window.menuBar().actions()[-1].menu().actions()]
     assert actions[0] == "&Getting Started"
+
+
+# ------------------------------------------------------------------------------ 16: trained vs imported
+
+
+def test_a_reimported_a1111_concept_keeps_its_training_time(window, qtbot, tmp_path):
+    import torch
+
+    from lego_studio.core.concepts import Concept, export_concept
+
+    view = window.library_view
+    trained = Concept("frost", "<frost>", torch.randn(1, 32),
+                      {"method": "lego", "family": "tiny", "created": "2024-05-01T10:00:00+00:00"})
+    plain = Concept("dust", "<dust>", torch.randn(1, 32), {})
+    files = [export_concept(trained, tmp_path / "frost.pt", "a1111"), export_concept(plain, tmp_path / "dust.pt", "a1111")]
+    with qtbot.waitSignal(view.entries_loaded, timeout=15000):
+        view.import_files(files)
+    qtbot.waitUntil(lambda: not view.runner.busy, timeout=15000)
+    view.select("frost")
+    text = view.details.text()
+    assert "Trained:</b> 2024-05-01T10:00:00+00:00" in text
+    view.select("dust")
+    text = view.details.text()
+    assert "Trained" not in text and "Imported:</b>" in text

@@ -275,7 +275,8 @@ class LibraryView(QWidget):
             ("Steps", str(meta.get("steps", "—"))),
             ("Subject", entry.subject or "—"),
             ("Tags", ", ".join(entry.tags) or "—"),
-            ("Trained", entry.created),
+            # The training time where the file has it; an import without one says when it came in.
+            ("Trained", str(meta["created"])) if meta.get("created") else ("Imported", entry.added),
             ("Source", entry.source or "—"),
             ("File", str(entry.path)),
         ]
