@@ -507,3 +507,31 @@ def test_a_reimported_a1111_concept_keeps_its_training_time(window, qtbot, tmp_p
     view.select("dust")
     text = view.details.text()
     assert "Trained" not in text and "Imported:</b>" in text
+
+
+# ------------------------------------------------------------------------------ 8: Assist candidates
+
+
+def test_assist_candidate_buttons_fit_and_a_box_alone_claims_no_clicks(window, qtbot, tmp_path):
+    from types import SimpleNamespace
+
+    import numpy as np
+
+    new_project(window, tmp_path, sizes=((40, 30),))
+    view = window.masks_view
+    qtbot.waitUntil(lambda: view.canvas.has_image(), timeout=5000)
+    view._segmenter = SimpleNamespace(name="GrabCut")
+    mask = np.zeros((30, 40), bool)
+    mask[5:20, 5:20] = True
+    view._prompt_clicks = 0  # a box drag, no clicks
+    view._candidates = [(mask, 1.0), (mask, 0.5)]
+    view._update_candidate_buttons()
+    texts = [button.text() for button in view.candidate_buttons]
+    assert not any("clicks" in text or "%" in text for text in texts), texts
+    view._prompt_clicks = 3
+    view._update_candidate_buttons()
+    button = view.candidate_buttons[0]
+    assert "100% of your clicks" in button.text()
+    room = view.assist_panel.width() - 2 * view.assist_panel.layout().contentsMargins().left() - 12
+    for line in button.text().splitlines():
+        assert button.fontMetrics().horizontalAdvance(line) <= room, line

@@ -45,6 +45,19 @@ MASKS_PURPOSE = ("Masks tell training where your subject is: Lego keeps the subj
                  "leave out) out of the concept, so the concept works on other subjects.")
 
 
+def candidate_label(index: int, score: float, grabcut: bool, clicks: int) -> str:
+    """A candidate button's text, two short lines that fit the assist panel. SAM's score is its
+    own quality estimate; GrabCut's is the share of the clicks the mask agrees with, so it says
+    that, and nothing about clicks when there were none (a box alone)."""
+    if not grabcut:
+        what = f"score {score:.2f}"
+    elif clicks:
+        what = f"fits {score:.0%} of your clicks"
+    else:
+        what = "from the box"
+    return f"Candidate {index + 1}\n{what}"
+
+
 class MasksView(QWidget):
     def __init__(self, context, parent: QWidget | None = None):
         super().__init__(parent)
@@ -416,6 +429,7 @@ class MasksView(QWidget):
         prompt, self._pending_prompt = self._pending_prompt, None
         segmenter = self._segmenter
         points = [(x, y, label) for (x, y), label in zip(prompt.points, prompt.labels)]
+        self._prompt_clicks = len(points)  # a box alone has no clicks for a candidate to agree with
 
         def predict(state):
             return segmenter.predict(points=points or None, box=prompt.box, multimask=True)
@@ -436,11 +450,8 @@ class MasksView(QWidget):
             button.deleteLater()
         self.candidate_buttons = []
         for index, (mask, score) in enumerate(self._candidates):
-            # SAM's score is its own quality estimate; GrabCut's is the share of the clicks the
-            # mask agrees with, so say that rather than a bare "score 1.00".
-            what = (f"agrees with {score:.0%} of the clicks" if self.segmenter_name() == "GrabCut"
-                    else f"score {score:.2f}")
-            button = QPushButton(f"Candidate {index + 1} — {what}")
+            button = QPushButton(candidate_label(index, score, self.segmenter_name() == "GrabCut",
+                                                 getattr(self, "_prompt_clicks", 0)))
             button.setCheckable(True)
             button.setToolTip(f"{int(mask.sum())} pixels")
             button.clicked.connect(lambda _=False, i=index: self.choose_candidate(i))
