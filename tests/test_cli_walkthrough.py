@@ -148,3 +148,19 @@ def test_plural():
     assert plural(1, "vector") == "1 vector"
     assert plural(3, "vector") == "3 vectors"
     assert plural(0, "image") == "0 images"
+
+
+# ------------------------------------------------------------------------------ 11: README first screen
+
+
+def test_readme_first_screen_says_how_to_start_the_app_and_what_to_do_first():
+    from pathlib import Path
+
+    readme = (Path(__file__).resolve().parents[1] / "README.md").read_text(encoding="utf-8")
+    blocks = readme.split("```bash\n")
+    assert blocks[1].startswith("python3 -m pip install -e . && lego-studio demo --out demo-out")
+    assert blocks[2].startswith("python3 -m pip install -e '.[dev]' && python3 -m pytest -q")
+    first_screen = "\n".join(readme.splitlines()[:30])
+    assert "`lego-studio`" in first_screen and "What to do first" in first_screen
+    for place in ("Projects", "Masks", "Training", "Gallery"):
+        assert place in first_screen
