@@ -57,6 +57,16 @@ def test_loading_from_several_threads_at_once_in_a_fresh_process(tiny_model_dir)
     assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-2000:]
 
 
+def test_loading_a_model_prints_nothing(tiny_model_dir):
+    code = f"""
+from lego_studio.core.models import load_model
+load_model({str(tiny_model_dir)!r}, device="cpu", precision="fp32")
+"""
+    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=_env(), timeout=600)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    assert proc.stdout == "" and "Loading" not in proc.stderr and "float32" not in proc.stderr, proc.stderr[-2000:]
+
+
 def test_import_model_stack_quiets_the_libraries():
     code = textwrap.dedent(
         """

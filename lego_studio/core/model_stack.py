@@ -8,7 +8,8 @@ calls :func:`import_model_stack` first; it imports all the classes the app uses 
 after which the names are plain module attributes and later imports are safe from any thread.
 
 It also silences the libraries' chatter (``There are modules in UNet2DConditionModel that
-should be kept in float32: [] …``): their logging is set to errors only, here, once.
+should be kept in float32: [] …``, loading progress bars): their logging is set to errors only,
+here, once.
 """
 
 from __future__ import annotations
@@ -71,12 +72,11 @@ def import_model_stack() -> SimpleNamespace:
 
 
 def _quiet(diffusers, transformers) -> None:
-    """Warnings and info from diffusers/transformers say nothing to a user: errors only."""
-    try:
-        diffusers.utils.logging.set_verbosity_error()
-    except AttributeError:  # pragma: no cover - very old diffusers
-        pass
-    try:
-        transformers.utils.logging.set_verbosity_error()
-    except AttributeError:  # pragma: no cover
-        pass
+    """Warnings, info and loading progress bars ("Loading weights: 100%") from diffusers and
+    transformers say nothing to a user: errors only. The app and the CLI show their own progress."""
+    for library in (diffusers, transformers):
+        try:
+            library.utils.logging.set_verbosity_error()
+            library.utils.logging.disable_progress_bar()
+        except AttributeError:  # pragma: no cover - a version without these
+            pass

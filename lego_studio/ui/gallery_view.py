@@ -1,6 +1,8 @@
 """Gallery place: pick concepts from the library (several at once), type subjects (one per line),
 seeds, steps, guidance; generate in a worker with progress and cancel. Results form a grid with
-one column per concept, so a Lego concept and its Textual Inversion baseline sit side by side.
+one column per concept (headed with its method, Lego or TI), so a Lego concept and its Textual
+Inversion baseline sit side by side; "Together in one image" composes the chosen concepts in every
+image instead ("a teapot <melting> <on-fire>"), and concepts may be typed in the template.
 Every image is saved as a PNG carrying its prompt/seed/model/concept; open one large to read its
 settings, copy the prompt, reuse the settings, or export the selection to a folder."""
 
