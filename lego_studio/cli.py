@@ -17,6 +17,7 @@ from lego_studio.core.errors import LegoError
 # Order = order in --help.
 COMMAND_MODULES = [
     "train",
+    "runs",
     "generate",
     "concepts",
     "models",

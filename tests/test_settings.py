@@ -1,4 +1,5 @@
 import json
+import os
 
 import pytest
 
@@ -96,8 +97,9 @@ def test_add_model_accepts_diffusers_folder_and_infers_family(tmp_path, monkeypa
 
 def test_add_model_single_file_and_hf_cache(tmp_path, monkeypatch):
     weights = tmp_path / "v1-5.safetensors"
-    weights.write_bytes(b"\0" * 4096)
-    assert inspect_model_spec(weights).kind == "single-file"
+    _sd1_header_file(weights)
+    entry = inspect_model_spec(weights)
+    assert (entry.kind, entry.family) == ("single-file", "sd1")
 
     cache = tmp_path / "hub"
     snapshot = cache / "models--someone--sd-model" / "snapshots" / "abc123"
@@ -105,6 +107,48 @@ def test_add_model_single_file_and_hf_cache(tmp_path, monkeypatch):
     monkeypatch.setenv("HF_HUB_CACHE", str(cache))
     entry = inspect_model_spec("someone/sd-model")
     assert (entry.kind, entry.family, entry.spec) == ("hf-cache", "sd1", "someone/sd-model")
+
+
+def _sd1_header_file(path, shapes=None):
+    """A .safetensors file whose header describes an SD 1.x checkpoint (the weights are zeros)."""
+    import json
+    import struct
+
+    shapes = shapes or {
+        "model.diffusion_model.input_blocks.0.0.weight": [320, 4, 3, 3],
+        "model.diffusion_model.input_blocks.1.1.transformer_blocks.0.attn2.to_k.weight": [320, 768],
+        "first_stage_model.decoder.conv_out.weight": [3, 128, 3, 3],
+        "cond_stage_model.transformer.text_model.embeddings.token_embedding.weight": [49408, 768],
+    }
+    header, offset = {}, 0
+    for key, shape in shapes.items():
+        header[key] = {"dtype": "F16", "shape": shape, "data_offsets": [offset, offset + 2]}
+        offset += 2
+    raw = json.dumps(header).encode()
+    path.write_bytes(struct.pack("<Q", len(raw)) + raw + b"\0" * max(offset, 2048))
+    return path
+
+
+def test_a_random_file_named_safetensors_is_refused_when_added(tmp_path):
+    settings = Settings()
+    for name, content in [("random.safetensors", os.urandom(8192)), ("zeros.safetensors", b"\0" * 4096),
+                          ("huge-header.safetensors", (10 ** 12).to_bytes(8, "little") + b"{" + b"x" * 4096),
+                          ("random.ckpt", b"GIF89a" + os.urandom(4096))]:
+        with pytest.raises(ModelError) as info:
+            settings.add_model(_made(tmp_path / name, content))
+        assert name in str(info.value) and "\n" not in str(info.value)
+    lora = _sd1_header_file(tmp_path / "lora.safetensors", {"lora_unet_down.alpha": [], "lora_te_x.weight": [4, 768]})
+    with pytest.raises(ModelError, match="not a Stable Diffusion checkpoint"):
+        settings.add_model(lora)
+    assert settings.models == [] and settings.default_model is None
+
+
+def test_a_model_added_with_make_default_false_is_not_the_default(tmp_path):
+    settings = Settings()
+    entry = settings.add_model(_sd1_header_file(tmp_path / "sd.safetensors"), make_default=False)
+    assert settings.model(entry.name) is entry and settings.default_model is None
+    settings.add_model(_sd1_header_file(tmp_path / "sd.safetensors"), make_default=True)
+    assert settings.default_model == entry.name
 
 
 def _made(path, content):

@@ -111,7 +111,8 @@ def test_bad_inputs_exit_2_with_one_line(exemplar_folders, tiny_model_dir, tmp_p
     message = _error(capsys, base_args(exemplar_folders, missing_model, out))
     assert "no-such-model" in message
 
-    assert "num_vectors" in _error(capsys, base_args(exemplar_folders, tiny_model_dir, out, "--vectors", "20"))
+    # The flag the user typed is named, not the config field (num_vectors).
+    assert "--vectors must be" in _error(capsys, base_args(exemplar_folders, tiny_model_dir, out, "--vectors", "20"))
     assert "must end in .safetensors" in _error(capsys, base_args(exemplar_folders, tiny_model_dir, tmp_path / "c.pt"))
     assert "--images" in _error(capsys, ["train", "--model", str(tiny_model_dir), "--out", str(out)])
     assert "needs the subject" in _error(capsys, [a for a in base_args(exemplar_folders, tiny_model_dir, out) if a not in ("--subject", "a red square")])

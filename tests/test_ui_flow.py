@@ -250,7 +250,10 @@ def test_create_mask_train_library_gallery(window, qtbot, tmp_path):
     assert gallery.last_error == ""
     assert gallery.table.columnCount() == 2 and gallery.table.rowCount() == 2
     headers = [gallery.table.horizontalHeaderItem(c).text() for c in range(2)]
-    assert headers == ["<frozen>", "<melting>"]
+    # Each column names its concept and the method that made it (Lego / TI).
+    assert [h.split()[0] for h in headers] == ["<frozen>", "<melting>"]
+    assert all(h.split()[-1] in ("Lego", "TI") for h in headers)
+    placeholders = [h.split()[0] for h in headers]
     from lego_studio.core.generation import read_generation_metadata
 
     for row in range(2):
@@ -259,7 +262,7 @@ def test_create_mask_train_library_gallery(window, qtbot, tmp_path):
             assert path.is_file() and path.parent == window.context.project.folder / "gallery"
             stored_request = read_generation_metadata(path)
             assert stored_request.prompt == request.prompt
-            assert headers[column] in stored_request.prompt
+            assert placeholders[column] in stored_request.prompt
     assert "a dog" in gallery._cell(1, 0)[1].prompt
 
     # open one large: its settings are shown and "Reuse settings" fills the controls

@@ -193,8 +193,10 @@ def test_assist_without_checkpoint_uses_grabcut_and_says_so(window, qtbot, tmp_p
     canvas = view.canvas
     canvas.set_sam_box(14, 6, 52, 42)
     qtbot.waitUntil(lambda: len(view.candidate_buttons) > 0, timeout=20000)
-    # GrabCut has no quality score: its figure is how many clicks the mask agrees with.
-    assert "agrees with" in view.candidate_buttons[0].text() and "score" not in view.candidate_buttons[0].text()
+    # GrabCut has no quality score; its figure is how many clicks the mask agrees with, and a box
+    # alone has no clicks to agree with (the walkthrough's "agrees with 100% of the clicks").
+    text = view.candidate_buttons[0].text()
+    assert "from the box" in text and "score" not in text and "clicks" not in text
     view.accept_candidate("replace")
     mask = canvas.mask()
     assert mask[24, 32] == 255 and mask[2, 2] == 0 and mask[60, 80] == 0  # the yellow box only

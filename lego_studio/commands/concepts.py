@@ -5,6 +5,8 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+from lego_studio.core.wording import plural
+
 FORMAT_CHOICES = ("lego", "diffusers", "a1111", "kohya", "comfyui")  # core.concepts.FORMATS
 
 
@@ -78,7 +80,7 @@ def run_import(args) -> int:
     except NameTaken as exc:
         raise InputError(f"{exc}; pass --replace to replace it, or --name {exc.free_name} to keep both") from None
     print(
-        f"imported {args.file} as {entry.placeholder} ({entry.num_vectors} vectors, width {entry.text_width}, "
+        f"imported {args.file} as {entry.placeholder} ({plural(entry.num_vectors, 'vector')}, width {entry.text_width}, "
         f"{entry.badge}) -> {entry.path}"
     )
     return 0
@@ -103,7 +105,7 @@ def run_export(args) -> int:
                 f'text_encoder=pipe.text_encoder_2, tokenizer=pipe.tokenizer_2)')
     width = " + ".join(f"{name} {w}" for name, w in zip(("clip_l", "clip_g"), concept.widths)) \
         if concept.is_sdxl else str(concept.text_width)
-    print(f"wrote {args.fmt} file {out} ({concept.num_vectors} vectors of width {width})")
+    print(f"wrote {args.fmt} file {out} ({plural(concept.num_vectors, 'vector')} of width {width})")
     print(f"  use: {hint}")
     return 0
 

@@ -165,11 +165,60 @@ def _build_config(args, run_dir: Path, out: Path):
         data["method"] = args.method
     if "name" not in data:
         data["name"] = out.stem
+    flagged = set()
     for setting in config_flag_settings():
         value = getattr(args, setting.name)
         if value is not None and setting.name != "method":  # the method was applied first, above
             data[setting.name] = value
-    return TrainConfig.from_dict(data, source)
+            flagged.add(setting.name)
+    try:
+        return TrainConfig.from_dict(data, source)
+    except InputError as exc:
+        # Name what the user typed: the flag (--w-ctx), not the field (w_ctx); a value from a
+        # --config file keeps its JSON key.
+        names = {s.name for s in config_flag_settings()} if not args.config else flagged
+        raise InputError(with_flag_names(str(exc), names)) from None
+
+
+def with_flag_names(message: str, names) -> str:
+    """``message`` with the settings ``names`` written as their command-line flags: every
+    ``w_ctx`` becomes ``--w-ctx``; a one-word name only where the message says what it "must" be."""
+    import re
+
+    from lego_studio.core.training import SETTINGS
+
+    for name in sorted(names, key=len, reverse=True):
+        setting = SETTINGS.get(name)
+        if setting is None or not setting.cli:
+            continue
+        follow = r"(?![\w-])" if "_" in name else r"(?= must )"
+        message = re.sub(rf"(?<![\w-]){re.escape(name)}{follow}", setting.cli_flag, message)
+    return message
+
+
+def resume_note(run_dir: Path, config, steps_flag) -> str:
+    """What ``--resume`` will do, in one line, when ``--steps`` changes the run's length: the
+    steps are the run's new total (not more steps on top), counted from its last checkpoint."""
+    from lego_studio.core.run_history import last_checkpoint_step
+    from lego_studio.core.training import TrainConfig
+    from lego_studio.core.wording import plural
+
+    stored = run_dir / "config.json"
+    if steps_flag is None or not stored.is_file():
+        return ""
+    try:
+        before = TrainConfig.load(stored)
+    except InputError:
+        return ""
+    at, total = last_checkpoint_step(run_dir), config.total_steps
+    if config.steps == before.steps:
+        return ""
+    head = (f"--steps {config.steps} with --resume makes {config.steps} the run's total number of steps "
+            f"(it was {before.steps}; it is not {config.steps} more)")
+    if at >= total:
+        return (f"{head}: the run's last checkpoint is at step {at}, so it ends now and saves the "
+                f"vectors of step {at}")
+    return f"{head}: resuming at step {at}, {plural(total - at, 'step')} to go"
 
 
 def explicit_memory_settings(args) -> set[str]:
@@ -342,6 +391,10 @@ def run(args: argparse.Namespace) -> int:
 
     images, masks, subject_images = _collect_images(args, saved)
     config = _build_config(args, run_dir, out)
+    if args.resume:
+        note = resume_note(run_dir, config, args.steps)
+        if note:
+            print(note)
     model_spec = args.model or saved.get("model")
     if not model_spec:
         raise InputError("--model is required (a diffusers folder, a .safetensors/.ckpt file, 'shapeworld', 'shapeworld-xl' or 'tiny')")
@@ -407,5 +460,7 @@ def _train(args, run_dir: Path, out: Path, images, masks, subject_images, config
     from lego_studio.core.concepts import save_concept
 
     save_concept(concept, out)
-    print(f"saved {out} ({concept.num_vectors} vectors, use {concept.placeholder} in prompts; run in {run_dir})")
+    from lego_studio.core.wording import plural
+
+    print(f"saved {out} ({plural(concept.num_vectors, 'vector')}, use {concept.placeholder} in prompts; run in {run_dir})")
     return 0

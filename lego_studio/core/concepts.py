@@ -43,7 +43,9 @@ from lego_studio.core.paths import atomic_save
 
 FORMATS = ("lego", "diffusers", "a1111", "kohya", "comfyui")
 SDXL_KEYS = ("clip_l", "clip_g")
-A1111_EXTRA_KEY = "lego_studio"  # our own key in an A1111 .pt: {"family", "base_model"}
+A1111_EXTRA_KEY = "lego_studio"  # our own key in an A1111 .pt (A1111_EXTRA_FIELDS)
+# What that key keeps across an export and re-import: the base model, and when and how it was trained.
+A1111_EXTRA_FIELDS = ("family", "base_model", "created", "method")
 
 
 def model_display_name(spec) -> str:
@@ -322,7 +324,7 @@ def _read_any(path: Path) -> tuple[str, str, torch.Tensor, dict]:
                 info[key] = data[key]
         ours = data.get(A1111_EXTRA_KEY)
         if isinstance(ours, dict):  # written by export_concept: the base model's family
-            info.update({k: v for k, v in ours.items() if k in ("family", "base_model") and isinstance(v, str)})
+            info.update({k: v for k, v in ours.items() if k in A1111_EXTRA_FIELDS and isinstance(v, str)})
         return "a1111", str(data.get("name") or ""), _as_vectors(path, value, "string_to_param"), info
     if "emb_params" in data:
         return "kohya", "", _as_vectors(path, data["emb_params"], "emb_params"), {}
@@ -367,8 +369,9 @@ def _load_concept(path: Path, name: str | None) -> Concept:
             metadata["base_model"] = info["sd_checkpoint_name"]
         if info.get("base_model"):
             metadata["base_model"] = info["base_model"]
-        if info.get("family"):
-            metadata["family"] = info["family"]
+        for key in ("family", "created", "method"):  # what our own export kept (A1111_EXTRA_FIELDS)
+            if info.get(key):
+                metadata[key] = info[key]
     if name:
         return Concept(name, placeholder_for(name), vectors, metadata, vectors_2=vectors_2)
     if fmt == "diffusers" and token and not any(ch.isspace() for ch in token):
@@ -457,7 +460,7 @@ def export_concept(concept: Concept, path: str | os.PathLike, fmt: str) -> Path:
             "sd_checkpoint_name": model_display_name(concept.metadata.get("base_model")),
         }
         # A1111 ignores keys it does not know; this one brings the base model back on import.
-        ours = {k: str(concept.metadata[k]) for k in ("family", "base_model") if concept.metadata.get(k)}
+        ours = {k: str(concept.metadata[k]) for k in A1111_EXTRA_FIELDS if concept.metadata.get(k)}
         if ours:
             data[A1111_EXTRA_KEY] = ours
         return atomic_save(path, lambda tmp: torch.save(data, tmp))

@@ -246,13 +246,24 @@ def build_exemplars(model, images, masks=None, resolution: int | None = None, ca
 def check_inputs(images, masks=None) -> None:
     """Open every image and mask once, so a broken file is reported before a slow model load.
 
-    Raises the same one-line :class:`InputError` that training would raise later."""
+    Every bad file is reported at once, not only the first: one file's problem is the one-line
+    :class:`InputError` training would raise later; several make one error listing each of
+    them on its own line."""
     images = list(images)
+    masks = list(masks) if masks is not None else None
     if not images:
         raise InputError("no training images given")
-    if masks is not None and len(list(masks)) != len(images):
-        raise InputError(f"got {len(list(masks))} masks for {len(images)} images; give one per image (or None)")
+    if masks is not None and len(masks) != len(images):
+        raise InputError(f"got {len(masks)} masks for {len(images)} images; give one per image (or None)")
+    problems = []
     for index, source in enumerate(images):
-        image, name = _load_source(source, "training image")
-        if masks is not None:
-            _mask_array(list(masks)[index], image, name)
+        try:
+            image, name = _load_source(source, "training image")
+            if masks is not None:
+                _mask_array(masks[index], image, name)
+        except InputError as exc:
+            problems.append(str(exc))
+    if len(problems) == 1:
+        raise InputError(problems[0])
+    if problems:
+        raise InputError(f"{len(problems)} of {len(images)} input files cannot be used:\n  " + "\n  ".join(problems))

@@ -369,6 +369,30 @@ def fill_template(template: str, subject: str, concept_text: str) -> str:
         raise InputError(f"template {template!r} is not valid ({exc}); use {{subject}} and {{concept}}") from None
 
 
+# A concept placeholder typed into a prompt: ``<melting>``, ``<on-fire>`` (no spaces, no braces).
+PLACEHOLDER_IN_TEXT = re.compile(r"<[^<>\s{}]+>")
+
+
+def typed_placeholders(text: str) -> list[str]:
+    """The concept placeholders written into ``text`` (``"a teapot <melting> <on-fire>"`` ->
+    ``["<melting>", "<on-fire>"]``), each once, in order."""
+    return list(dict.fromkeys(PLACEHOLDER_IN_TEXT.findall(text or "")))
+
+
+def check_typed_placeholders(text: str, known: Iterable[str]) -> list[str]:
+    """The placeholders typed into ``text``, all of which must be in ``known``; one line
+    (:class:`InputError`) naming those that are not, instead of drawing them as plain words."""
+    known = list(dict.fromkeys(known))
+    typed = typed_placeholders(text)
+    unknown = [p for p in typed if p not in known]
+    if unknown:
+        which = ", ".join(unknown)
+        choices = ", ".join(known[:8]) + (", …" if len(known) > 8 else "") if known else "none yet"
+        raise InputError(f"{which} {'is' if len(unknown) == 1 else 'are'} not in your concept library, so "
+                         f"{'it' if len(unknown) == 1 else 'they'} would be drawn as plain words (concepts: {choices})")
+    return typed
+
+
 def generate_grid(
     model,
     concepts,
@@ -386,8 +410,10 @@ def generate_grid(
     on_image: Callable[[GenerationRequest, Image.Image], None] | None = None,
 ) -> list[tuple[GenerationRequest, Image.Image]]:
     """One image per subject x seed (subject-major order), prompts from ``template`` with
-    ``{subject}`` and ``{concept}`` (the concepts' placeholders). ``progress`` counts steps over
-    the whole grid; ``on_image(request, image)`` sees each image as soon as it is made."""
+    ``{subject}`` and ``{concept}`` (the concepts' placeholders, all of them together: several
+    concepts compose in one image). A placeholder already written in the template is not repeated
+    by ``{concept}``. ``progress`` counts steps over the whole grid; ``on_image(request, image)``
+    sees each image as soon as it is made."""
     from lego_studio.core.concepts import Concept
 
     concepts = [concepts] if isinstance(concepts, Concept) else list(concepts or ())
@@ -397,7 +423,8 @@ def generate_grid(
         raise InputError("give at least one subject for the grid")
     if not seeds:
         raise InputError("give at least one seed for the grid")
-    concept_text = " ".join(c.placeholder for c in concepts)
+    typed = set(typed_placeholders(template))
+    concept_text = " ".join(c.placeholder for c in concepts if c.placeholder not in typed)
     prompts = [fill_template(template, subject, concept_text) for subject in subjects]
     total = len(prompts) * len(seeds) * int(steps)
     results = []

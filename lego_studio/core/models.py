@@ -24,6 +24,7 @@ import os
 import pickle
 import re
 import shutil
+import struct
 import tempfile
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
@@ -34,6 +35,7 @@ import torch
 
 from lego_studio.core.devices import pick_device, pick_dtype
 from lego_studio.core.errors import InputError, LegoError, ModelError
+from lego_studio.core.model_stack import MODEL_LOAD_LOCK, import_model_stack
 from lego_studio.core.paths import atomic_save, atomic_write_json, resource
 from lego_studio.core.settings import BUILTIN_MODELS
 
@@ -268,6 +270,84 @@ def safe_torch_load(path: str | os.PathLike) -> Any:
         raise InputError(f"{path}: not a PyTorch checkpoint (it is some other kind of file)") from exc
     except (RuntimeError, EOFError, OSError, ValueError, KeyError, IndexError, AttributeError, TypeError) as exc:
         raise InputError(f"{path}: not a PyTorch checkpoint, or a corrupt or truncated one{_detail(exc)}") from exc
+
+
+# A safetensors header is JSON naming every tensor; a few MB even for SDXL. A larger length field
+# means the file is not a safetensors file (or is damaged): never read that much to find out.
+MAX_SAFETENSORS_HEADER = 64 * 1024 * 1024
+
+
+def read_safetensors_shapes(path: str | os.PathLike) -> dict[str, tuple[int, ...]]:
+    """Tensor name -> shape of a ``.safetensors`` file, from its header only (no weights read).
+
+    The header length is checked against the file size before anything is read; a file that is
+    not a well-formed safetensors file is refused with one line (:class:`ModelError`)."""
+    path = Path(path)
+    try:
+        size = path.stat().st_size
+        with open(path, "rb") as handle:
+            head = handle.read(8)
+            if len(head) < 8:
+                raise ModelError(f"{path}: not a safetensors file (too short)")
+            (length,) = struct.unpack("<Q", head)
+            if not 2 <= length <= min(size - 8, MAX_SAFETENSORS_HEADER):
+                raise ModelError(f"{path}: not a safetensors file (no valid header)")
+            raw = handle.read(length)
+    except OSError as exc:
+        raise ModelError(f"{path}: cannot read ({_first_line(exc)})") from exc
+    try:
+        header = json.loads(raw.decode("utf-8"))
+    except (UnicodeDecodeError, ValueError):
+        raise ModelError(f"{path}: not a safetensors file (its header is not readable)") from None
+    if not isinstance(header, dict):
+        raise ModelError(f"{path}: not a safetensors file (its header is not readable)")
+    shapes: dict[str, tuple[int, ...]] = {}
+    for key, info in header.items():
+        if key == "__metadata__":
+            continue
+        shape = info.get("shape") if isinstance(info, dict) else None
+        if not isinstance(shape, list) or not all(isinstance(n, int) and n >= 0 for n in shape):
+            raise ModelError(f"{path}: not a safetensors file (tensor {key!r} has no valid shape)")
+        shapes[key] = tuple(shape)
+    return shapes
+
+
+def inspect_single_file(path: str | os.PathLike) -> ModelFamily | None:
+    """Check a single-file model without loading its weights: a ``.safetensors`` file's header
+    must describe a Stable Diffusion checkpoint this app can load (its family is returned); a
+    ``.ckpt``/``.pt`` file must at least be a PyTorch file (None: its family shows on loading,
+    since reading it means unpickling all of it). One-line :class:`ModelError` otherwise."""
+    path = Path(path)
+    if path.suffix.lower() == ".safetensors":
+        shapes = read_safetensors_shapes(path)
+        return detect_checkpoint_family(shapes, str(path))[1]
+    try:
+        with open(path, "rb") as handle:
+            head = handle.read(4)
+    except OSError as exc:
+        raise ModelError(f"{path}: cannot read ({_first_line(exc)})") from exc
+    if not (head.startswith(b"PK\x03\x04") or head[:1] == b"\x80"):
+        raise ModelError(f"{path}: not a PyTorch checkpoint (it is some other kind of file)")
+    return None
+
+
+def native_resolution(spec: str | os.PathLike) -> int:
+    """The size in pixels a model trains at by default, from its configs (or a single file's
+    header) alone, no weights loaded: what the plan line before Start compares images with.
+    0 when it cannot be told."""
+    try:
+        kind, path = resolve_spec(spec)
+        if kind == "file":
+            family = inspect_single_file(path)
+            return int(family.resolution) if family is not None else 0
+        overrides = _read_json(path / FAMILY_FILE) if (path / FAMILY_FILE).is_file() else {}
+        if overrides.get("resolution"):
+            return int(overrides["resolution"])
+        unet = _read_json(path / "unet" / "config.json")
+        vae = _read_json(path / "vae" / "config.json")
+        return int(unet.get("sample_size") or 64) * 2 ** (len(vae.get("block_out_channels", (1,))) - 1)
+    except (LegoError, OSError, ValueError, TypeError):
+        return 0
 
 
 def _detail(exc: BaseException) -> str:
@@ -544,18 +624,22 @@ def load_model(
     Every failure is a one-line :class:`ModelError` naming the path."""
     if prediction_type is not None and prediction_type not in PREDICTION_TYPES:
         raise ModelError(f"unknown prediction type '{prediction_type}' (choose epsilon or v_prediction)")
+    import_model_stack()  # before any diffusers/transformers name: their lazy imports race across threads
     torch_device = pick_device(device)
     dtype = pick_dtype(torch_device, precision)
     kind, path = resolve_spec(spec)
-    try:
-        if kind == "folder":
-            model = _load_folder(path, prediction_type)
-        else:
-            model = _load_single_file(path, prediction_type, Path(config) if config else None)
-    except LegoError as exc:
-        raise ModelError(str(exc)) from exc
-    except (OSError, ValueError, RuntimeError, KeyError) as exc:
-        raise ModelError(f"{path}: cannot load the model ({_first_line(exc)})") from exc
+    # One load at a time: transformers/diffusers build modules under torch's process-global
+    # default-device context ("meta"), so two threads loading at once break each other.
+    with MODEL_LOAD_LOCK:
+        try:
+            if kind == "folder":
+                model = _load_folder(path, prediction_type)
+            else:
+                model = _load_single_file(path, prediction_type, Path(config) if config else None)
+        except LegoError as exc:
+            raise ModelError(str(exc)) from exc
+        except (OSError, ValueError, RuntimeError, KeyError) as exc:
+            raise ModelError(f"{path}: cannot load the model ({_first_line(exc)})") from exc
     model.source = str(spec)
     _place(model, torch_device, dtype)
     return model
@@ -979,6 +1063,7 @@ def make_tiny_model(out_dir: str | os.PathLike, seed: int = 0, sample_size: int 
     ``StableDiffusionPipeline.from_pretrained(dir, safety_checker=None)``. ``family="sdxl"``
     writes the SDXL architecture instead (two text encoders of widths 32 and 48, pooled
     embeddings, micro-conditioning), which plain ``StableDiffusionXLPipeline`` loads."""
+    import_model_stack()
     from diffusers import AutoencoderKL, PNDMScheduler, StableDiffusionPipeline, UNet2DConditionModel
     from transformers import CLIPTextConfig, CLIPTextModel
 

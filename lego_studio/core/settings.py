@@ -125,7 +125,11 @@ def inspect_model_spec(spec: str | os.PathLike) -> ModelEntry:
     if where == "file":
         if path.stat().st_size < 1024:
             raise ModelError(f"{path}: model file is too small to hold weights ({path.stat().st_size} bytes)")
-        return ModelEntry(name=path.stem, spec=str(path.resolve()), kind="single-file", family="")
+        from lego_studio.core.models import inspect_single_file
+
+        family = inspect_single_file(path)  # the header only: a random file is refused here
+        return ModelEntry(name=path.stem, spec=str(path.resolve()), kind="single-file",
+                          family=family.name if family is not None else "")
     is_diffusers = (path / "model_index.json").is_file() or all(
         (path / part).is_dir() for part in ("unet", "vae", "text_encoder")
     )
@@ -284,11 +288,12 @@ class Settings:
 
     # ------------------------------------------------------------ models
 
-    def add_model(self, spec: str | os.PathLike, name: str | None = None) -> ModelEntry:
+    def add_model(self, spec: str | os.PathLike, name: str | None = None, make_default: bool | None = None) -> ModelEntry:
         """Validate ``spec`` (no weights loaded) and add it; the same spec again updates its entry.
 
-        The first model added becomes the default. Raises :class:`ModelError` when the spec is
-        not a usable model.
+        ``make_default``: True makes it the default, False never does (the app asks first);
+        None (the default) makes the first model added the default. Raises :class:`ModelError`
+        when the spec is not a usable model.
         """
         entry = inspect_model_spec(spec)
         if name:
@@ -297,7 +302,7 @@ class Settings:
             if existing.spec == entry.spec:
                 if not name:
                     entry.name = existing.name
-                if self.default_model == existing.name:
+                if self.default_model == existing.name or make_default:
                     self.default_model = entry.name
                 self.models[index] = entry
                 return entry
@@ -307,7 +312,7 @@ class Settings:
             entry.name = f"{base} ({counter})"
             counter += 1
         self.models.append(entry)
-        if self.default_model is None:
+        if make_default or (make_default is None and self.default_model is None):
             self.default_model = entry.name
         return entry
 

@@ -119,7 +119,9 @@ def build(out_dir: str | Path | None = None, bpe_gz_path: str | Path | None = No
 
 def load_tokenizer(family: str = "sd1"):
     """The shipped CLIP tokenizer for ``family`` as a ``transformers.CLIPTokenizer`` (offline)."""
-    from transformers import CLIPTokenizer
+    from lego_studio.core.model_stack import import_model_stack
+
+    CLIPTokenizer = import_model_stack().CLIPTokenizer  # noqa: N806 - thread-safe import
 
     root = resource("tokenizer")
     if not (root / "vocab.json").is_file() or not (root / "merges.txt").is_file():

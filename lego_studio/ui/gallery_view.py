@@ -1,6 +1,8 @@
 """Gallery place: pick concepts from the library (several at once), type subjects (one per line),
 seeds, steps, guidance; generate in a worker with progress and cancel. Results form a grid with
-one column per concept, so a Lego concept and its Textual Inversion baseline sit side by side.
+one column per concept (headed with its method, Lego or TI), so a Lego concept and its Textual
+Inversion baseline sit side by side; "Together in one image" composes the chosen concepts in every
+image instead ("a teapot <melting> <on-fire>"), and concepts may be typed in the template.
 Every image is saved as a PNG carrying its prompt/seed/model/concept; open one large to read its
 settings, copy the prompt, reuse the settings, or export the selection to a folder."""
 
@@ -14,6 +16,7 @@ from PySide6.QtCore import QSize, Qt, QTimer, Signal
 from PySide6.QtGui import QGuiApplication, QIcon, QPixmap
 from PySide6.QtWidgets import (
     QAbstractItemView,
+    QCheckBox,
     QComboBox,
     QDialog,
     QDoubleSpinBox,
@@ -37,9 +40,11 @@ from PySide6.QtWidgets import (
 
 from lego_studio.core.errors import InputError, LegoError
 from lego_studio.core.settings import BUILTIN_MODELS
+from lego_studio.core.wording import plural
 from lego_studio.ui.model_cache import refill_model_combos
 from lego_studio.ui.workers import TaskRunner
 from lego_studio.ui.layouts import install_two_pane_layout
+from lego_studio.ui.wheel_guard import guard_wheel
 
 CELL = 160
 # Default subjects of the grid's rows: for Stable Diffusion models, and for the Shape World models,
@@ -145,13 +150,18 @@ class GalleryView(QWidget):
         self.concept_list.setSelectionMode(QAbstractItemView.SelectionMode.MultiSelection)
         self.concept_list.setToolTip("Choose one or more concepts; each becomes a column of the grid")
         self.concept_list.setMinimumHeight(110)
+        self.together_check = QCheckBox("Together in one image")
+        self.together_check.setToolTip(
+            "On: every image has all the chosen concepts (a teapot <melting> <on-fire>), one column. "
+            "Off: one column per concept, side by side. Concepts can also be typed in the template.")
         self.subjects_edit = QPlainTextEdit()
         self.subjects_edit.setPlaceholderText("a teapot\na dog\na car")
         self.subjects_edit.setPlainText(GENERIC_SUBJECTS)
         self.subjects_edit.setToolTip("One subject per line; each becomes a row")
         self.subjects_edit.setMaximumHeight(90)
         self.template_edit = QLineEdit(DEFAULT_TEMPLATE)
-        self.template_edit.setToolTip("{subject} and {concept} are filled in for every cell")
+        self.template_edit.setToolTip("{subject} and {concept} are filled in for every cell; concepts from the "
+                                      "library can also be typed here, e.g. a photo of {subject} <melting> <on-fire>")
         self.negative_edit = QLineEdit()
         self.negative_edit.setPlaceholderText("blurry, low quality")
         self.seeds_edit = QLineEdit("0")
@@ -169,6 +179,7 @@ class GalleryView(QWidget):
         self.device_combo.addItems(["auto", "cpu", "cuda", "mps"])
         form = QFormLayout()
         form.addRow("Concepts:", self.concept_list)
+        form.addRow("", self.together_check)
         form.addRow("Subjects:", self.subjects_edit)
         form.addRow("Template:", self.template_edit)
         form.addRow("Negative:", self.negative_edit)
@@ -228,6 +239,7 @@ class GalleryView(QWidget):
         self._wanted: set[str] = set()  # concepts to select once the list (re)loads
         self._relist = False  # the library changed while it was being listed
         self._base_models: dict[str, str] = {}  # concept name -> the model spec it was trained on
+        self._methods: dict[str, str] = {}  # concept name -> "Lego" / "TI"
         self.concept_list.itemSelectionChanged.connect(self._follow_concepts_model)
         context.library_changed.connect(self.refresh_concepts)
         context.settings_changed.connect(self.refresh_models)
@@ -236,6 +248,7 @@ class GalleryView(QWidget):
         self.refresh_models()
         self.refresh_concepts()
         self._fit_subjects_to_model()
+        guard_wheel(self)  # spin and combo boxes take the wheel only when focused
 
     # ------------------------------------------------------------ choices
     def refresh_models(self) -> None:
@@ -291,8 +304,9 @@ class GalleryView(QWidget):
         self.concept_list.clear()
         for entry in entries:
             method = {"lego": "Lego", "ti": "TI"}.get(str(entry.metadata.get("method")), "")
+            self._methods[entry.name] = method
             item = QListWidgetItem(f"{entry.placeholder}  {method}".strip())
-            item.setToolTip(f"{entry.placeholder}: {entry.badge}, {entry.num_vectors} vector(s)")
+            item.setToolTip(f"{entry.placeholder}: {entry.badge}, {plural(entry.num_vectors, 'vector')}")
             item.setData(Qt.ItemDataRole.UserRole, entry.name)
             self.concept_list.addItem(item)
             item.setSelected(entry.name in chosen)
@@ -320,6 +334,22 @@ class GalleryView(QWidget):
         return data_dir() / "gallery"
 
     # ------------------------------------------------------------ generate
+    def columns_for(self, names: list[str], template: str) -> list[list[str]]:
+        """The grid's columns, each a list of concept names drawn together: one column per chosen
+        concept, or one column with all of them when "Together in one image" is on; a template
+        without ``{concept}`` (its concepts typed in it) makes one column."""
+        if not names or "{concept}" not in template:
+            return [[]]
+        if self.together_check.isChecked() and len(names) > 1:
+            return [list(names)]
+        return [[name] for name in names]
+
+    def column_label(self, names: list[str], typed: list[str]) -> str:
+        """A column's header: its concepts, each with its method (Lego / TI)."""
+        shown = [f"<{name}>" + (f" {self._methods[name]}" if self._methods.get(name) else "") for name in names]
+        shown += [p for p in typed if p.strip("<>") not in names]
+        return " + ".join(shown) if shown else "no concept"
+
     def generate(self) -> bool:
         names = self.chosen_concepts()
         subjects = self.subjects()
@@ -330,6 +360,12 @@ class GalleryView(QWidget):
             if not subjects:
                 raise InputError("subjects: type at least one subject, one per line")
             seeds = parse_seeds(self.seeds_edit.text())
+            from lego_studio.core.generation import check_typed_placeholders, fill_template
+
+            # Concepts typed in the template ("a teapot <melting> <on-fire>") must be in the
+            # library: an unknown one is one line here, not silently plain words in the images.
+            typed = check_typed_placeholders(template, [f"<{name}>" for name in self.concept_names()])
+            fill_template(template, "", "")  # a template error before the model loads
         except LegoError as exc:
             self.status_label.setText(str(exc))
             return False
@@ -340,43 +376,46 @@ class GalleryView(QWidget):
         library = self.context.library()
         models = self.context.models
         out_dir = self._output_folder()
-        columns = names or [None]  # no concept chosen: the plain model, one column
+        typed_names = [p.strip("<>") for p in typed]
+        columns = self.columns_for(names, template)
+        labels = [self.column_label(column, typed) for column in columns]
         rows = [(subject, seed) for subject in subjects for seed in seeds]
         total = len(columns) * len(rows) * steps
 
         def run(state):
-            from lego_studio.core.generation import GenerationRequest, fill_template, generate, request_of, save_generated
+            from lego_studio.core.concepts import check_concepts_fit
+            from lego_studio.core.generation import generate_grid, save_generated
             from lego_studio.core.project import safe_folder_name
 
-            from lego_studio.core.concepts import check_concepts_fit
-
             with models.lease(spec, device, state=state) as model:
-                concepts = [library.get(name) if name else None for name in columns]
+                loaded = {name: library.get(name) for name in dict.fromkeys(typed_names + [n for c in columns for n in c])}
                 # Every column is drawn with this model: refuse a concept of another family (or
                 # width) before the first image, naming both families.
-                check_concepts_fit(model, [c for c in concepts if c is not None])
-                done = 0
-                for column, concept in enumerate(concepts):
-                    chosen = [concept] if concept is not None else []
-                    concept_text = concept.placeholder if concept is not None else ""
-                    for row, (subject, seed) in enumerate(rows):
-                        state.check()
-                        prompt = " ".join(fill_template(template, subject, concept_text).split())
-                        request = GenerationRequest(prompt=prompt, negative_prompt=negative, seed=seed, steps=steps, guidance=guidance)
+                check_concepts_fit(model, list(loaded.values()))
+                for column, column_names in enumerate(columns):
+                    concepts = [loaded[name] for name in dict.fromkeys(column_names + typed_names)]
+                    offset = column * len(rows) * steps
+                    made = [0]
 
-                        def progress(step, _total, offset=done):
-                            state.progress(offset + step, total, "Generating…")
+                    def progress(step, _total, offset=offset):
+                        state.progress(offset + step, total, "Generating…")
 
-                        image = generate(model, request, chosen, progress=progress, cancel=lambda: state.cancelled)
-                        stem = safe_folder_name(f"{concept.name if concept else 'plain'}-{subject}-{seed}")[:60]
+                    def on_image(request, image, column=column, column_names=column_names):
+                        row = made[0]
+                        made[0] += 1
+                        subject, seed = rows[row]
+                        stem = safe_folder_name(f"{'+'.join(column_names + typed_names) or 'plain'}-{subject}-{seed}")[:60]
                         path = _unused(out_dir / f"{stem}.png")
                         save_generated(image, path)
-                        state.emit({"column": column, "row": row, "path": path, "request": request_of(image),
+                        state.emit({"column": column, "row": row, "path": path, "request": request,
                                     "subject": subject, "template": template})
-                        done += steps
-            return len(concepts) * len(rows)
 
-        self._prepare_table(columns, rows)
+                    generate_grid(model, concepts, subjects, seeds, template=template, negative_prompt=negative,
+                                  steps=steps, guidance=guidance, progress=progress,
+                                  cancel=lambda: state.cancelled, on_image=on_image)
+            return len(columns) * len(rows)
+
+        self._prepare_table(labels, rows)
         self.results = []
         self.last_error = ""
         self.progress.setRange(0, total)
@@ -402,7 +441,7 @@ class GalleryView(QWidget):
         self.table.clear()
         self.table.setColumnCount(len(columns))
         self.table.setRowCount(len(rows))
-        self.table.setHorizontalHeaderLabels([f"<{c}>" if c else "no concept" for c in columns])
+        self.table.setHorizontalHeaderLabels(list(columns))
         self.table.setVerticalHeaderLabels([f"{subject}\nseed {seed}".strip() for subject, seed in rows])
 
     def _add_result(self, result: dict) -> None:
@@ -418,7 +457,7 @@ class GalleryView(QWidget):
     def _finished(self, count: int) -> None:
         self._set_busy(False)
         self.progress.setValue(self.progress.maximum())
-        self.status_label.setText(f"Made {count} image(s) in {self._output_folder()}")
+        self.status_label.setText(f"Made {plural(count, 'image')} in {self._output_folder()}")
         self.generation_finished.emit()
 
     def _failed(self, message: str) -> None:
@@ -465,18 +504,24 @@ class GalleryView(QWidget):
         self.steps_spin.setValue(int(request.steps))
         self.guidance_spin.setValue(float(request.guidance))
         self.negative_edit.setText(request.negative_prompt)
+        from lego_studio.core.generation import typed_placeholders
+
         placeholders = [c.get("placeholder", "") for c in request.concepts if c.get("placeholder")]
-        self.choose_concepts([p.strip("<>") for p in placeholders])
         if subject is not None and template is not None:
             self.template_edit.setText(template)
             self.subjects_edit.setPlainText(subject)
         else:
-            # Only the prompt is known (an image from elsewhere): it becomes the template.
+            # Only the prompt is known (an image from elsewhere): it becomes the template, its
+            # one concept as {concept}; several stay typed in it (drawn together again).
             prompt = request.prompt
-            for placeholder in placeholders:
-                prompt = prompt.replace(placeholder, "{concept}")
+            if len(placeholders) == 1:
+                prompt = prompt.replace(placeholders[0], "{concept}")
             self.template_edit.setText(prompt)
             self.subjects_edit.setPlainText("")
+        typed = set(typed_placeholders(self.template_edit.text()))
+        chosen = [p for p in placeholders if p not in typed]
+        self.choose_concepts([p.strip("<>") for p in chosen])
+        self.together_check.setChecked(len(chosen) > 1)
         self.status_label.setText(f"Settings of seed {request.seed} loaded; press Generate.")
 
     def selected_paths(self) -> list[Path]:
@@ -494,7 +539,7 @@ class GalleryView(QWidget):
             # Plain copy keeps the PNG text chunks (prompt, seed, model, concept).
             shutil.copy2(path, _unused(folder / path.name))
             count += 1
-        self.status_label.setText(f"Exported {count} image(s) to {folder}")
+        self.status_label.setText(f"Exported {plural(count, 'image')} to {folder}")
         return count
 
     def _export_dialog(self) -> None:

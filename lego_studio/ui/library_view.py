@@ -30,7 +30,9 @@ from PySide6.QtWidgets import (
     QWidget,
 )
 
+from lego_studio.core.wording import plural
 from lego_studio.ui.workers import TaskRunner
+from lego_studio.ui.wheel_guard import guard_wheel
 
 THUMB = 128
 EXPORT_FORMATS = {
@@ -182,6 +184,7 @@ class LibraryView(QWidget):
         context.settings_changed.connect(self.refresh)
         self._update_buttons()
         self.refresh()
+        guard_wheel(self)  # spin and combo boxes take the wheel only when focused
 
     # ------------------------------------------------------------ loading
     def refresh(self) -> None:
@@ -235,7 +238,7 @@ class LibraryView(QWidget):
             tags = f"\n{', '.join(entry.tags)}" if entry.tags else ""
             item = QListWidgetItem(entry_icon(entry), f"{entry.placeholder}{tags}")
             item.setData(Qt.ItemDataRole.UserRole, entry.name)
-            item.setToolTip(f"{entry.placeholder} — {entry.badge}, {entry.num_vectors} vector(s)")
+            item.setToolTip(f"{entry.placeholder} — {entry.badge}, {plural(entry.num_vectors, 'vector')}")
             self.grid.addItem(item)
             if entry.name == selected:
                 self.grid.setCurrentItem(item)
@@ -272,7 +275,8 @@ class LibraryView(QWidget):
             ("Steps", str(meta.get("steps", "—"))),
             ("Subject", entry.subject or "—"),
             ("Tags", ", ".join(entry.tags) or "—"),
-            ("Trained", entry.created),
+            # The training time where the file has it; an import without one says when it came in.
+            ("Trained", str(meta["created"])) if meta.get("created") else ("Imported", entry.added),
             ("Source", entry.source or "—"),
             ("File", str(entry.path)),
         ]

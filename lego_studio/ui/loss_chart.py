@@ -20,6 +20,22 @@ _EXTRA = [QColor("#8c564b"), QColor("#e377c2"), QColor("#17becf"), QColor("#bcbd
 SMOOTHING = 0.9  # exponential moving average: raw per-step losses are too noisy to read
 
 
+def axis_label(value: float, span: float) -> str:
+    """A loss-axis label: as many decimals as the axis' span needs (0.0097, 0.25, 12.5),
+    scientific only for very small or very large values, never a bare ".00966"."""
+    if value == 0:
+        return "0"
+    magnitude = abs(value)
+    if magnitude >= 1e5 or magnitude < 1e-4:
+        return f"{value:.2e}"
+    step = span / 2 if span > 0 else magnitude
+    decimals = max(0, min(6, 2 - math.floor(math.log10(step)))) if step > 0 else 2
+    text = f"{value:.{decimals}f}"
+    if "." in text:
+        text = text.rstrip("0").rstrip(".")
+    return text
+
+
 class LossChart(QWidget):
     def __init__(self, parent: QWidget | None = None):
         super().__init__(parent)
@@ -43,6 +59,11 @@ class LossChart(QWidget):
             self._smoothed[term] = smooth
             self._series.setdefault(term, []).append((step, smooth))
         self.update()
+
+    @staticmethod
+    def axis_labels(low: float, high: float) -> list[str]:
+        """The labels of the loss axis at its bottom, middle and top."""
+        return [axis_label(low + fraction * (high - low), high - low) for fraction in (0.0, 0.5, 1.0)]
 
     def terms(self) -> list[str]:
         return list(self._series)
@@ -70,6 +91,13 @@ class LossChart(QWidget):
         low, high = min(values), max(values)
         if high - low < 1e-12:
             low, high = low - 0.5, high + 0.5
+        # The plot starts right of the widest axis label, so no label is clipped.
+        labels = self.axis_labels(low, high)
+        margin = max(painter.fontMetrics().horizontalAdvance(text) for text in labels) + 8
+        plot = QRectF(margin + 4, 10, max(10, self.width() - margin - 14), max(10, self.height() - 50))
+        painter.fillRect(self.rect(), QColor("white"))
+        painter.setPen(QPen(QColor("#cccccc"), 1))
+        painter.drawRect(plot)
         first = min(steps)
         last = max(max(steps), self.total_steps or 0, first + 1)
 
@@ -79,10 +107,9 @@ class LossChart(QWidget):
             return QPointF(x, y)
 
         painter.setPen(QColor("#666666"))
-        for fraction in (0.0, 0.5, 1.0):
-            value = low + fraction * (high - low)
+        for fraction, text in zip((0.0, 0.5, 1.0), labels):
             y = plot.bottom() - fraction * plot.height()
-            painter.drawText(QRectF(0, y - 8, 44, 16), Qt.AlignmentFlag.AlignRight | Qt.AlignmentFlag.AlignVCenter, f"{value:.3g}")
+            painter.drawText(QRectF(0, y - 8, margin, 16), Qt.AlignmentFlag.AlignRight | Qt.AlignmentFlag.AlignVCenter, text)
         painter.drawText(QRectF(plot.left(), plot.bottom() + 2, 80, 16), Qt.AlignmentFlag.AlignLeft, f"step {first}")
         painter.drawText(QRectF(plot.right() - 80, plot.bottom() + 2, 80, 16), Qt.AlignmentFlag.AlignRight, f"{last}")
 

@@ -4,10 +4,11 @@ a status bar with device and model, window state remembered in the core settings
 from __future__ import annotations
 
 import gc
+import html
 import struct
 from pathlib import Path
 
-from PySide6.QtCore import QByteArray, QSize, QTimer
+from PySide6.QtCore import QByteArray, QSize, Qt, QTimer
 from PySide6.QtGui import QAction, QCloseEvent, QKeySequence
 from PySide6.QtWidgets import (
     QLabel,
@@ -47,6 +48,14 @@ def unpack_window_state(blob: bytes | None) -> tuple[bytes, bytes, int] | None:
     if len(body) != glen + slen:
         return None  # written by something else: ignore rather than restore garbage
     return body[:glen], body[glen:], place
+
+
+def app_log_path() -> Path:
+    """Where the app writes the details of unexpected errors (ui/errors.py), without creating it."""
+    from lego_studio.core import paths
+    from lego_studio.ui.errors import LOG_NAME
+
+    return paths.data_dir() / "logs" / LOG_NAME
 
 
 class MainWindow(QMainWindow):
@@ -123,6 +132,7 @@ class MainWindow(QMainWindow):
         self.training_view.settings_requested.connect(self.open_settings)
         self._show_model(self.training_view.model_combo.currentText() or self.context.model_name())
         self._on_project_changed(self.context.project)
+        self._base_minimum = self.minimumSizeHint()  # before any message could widen it
         self.show_place("projects")
         self._restore_state()
         if self.context.project is None:
@@ -164,6 +174,9 @@ class MainWindow(QMainWindow):
             self.place_actions.append(action)
 
         help_menu = self.menuBar().addMenu("&Help")
+        self.guide_action = QAction("&Getting Started", self, shortcut=QKeySequence("F1"))
+        self.guide_action.triggered.connect(self._guide)
+        help_menu.addAction(self.guide_action)
         about = QAction("&About Lego Studio", self)
         about.triggered.connect(self._about)
         help_menu.addAction(about)
@@ -175,14 +188,55 @@ class MainWindow(QMainWindow):
         if dialog.exec():
             self.context.apply_settings()
 
-    def _about(self) -> None:
-        QMessageBox.about(
-            self,
-            "About Lego Studio",
-            "Lego Studio teaches Stable Diffusion concepts that are not objects "
-            "(adjectives and verbs) from a few images, offline.\n\n"
-            "Method: Lego (ECCV 2024, arXiv 2311.13833); baseline: Textual Inversion.",
+    def about_text(self) -> str:
+        from lego_studio import __version__
+
+        return (
+            f"<b>Lego Studio {html.escape(__version__)}</b><p>Lego Studio teaches Stable Diffusion concepts "
+            "that are not objects (adjectives and verbs) from a few images, offline.</p>"
+            "<p>Method: Lego (ECCV 2024, arXiv 2311.13833); baseline: Textual Inversion.</p>"
+            f"<p>Log file (errors with details): {html.escape(str(app_log_path()))}</p>"
         )
+
+    def guide_text(self) -> str:
+        """What to do first, what masks and subject words are for, and where files live."""
+        settings = self.context.settings
+        from lego_studio.core.settings import settings_path
+
+        where = [
+            ("Projects", settings.projects_path()),
+            ("Concept library", settings.library_path()),
+            ("Settings", settings_path()),
+            ("Log file", app_log_path()),
+        ]
+        rows = "".join(f"<li>{name}: {html.escape(str(path))}</li>" for name, path in where)
+        return (
+            "<b>What to do first</b><ol>"
+            "<li><b>Projects</b>: New Project, then add 3-10 pictures that all show the concept "
+            "(e.g. things that are frozen), on whatever subjects you have.</li>"
+            "<li>Type the <b>subject words</b>: what is in the pictures apart from the concept "
+            "(e.g. “a toy robot”). Training explains the subject with them, so the concept "
+            "does not learn what your subject looks like.</li>"
+            "<li><b>Masks</b> (optional, recommended for Lego): paint where the subject is. Training "
+            "then keeps the subject's own look out of the concept.</li>"
+            "<li><b>Training</b>: Start training. The concept goes into the Concept Library.</li>"
+            "<li><b>Gallery</b>: draw the concept on other subjects (“a teapot &lt;frozen&gt;”), "
+            "side by side with its Textual Inversion baseline, or with another concept.</li></ol>"
+            "<p>Models: the built-in Shape World model works at once; add your own Stable Diffusion "
+            "model in File ▸ Settings.</p>"
+            f"<b>Where files live</b><ul>{rows}</ul>"
+        )
+
+    def _guide(self) -> None:
+        box = QMessageBox(self)
+        box.setWindowTitle("Getting started")
+        box.setTextFormat(Qt.TextFormat.RichText)
+        box.setText(self.guide_text())
+        box.setTextInteractionFlags(Qt.TextInteractionFlag.TextSelectableByMouse)
+        box.open()
+
+    def _about(self) -> None:
+        QMessageBox.about(self, "About Lego Studio", self.about_text())
 
     # ------------------------------------------------------------ the last session
     def reopen_last_project(self):
@@ -260,11 +314,11 @@ class MainWindow(QMainWindow):
 
             device = str(pick_device(wanted).type)
             state.emit(device)
+            from lego_studio.core.model_stack import import_model_stack
+
+            import_model_stack()  # the one thread-safe import every model path shares
             import lego_studio.core.generation  # noqa: F401
             import lego_studio.core.models  # noqa: F401
-            import diffusers  # noqa: F401
-            from diffusers import AutoencoderKL, DDPMScheduler, StableDiffusionPipeline, UNet2DConditionModel  # noqa: F401
-            from transformers import CLIPTextModel, CLIPTokenizer  # noqa: F401
 
             if default_spec is not None:
                 state.emit(f"Loading {default_spec}…")
@@ -324,14 +378,32 @@ class MainWindow(QMainWindow):
         if unpacked is None:
             return
         geometry, state, place = unpacked
-        self.restoreGeometry(QByteArray(geometry))
+        if geometry:
+            self.restoreGeometry(QByteArray(geometry))
         self.restoreState(QByteArray(state))
         if 0 <= place < len(PLACES):
             self.sidebar.setCurrentRow(place)
 
+    def fits_screen(self) -> bool:
+        """Whether the window fits its screen: one that a long message once pushed wider (or
+        taller) than the screen is not a size to come back to."""
+        screen = self.screen()
+        if screen is None:
+            return True
+        available = screen.availableGeometry()
+        frame = self.frameGeometry()
+        extra = frame.size() - self.size()  # the window frame
+        base = self._base_minimum  # what the window needs by itself, before any message
+        return (frame.width() <= max(available.width(), base.width() + extra.width())
+                and frame.height() <= max(available.height(), base.height() + extra.height()))
+
     def save_state(self) -> None:
+        geometry = bytes(self.saveGeometry().data())
+        if not self.fits_screen():  # keep the size saved before (or none: the default size)
+            previous = unpack_window_state(self.context.settings.window_state)
+            geometry = previous[0] if previous is not None else b""
         self.context.settings.window_state = pack_window_state(
-            bytes(self.saveGeometry().data()), bytes(self.saveState().data()), self.stack.currentIndex()
+            geometry, bytes(self.saveState().data()), self.stack.currentIndex()
         )
         self.context.save_settings()
 

@@ -21,6 +21,7 @@ from PySide6.QtWidgets import (
     QListWidget,
     QListWidgetItem,
     QPushButton,
+    QSizePolicy,
     QSlider,
     QSpinBox,
     QToolBar,
@@ -33,8 +34,10 @@ from lego_studio.core.errors import LegoError
 from lego_studio.ui import operations, project_io
 from lego_studio.ui.mask_canvas import BRUSH, ERASER, FILL, SAM, MaskCanvas, SamPrompt
 from lego_studio.ui.workers import TaskRunner
+from lego_studio.ui.wheel_guard import guard_wheel
 
 AUTOSAVE_DELAY_MS = 400
+ERROR_STYLE = "color: #c0392b;"
 THUMB = 72
 
 
@@ -45,6 +48,19 @@ def masks_purpose(config) -> str:
     from lego_studio.core.training import TrainConfig
 
     return masks_usage(config if config is not None else TrainConfig())
+
+
+def candidate_label(index: int, score: float, grabcut: bool, clicks: int) -> str:
+    """A candidate button's text, two short lines that fit the assist panel. SAM's score is its
+    own quality estimate; GrabCut's is the share of the clicks the mask agrees with, so it says
+    that, and nothing about clicks when there were none (a box alone)."""
+    if not grabcut:
+        what = f"score {score:.2f}"
+    elif clicks:
+        what = f"fits {score:.0%} of your clicks"
+    else:
+        what = "from the box"
+    return f"Candidate {index + 1}\n{what}"
 
 
 class MasksView(QWidget):
@@ -167,6 +183,10 @@ class MasksView(QWidget):
         self._update_candidate_buttons()
 
         self.info_label = QLabel()
+        # Long messages (a path in an error) wrap; they never widen the window.
+        self.info_label.setWordWrap(True)
+        self.info_label.setSizePolicy(QSizePolicy.Policy.Ignored, QSizePolicy.Policy.Preferred)
+        self.info_label.setMinimumWidth(1)
         # One line on why masks matter, so painting them does not feel like a chore of unclear use.
         # Set by the main window: the training form's current settings (None: the defaults).
         self.training_config = lambda: None
@@ -188,6 +208,7 @@ class MasksView(QWidget):
         context.masks_changed.connect(lambda _image: self._refresh_badges())
         context.settings_changed.connect(self._forget_segmenter)
         self.set_project(context.project)
+        guard_wheel(self)  # spin and combo boxes take the wheel only when focused
 
     def _action(self, text, shortcut, slot, tip, toolbar: QToolBar | None = None) -> QAction:
         action = QAction(text, self)
@@ -274,6 +295,7 @@ class MasksView(QWidget):
             mask = project_io.load_mask(self.context.project, path, image.size)
         except LegoError as exc:
             self.canvas.clear_image()
+            self.info_label.setStyleSheet(ERROR_STYLE)
             self.info_label.setText(str(exc))
             return
         self._current_pil = image
@@ -281,9 +303,18 @@ class MasksView(QWidget):
         self._dirty = False
         self._candidates = []
         self._update_candidate_buttons()
-        self.info_label.setText(f"{path.name} — {image.size[0]}×{image.size[1]} — image {self._index + 1} of {len(self._images)}")
+        self._show_info()
         if self.canvas.tool == SAM:
             self._prepare_segmenter()
+
+    def _show_info(self) -> None:
+        """The current image's name, size and place, in the plain style (clears an error)."""
+        path = self.current_image()
+        image = getattr(self, "_current_pil", None)
+        if path is None or image is None:
+            return
+        self.info_label.setStyleSheet("")
+        self.info_label.setText(f"{path.name} — {image.size[0]}×{image.size[1]} — image {self._index + 1} of {len(self._images)}")
 
     def previous_image(self) -> None:
         if self._index > 0:
@@ -306,9 +337,11 @@ class MasksView(QWidget):
         try:
             operations.save_mask(self.context, path, self.canvas.mask())  # -> masks_changed
         except (LegoError, OSError) as exc:
+            self.info_label.setStyleSheet(ERROR_STYLE)
             self.info_label.setText(f"Could not save the mask: {exc}")
             return
         self._dirty = False
+        self._show_info()  # an earlier save's error (e.g. before an Undo) is stale now
         self.context.status_message.emit(f"Saved mask for {path.name}")
 
     def flush_autosave(self) -> None:
@@ -412,6 +445,7 @@ class MasksView(QWidget):
         prompt, self._pending_prompt = self._pending_prompt, None
         segmenter = self._segmenter
         points = [(x, y, label) for (x, y), label in zip(prompt.points, prompt.labels)]
+        self._prompt_clicks = len(points)  # a box alone has no clicks for a candidate to agree with
 
         def predict(state):
             return segmenter.predict(points=points or None, box=prompt.box, multimask=True)
@@ -432,11 +466,8 @@ class MasksView(QWidget):
             button.deleteLater()
         self.candidate_buttons = []
         for index, (mask, score) in enumerate(self._candidates):
-            # SAM's score is its own quality estimate; GrabCut's is the share of the clicks the
-            # mask agrees with, so say that rather than a bare "score 1.00".
-            what = (f"agrees with {score:.0%} of the clicks" if self.segmenter_name() == "GrabCut"
-                    else f"score {score:.2f}")
-            button = QPushButton(f"Candidate {index + 1} — {what}")
+            button = QPushButton(candidate_label(index, score, self.segmenter_name() == "GrabCut",
+                                                 getattr(self, "_prompt_clicks", 0)))
             button.setCheckable(True)
             button.setToolTip(f"{int(mask.sum())} pixels")
             button.clicked.connect(lambda _=False, i=index: self.choose_candidate(i))

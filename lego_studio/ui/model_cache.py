@@ -72,6 +72,8 @@ def model_choices(settings) -> list[tuple[str, str]]:
     default = settings.model()
     if default is not None:
         choices.sort(key=lambda c: c[1] != default.spec)
+    else:  # no default chosen (models added but not made the default): the built-in one stays first
+        choices.sort(key=lambda c: c[1] != "shapeworld")
     return choices
 
 

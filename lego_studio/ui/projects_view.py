@@ -8,7 +8,7 @@ import importlib
 from pathlib import Path
 
 from PySide6.QtCore import QSize, Qt, Signal
-from PySide6.QtGui import QColor, QIcon, QPainter, QPixmap
+from PySide6.QtGui import QColor, QIcon, QPainter, QPalette, QPixmap
 from PySide6.QtWidgets import (
     QFileDialog,
     QFormLayout,
@@ -32,6 +32,7 @@ from lego_studio.ui.workers import TaskRunner
 from lego_studio.ui.layouts import install_two_pane_layout
 
 THUMB = 112
+PLACEHOLDER_COLOUR = "#a8a8a8"  # examples in empty fields: light, so they do not read as filled in
 
 
 def badge_thumbnail(path: Path, masked: bool | None, size: int = THUMB) -> QIcon:
@@ -138,16 +139,17 @@ class ProjectsView(QWidget):
         fields = QGroupBox("What the images show")
         form = QFormLayout(fields)
         self.subject_edit = QLineEdit()
-        self.subject_edit.setPlaceholderText("a toy robot")
+        self.subject_edit.setPlaceholderText("e.g. a toy robot")
         self.subject_edit.setToolTip("The subject in words. Its appearance is explained by these words, so it does not leak into the concept.")
         self.concept_edit = QLineEdit()
-        self.concept_edit.setPlaceholderText("frozen")
+        self.concept_edit.setPlaceholderText("e.g. frozen")
         self.concept_edit.setToolTip("Name of the concept; you will type <name> in prompts")
         self.positive_edit = QLineEdit()
-        self.positive_edit.setPlaceholderText("ice, frost, cold, crystal")
+        # What training does with an empty field, not words that read as if typed in.
+        self.positive_edit.setPlaceholderText("e.g. ice, frost (empty: no word guidance)")
         self.positive_edit.setToolTip("Words that describe the concept (comma separated); pull the concept towards them")
         self.negative_edit = QLineEdit()
-        self.negative_edit.setPlaceholderText("robot, metal, toy")
+        self.subject_edit.textChanged.connect(lambda _text: self._show_negative_default())
         self.negative_edit.setToolTip("Words for the subject's appearance (comma separated); pushed away from the concept")
         form.addRow("Subject:", self.subject_edit)
         form.addRow("Concept name:", self.concept_edit)
@@ -155,6 +157,10 @@ class ProjectsView(QWidget):
         form.addRow("Negative words:", self.negative_edit)
         for edit in (self.subject_edit, self.concept_edit, self.positive_edit, self.negative_edit):
             edit.editingFinished.connect(self.save_fields)
+            light = edit.palette()
+            light.setColor(QPalette.ColorRole.PlaceholderText, QColor(PLACEHOLDER_COLOUR))
+            edit.setPalette(light)
+        self._show_negative_default()
         self.fields_status = QLabel()
         self.fields_status.setWordWrap(True)
         form.addRow(self.fields_status)
@@ -287,6 +293,15 @@ class ProjectsView(QWidget):
             return
         self.fields_status.setStyleSheet("color: #2e7d32;")
         self.fields_status.setText("Saved.")
+
+    def _show_negative_default(self) -> None:
+        """An empty Negative words field trains with the subject's appearance words: show those
+        (core.prompts.appearance_words, what TrainConfig.effective_negative_words uses)."""
+        from lego_studio.core.prompts import appearance_words
+
+        words = appearance_words(self.subject_edit.text())
+        self.negative_edit.setPlaceholderText(
+            f"empty: the subject's words ({', '.join(words)})" if words else "e.g. robot, metal (empty: the subject's words)")
 
     # ------------------------------------------------------------ project commands
     def _error(self, title: str, exc) -> None:

@@ -6,6 +6,7 @@ from __future__ import annotations
 import copy
 from pathlib import Path
 
+from PySide6.QtCore import Qt
 from PySide6.QtWidgets import (
     QComboBox,
     QDialog,
@@ -26,9 +27,16 @@ from PySide6.QtWidgets import (
 from lego_studio.core.errors import LegoError
 from lego_studio.core.settings import DEVICES
 from lego_studio.ui.workers import TaskRunner
+from lego_studio.ui.wheel_guard import guard_wheel
 
 ERROR_STYLE = "color: #c0392b;"
 OK_STYLE = "color: #2e7d32;"
+
+
+def reserve_lines(label: QLabel, lines: int) -> None:
+    """Keep room for ``lines`` lines of text in ``label`` even while it is empty."""
+    label.setMinimumHeight(label.fontMetrics().lineSpacing() * lines + 2)
+    label.setAlignment(Qt.AlignmentFlag.AlignLeft | Qt.AlignmentFlag.AlignTop)
 
 
 class SettingsDialog(QDialog):
@@ -75,6 +83,11 @@ class SettingsDialog(QDialog):
         self.offer_default_button.clicked.connect(self._accept_default_offer)
         self.offer_default_button.hide()
         self._offered: str | None = None
+        # Messages and the offer come and go; their room stays, so the dialog does not jump.
+        keep = self.offer_default_button.sizePolicy()
+        keep.setRetainSizeWhenHidden(True)
+        self.offer_default_button.setSizePolicy(keep)
+        reserve_lines(self.model_error, 2)
         row = QHBoxLayout()
         row.addWidget(self.model_input, 1)
         row.addWidget(add_spec)
@@ -101,6 +114,7 @@ class SettingsDialog(QDialog):
         self.sam_check_button.clicked.connect(lambda: self.validate_sam(self.sam_input.text()))
         self.sam_status = QLabel()
         self.sam_status.setWordWrap(True)
+        reserve_lines(self.sam_status, 2)
         sam_row = QHBoxLayout()
         sam_row.addWidget(self.sam_input, 1)
         sam_row.addWidget(sam_browse)
@@ -137,6 +151,7 @@ class SettingsDialog(QDialog):
         layout.addWidget(general)
         layout.addWidget(self.button_box)
         self._refresh_models()
+        guard_wheel(self)  # spin and combo boxes take the wheel only when focused
 
     # ------------------------------------------------------------ models
     def _refresh_models(self) -> None:
@@ -153,13 +168,15 @@ class SettingsDialog(QDialog):
     def add_model(self, spec: str) -> bool:
         """Validate and add; the error (one line) is shown under the list. True on success."""
         try:
-            entry = self.draft.add_model(spec.strip())
+            # Never the default without asking: the offer below makes it one.
+            entry = self.draft.add_model(spec.strip(), make_default=False)
         except LegoError as exc:
             self.model_error.setStyleSheet(ERROR_STYLE)
             self.model_error.setText(str(exc))
             return False
         self.model_error.setStyleSheet(OK_STYLE)
-        self.model_error.setText(f"Added {entry.name} ({entry.kind}).")
+        family = f", {entry.family}" if entry.family else ""
+        self.model_error.setText(f"Added {entry.name} ({entry.kind}{family}).")
         self.model_input.clear()
         self._refresh_models()
         self._select_model(entry.name)

@@ -8,6 +8,7 @@ responsive (a test measures the event-loop stall). A finished concept goes into 
 
 from __future__ import annotations
 
+import html
 import threading
 from pathlib import Path
 
@@ -42,6 +43,7 @@ from lego_studio.ui import operations, project_io
 from lego_studio.ui.loss_chart import LossChart
 from lego_studio.ui.mask_canvas import pil_to_qimage
 from lego_studio.ui.model_cache import refill_model_combos
+from lego_studio.ui.wheel_guard import guard_wheel
 from lego_studio.ui.workers import TaskRunner
 from lego_studio.ui.layouts import install_two_pane_layout
 
@@ -70,13 +72,19 @@ def app_defaults(method: str = "lego", train_defaults: dict | None = None) -> Tr
 
 
 def tooltip(setting: Setting) -> str:
-    """A setting's tooltip: its help (core/training.py) and details; how a list is typed."""
+    """A setting's tooltip: its help (core/training.py) and details; how a list is typed. Rich
+    text, so Qt wraps a long one instead of showing one line as wide as the screen."""
     text = setting.help[0].upper() + setting.help[1:]
     if setting.details:
         text += ". " + setting.details
     if setting.kind == "words":
         text += f". Separate them with '{setting.list_separator}'."
-    return text
+    return wrapping_tooltip(text)
+
+
+def wrapping_tooltip(text: str) -> str:
+    """``text`` as a rich-text tooltip (Qt word-wraps those), its characters shown as typed."""
+    return "<qt>" + html.escape(text, quote=False).replace("\n", "<br>") + "</qt>"
 
 
 def spin_range(setting: Setting) -> tuple[float, float]:
@@ -240,10 +248,14 @@ class TrainingView(QWidget):
         self.runner = TaskRunner(self)
         self._pause = threading.Event()  # read by the trainer between steps (its paused() control)
         self.check_runner = TaskRunner(self)  # the foreign-images check (judge), off the UI thread
+        self.plan_runner = TaskRunner(self)  # the image-size notes before Start (reads image headers)
+        self._plan_key = None  # what the plan line shown was worked out for
+        self._plan_pending = False
         self._foreign: dict = {}  # (spec, images) -> warning or ""
         self._foreign_pending = False
         self._long_confirmed = False
         self._run_dir: Path | None = None
+        self._eta_before_pause = ""
         self._run_method = ""
         self._project_folder: Path | None = None
         self.last_concept_path: Path | None = None
@@ -287,6 +299,9 @@ class TrainingView(QWidget):
         buttons.addStretch(1)
         self.progress = QProgressBar()
         self.progress.setFormat("%v / %m steps")
+        # Room for the widest count, centred: the text's leading digit was clipped at the bar's edge.
+        self.progress.setAlignment(Qt.AlignmentFlag.AlignCenter)
+        self.progress.setMinimumWidth(self.progress.fontMetrics().horizontalAdvance("888888 / 888888 steps") + 40)
         self.eta_label = QLabel("ETA —")
         self.status_label = QLabel("Ready.")
         self.status_label.setWordWrap(True)
@@ -344,12 +359,16 @@ class TrainingView(QWidget):
         context.project_fields_changed.connect(self.show_project_fields)
         context.settings_changed.connect(self.refresh_models)
         context.project_edited.connect(self.check_foreign_images)
+        context.project_edited.connect(self.update_plan)
         self.form.changed.connect(self.update_estimate)
-        self.model_combo.currentIndexChanged.connect(lambda _i: (self.update_estimate(), self.check_foreign_images()))
+        self.form.widgets["resolution"].valueChanged.connect(lambda _v: self.update_plan())
+        self.model_combo.currentIndexChanged.connect(
+            lambda _i: (self.update_estimate(), self.check_foreign_images(), self.update_plan()))
         self.device_combo.currentIndexChanged.connect(lambda _i: self.update_estimate())
         self.refresh_models()
         self.set_project(context.project)
         self.update_estimate()
+        guard_wheel(self)  # the wheel scrolls the form; it edits a setting only when focused
 
     # ------------------------------------------------------------ state
     def is_running(self) -> bool:
@@ -472,6 +491,49 @@ class TrainingView(QWidget):
         self.refresh_runs()
         self._update_buttons()
         self.check_foreign_images()
+        self.update_plan()
+
+    def update_plan(self) -> None:
+        """The plan line before Start: notes on the project's images at the training size (much
+        smaller, far from square), worked out in a worker from the image headers and the chosen
+        model's configs. A run shows its own plan (memory settings too) when it starts."""
+        project = self.context.project
+        if self.runner.busy:
+            return
+        images = project.training_inputs()[0] if project is not None else []
+        resolution = self.form.value("resolution")
+        spec = self._choice()[0]
+        key = (spec, resolution, tuple(str(p) for p in images))
+        if not images:
+            self._plan_key = key
+            self.plan_label.hide()
+            return
+        if key == self._plan_key:
+            return
+        if self.plan_runner.busy:
+            self._plan_pending = True
+            return
+
+        def plan(state):
+            from lego_studio.core.images import image_size_note
+            from lego_studio.core.models import native_resolution
+
+            size = int(resolution or native_resolution(spec) or 0)
+            note = image_size_note(images, size) if size else ""
+            return note[0].upper() + note[1:] + "." if note else ""
+
+        def done(note):
+            self._plan_pending = False
+            if not self.runner.busy:
+                self._plan_key = key
+                self.plan_label.setText(note)
+                self.plan_label.setVisible(bool(note))
+            self.update_plan()  # what changed meanwhile
+
+        def failed(_message):
+            self._plan_pending = False
+
+        self.plan_runner.start(plan, on_done=done, on_error=failed, name="plan")
 
     def clear_run_display(self) -> None:
         """Forget the last run's progress, curves, previews and status: they belong to the project
@@ -483,6 +545,7 @@ class TrainingView(QWidget):
         self.eta_label.setText("ETA —")
         self.status_label.setText("Ready.")
         self.plan_label.hide()
+        self._plan_key = None  # the plan line before Start is worked out again
 
     def show_project_fields(self) -> None:
         """The project's name, subject and word lists (edited in Projects) into the form."""
@@ -523,7 +586,7 @@ class TrainingView(QWidget):
             return
         for info in project.runs():
             ours = self._run_dir is not None and info.path == self._run_dir and self.runner.busy
-            status = "training now" if ours else info.status
+            status = self._our_status() if ours else info.status
             if info.status == runs.RUN_RUNNING and not ours:
                 status = "running in another process"
             total = info.total_steps or "?"
@@ -549,8 +612,11 @@ class TrainingView(QWidget):
         for i in range(self.runs_list.count()):
             item = self.runs_list.item(i)
             if Path(item.data(Qt.ItemDataRole.UserRole)) == Path(self._run_dir):
-                item.setText(f"{Path(self._run_dir).name} — {self._run_method} — training now — step {step}/{total}")
+                item.setText(f"{Path(self._run_dir).name} — {self._run_method} — {self._our_status()} — step {step}/{total}")
                 return
+
+    def _our_status(self) -> str:
+        return "paused" if self._paused else "training now"
 
     def select_run(self, run_dir: Path) -> None:
         for i in range(self.runs_list.count()):
@@ -576,6 +642,10 @@ class TrainingView(QWidget):
             not busy and item is not None and bool(item.data(Qt.ItemDataRole.UserRole + 1))
         )
         self.preset_combo.setEnabled(not busy)
+        # The run uses the model and device it started with: changing them mid-run would only
+        # mislead (the status bar names the chosen model).
+        self.model_combo.setEnabled(not busy)
+        self.device_combo.setEnabled(not busy)
         self.form.setEnabled(not busy)
 
     # ------------------------------------------------------------ commands
@@ -604,6 +674,13 @@ class TrainingView(QWidget):
         if guess is not None and guess.long and not self.confirm_long_run(guess):
             self.status_label.setText(f"Not started: {guess.warning()}.")
             return False
+        # A name the library already has (e.g. the TI baseline of a Lego concept, same name) is
+        # asked about now, not after the whole run.
+        on_conflict = self.ask_about_taken_name(config.name)
+        if on_conflict is None:
+            self.status_label.setText(f"Not started: the library already has <{config.name}>; "
+                                      f'change "{SETTINGS["name"].label}" or choose Replace or Keep both.')
+            return False
         spec = self.model_combo.currentData() or "shapeworld"
         try:
             self.remember_settings(project, config, model=spec)
@@ -613,7 +690,18 @@ class TrainingView(QWidget):
         run_dir = project.new_run_dir()
         device = self.device_combo.currentText()
         return self._launch(config, run_dir, resume=False, spec=spec, device=device,
-                            confirmed=guess is not None and guess.long)
+                            confirmed=guess is not None and guess.long, on_conflict=on_conflict)
+
+    def ask_about_taken_name(self, name: str) -> str | None:
+        """"error" when the library has no concept of this name (nothing to ask), else the user's
+        choice: "replace", "rename" (keep both) or None (do not start)."""
+        from lego_studio.core.library import library_name
+
+        library = self.context.library()
+        wanted = library_name(name)
+        if wanted not in library:
+            return "error"
+        return self.ask_name_clash(wanted, library._free_name(wanted))
 
     def resume_selected(self) -> bool:
         item = self.runs_list.currentItem()
@@ -640,7 +728,7 @@ class TrainingView(QWidget):
         return self._launch(config, run_dir, resume=True, spec=spec, device=device)
 
     def _launch(self, config: TrainConfig, run_dir: Path, resume: bool, spec: str, device: str,
-                confirmed: bool = False) -> bool:
+                confirmed: bool = False, on_conflict: str = "error") -> bool:
         project = self.context.project
         explicit = explicit_memory_settings(config)
         self._long_confirmed = confirmed
@@ -685,6 +773,12 @@ class TrainingView(QWidget):
                                   model.device.type)
 
                 def on_event(event):
+                    if (resume and event.kind == "log" and str(event.message or "").startswith("resumed from")):
+                        # The trainer has just cut its log back to the checkpoint: the run so far
+                        # (losses and previews), read here, off the UI thread, goes first.
+                        from lego_studio.core.run_history import read_history
+
+                        state.emit(read_history(run_dir, upto=event.step))
                     state.emit(event)
                     guess = clock.observe(event)
                     if guess is not None and guess.steps_left:
@@ -699,7 +793,8 @@ class TrainingView(QWidget):
                     clock.finish()
             from lego_studio.ui import library_io
 
-            return library_io.add_trained(library, trainer.concept_path, concept, project)  # path, or NameTaken
+            # A path, or NameTaken when a name taken meanwhile (or on a resume) is still to be asked about.
+            return library_io.add_trained(library, trainer.concept_path, concept, project, on_conflict=on_conflict)
 
         train = runs.holding(run_dir, train)  # one trainer per run folder; a failure before step 1 is recorded
         self._run_dir = run_dir
@@ -729,9 +824,13 @@ class TrainingView(QWidget):
         if self._paused:
             self._pause.clear()
             self.status_label.setText("Training…")
+            self.eta_label.setText(self._eta_before_pause or "ETA —")  # the next step brings a fresh one
         else:
             self._pause.set()
             self.status_label.setText("Paused after the current step. Press Resume to go on.")
+            self._eta_before_pause = self.eta_label.text()
+            self.eta_label.setText("paused")  # no time to count down while nothing runs
+        self._show_current_run_step(self.progress.value(), self.progress.maximum())
         self._update_buttons()
 
     def cancel(self) -> None:
@@ -746,7 +845,8 @@ class TrainingView(QWidget):
         if kind in ("step", "skipped"):
             self.progress.setMaximum(max(1, event.total))
             self.progress.setValue(event.step)
-            self.eta_label.setText(format_eta(event.eta_s))
+            if not self._paused:  # a step finishing just after Pause must not bring the ETA back
+                self.eta_label.setText(format_eta(event.eta_s))
             self.chart.total_steps = event.total
             self.chart.add(event.step, event.losses)
             self._show_current_run_step(event.step, event.total)
@@ -760,14 +860,15 @@ class TrainingView(QWidget):
                 rate = f" — {event.steps_per_s:.1f} steps/s" if event.steps_per_s else ""
                 self.status_label.setText(f"Training: step {event.step} of {event.total}{rate}")
         elif kind == "preview":
-            for image in event.images:
-                pixmap = QPixmap.fromImage(pil_to_qimage(image)).scaled(
-                    PREVIEW_THUMB, PREVIEW_THUMB, Qt.AspectRatioMode.KeepAspectRatio, Qt.TransformationMode.FastTransformation
-                )
-                item = QListWidgetItem(QIcon(pixmap), f"step {event.step}")
-                item.setToolTip(event.path or "")
-                self.previews.addItem(item)
-            self.previews.scrollToBottom()
+            self._add_previews(event.step, event.images, event.path or "")
+        elif kind == "history":  # a resumed run: everything before the checkpoint it continues from
+            self.chart.clear()
+            self.previews.clear()
+            for step, losses in event.points:
+                self.chart.add(step, losses)
+            for step, images in event.previews:
+                self._add_previews(step, images, "")
+            self.progress.setValue(event.step)
         elif kind in ("log", "start"):
             if event.message:
                 self.status_label.setText(event.message)
@@ -779,6 +880,16 @@ class TrainingView(QWidget):
         elif kind == "checkpoint":
             self.refresh_runs()
         self.event_received.emit(event)
+
+    def _add_previews(self, step: int, images, path: str) -> None:
+        for image in images:
+            pixmap = QPixmap.fromImage(pil_to_qimage(image)).scaled(
+                PREVIEW_THUMB, PREVIEW_THUMB, Qt.AspectRatioMode.KeepAspectRatio, Qt.TransformationMode.FastTransformation
+            )
+            item = QListWidgetItem(QIcon(pixmap), f"step {step}")
+            item.setToolTip(path)
+            self.previews.addItem(item)
+        self.previews.scrollToBottom()
 
     def ask_name_clash(self, name: str, free_name: str) -> str | None:
         from lego_studio.ui.library_view import ask_name_clash
@@ -857,4 +968,5 @@ class TrainingView(QWidget):
     def shutdown(self) -> None:
         self.runner.shutdown(timeout_ms=120000)
         self.check_runner.shutdown()
+        self.plan_runner.shutdown()
 

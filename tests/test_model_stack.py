@@ -1,0 +1,84 @@
+"""The model stack (torch, diffusers, transformers) imports once, thread-safely, quietly."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+import textwrap
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+
+_RACE = textwrap.dedent(
+    """
+    import sys, threading
+    from lego_studio.core.model_stack import import_model_stack
+    from lego_studio.core.models import load_model
+    from lego_studio.core.tokenizer import load_tokenizer
+
+    spec = sys.argv[1]
+    barrier = threading.Barrier(8)
+    errors = []
+
+    def run(entry):
+        barrier.wait()
+        try:
+            entry()
+        except Exception as exc:  # noqa: BLE001
+            errors.append(f"{type(exc).__name__}: {exc}")
+
+    entries = [import_model_stack, import_model_stack, load_tokenizer, load_tokenizer] + [
+        lambda: load_model(spec, device="cpu", precision="fp32")] * 4
+    threads = [threading.Thread(target=run, args=(entry,)) for entry in entries]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    print("ERRORS", errors)
+    sys.exit(1 if errors else 0)
+    """
+)
+
+
+def _env():
+    env = dict(os.environ)
+    env["PYTHONPATH"] = str(ROOT) + os.pathsep + env.get("PYTHONPATH", "")
+    env.setdefault("OMP_NUM_THREADS", "1")
+    return env
+
+
+def test_loading_from_several_threads_at_once_in_a_fresh_process(tiny_model_dir):
+    # The warm-up at start-up (import_model_stack), token counting and the first Start's model
+    # load at once. The first Start ~1 s after the window appeared raced the start-up warm-up: two threads
+    # resolving diffusers' lazy names at once -> "cannot import name 'AutoencoderKL'".
+    proc = subprocess.run([sys.executable, "-c", _RACE, str(tiny_model_dir)], capture_output=True, text=True,
+                          env=_env(), timeout=600)
+    assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-2000:]
+
+
+def test_loading_a_model_prints_nothing(tiny_model_dir):
+    code = f"""
+from lego_studio.core.models import load_model
+load_model({str(tiny_model_dir)!r}, device="cpu", precision="fp32")
+"""
+    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=_env(), timeout=600)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    assert proc.stdout == "" and "Loading" not in proc.stderr and "float32" not in proc.stderr, proc.stderr[-2000:]
+
+
+def test_import_model_stack_quiets_the_libraries():
+    code = textwrap.dedent(
+        """
+        from lego_studio.core.model_stack import import_model_stack
+        stack = import_model_stack()
+        assert import_model_stack() is stack
+        assert stack.AutoencoderKL.__name__ == "AutoencoderKL"
+        import logging
+        print(stack.diffusers.utils.logging.get_verbosity() == logging.ERROR,
+              stack.transformers.utils.logging.get_verbosity() == logging.ERROR)
+        """
+    )
+    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=_env(), timeout=600)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    assert proc.stdout.split() == ["True", "True"]
