@@ -481,6 +481,14 @@ def test_help_says_the_version_what_to_do_first_and_where_files_live(window):
                   str(window.context.settings.library_path()), str(window.context.settings.projects_path())):
         assert words in guide, words
     assert str(log_path()) in guide
+    # What the guide says masks do is what the training form's settings make them do.
+    import html
+
+    from lego_studio.core.separation import masks_usage
+
+    assert html.escape(masks_usage(window.training_view.form.draft())) in guide
+    window.training_view.form.set_value("ctx_region", "outside")
+    assert "outside the subject" in window.guide_text()
     actions = [a.text() for a in window.menuBar().actions()[-1].menu().actions()]
     assert actions[0] == "&Getting Started"
 
@@ -535,3 +543,19 @@ def test_assist_candidate_buttons_fit_and_a_box_alone_claims_no_clicks(window, q
     room = view.assist_panel.width() - 2 * view.assist_panel.layout().contentsMargins().left() - 12
     for line in button.text().splitlines():
         assert button.fontMetrics().horizontalAdvance(line) <= room, line
+
+
+# ------------------------------------------------------------------------------ vague subject words, before Start
+
+
+def test_vague_subject_words_are_named_before_start_and_lego_only(window, qtbot, tmp_path):
+    view = window.training_view
+    new_project(window, tmp_path, sizes=((64, 64), (64, 64)))
+    view.form.set_value("subject", "an object")
+    assert view.words_label.isVisibleTo(view)
+    assert "say almost nothing" in view.words_label.text() and "e.g." in view.words_label.text()
+    view.form.set_value("subject", "a red toy robot")
+    assert not view.words_label.isVisibleTo(view)
+    view.form.set_value("subject", "a thing")
+    view.form.apply_preset("ti")  # the baseline does not separate by words: nothing to say
+    assert not view.words_label.isVisibleTo(view)

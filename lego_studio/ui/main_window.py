@@ -81,7 +81,7 @@ class MainWindow(QMainWindow):
         self.projects_view = ProjectsView(self.context)
         self.masks_view = MasksView(self.context)
         self.training_view = TrainingView(self.context)
-        self.masks_view.training_config = self.training_view.form.config
+        self.masks_view.training_config = self.training_view.form.draft
         self.gallery_view = GalleryView(self.context)
         self.library_view = LibraryView(self.context)
         self.views = {
@@ -217,8 +217,7 @@ class MainWindow(QMainWindow):
             "<li>Type the <b>subject words</b>: what is in the pictures apart from the concept "
             "(e.g. “a toy robot”). Training explains the subject with them, so the concept "
             "does not learn what your subject looks like.</li>"
-            "<li><b>Masks</b> (optional, recommended for Lego): paint where the subject is. Training "
-            "then keeps the subject's own look out of the concept.</li>"
+            f"<li><b>Masks</b>: paint where the subject is. {html.escape(self._masks_sentence())}</li>"
             "<li><b>Training</b>: Start training. The concept goes into the Concept Library.</li>"
             "<li><b>Gallery</b>: draw the concept on other subjects (“a teapot &lt;frozen&gt;”), "
             "side by side with its Textual Inversion baseline, or with another concept.</li></ol>"
@@ -226,6 +225,16 @@ class MainWindow(QMainWindow):
             "model in File ▸ Settings.</p>"
             f"<b>Where files live</b><ul>{rows}</ul>"
         )
+
+    def _masks_sentence(self) -> str:
+        """What masks do under the training settings in the form (the Masks page says the same)."""
+        from lego_studio.ui.masks_view import masks_purpose
+
+        try:
+            config = self.training_view.form.draft()
+        except Exception:  # noqa: BLE001 - a form value that cannot be read: the defaults' sentence
+            config = None
+        return masks_purpose(config)
 
     def _guide(self) -> None:
         box = QMessageBox(self)

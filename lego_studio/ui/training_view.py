@@ -214,6 +214,10 @@ class ConfigForm(QWidget):
             return None if (setting.optional and not items) else items
         return None if (setting.optional and not text) else text
 
+    def draft(self) -> TrainConfig:
+        """The form as it stands, not validated (a half-filled form still says which terms are on)."""
+        return TrainConfig(**{name: self.value(name) for name in SETTINGS})
+
     def config(self) -> TrainConfig:
         """The form as a validated TrainConfig; InputError (one line) when a value is wrong."""
         data = {name: self.value(name) for name in SETTINGS}
@@ -311,6 +315,11 @@ class TrainingView(QWidget):
         self.plan_label = QLabel()
         self.plan_label.setWordWrap(True)
         self.plan_label.hide()
+        # Vague subject words ("an object"): said before Start, with a suggestion; Start still runs.
+        self.words_label = QLabel()
+        self.words_label.setWordWrap(True)
+        self.words_label.setStyleSheet("color: #8a5a00;")
+        self.words_label.hide()
         self.foreign_label = QLabel()
         self.foreign_label.setWordWrap(True)
         self.foreign_label.setTextFormat(Qt.TextFormat.RichText)
@@ -344,6 +353,7 @@ class TrainingView(QWidget):
         right_layout.addWidget(self.status_label)
         right_layout.addWidget(self.estimate_label)
         right_layout.addWidget(self.plan_label)
+        right_layout.addWidget(self.words_label)
         right_layout.addWidget(self.foreign_label)
         right_layout.addWidget(QLabel("<b>Loss</b> (smoothed)"))
         right_layout.addWidget(self.chart, 2)
@@ -361,6 +371,7 @@ class TrainingView(QWidget):
         context.project_edited.connect(self.check_foreign_images)
         context.project_edited.connect(self.update_plan)
         self.form.changed.connect(self.update_estimate)
+        self.form.changed.connect(self.update_words_note)
         self.form.widgets["resolution"].valueChanged.connect(lambda _v: self.update_plan())
         self.model_combo.currentIndexChanged.connect(
             lambda _i: (self.update_estimate(), self.check_foreign_images(), self.update_plan()))
@@ -492,6 +503,17 @@ class TrainingView(QWidget):
         self._update_buttons()
         self.check_foreign_images()
         self.update_plan()
+        self.update_words_note()
+
+    def update_words_note(self) -> None:
+        """Say before Start when the subject words tell Lego almost nothing (core/separation.py)."""
+        from lego_studio.core.separation import vague_subject
+
+        note = None
+        if self.form.value("method") == "lego" and not self.form.value("subject_token_steps"):
+            note = vague_subject(str(self.form.value("subject") or ""))
+        self.words_label.setText(f"Subject words: {note}." if note else "")
+        self.words_label.setVisible(bool(note))
 
     def update_plan(self) -> None:
         """The plan line before Start: notes on the project's images at the training size (much
