@@ -47,18 +47,30 @@ def _trace_effects(trainer, trace: list) -> None:
     """Record, every step, how big the concept's effect is on the exemplar (S C vs S) and on the
     other subjects (R C vs R), inside and outside the subject mask: shrinking = collapse."""
     original = trainer._predict
+    original_batch = trainer._noisy_batch
+    last = {}
+
+    def noisy_batch(exemplars, generator):
+        batch = original_batch(exemplars, generator)
+        last["target"] = batch[2]
+        return batch
 
     def predict(z_t, t, grad_parts, plain_parts, sizes=None):
         out = original(z_t, t, grad_parts, plain_parts, sizes)
         if "S" in out and "R" in out:
             e_s = (out["SC"].detach() - out["S"]).abs().mean().item()
             e_r = (out["RC"].detach() - out["R"]).abs().mean().item()
-            trace.append([int(t[0]), round(e_s, 5), round(e_r, 5), round(float(trainer.concept_vectors.detach().norm()), 4)])
+            target = last.get("target")
+            rec_s = float(((out["S"] - target) ** 2).mean()) if target is not None else 0.0
+            rec_sc = float(((out["SC"].detach() - target) ** 2).mean()) if target is not None else 0.0
+            trace.append([int(t[0]), round(e_s, 5), round(e_r, 5), round(float(trainer.concept_vectors.detach().norm()), 4),
+                          round(rec_s, 5), round(rec_sc, 5)])
         elif "SC" in out:
             trace.append([int(t[0]), 0.0, 0.0, round(float(trainer.concept_vectors.detach().norm()), 4)])
         return out
 
     trainer._predict = predict
+    trainer._noisy_batch = noisy_batch
 
 
 def main(argv=None) -> int:
