@@ -7,7 +7,7 @@ this build has no demo, a project of rendered shapes), paints a mask, trains a c
 Textual Inversion baseline for a few steps on the shipped Shape World model (or a random tiny model
 with --model tiny), generates a side-by-side grid,
 and grabs every view. The screenshots show the app; a short training run (--steps) is
-not a quality result (see the README's Shape World section for that).
+not a quality result (see docs/BENCHMARK.md for that).
 """
 
 from __future__ import annotations

@@ -1,7 +1,7 @@
 """The traced memory of a training step (core/memory_trace.py): a step run on a meta-device twin
 counts what the same step really allocates, orders the memory settings as they really behave, and
 leaves the loaded model as it was. (Tiny random models: this proves the accounting, not figures
-for real models; those are in README, "Speed and memory".)"""
+for real models; those are in docs/PERFORMANCE.md.)"""
 
 from __future__ import annotations
 
@@ -77,7 +77,7 @@ def test_the_planner_falls_back_to_the_formula_when_a_model_cannot_be_traced(tin
 
 
 def test_the_memory_benchmark_traces_the_sdxl_matrix(tmp_path):
-    # The same script traces real SDXL at 1024 px (README, "Speed and memory"); here a tiny SDXL.
+    # The same script traces real SDXL at 1024 px (docs/PERFORMANCE.md); here a tiny SDXL.
     repo = Path(__file__).resolve().parents[1]
     out = tmp_path / "memory.json"
     result = subprocess.run([sys.executable, "benchmarks/memory_trace.py", "--tiny-sdxl", "--precision", "fp32",
@@ -101,4 +101,4 @@ def test_a_real_sdxl_config_is_traced_in_seconds_on_the_meta_device():
     model = build_sdxl_shaped("meta", torch.float16)
     assert memory.planning_takes_a_while(model)  # so the CLI and Training say "checking how much memory…"
     need = memory_trace.trace_step(model, lego(resolution=1024, unet_batching="split", gradient_checkpointing=True))
-    assert 0.5 * 2**30 < need < 4 * 2**30  # 1.40 GiB when measured for the README
+    assert 0.5 * 2**30 < need < 4 * 2**30  # 1.40 GiB when measured for docs/PERFORMANCE.md

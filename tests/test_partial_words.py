@@ -2,7 +2,7 @@
 
 A user's subject words never describe their subject completely. With partial words the context
 loss can collapse the concept (the earlier defaults learned nothing on "on fire" with "a circle":
-judged concept fidelity 0.19; README "Partial subject words"). This trains the defaults on the
+judged concept fidelity 0.19; docs/METHOD.md "Partial subject words"). This trains the defaults on the
 tuning concept "shattered" with the words "a hexagon" (the green left out; 0.94 concept with the
 defaults) and fails if the concept collapses or the exemplar's colour takes over the new subjects.
 """

@@ -1,6 +1,6 @@
 """Reading the user's exemplar images and subject masks, whatever shape they come in.
 
-Policy (documented for users in the README):
+Policy (documented for users in docs/CLI.md; the README names the 64 MP limit):
 
 * Every image comes back as an 8-bit RGB ``PIL.Image`` with its EXIF orientation applied, so what
   the user sees in a photo viewer is what the trainer sees.

@@ -5,7 +5,7 @@ The need is traced, not guessed (``core/memory_trace.py``): the Trainer's own st
 ``meta``-device twin of the loaded model, which counts the bytes of every tensor the step creates
 while it is alive, for the model's real architecture, resolution, batch, method and settings, in
 seconds and without a GPU. Against a measured H100 run (SD-1.5-shaped, fp16, 512 px) the traced
-peaks were within 2-4 % (README, "Speed and memory"). The model weights are already loaded when a
+peaks were within 2-4 % (docs/PERFORMANCE.md). The model weights are already loaded when a
 run is planned, so only what the run adds has to fit into the memory still free:
 
     need = max(step, encoding one image into latents) + the device's allocator overhead
@@ -37,7 +37,7 @@ LIMIT_ENV = "LEGO_STUDIO_MEMORY_LIMIT_GB"
 OOM_FILE = "out_of_memory.json"  # written into the run folder when a run ran out of memory
 
 # The fallback formula, calibrated on a random SD-1.5-shaped model (860 M UNet) at 512 px on CPU,
-# fp32 (benchmarks/memory_fit.py, README table): bytes of activations kept per UNet parameter per
+# fp32 (benchmarks/memory_fit.py, docs/PERFORMANCE.md table): bytes of activations kept per UNet parameter per
 # latent pixel per byte of value, for one batch entry that carries gradient. Per parameter is a poor
 # unit across architectures (traced, SDXL keeps 0.6x SD 1.5's per parameter, 0.4x with
 # checkpointing), hence the trace.

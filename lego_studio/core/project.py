@@ -11,7 +11,7 @@ Layout::
                           checkpoints/, previews/, concept.safetensors)
       gallery/            generated PNGs, prompt/seed/model/concept in their text chunks
 
-Decisions (user-visible; the README repeats them):
+Decisions (user-visible; docs/FILES.md repeats them):
 
 * **Adding images copies them.** A file is copied byte for byte unless its EXIF orientation tag
   says it is stored rotated: then the upright pixels are saved as PNG instead. Masks are painted

@@ -245,7 +245,7 @@ class TrainConfig:
         help="the concept's name; users type <name> in prompts"))
     # 1: on the Shape World partial-words tracks 4 vectors were no better (0.35 vs 0.64 success
     # with the colour left out), so by the project's rule several vectors are an option, not the
-    # default (README "Partial subject words").
+    # default (docs/METHOD.md, "Partial subject words").
     num_vectors: int = field(default=1, metadata=describe(
         group="Concept", label="Vectors", minimum=1, maximum=MAX_VECTORS, flag="vectors",
         help="how many learned token vectors make up the concept"))
@@ -300,13 +300,13 @@ class TrainConfig:
              "ablation, where the concept has to explain the subject's appearance too"))
     # L_subj is off by default: measured on the Shape World tuning concepts, any weight >= 0.1
     # stopped the concept from being learned at all (concept fidelity 0.00-0.25 against 1.00
-    # without), and so it did for a shadow drawn wholly outside the mask (README, tuning table).
+    # without), and so it did for a shadow drawn wholly outside the mask (docs/METHOD.md, tuning table).
     w_subj: float = field(default=0.0, metadata=describe(
         group="Subject separation", label="Subject weight", minimum=0, form_maximum=100.0,
         help="weight of the subject-separation loss inside the mask (0 = off)"))
     # 0.2, measured outside the mask: at 0.5 over the whole latent the context loss collapsed the
     # concept whenever the subject words left part of the subject unexplained (tuning: "on fire"
-    # with "a circle", success 0.19 -> 0.75-1.00; README "Partial subject words").
+    # with "a circle", success 0.19 -> 0.75-1.00; docs/METHOD.md "Partial subject words").
     w_ctx: float = field(default=0.2, metadata=describe(
         group="Context", label="Context weight", minimum=0, form_maximum=100.0,
         help="weight of the context loss: the concept must act the same on other subjects (0 = off)"))
@@ -327,7 +327,7 @@ class TrainConfig:
     # subjects: the whole latent, or only outside the exemplar's subject mask (where the exemplar's
     # unexplained appearance is not).
     # "full": measuring L_ctx outside the mask did not earn its place on the held-out concepts (no
-    # 10-point gain on any track; README), so by default no term uses the masks.
+    # 10-point gain on any track; docs/BENCHMARK.md), so by default no term uses the masks.
     ctx_region: str = field(default="full", metadata=describe(
         group="Context", label="Context region", choices=CTX_REGIONS,
         help="full: the context loss compares the concept's effects over the whole image; outside: only outside "
@@ -1254,7 +1254,7 @@ class Trainer:
         if use_ctx:
             # With words that leave part of the subject unexplained, delta_S inside the mask holds
             # that unexplained appearance, which no other subject can copy: measured there, the
-            # cheapest way to meet the term is a concept with no effect at all (README).
+            # cheapest way to meet the term is a concept with no effect at all (docs/METHOD.md).
             delta_s = (predictions["SA"] if anchored else pred_sc.detach()) - predictions["S"]
             region = 1.0 - subject_region if config.ctx_region == "outside" and masked else None
             ctx = region_mse(predictions["RC"] - predictions["R"], delta_s, region)

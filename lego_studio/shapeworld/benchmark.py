@@ -27,7 +27,7 @@ Methods (:func:`method_specs`; ``N`` = ``--vectors``, default 4):
   Separation), 1 vector, ``L_rec`` over the whole image, ``L_ctx`` with other subjects over the whole
   latent (``L_words`` is inactive: there are no positive words). ``L_subj`` and the masked
   ``L_rec`` are off by default: on the tuning concepts they stopped the concept from being learned
-  (benchmarks/tune_lego_defaults.py, README).
+  (benchmarks/tune_lego_defaults.py, docs/METHOD.md).
 * ``lego-mask`` — the defaults with the masks used: ``L_ctx`` compared outside the subject mask.
 * ``lego-no-subj`` — no Subject Separation: the subject words are left out of the training prompts
   (``subject_in_prompt=False``), so the concept must also explain the exemplar's appearance;

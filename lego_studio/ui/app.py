@@ -41,7 +41,7 @@ def main(argv: list[str] | None = None) -> int:
         # The last project reopened; a run of it that the last session left unfinished is offered.
         QTimer.singleShot(0, window.offer_interrupted_run)
     if os.environ.get("LEGO_STUDIO_EXIT_AFTER_SHOW") == "1":
-        # Start-up timing (packaging/README figures): report once the window is up, then quit.
+        # Start-up timing (docs/PACKAGING.md figures): report once the window is up, then quit.
         # Queued after detect_device so that close() finds its worker and waits for it.
         from lego_studio.selftest import seconds_since_process_start
 
