@@ -320,31 +320,6 @@ def test_killed_run_resumes_to_exactly_the_same_vectors(tiny_model, exemplar_fil
     assert log == [1, 2, 3, 4]  # the step redone after the kill is logged once
 
 
-@pytest.mark.parametrize("kill_at", [1, 3])
-def test_anchored_context_resumes_to_exactly_the_same_vectors(tiny_model, exemplar_files, tmp_path, kill_at):
-    """The context target's anchor (the vectors when the context loss starts) is part of the
-    checkpoint: a run killed before or after it is taken resumes to the uninterrupted vectors."""
-    config = small(w_subj=0.0, rec_region="full", ctx_start=2, ctx_target="anchor", checkpoint_every=1)
-    _, reference = train(tiny_model, config, exemplar_files, tmp_path / "reference")
-
-    def kill(event):
-        if event.kind == "step" and event.step == kill_at + 1:
-            raise Killed()
-
-    with pytest.raises(Killed):
-        train(tiny_model, config, exemplar_files, tmp_path / "killed", on_event=kill)
-    _, resumed = train(tiny_model, config, exemplar_files, tmp_path / "killed", resume=True)
-    assert torch.equal(resumed.vectors, reference.vectors)
-
-
-def test_the_context_loss_waits_for_its_start_step(tiny_model, exemplar_files, tmp_path):
-    events = []
-    config = small(w_subj=0.0, rec_region="full", ctx_start=3, ctx_target="anchor")
-    train(tiny_model, config, exemplar_files, tmp_path, on_event=events.append)
-    ctx = [e.losses["ctx"] for e in events if e.kind == "step"]
-    assert ctx[:3] == [0.0, 0.0, 0.0] and ctx[3] > 0.0
-
-
 def test_cancel_writes_a_checkpoint_and_resume_finishes_identically(tiny_model, exemplar_files, reference_run, tmp_path):
     trainer = Trainer(tiny_model, small(checkpoint_every=0), *exemplar_files, tmp_path)
 

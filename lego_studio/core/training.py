@@ -82,7 +82,6 @@ METHODS = ("lego", "ti")
 LR_SCHEDULES = ("constant", "cosine", "linear")
 REC_REGIONS = ("concept", "full")
 CTX_REGIONS = ("full", "outside")
-CTX_TARGETS = ("live", "anchor")
 UNET_BATCHING = ("stacked", "split")
 MAX_VECTORS = 16
 CHECKPOINT_FORMAT = "lego-studio-checkpoint/1"
@@ -332,13 +331,6 @@ class TrainConfig:
         group="Context", label="Context region", choices=CTX_REGIONS,
         help="full: the context loss compares the concept's effects over the whole image; outside: only outside "
              "the subject mask (with masks), where the subject's unexplained look is not"))
-    ctx_start: int = field(default=0, metadata=describe(
-        group="Context", label="Context from step", minimum=0, form_maximum=1_000_000,
-        help="the context loss starts at this step: before it the concept is learned from the images alone"))
-    ctx_target: str = field(default="live", metadata=describe(
-        group="Context", label="Context target", choices=CTX_TARGETS,
-        help="live: other subjects must match the concept's current effect on the exemplar; anchor: its effect "
-             "when the context loss started (a target that cannot shrink with the concept)"))
     context_subjects: list[str] = field(default_factory=lambda: list(DEFAULT_CONTEXT_SUBJECTS), metadata=describe(
         group="Context", label="Context subjects", metavar="PHRASE",
         help="other subjects the concept is composed with during training (for the context loss)"))
@@ -646,7 +638,6 @@ class Trainer:
         self._widths = None  # the text-encoder widths: [d] or SDXL's [d_l, d_g]
         self.concept_vectors = None
         self.subject_vector = None
-        self.anchor_vectors = None  # ctx_target "anchor": the vectors when the context loss started
         # Settings the user chose (CLI flags, app form); an out-of-memory stop never suggests changing them.
         self.explicit_settings: set[str] = set()
 
@@ -803,7 +794,6 @@ class Trainer:
         import torch
 
         device = self.model.device
-        self.anchor_vectors = None
         state = self._latest_checkpoint() if resume else None
         self.concept_vectors = torch.nn.Parameter(self._initial.clone().to(device))
         if self.config.subject_token_steps:
@@ -816,8 +806,6 @@ class Trainer:
             self.concept_vectors.copy_(state["tensors"]["concept"].to(device))
             if self.subject_vector is not None:
                 self.subject_vector.copy_(state["tensors"]["subject"].to(device))
-        if "anchor" in state["tensors"]:
-            self.anchor_vectors = state["tensors"]["anchor"].to(device).clone()
         streak = int(state["meta"].get("nonfinite_streak", 0))
         optimizer = self._optimizer_for(start)
         self._restore_moments(optimizer, state["tensors"])
@@ -848,9 +836,7 @@ class Trainer:
         started = time.perf_counter()
         generator = torch.Generator().manual_seed(step_seed(config.seed, step))
         optimizer.zero_grad(set_to_none=True)
-        if stage == 1:
-            self._take_anchor(stage_step)
-        losses = self._subject_token_loss(generator) if stage == 0 else self._concept_loss(generator, stage_step)
+        losses = self._subject_token_loss(generator) if stage == 0 else self._concept_loss(generator)
         loss = losses.pop("total")
         finite = bool(torch.isfinite(loss))
         if finite:
@@ -1075,16 +1061,16 @@ class Trainer:
         table = self.concept_vectors if self.subject_vector is None else torch.cat([self.concept_vectors, self.subject_vector], dim=0)
         return table if grad else table.detach()
 
-    def encode(self, prompts: list[list], grad: bool = True, vectors=None):
+    def encode(self, prompts: list[list], grad: bool = True):
         """Text-encoder hidden states [B, 77, d] for segment-list prompts (see core/prompts.py)."""
         import torch
 
         model = self.model
         if model.is_sdxl:
-            return self._encode_sdxl(prompts, grad, vectors)
+            return self._encode_sdxl(prompts, grad)
         tokens = tokenize_segments(model.tokenizer, prompts)
         device = model.device
-        table = self._vector_table(grad) if vectors is None else vectors.detach()
+        table = self._vector_table(grad)
         self._splice = (tokens.slot_mask.to(device), tokens.slot_index.to(device), table)
         # The hook lives only for this call: outside it the text encoder is untouched.
         hook = model.text_encoder.get_input_embeddings().register_forward_hook(self._splice_hook)
@@ -1099,7 +1085,7 @@ class Trainer:
             hook.remove()
             self._splice = None
 
-    def _encode_sdxl(self, prompts: list[list], grad: bool, vectors=None):
+    def _encode_sdxl(self, prompts: list[list], grad: bool):
         """SDXL conditioning for segment-list prompts, packed ``[B, 78, d_l + d_g]``: rows 0-76 the
         two encoders' penultimate hidden states side by side (as ``encode_prompt``), row 77 the
         pooled embedding (zero-padded to the width); see :func:`unpack_sdxl`."""
@@ -1107,7 +1093,7 @@ class Trainer:
 
         model = self.model
         device = model.device
-        tables = self._split_widths(self._vector_table(grad) if vectors is None else vectors.detach())
+        tables = self._split_widths(self._vector_table(grad))
         splice, hooks, hidden, pooled = {}, [], [], None
         for (tokenizer, encoder), table in zip(model.text_encoders, tables):
             tokens = tokenize_segments(tokenizer, prompts)
@@ -1197,14 +1183,7 @@ class Trainer:
         zero = rec.detach() * 0.0
         return {"total": rec, "rec": rec, "subj": zero, "ctx": zero, "words": zero}
 
-    def _take_anchor(self, stage_step: int) -> None:
-        """Keep the concept vectors as they are when the context loss starts (ctx_target "anchor")."""
-        config = self.config
-        if (config.ctx_target == "anchor" and config.w_ctx > 0 and self.anchor_vectors is None
-                and stage_step >= config.ctx_start):
-            self.anchor_vectors = self.concept_vectors.detach().clone()
-
-    def _concept_loss(self, generator, stage_step: int = 0) -> dict:
+    def _concept_loss(self, generator) -> dict:
         import torch
 
         config = self.config
@@ -1218,8 +1197,7 @@ class Trainer:
         # The subject region per sample (all zero for an image without a mask).
         subject_region = mask * has_mask.to(mask.device).float().view(-1, 1, 1, 1)
         use_subj = masked and config.w_subj > 0
-        use_ctx = lego and config.w_ctx > 0 and stage_step >= config.ctx_start
-        anchored = use_ctx and config.ctx_target == "anchor" and self.anchor_vectors is not None
+        use_ctx = lego and config.w_ctx > 0
         if use_ctx:
             chosen = torch.randint(len(config.context_subjects), (b,), generator=generator).tolist()
             others = [config.context_subjects[i] for i in chosen]
@@ -1236,8 +1214,6 @@ class Trainer:
                 plain_parts["S"] = self.encode([fill_template(tp, subject) for tp in templates], grad=False)
             if use_ctx:
                 plain_parts["R"] = self.encode([fill_template(tp, [other]) for tp, other in zip(templates, others)], grad=False)
-            if anchored:
-                plain_parts["SA"] = self.encode(with_concept, grad=False, vectors=self.anchor_vectors)
         predictions = self._predict(z_t, t, grad_parts, plain_parts, sizes)
         pred_sc = predictions["SC"]
 
@@ -1255,7 +1231,7 @@ class Trainer:
             # With words that leave part of the subject unexplained, delta_S inside the mask holds
             # that unexplained appearance, which no other subject can copy: measured there, the
             # cheapest way to meet the term is a concept with no effect at all (docs/METHOD.md).
-            delta_s = (predictions["SA"] if anchored else pred_sc.detach()) - predictions["S"]
+            delta_s = pred_sc.detach() - predictions["S"]
             region = 1.0 - subject_region if config.ctx_region == "outside" and masked else None
             ctx = region_mse(predictions["RC"] - predictions["R"], delta_s, region)
         if lego and config.w_words > 0 and config.positive_words:
@@ -1350,8 +1326,6 @@ class Trainer:
         tensors = {"concept": self.concept_vectors.detach().float().cpu().contiguous()}
         if self.subject_vector is not None:
             tensors["subject"] = self.subject_vector.detach().float().cpu().contiguous()
-        if self.anchor_vectors is not None:
-            tensors["anchor"] = self.anchor_vectors.detach().float().cpu().contiguous()
         # The moments belong to the stage that continues from this step: at the end of stage 0 the
         # optimizer still holds the subject vector's, which stage 1 does not use.
         expected = self.subject_vector if step < self.config.subject_token_steps else self.concept_vectors
