@@ -152,16 +152,20 @@ def test_another_project_does_not_show_the_last_projects_run(window, tmp_path):
     assert view.previews.count() == 0
 
 
-def test_start_without_subject_words_names_the_field_to_fill(window, tmp_path):
+def test_start_without_subject_words_says_so_and_names_the_field(window, tmp_path, qtbot):
     # Walkthrough: a new project without subject words answered Start with the config's own
     # "needs the subject in words ... or subject_token_steps > 0", a field name the user never sees.
+    # Now the missing words are named before Start, with a suggestion, and the run still goes.
     project = window.projects_view.create_project("No words", [image_folder(tmp_path / "src")])
     view = window.training_view
     view.set_project(project)
     view.form.set_value("subject", "")
-    assert view.start() is False
-    assert '"Subject words"' in view.status_label.text() and "subject_token_steps" not in view.status_label.text()
-    assert list(project.runs()) == []
+    assert view.words_label.isVisibleTo(view)
+    assert "Subject words" in view.words_label.text() and "subject_token_steps" not in view.words_label.text()
+    view.form.set_value("steps", 2)
+    assert view.start() is True
+    qtbot.waitUntil(lambda: not view.runner.busy, timeout=60000)
+    assert len(list(project.runs())) == 1
 
 
 def test_subject_words_typed_in_training_stay_with_the_project(window, tmp_path):

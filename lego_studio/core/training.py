@@ -454,8 +454,6 @@ class TrainConfig:
             if self.subject_token_steps:
                 bad("method ti does not learn a subject token; set subject_token_steps to 0")
         else:
-            if self.subject_in_prompt and not self.subject.strip() and not self.subject_token_steps:
-                bad("method lego needs the subject in words (e.g. \"a toy robot\") or subject_token_steps > 0")
             if self.w_ctx and not self.context_subjects:
                 bad("w_ctx > 0 needs at least one context subject")
         return self

@@ -676,13 +676,6 @@ class TrainingView(QWidget):
         if project is None:
             self.status_label.setText("Open a project first.")
             return False
-        if (self.form.value("method") == "lego" and not str(self.form.value("subject") or "").strip()
-                and not self.form.value("subject_token_steps")):
-            # The config's own message names its fields; here the user needs the field to fill.
-            self.status_label.setText(f'Lego needs words for the subject: type them in "{SETTINGS["subject"].label}" (e.g. "a dog"; '
-                                      "words that describe it only partly are fine), or use the Textual Inversion preset.")
-            self.form.widgets["subject"].setFocus()
-            return False
         try:
             config = self.form.config()
         except LegoError as exc:
