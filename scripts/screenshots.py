@@ -153,7 +153,7 @@ def main(argv: list[str] | None = None) -> int:
     gallery = window.gallery_view
     wait(app, lambda: len(gallery.concept_names()) >= 2)
     gallery.choose_concepts(gallery.concept_names()[:2])
-    gallery.subjects_edit.setPlainText("a blue square\na green star")
+    gallery.subjects_edit.setPlainText("a blue square\na green cross")
     gallery.seeds_edit.setText("0, 1")
     gallery.steps_spin.setValue(20)
     gallery.generate()

@@ -50,8 +50,8 @@ def test_demo_project_has_exemplars_masks_and_subject_words(tmp_path):
 def test_demo_project_is_reproducible_and_refuses_a_used_folder(tmp_path):
     a = build_demo_project(tmp_path / "a")
     b = build_demo_project(tmp_path / "b")
-    # Partial words, as a user writes them: the colour is left out (the renders are of a red circle).
-    assert a.subject == "a circle" and a.concept_name == "frozen-in-ice" and len(a.images) == 5
+    # Partial words, as a user writes them: the colour is left out (the renders are of a yellow star).
+    assert a.subject == "a star" and a.concept_name == "in-a-cage" and len(a.images) == 5
     for ea, eb in zip(a.images, b.images):
         assert (a.folder / ea.file).read_bytes() == (b.folder / eb.file).read_bytes()
     with pytest.raises(InputError, match="already exists"):
@@ -111,7 +111,8 @@ def test_quick_demo_end_to_end(tmp_path, capsys):
     for path in images:
         request = read_generation_metadata(path)
         assert request.prompt.startswith(("a ", "an ")) and request.prompt.endswith(">")
-        assert "red" not in request.prompt and "circle" not in request.prompt  # held-out subjects only
+        # Held-out subjects only: neither the exemplars' colour (yellow) nor their shape (star).
+        assert "yellow" not in request.prompt and "star" not in request.prompt
     gallery = Image.open(out / "gallery.png")
     assert gallery.width >= 2 * 128 and gallery.height >= 2 * 128
 
