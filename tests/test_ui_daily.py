@@ -161,7 +161,7 @@ def test_start_without_subject_words_says_so_and_names_the_field(window, tmp_pat
     view.set_project(project)
     view.form.set_value("subject", "")
     assert view.words_label.isVisibleTo(view)
-    assert "Subject words" in view.words_label.text() and "subject_token_steps" not in view.words_label.text()
+    assert "No subject words" in view.words_label.text() and "subject_token_steps" not in view.words_label.text()
     view.form.set_value("steps", 2)
     assert view.start() is True
     qtbot.waitUntil(lambda: not view.runner.busy, timeout=60000)

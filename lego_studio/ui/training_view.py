@@ -512,7 +512,7 @@ class TrainingView(QWidget):
         note = None
         if self.form.value("method") == "lego" and not self.form.value("subject_token_steps"):
             note = vague_subject(str(self.form.value("subject") or ""))
-        self.words_label.setText(f"Subject words: {note}." if note else "")
+        self.words_label.setText(f"{note[0].upper()}{note[1:]}." if note else "")
         self.words_label.setVisible(bool(note))
 
     def update_plan(self) -> None:
