@@ -116,11 +116,11 @@ def test_out_of_memory_stops_with_one_line_and_resume_uses_the_setting(exemplar_
     real_loss = training.Trainer._concept_loss
     calls = {"n": 0}
 
-    def failing_loss(self, generator):
+    def failing_loss(self, generator, stage_step=0):
         calls["n"] += 1
         if calls["n"] == 2 and self.config.unet_batching == "stacked":
             raise RuntimeError("CUDA out of memory. Tried to allocate 20.00 MiB")
-        return real_loss(self, generator)
+        return real_loss(self, generator, stage_step)
 
     monkeypatch.setattr(training.Trainer, "_concept_loss", failing_loss)
     out = tmp_path / "oom.safetensors"

@@ -93,7 +93,7 @@ def test_a_crash_inside_the_trainer_is_recorded_as_failed_with_its_reason(tiny_m
     images = sorted(exemplars.iterdir())
     run = tmp_path / "run"
 
-    def boom(self, generator):
+    def boom(self, generator, stage_step=0):
         raise TrainingError("the GPU fell over")
 
     monkeypatch.setattr(Trainer, "_concept_loss", boom)

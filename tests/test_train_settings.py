@@ -30,7 +30,7 @@ from lego_studio.core.training import (
 # The flags scripts, the README and CI use: a renamed field must not rename its flag.
 TRAIN_CONFIG_FLAGS = {
     "--method", "--name", "--vectors", "--init-words", "--init-from", "--subject", "--subject-token-steps",
-    "--w-subj", "--rec-region", "--concept-inside-weight", "--w-ctx", "--ctx-region", "--context-subjects",
+    "--w-subj", "--rec-region", "--concept-inside-weight", "--w-ctx", "--ctx-region", "--ctx-start", "--ctx-target", "--context-subjects",
     "--w-words", "--positive-words", "--negative-words", "--steps", "--lr", "--lr-schedule", "--warmup-steps",
     "--batch-size", "--resolution", "--seed", "--flip", "--no-flip", "--gradient-checkpointing",
     "--no-gradient-checkpointing", "--unet-batching", "--checkpoint-every", "--preview-every", "--preview-steps",
