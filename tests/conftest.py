@@ -56,7 +56,7 @@ def lego_home(tmp_path, monkeypatch):
 @pytest.fixture(scope="session")
 def tiny_model_dir(tmp_path_factory):
     """A random-weight tiny SD-architecture model in diffusers layout (plumbing only)."""
-    from lego_studio.core.models import make_tiny_model
+    from lego_studio.core.tiny_models import make_tiny_model
 
     out = tmp_path_factory.mktemp("tiny-model") / "tiny-sd"
     make_tiny_model(out, seed=0)
@@ -83,7 +83,7 @@ def fresh_tiny_model(tiny_model_dir):
 def tiny_sdxl_dir(tmp_path_factory):
     """A random-weight tiny SDXL-architecture model: two text encoders (widths 32 and 48, the
     second with a projection), a text_time UNet."""
-    from lego_studio.core.models import make_tiny_model
+    from lego_studio.core.tiny_models import make_tiny_model
 
     out = tmp_path_factory.mktemp("tiny-sdxl") / "tiny-sdxl"
     make_tiny_model(out, seed=0, family="sdxl")

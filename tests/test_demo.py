@@ -13,7 +13,7 @@ import pytest
 from PIL import Image
 
 from lego_studio.core.errors import InputError
-from lego_studio.core.models import shapeworld_model_dir
+from lego_studio.core.model_specs import shapeworld_model_dir
 from lego_studio.core.project import Project
 from lego_studio.core.training import TrainConfig
 from lego_studio.shapeworld.demo import build_demo_project

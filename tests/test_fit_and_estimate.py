@@ -12,7 +12,7 @@ import torch
 from PIL import Image
 
 from lego_studio.cli import main
-from lego_studio.core import estimate, memory, memory_trace
+from lego_studio.core import estimate, memory, memory_trace, oom
 from lego_studio.core.training import TrainConfig
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
@@ -57,11 +57,11 @@ def test_fit_walks_the_ladder_and_keeps_explicit_settings(tiny_model):
 
 
 def test_out_of_memory_errors_are_recognised():
-    assert memory.is_out_of_memory(torch.cuda.OutOfMemoryError("CUDA out of memory. Tried to allocate 2.00 GiB"))
-    assert memory.is_out_of_memory(RuntimeError("MPS backend out of memory (MPS allocated: 8 GB)"))
-    assert memory.is_out_of_memory(RuntimeError("[enforce fail at alloc_cpu.cpp:117] DefaultCPUAllocator: can't allocate memory: you tried to allocate 123"))
-    assert memory.is_out_of_memory(MemoryError())
-    assert not memory.is_out_of_memory(RuntimeError("shape mismatch"))
+    assert oom.is_out_of_memory(torch.cuda.OutOfMemoryError("CUDA out of memory. Tried to allocate 2.00 GiB"))
+    assert oom.is_out_of_memory(RuntimeError("MPS backend out of memory (MPS allocated: 8 GB)"))
+    assert oom.is_out_of_memory(RuntimeError("[enforce fail at alloc_cpu.cpp:117] DefaultCPUAllocator: can't allocate memory: you tried to allocate 123"))
+    assert oom.is_out_of_memory(MemoryError())
+    assert not oom.is_out_of_memory(RuntimeError("shape mismatch"))
 
 
 def test_memory_limit_env_caps_free_memory(monkeypatch):

@@ -168,7 +168,7 @@ def test_real_sdxl_shapes_are_detected_and_map_onto_the_shipped_configs():
     from transformers import CLIPTextConfig, CLIPTextModel, CLIPTextModelWithProjection
 
     from lego_studio.core import ldm_export
-    from lego_studio.core.models import detect_checkpoint_family
+    from lego_studio.core.model_specs import detect_checkpoint_family
     from lego_studio.core.paths import resource
 
     folder = resource("configs", "sdxl")

@@ -317,7 +317,8 @@ def cancel_on_ctrl_c(trainer):
 def _fit_memory(args, model, config, run_dir: Path):
     """Resume: the settings an out-of-memory stop named. Then (``--memory auto``) the memory
     savings the free memory needs; one line says what changed. Explicit settings are kept."""
-    from lego_studio.core.memory import apply_oom_hint, describe_changes, fit_config, planning_takes_a_while
+    from lego_studio.core.memory import fit_config, planning_takes_a_while
+    from lego_studio.core.oom import apply_oom_hint, describe_changes
 
     explicit = explicit_memory_settings(args)
     if args.resume:
@@ -423,7 +424,8 @@ def _train(args, run_dir: Path, out: Path, images, masks, subject_images, config
     inputs = {"images": images, "masks": masks, "subject_images": subject_images, "model": str(model_spec),
               "out": str(out), "device": args.device, "precision": args.precision}
     create_run(run_dir, inputs, config)  # before the (slow, fallible) model load
-    from lego_studio.core.models import is_shapeworld, load_model
+    from lego_studio.core.model_specs import is_shapeworld
+    from lego_studio.core.models import load_model
     from lego_studio.core.training import Trainer
 
     model = load_model(model_spec, device=args.device, precision=args.precision)

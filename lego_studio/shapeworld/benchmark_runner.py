@@ -389,6 +389,14 @@ def _run_jobs(model, judge_model, config: BenchmarkConfig, steps: int, jobs: lis
             yield jobs[index], result
 
 
+def run_benchmark(config: BenchmarkConfig, out_dir, log: Callable[[str], None] = print, command: str | None = None) -> dict:
+    """Run the benchmark described by ``config`` and write its outputs to ``out_dir``.
+
+    Returns the summary dict also written to ``benchmark.json``."""
+    with torch_threads(config.threads):
+        return _run_benchmark(config, out_dir, log, command)
+
+
 def _run_benchmark(config: BenchmarkConfig, out_dir, log: Callable[[str], None], command: str | None) -> dict:
     import torch
 

@@ -105,7 +105,8 @@ class DemoResult:
 
 
 def _load_shapeworld(model: str, device: str):
-    from lego_studio.core.models import load_model, shapeworld_model_dir
+    from lego_studio.core.model_specs import shapeworld_model_dir
+    from lego_studio.core.models import load_model
 
     if model == "shapeworld" and not shapeworld_model_dir().is_dir():
         raise ModelError(f"{shapeworld_model_dir()}: the Shape World model is missing; {MODEL_TRAINING_HINT}")

@@ -37,7 +37,7 @@ from PySide6.QtWidgets import (
 
 from lego_studio.core import runs
 from lego_studio.core.errors import LegoError
-from lego_studio.core.settings import BUILTIN_MODELS
+from lego_studio.core.model_specs import BUILTIN_MODELS
 from lego_studio.core.training import SETTING_GROUPS, SETTINGS, Setting, TrainConfig
 from lego_studio.ui import operations, project_io
 from lego_studio.ui.loss_chart import LossChart
@@ -516,7 +516,7 @@ class TrainingView(QWidget):
 
         def plan(state):
             from lego_studio.core.images import image_size_note
-            from lego_studio.core.models import native_resolution
+            from lego_studio.core.model_specs import native_resolution
 
             size = int(resolution or native_resolution(spec) or 0)
             note = image_size_note(images, size) if size else ""
@@ -748,7 +748,8 @@ class TrainingView(QWidget):
                                       "model": spec, "device": device}, config)
             from lego_studio.core.estimate import StepClock, figure_key
             from lego_studio.core.images import image_size_note
-            from lego_studio.core.memory import apply_oom_hint, describe_changes, fit_config, planning_takes_a_while
+            from lego_studio.core.memory import fit_config, planning_takes_a_while
+            from lego_studio.core.oom import apply_oom_hint, describe_changes
             from lego_studio.core.training import TrainEvent
 
             with models.lease(spec, device, state=state) as model:
