@@ -175,6 +175,7 @@ def test_format_duration():
     assert estimate.format_duration(42) == "42 s"
     assert estimate.format_duration(600) == "10 min"
     assert estimate.format_duration(35000) == "9 h 43 min"
+    assert estimate.format_duration(None) == "—"
 
 
 def test_cli_shows_the_estimate_before_the_run_and_warns_about_a_long_one(exemplar_folders, tiny_model_dir, tmp_path, capsys):

@@ -130,7 +130,7 @@ def test_the_running_runs_line_follows_its_steps_and_the_first_steps_estimate_gi
     line = next(view.runs_list.item(i).text() for i in range(view.runs_list.count())
                 if view.runs_list.item(i).data(0x0100) == str(run))
     assert "step 30/300" in line
-    assert view.estimate_label.text() == "" and view.eta_label.text() == "ETA 2:38"
+    assert view.estimate_label.text() == "" and view.eta_label.text() == "ETA 3 min"
 
 
 def test_another_project_does_not_show_the_last_projects_run(window, tmp_path):

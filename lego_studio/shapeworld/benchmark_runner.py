@@ -172,14 +172,13 @@ class RunResult:
 
 
 def _train(model, config, images, masks, run_dir: Path, on_step: Callable | None = None):
-    from lego_studio.core.training import Trainer
+    from lego_studio.core.run_service import RunPlan, start_run
 
     def on_event(event):
         if on_step is not None and event.kind == "step":
             on_step(event)
 
-    trainer = Trainer(model, config, images, masks, run_dir, on_event=on_event)
-    return trainer.run()
+    return start_run(RunPlan(model, config, images, masks, run_dir), on_event)
 
 
 def measure_costs(model, config: BenchmarkConfig, specs: Sequence[MethodSpec], work_dir: Path, log: Callable) -> tuple[dict, float, float]:

@@ -37,6 +37,7 @@ from PySide6.QtWidgets import (
 
 from lego_studio.core import runs
 from lego_studio.core.errors import LegoError
+from lego_studio.core.estimate import format_duration
 from lego_studio.core.model_specs import BUILTIN_MODELS
 from lego_studio.core.training import SETTING_GROUPS, SETTINGS, Setting, TrainConfig
 from lego_studio.ui import operations, project_io
@@ -101,21 +102,6 @@ def spin_range(setting: Setting) -> tuple[float, float]:
 
 
 PRESETS = {"Lego": "lego", "Textual Inversion baseline": "ti"}
-
-
-def _duration(seconds: float) -> str:
-    from lego_studio.core.estimate import format_duration
-
-    return format_duration(seconds)
-
-
-def format_eta(seconds: float | None) -> str:
-    if seconds is None:
-        return "ETA —"
-    seconds = int(round(seconds))
-    hours, rest = divmod(seconds, 3600)
-    minutes, secs = divmod(rest, 60)
-    return f"ETA {hours}:{minutes:02d}:{secs:02d}" if hours else f"ETA {minutes}:{secs:02d}"
 
 
 class ConfigForm(QWidget):
@@ -454,7 +440,7 @@ class TrainingView(QWidget):
         answer = QMessageBox.question(
             self,
             "A long training run",
-            f"This run is expected to take about {_duration(guess.seconds)} "
+            f"This run is expected to take about {format_duration(guess.seconds)} "
             f"({guess.seconds_per_step:.3g} s a step on {guess.device}, {guess.steps_left} steps).\n\n"
             f"The fastest option is {guess.fastest_option()}.\n\nTrain anyway?",
             QMessageBox.StandardButton.Yes | QMessageBox.StandardButton.No,
@@ -740,38 +726,23 @@ class TrainingView(QWidget):
         pause.clear()
 
         def train(state):
-            from lego_studio.core.training import Trainer
+            from lego_studio.core.estimate import figure_key
+            from lego_studio.core.run_service import as_sentence, plan_run, start_run
+            from lego_studio.core.training import TrainEvent
 
             # The run's record (core/runs.py): which inputs, model and device, so that a resume
             # (also after a restart) uses the same ones. Written here: fsync is not for the UI thread.
-            runs.create_run(run_dir, {"images": images, "masks": masks, "subject_images": subject_images,
-                                      "model": spec, "device": device}, config)
-            from lego_studio.core.estimate import StepClock, figure_key
-            from lego_studio.core.images import image_size_note
-            from lego_studio.core.memory import fit_config, planning_takes_a_while
-            from lego_studio.core.oom import apply_oom_hint, describe_changes
-            from lego_studio.core.training import TrainEvent
-
+            inputs = {"images": images, "masks": masks, "subject_images": subject_images, "model": spec, "device": device}
+            runs.create_run(run_dir, inputs, config)
             with models.lease(spec, device, state=state) as model:
                 state.check()
-                fitted, notes = config, []
-                if resume:
-                    fitted, applied = apply_oom_hint(fitted, run_dir, explicit)
-                    if applied:
-                        notes.append(f"Memory: resuming with {describe_changes(applied)} (the run ran out of memory before).")
-                if planning_takes_a_while(model):  # seconds for SDXL (core/memory_trace.py)
-                    state.emit(TrainEvent("log", message="Checking how much memory a step needs…"))
-                plan = fit_config(model, fitted, explicit)
-                fitted = plan.config
-                if plan.note:
-                    notes.append(plan.note[0].upper() + plan.note[1:] + ".")
-                size_note = image_size_note(images, int(fitted.resolution or model.family.resolution))
-                if size_note:
-                    notes.append(size_note[0].upper() + size_note[1:] + ".")
-                if notes:
-                    state.emit(TrainEvent("plan", message=" ".join(notes)))
-                clock = StepClock(figure_key(spec, device, config.method, config.resolution, config.batch_size),
-                                  model.device.type)
+                # The Shape World check on the images ran before Start (check_foreign_images).
+                plan = plan_run(model, config, images, masks, run_dir, inputs=inputs, subject_images=subject_images,
+                                resume=resume, explicit=explicit,
+                                figure_key=figure_key(spec, device, config.method, config.resolution, config.batch_size),
+                                on_log=lambda line: state.emit(TrainEvent("log", message=line[0].upper() + line[1:])))
+                if plan.notes:
+                    state.emit(TrainEvent("plan", message=" ".join(as_sentence(note.text) for note in plan.notes)))
 
                 def on_event(event):
                     if (resume and event.kind == "log" and str(event.message or "").startswith("resumed from")):
@@ -781,21 +752,13 @@ class TrainingView(QWidget):
 
                         state.emit(read_history(run_dir, upto=event.step))
                     state.emit(event)
-                    guess = clock.observe(event)
-                    if guess is not None and guess.steps_left:
-                        state.emit(guess)
 
-                trainer = Trainer(model, fitted, images, masks, run_dir, subject_images=subject_images, on_event=on_event,
-                                  cancel=lambda: state.cancelled, paused=pause.is_set)
-                trainer.explicit_settings = explicit
-                try:
-                    concept = trainer.run(resume=resume)
-                finally:
-                    clock.finish()
+                concept = start_run(plan, on_event, cancel=lambda: state.cancelled, paused=pause.is_set,
+                                    on_estimate=state.emit)
             from lego_studio.ui import library_io
 
             # A path, or NameTaken when a name taken meanwhile (or on a resume) is still to be asked about.
-            return library_io.add_trained(library, trainer.concept_path, concept, project, on_conflict=on_conflict)
+            return library_io.add_trained(library, plan.concept_path, concept, project, on_conflict=on_conflict)
 
         train = runs.holding(run_dir, train)  # one trainer per run folder; a failure before step 1 is recorded
         self._run_dir = run_dir
@@ -847,7 +810,7 @@ class TrainingView(QWidget):
             self.progress.setMaximum(max(1, event.total))
             self.progress.setValue(event.step)
             if not self._paused:  # a step finishing just after Pause must not bring the ETA back
-                self.eta_label.setText(format_eta(event.eta_s))
+                self.eta_label.setText(f"ETA {format_duration(event.eta_s)}")
             self.chart.total_steps = event.total
             self.chart.add(event.step, event.losses)
             self._show_current_run_step(event.step, event.total)
