@@ -258,7 +258,7 @@ def test_read_history_up_to_the_checkpoint(tmp_path, window):
 def test_a_resumed_run_shows_its_whole_history(window, qtbot, tmp_path, monkeypatch):
     from types import SimpleNamespace
 
-    from lego_studio.core import memory, training
+    from lego_studio.core import memory, run_service, training
     from lego_studio.core.errors import Cancelled
 
     class FakeTrainer:
@@ -277,7 +277,7 @@ def test_a_resumed_run_shows_its_whole_history(window, qtbot, tmp_path, monkeypa
         def lease(self, *args, **kwargs):
             yield SimpleNamespace(family=SimpleNamespace(resolution=32), device=SimpleNamespace(type="cpu"))
 
-    monkeypatch.setattr(training, "Trainer", FakeTrainer)
+    monkeypatch.setattr(run_service, "Trainer", FakeTrainer)
     monkeypatch.setattr(memory, "fit_config", lambda model, config, explicit: SimpleNamespace(config=config, note=""))
     monkeypatch.setattr(memory, "planning_takes_a_while", lambda model: False)
     window.context.models = Models()
