@@ -21,7 +21,7 @@ from lego_studio.core.settings import Settings
 from lego_studio.core.training import TrainConfig
 from lego_studio.ui.context import AppContext
 from lego_studio.ui.main_window import MainWindow
-from lego_studio.ui.training_view import APP_PREVIEW_EVERY
+from lego_studio.ui.train_form import APP_PREVIEW_EVERY
 
 pytestmark = pytest.mark.gui
 

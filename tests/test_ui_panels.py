@@ -75,7 +75,7 @@ def test_form_rows_are_made_from_the_descriptions(qtbot):
     from PySide6.QtWidgets import QCheckBox, QDoubleSpinBox, QFormLayout, QGroupBox, QLineEdit, QSpinBox
 
     from lego_studio.core.training import SETTING_GROUPS
-    from lego_studio.ui.training_view import ConfigForm
+    from lego_studio.ui.train_form import ConfigForm
 
     form = ConfigForm()
     qtbot.addWidget(form)
