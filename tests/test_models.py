@@ -12,10 +12,11 @@ from lego_studio.core.errors import InputError, ModelError
 from lego_studio.core.model_specs import ModelFamily, detect_checkpoint_family
 from lego_studio.core.models import load_model, safe_torch_load
 from lego_studio.core.tiny_models import make_tiny_model
-from lego_studio.core import ldm_export
-from lego_studio.core.ldm_export import write_single_file_checkpoint
 from lego_studio.core.paths import resource
 from lego_studio.core.tokenizer import build, load_tokenizer
+
+import ldm_export
+from ldm_export import write_single_file_checkpoint
 
 # ------------------------------------------------------------------ tokenizer
 

@@ -15,19 +15,9 @@ import pytest
 from lego_studio.core.project import Project, ProjectReadOnly
 from lego_studio.core.settings import Settings
 from lego_studio.ui.context import AppContext
-from lego_studio.ui.main_window import MainWindow
 
 pytestmark = pytest.mark.gui
 REPO = Path(__file__).resolve().parents[1]
-
-
-@pytest.fixture
-def window(qtbot):
-    win = MainWindow(AppContext(Settings.load()))
-    qtbot.addWidget(win)
-    win.show()
-    yield win
-    win.shutdown_workers()
 
 
 def test_quitting_after_a_failed_last_save_stops_every_thread(window, qtbot, monkeypatch, capsys):

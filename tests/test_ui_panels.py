@@ -12,28 +12,14 @@ import pytest
 import torch
 from PIL import Image
 from PySide6.QtGui import QTextDocument
-from PySide6.QtWidgets import QMessageBox
 
 from lego_studio.core.concepts import Concept, export_concept, load_concept
 from lego_studio.core.errors import InputError
-from lego_studio.core.settings import Settings
 from lego_studio.core.estimate import format_duration
 from lego_studio.core.training import SETTINGS, TrainConfig, TrainEvent
-from lego_studio.ui.context import AppContext
 from lego_studio.ui.gallery_view import parse_seeds
-from lego_studio.ui.main_window import MainWindow
 
 pytestmark = pytest.mark.gui
-
-
-@pytest.fixture
-def window(qtbot, monkeypatch):
-    monkeypatch.setattr(QMessageBox, "question", lambda *a, **k: QMessageBox.StandardButton.Yes)
-    win = MainWindow(AppContext(Settings.load()))
-    qtbot.addWidget(win)
-    win.show()
-    yield win
-    win.shutdown_workers()
 
 
 def plain(tip: str) -> str:

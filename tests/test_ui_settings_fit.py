@@ -9,20 +9,9 @@ import pytest
 
 from lego_studio.core.settings import Settings
 from lego_studio.ui import workers
-from lego_studio.ui.context import AppContext
-from lego_studio.ui.main_window import MainWindow
 from lego_studio.ui.settings_dialog import SettingsDialog
 
 pytestmark = pytest.mark.gui
-
-
-@pytest.fixture
-def window(qtbot):
-    win = MainWindow(AppContext(Settings.load()))
-    qtbot.addWidget(win)
-    win.show()
-    yield win
-    win.shutdown_workers()
 
 
 def slow_check(monkeypatch, passes: bool):

@@ -7,23 +7,10 @@ import pytest
 from PIL import Image
 from PySide6.QtCore import QPoint, QPointF, Qt
 from PySide6.QtGui import QWheelEvent
-from PySide6.QtWidgets import QApplication, QComboBox, QMessageBox, QSpinBox
+from PySide6.QtWidgets import QApplication, QComboBox, QSpinBox
 
-from lego_studio.core.settings import Settings
-from lego_studio.ui.context import AppContext
-from lego_studio.ui.main_window import MainWindow
 
 pytestmark = pytest.mark.gui
-
-
-@pytest.fixture
-def window(qtbot, monkeypatch):
-    monkeypatch.setattr(QMessageBox, "question", lambda *a, **k: QMessageBox.StandardButton.Yes)
-    win = MainWindow(AppContext(Settings.load()))
-    qtbot.addWidget(win)
-    win.show()
-    yield win
-    win.shutdown_workers()
 
 
 def new_project(window, tmp_path, name="P", sizes=((32, 32),)):

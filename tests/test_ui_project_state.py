@@ -1,6 +1,7 @@
-"""The faults a walkthrough of the app found (issue 10), one regression test each: settings that
-follow the project, run states, the Projects page's mask count, restart, the status bar, Settings
-and SAM, skipped files, presets, library names, selection and search."""
+"""What the pages keep for the open project and its runs: training settings and the model that
+follow the project, run states and the runs list, the Projects page's mask count, reopening after a
+restart, the status bar, Settings and SAM, skipped files, presets, library names, selection and
+search, the gallery's choice of concept and subjects."""
 
 from __future__ import annotations
 
@@ -24,23 +25,6 @@ from lego_studio.ui.main_window import MainWindow
 from lego_studio.ui.train_form import APP_PREVIEW_EVERY
 
 pytestmark = pytest.mark.gui
-
-
-@pytest.fixture
-def warnings(monkeypatch):
-    shown = []
-    monkeypatch.setattr(QMessageBox, "warning", lambda parent, title, text, *a: shown.append(text))
-    return shown
-
-
-@pytest.fixture
-def window(qtbot, monkeypatch, warnings):
-    monkeypatch.setattr(QMessageBox, "question", lambda *a, **k: QMessageBox.StandardButton.Yes)
-    win = MainWindow(AppContext(Settings.load()))
-    qtbot.addWidget(win)
-    win.show()
-    yield win
-    win.shutdown_workers()
 
 
 def image_folder(folder, count=2, size=(32, 32)):
