@@ -83,6 +83,7 @@ def test_demo_without_the_shapeworld_model_says_how_to_train_it(tmp_path, monkey
     assert "python -m lego_studio.shapeworld.model_training" in err
 
 
+@pytest.mark.slow  # trains on the shipped Shape World model
 @pytest.mark.skipif(not (shapeworld_model_dir() / "model_index.json").is_file(),
                     reason="resources/models/shapeworld is missing (train it with lego_studio.shapeworld.model_training)")
 def test_quick_demo_end_to_end(tmp_path, capsys):

@@ -85,6 +85,7 @@ def _squeeze(monkeypatch, fraction: float):
 _stacked_need = [0]
 
 
+@pytest.mark.slow  # several CLI training runs
 def test_cli_turns_on_savings_says_so_and_explicit_flags_win(exemplar_folders, tiny_model, tiny_model_dir, tmp_path, capsys, monkeypatch):
     _stacked_need[0] = (memory.estimate_step_memory(tiny_model, TrainConfig.preset("lego", subject="a red square"))
                         - memory_trace.DEVICE_OVERHEAD_BYTES)
@@ -178,6 +179,7 @@ def test_format_duration():
     assert estimate.format_duration(None) == "—"
 
 
+@pytest.mark.slow  # several CLI training runs
 def test_cli_shows_the_estimate_before_the_run_and_warns_about_a_long_one(exemplar_folders, tiny_model_dir, tmp_path, capsys):
     out = tmp_path / "first.safetensors"
     assert main(train_args(exemplar_folders, tiny_model_dir, out, "--steps", "3", "--quiet")) == 0

@@ -131,6 +131,7 @@ def _resume_to_finished(run_dir: Path, out: Path) -> None:
     assert out.is_file()
 
 
+@pytest.mark.slow  # CLI subprocesses
 @pytest.mark.skipif(sys.platform == "win32", reason="POSIX signals")
 def test_ctrl_c_on_cli_train_reads_cancelled_and_resumes_to_finished(exemplars, tiny_model_dir, tmp_path):
     out = tmp_path / "c.safetensors"
@@ -147,6 +148,7 @@ def test_ctrl_c_on_cli_train_reads_cancelled_and_resumes_to_finished(exemplars, 
     _resume_to_finished(run_dir, out)
 
 
+@pytest.mark.slow  # CLI subprocesses
 @pytest.mark.skipif(sys.platform == "win32", reason="POSIX signals")
 def test_kill_9_on_cli_train_reads_interrupted_at_once_and_resumes_to_finished(exemplars, tiny_model_dir, tmp_path):
     out = tmp_path / "k.safetensors"

@@ -414,6 +414,7 @@ def test_cli_generate_refuses_a_concept_of_another_family(tiny_sdxl_dir, tmp_pat
     assert code == 2 and "made for SD 1.x but the model is SDXL" in err and "Traceback" not in err
 
 
+@pytest.mark.slow  # the speed benchmark script
 def test_the_prepared_sdxl_speed_run_works_on_a_tiny_sdxl(tmp_path):
     # The GPU run for real SDXL shapes (benchmarks/speed_lego_vs_ti.py --sdxl-shaped) must not
     # waste a GPU session on a bug: the same matrix runs here on a tiny SDXL.

@@ -65,6 +65,7 @@ def test_a_second_window_opens_the_project_read_only_and_says_so(tmp_path, qtbot
     again.release()
 
 
+@pytest.mark.slow  # the app in a subprocess
 def test_the_app_quits_cleanly_with_a_read_only_project(tmp_path):
     """End to end, in its own process: open a read-only project, change a field, quit."""
     if not (hasattr(os, "geteuid") and os.geteuid() == 0 and sys.platform.startswith("linux")):
