@@ -41,7 +41,8 @@ def build_sd15_shaped(device, dtype):
     from diffusers import AutoencoderKL, DDPMScheduler, UNet2DConditionModel
     from transformers import CLIPTextConfig, CLIPTextModel
 
-    from lego_studio.core.models import ModelFamily, SDModel
+    from lego_studio.core.model_specs import ModelFamily
+    from lego_studio.core.models import SDModel
     from lego_studio.core.tokenizer import load_tokenizer
 
     scheduler_config = dict(
@@ -84,7 +85,9 @@ def build_sdxl_shaped(device, dtype, tiny: bool = False):
     from diffusers import AutoencoderKL, DDPMScheduler, UNet2DConditionModel
     from transformers import CLIPTextConfig, CLIPTextModel, CLIPTextModelWithProjection
 
-    from lego_studio.core.models import ModelFamily, SDModel, tiny_sdxl_configs
+    from lego_studio.core.model_specs import ModelFamily
+    from lego_studio.core.models import SDModel
+    from lego_studio.core.tiny_models import tiny_sdxl_configs
     from lego_studio.core.paths import resource
     from lego_studio.core.tokenizer import load_tokenizer
 
@@ -136,7 +139,8 @@ def method_matrix(checkpointing, vectors: int, **common) -> dict:
 
 
 def build_tiny(device, precision):
-    from lego_studio.core.models import load_model, make_tiny_model
+    from lego_studio.core.models import load_model
+    from lego_studio.core.tiny_models import make_tiny_model
 
     folder = Path(tempfile.mkdtemp(prefix="lego-bench-")) / "tiny"
     make_tiny_model(folder, seed=0)

@@ -24,7 +24,8 @@ OUT = Path(__file__).resolve().parent / "runtime_modules.txt"
 def main() -> int:
     os.environ.setdefault("QT_QPA_PLATFORM", "offscreen")
     sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-    from lego_studio.core.models import SCHEDULERS, load_model, make_tiny_model
+    from lego_studio.core.models import SCHEDULERS, load_model
+    from lego_studio.core.tiny_models import make_tiny_model
     from lego_studio.selftest import run_self_test
 
     with tempfile.TemporaryDirectory(prefix="lego-record-") as tmp:

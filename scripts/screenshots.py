@@ -65,7 +65,7 @@ def main(argv: list[str] | None = None) -> int:
     from lego_studio.ui.app import create_app
 
     app = create_app([])
-    from lego_studio.core.models import make_tiny_model
+    from lego_studio.core.tiny_models import make_tiny_model
     from lego_studio.core.settings import Settings
     from lego_studio.ui.context import AppContext
     from lego_studio.ui.main_window import MainWindow

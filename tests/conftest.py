@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import os
 import socket
+from pathlib import Path
 
 import pytest
 
@@ -56,7 +57,7 @@ def lego_home(tmp_path, monkeypatch):
 @pytest.fixture(scope="session")
 def tiny_model_dir(tmp_path_factory):
     """A random-weight tiny SD-architecture model in diffusers layout (plumbing only)."""
-    from lego_studio.core.models import make_tiny_model
+    from lego_studio.core.tiny_models import make_tiny_model
 
     out = tmp_path_factory.mktemp("tiny-model") / "tiny-sd"
     make_tiny_model(out, seed=0)
@@ -83,7 +84,7 @@ def fresh_tiny_model(tiny_model_dir):
 def tiny_sdxl_dir(tmp_path_factory):
     """A random-weight tiny SDXL-architecture model: two text encoders (widths 32 and 48, the
     second with a projection), a text_time UNet."""
-    from lego_studio.core.models import make_tiny_model
+    from lego_studio.core.tiny_models import make_tiny_model
 
     out = tmp_path_factory.mktemp("tiny-sdxl") / "tiny-sdxl"
     make_tiny_model(out, seed=0, family="sdxl")
@@ -118,21 +119,97 @@ def one_torch_thread():
     torch.set_num_threads(threads)
 
 
+def write_exemplars(folder, n: int = 2, size=(32, 32), box=(8, 24, 8, 24), colour=(200, 30, 30), seed: int = 0,
+                    prefix: str = "img", mask_folder=None, mask_prefix: str = "mask"):
+    """``n`` random ``size`` (height, width) images in ``folder``, the subject a ``colour`` square
+    at ``box`` (top, bottom, left, right; colour None leaves the noise), and its masks (255 =
+    subject) in ``mask_folder`` (default: ``folder``). Returns (images, masks); masks is None
+    without a box. Deterministic for a seed."""
+    import numpy as np
+    from PIL import Image
+
+    folder = Path(folder)
+    mask_folder = Path(mask_folder) if mask_folder is not None else folder
+    folder.mkdir(parents=True, exist_ok=True)
+    mask_folder.mkdir(parents=True, exist_ok=True)
+    rng = np.random.default_rng(seed)
+    images, masks = [], []
+    for i in range(n):
+        pixels = (rng.random((*size, 3)) * 255).astype(np.uint8)
+        if box is not None and colour is not None:
+            pixels[box[0]:box[1], box[2]:box[3]] = colour
+        images.append(folder / f"{prefix}{i}.png")
+        Image.fromarray(pixels).save(images[-1])
+        if box is not None:
+            mask = np.zeros(size, np.uint8)
+            mask[box[0]:box[1], box[2]:box[3]] = 255
+            masks.append(mask_folder / f"{mask_prefix}{i}.png")
+            Image.fromarray(mask).save(masks[-1])
+    return images, (masks if box is not None else None)
+
+
+@pytest.fixture(scope="session")
+def make_exemplars():
+    """:func:`write_exemplars`, for fixtures of any scope."""
+    return write_exemplars
+
+
 @pytest.fixture
 def exemplar_folders(tmp_path):
     """(images, masks) folders for the CLI: 3 random 36x36 images, each with a square subject mask,
     and a stray text file the CLI must not pick up."""
-    import numpy as np
-    from PIL import Image
-
     images, masks = tmp_path / "images", tmp_path / "masks"
-    images.mkdir()
-    masks.mkdir()
-    rng = np.random.default_rng(1)
-    for i in range(3):
-        Image.fromarray((rng.random((36, 36, 3)) * 255).astype(np.uint8)).save(images / f"ex{i}.png")
-        mask = np.zeros((36, 36), np.uint8)
-        mask[8:24, 8:24] = 255
-        Image.fromarray(mask).save(masks / f"ex{i}.png")
+    write_exemplars(images, n=3, size=(36, 36), colour=None, seed=1, prefix="ex", mask_folder=masks, mask_prefix="ex")
     (images / "notes.txt").write_text("not an image, and not picked up")
     return images, masks
+
+
+@pytest.fixture
+def open_window(qtbot):
+    """``open_window(settings=None, size=None)``: the app's main window, shown (on ``settings``,
+    default the fresh ones of this test's LEGO_STUDIO_HOME); its workers stop after the test."""
+    from lego_studio.core.settings import Settings
+    from lego_studio.ui.context import AppContext
+    from lego_studio.ui.main_window import MainWindow
+
+    opened = []
+
+    def open_(settings=None, size=None):
+        win = MainWindow(AppContext(settings if settings is not None else Settings.load()))
+        qtbot.addWidget(win)
+        if size is not None:
+            win.resize(*size)
+        win.show()
+        opened.append(win)
+        return win
+
+    yield open_
+    for win in opened:
+        win.shutdown_workers()
+
+
+@pytest.fixture
+def yes_to_questions(monkeypatch):
+    """Every question box answers Yes."""
+    from PySide6.QtWidgets import QMessageBox
+
+    monkeypatch.setattr(QMessageBox, "question", lambda *a, **k: QMessageBox.StandardButton.Yes)
+
+
+@pytest.fixture
+def window(open_window, yes_to_questions, warnings):
+    """The main window on fresh settings; questions answered Yes, warnings collected
+    (``window.warnings``, the same list as the ``warnings`` fixture)."""
+    win = open_window()
+    win.warnings = warnings
+    return win
+
+
+@pytest.fixture
+def warnings(monkeypatch):
+    """Warning boxes collected instead of shown (their texts)."""
+    from PySide6.QtWidgets import QMessageBox
+
+    shown = []
+    monkeypatch.setattr(QMessageBox, "warning", lambda parent, title, text, *a: shown.append(text))
+    return shown

@@ -204,6 +204,7 @@ def untrained_judge_dir(tmp_path_factory):
     return out
 
 
+@pytest.mark.slow  # a whole benchmark run
 def test_quick_benchmark_writes_tables_sheet_and_json(tmp_path, tiny_model_dir, untrained_judge_dir, capsys):
     from lego_studio.cli import main
 
@@ -247,6 +248,7 @@ def test_quick_benchmark_writes_tables_sheet_and_json(tmp_path, tiny_model_dir, 
     assert (out / "samples" / "any-track" / "frozen-in-ice" / "ti-1-seed0.png").is_file()
 
 
+@pytest.mark.slow  # a whole benchmark run
 def test_partial_word_tracks_share_the_runs_that_never_see_the_words(tmp_path, tiny_model_dir, untrained_judge_dir, capsys):
     """Two partial-words tracks in two worker processes: Lego trains once per track with that
     track's words; TI (which never sees the words) trains once and its row stands in both tracks."""

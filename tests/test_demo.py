@@ -13,7 +13,7 @@ import pytest
 from PIL import Image
 
 from lego_studio.core.errors import InputError
-from lego_studio.core.models import shapeworld_model_dir
+from lego_studio.core.model_specs import shapeworld_model_dir
 from lego_studio.core.project import Project
 from lego_studio.core.training import TrainConfig
 from lego_studio.shapeworld.demo import build_demo_project
@@ -83,6 +83,7 @@ def test_demo_without_the_shapeworld_model_says_how_to_train_it(tmp_path, monkey
     assert "python -m lego_studio.shapeworld.model_training" in err
 
 
+@pytest.mark.slow  # trains on the shipped Shape World model
 @pytest.mark.skipif(not (shapeworld_model_dir() / "model_index.json").is_file(),
                     reason="resources/models/shapeworld is missing (train it with lego_studio.shapeworld.model_training)")
 def test_quick_demo_end_to_end(tmp_path, capsys):

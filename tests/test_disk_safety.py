@@ -375,6 +375,7 @@ def test_run_records_hold_absolute_paths(tmp_path, monkeypatch):
     assert runs.read_record(tmp_path / "run2")["inputs"]["model"] == "tiny"  # a name stays a name
 
 
+@pytest.mark.slow  # two CLI training runs
 def test_resume_works_from_another_working_folder(exemplar_folders, tiny_model_dir, tmp_path, monkeypatch, capsys):
     images, masks = exemplar_folders
     monkeypatch.chdir(tmp_path)

@@ -12,7 +12,7 @@ import torch
 from PIL import Image
 
 from lego_studio.cli import main
-from lego_studio.core import estimate, memory, memory_trace
+from lego_studio.core import estimate, memory, memory_trace, oom
 from lego_studio.core.training import TrainConfig
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
@@ -57,11 +57,11 @@ def test_fit_walks_the_ladder_and_keeps_explicit_settings(tiny_model):
 
 
 def test_out_of_memory_errors_are_recognised():
-    assert memory.is_out_of_memory(torch.cuda.OutOfMemoryError("CUDA out of memory. Tried to allocate 2.00 GiB"))
-    assert memory.is_out_of_memory(RuntimeError("MPS backend out of memory (MPS allocated: 8 GB)"))
-    assert memory.is_out_of_memory(RuntimeError("[enforce fail at alloc_cpu.cpp:117] DefaultCPUAllocator: can't allocate memory: you tried to allocate 123"))
-    assert memory.is_out_of_memory(MemoryError())
-    assert not memory.is_out_of_memory(RuntimeError("shape mismatch"))
+    assert oom.is_out_of_memory(torch.cuda.OutOfMemoryError("CUDA out of memory. Tried to allocate 2.00 GiB"))
+    assert oom.is_out_of_memory(RuntimeError("MPS backend out of memory (MPS allocated: 8 GB)"))
+    assert oom.is_out_of_memory(RuntimeError("[enforce fail at alloc_cpu.cpp:117] DefaultCPUAllocator: can't allocate memory: you tried to allocate 123"))
+    assert oom.is_out_of_memory(MemoryError())
+    assert not oom.is_out_of_memory(RuntimeError("shape mismatch"))
 
 
 def test_memory_limit_env_caps_free_memory(monkeypatch):
@@ -85,6 +85,7 @@ def _squeeze(monkeypatch, fraction: float):
 _stacked_need = [0]
 
 
+@pytest.mark.slow  # several CLI training runs
 def test_cli_turns_on_savings_says_so_and_explicit_flags_win(exemplar_folders, tiny_model, tiny_model_dir, tmp_path, capsys, monkeypatch):
     _stacked_need[0] = (memory.estimate_step_memory(tiny_model, TrainConfig.preset("lego", subject="a red square"))
                         - memory_trace.DEVICE_OVERHEAD_BYTES)
@@ -175,8 +176,10 @@ def test_format_duration():
     assert estimate.format_duration(42) == "42 s"
     assert estimate.format_duration(600) == "10 min"
     assert estimate.format_duration(35000) == "9 h 43 min"
+    assert estimate.format_duration(None) == "—"
 
 
+@pytest.mark.slow  # several CLI training runs
 def test_cli_shows_the_estimate_before_the_run_and_warns_about_a_long_one(exemplar_folders, tiny_model_dir, tmp_path, capsys):
     out = tmp_path / "first.safetensors"
     assert main(train_args(exemplar_folders, tiny_model_dir, out, "--steps", "3", "--quiet")) == 0

@@ -39,7 +39,7 @@ def _can_build() -> str | None:
     return None
 
 
-pytestmark = pytest.mark.skipif(_can_build() is not None, reason=str(_can_build()))
+pytestmark = [pytest.mark.skipif(_can_build() is not None, reason=str(_can_build())), pytest.mark.slow]  # builds wheels, makes a venv
 
 
 def _copy_source(dest: Path) -> Path:

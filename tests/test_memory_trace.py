@@ -52,6 +52,7 @@ def test_tracing_leaves_the_model_as_it_was_and_it_still_trains(fresh_tiny_model
     assert torch.isfinite(concept.vectors).all()
 
 
+@pytest.mark.slow  # traces every memory setting
 def test_the_traced_need_orders_the_memory_settings(tiny_model):
     need = {name: memory_trace.trace_step(tiny_model, config) for name, config in {
         "ti": TrainConfig.preset("ti", subject="a red square", steps=2),
@@ -76,6 +77,7 @@ def test_the_planner_falls_back_to_the_formula_when_a_model_cannot_be_traced(tin
     assert memory.estimate_step_memory(tiny_model, config) == memory.formula_step_memory(tiny_model, config)
 
 
+@pytest.mark.slow  # the memory benchmark script
 def test_the_memory_benchmark_traces_the_sdxl_matrix(tmp_path):
     # The same script traces real SDXL at 1024 px (docs/PERFORMANCE.md); here a tiny SDXL.
     repo = Path(__file__).resolve().parents[1]
@@ -92,6 +94,7 @@ def test_the_memory_benchmark_traces_the_sdxl_matrix(tmp_path):
     assert "| lego (split) + checkpointing |" in result.stdout
 
 
+@pytest.mark.slow  # builds real SDXL on meta
 def test_a_real_sdxl_config_is_traced_in_seconds_on_the_meta_device():
     # The planner traces the user's own model before a run: the real SDXL shapes (2.57 B UNet)
     # must be traceable without allocating them.

@@ -8,6 +8,8 @@ import sys
 import textwrap
 from pathlib import Path
 
+import pytest
+
 ROOT = Path(__file__).resolve().parents[1]
 
 _RACE = textwrap.dedent(
@@ -48,6 +50,7 @@ def _env():
     return env
 
 
+@pytest.mark.slow  # a fresh Python process
 def test_loading_from_several_threads_at_once_in_a_fresh_process(tiny_model_dir):
     # The warm-up at start-up (import_model_stack), token counting and the first Start's model
     # load at once. The first Start ~1 s after the window appeared raced the start-up warm-up: two threads
@@ -57,6 +60,7 @@ def test_loading_from_several_threads_at_once_in_a_fresh_process(tiny_model_dir)
     assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-2000:]
 
 
+@pytest.mark.slow  # a fresh Python process
 def test_loading_a_model_prints_nothing(tiny_model_dir):
     code = f"""
 from lego_studio.core.models import load_model
@@ -67,6 +71,7 @@ load_model({str(tiny_model_dir)!r}, device="cpu", precision="fp32")
     assert proc.stdout == "" and "Loading" not in proc.stderr and "float32" not in proc.stderr, proc.stderr[-2000:]
 
 
+@pytest.mark.slow  # a fresh Python process
 def test_import_model_stack_quiets_the_libraries():
     code = textwrap.dedent(
         """

@@ -7,19 +7,16 @@ from pathlib import Path
 import pytest
 import torch
 
-from lego_studio.core import models as models_module
+from lego_studio.core import model_specs
 from lego_studio.core.errors import InputError, ModelError
-from lego_studio.core.models import (
-    ModelFamily,
-    detect_checkpoint_family,
-    load_model,
-    make_tiny_model,
-    safe_torch_load,
-)
-from lego_studio.core import ldm_export
-from lego_studio.core.ldm_export import write_single_file_checkpoint
+from lego_studio.core.model_specs import ModelFamily, detect_checkpoint_family
+from lego_studio.core.models import load_model, safe_torch_load
+from lego_studio.core.tiny_models import make_tiny_model
 from lego_studio.core.paths import resource
 from lego_studio.core.tokenizer import build, load_tokenizer
+
+import ldm_export
+from ldm_export import write_single_file_checkpoint
 
 # ------------------------------------------------------------------ tokenizer
 
@@ -177,7 +174,7 @@ def test_missing_tokenizer_folder_uses_shipped_tokenizer(tmp_path, tiny_model_di
 
 def test_shapeworld_alias(tmp_path, tiny_model_dir, monkeypatch):
     target = tmp_path / "shapeworld"
-    monkeypatch.setattr(models_module, "shapeworld_model_dir", lambda name="shapeworld": target)
+    monkeypatch.setattr(model_specs, "shapeworld_model_dir", lambda name="shapeworld": target)
     with pytest.raises(ModelError, match="Shape World model is not installed"):
         load_model("shapeworld", device="cpu")
     _copy_model(tiny_model_dir, target)
@@ -202,7 +199,7 @@ def test_model_id_resolves_in_local_hf_cache(tmp_path, tiny_model_dir, monkeypat
     model = load_model("acme/tiny-sd", device="cpu")
     assert model.source == "acme/tiny-sd"
     assert model.family.name == "tiny"
-    assert models_module.find_in_hf_cache("acme/tiny-sd") == snapshot
+    assert model_specs.find_in_hf_cache("acme/tiny-sd") == snapshot
 
 
 def test_model_id_not_cached(tmp_path, monkeypatch):
@@ -307,7 +304,7 @@ def test_real_sd_shapes_key_layout_and_detection(config_name, layout, width):
 
 
 def test_folder_family_from_shipped_sd_configs():
-    from lego_studio.core.models import family_from_configs
+    from lego_studio.core.model_specs import family_from_configs
 
     def configs(name):
         folder = resource("configs", name)

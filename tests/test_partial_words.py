@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import pytest
 
-from lego_studio.core.models import shapeworld_model_dir
+from lego_studio.core.model_specs import shapeworld_model_dir
 
 pytestmark = [
     pytest.mark.slow,

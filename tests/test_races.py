@@ -18,7 +18,7 @@ import torch
 from lego_studio.core.concepts import Concept, load_concept
 from lego_studio.core.library import ConceptLibrary, NameTaken
 
-pytestmark = pytest.mark.skipif(sys.platform == "win32", reason="fork start method")
+pytestmark = [pytest.mark.skipif(sys.platform == "win32", reason="fork start method"), pytest.mark.slow]  # two processes each
 ROUNDS = 10
 
 

@@ -11,9 +11,7 @@ import sys
 import time
 from pathlib import Path
 
-import numpy as np
 import pytest
-from PIL import Image
 
 from lego_studio.core import runs
 from lego_studio.core.errors import Cancelled, TrainingError
@@ -25,13 +23,9 @@ REPO = Path(__file__).resolve().parents[1]
 
 
 @pytest.fixture
-def exemplars(tmp_path):
-    folder = tmp_path / "images"
-    folder.mkdir()
-    rng = np.random.default_rng(0)
-    for i in range(2):
-        Image.fromarray((rng.random((32, 32, 3)) * 255).astype(np.uint8)).save(folder / f"ex{i}.png")
-    return folder
+def exemplars(tmp_path, make_exemplars):
+    make_exemplars(tmp_path / "images", box=None, prefix="ex")
+    return tmp_path / "images"
 
 
 def _dead_pid() -> int:
@@ -103,17 +97,6 @@ def test_a_crash_inside_the_trainer_is_recorded_as_failed_with_its_reason(tiny_m
     assert (info.status, info.message) == (runs.RUN_FAILED, "the GPU fell over")
 
 
-def test_legacy_run_folders_are_still_read(tmp_path):
-    run = tmp_path / "old"
-    run.mkdir()
-    (run / "config.json").write_text(json.dumps({"method": "lego", "steps": 10}))
-    (run / "status.json").write_text(json.dumps({"status": "cancelled", "message": "stopped"}))
-    (run / "inputs.json").write_text(json.dumps({"images": ["x.png"], "model": "tiny"}))
-    info = runs.read_run(run)
-    assert (info.status, info.message) == ("cancelled", "stopped")
-    assert runs.run_inputs(run)["model"] == "tiny"
-
-
 # ------------------------------------------------------------------------------ the CLI, for real
 
 
@@ -148,6 +131,7 @@ def _resume_to_finished(run_dir: Path, out: Path) -> None:
     assert out.is_file()
 
 
+@pytest.mark.slow  # CLI subprocesses
 @pytest.mark.skipif(sys.platform == "win32", reason="POSIX signals")
 def test_ctrl_c_on_cli_train_reads_cancelled_and_resumes_to_finished(exemplars, tiny_model_dir, tmp_path):
     out = tmp_path / "c.safetensors"
@@ -164,6 +148,7 @@ def test_ctrl_c_on_cli_train_reads_cancelled_and_resumes_to_finished(exemplars, 
     _resume_to_finished(run_dir, out)
 
 
+@pytest.mark.slow  # CLI subprocesses
 @pytest.mark.skipif(sys.platform == "win32", reason="POSIX signals")
 def test_kill_9_on_cli_train_reads_interrupted_at_once_and_resumes_to_finished(exemplars, tiny_model_dir, tmp_path):
     out = tmp_path / "k.safetensors"

@@ -31,20 +31,8 @@ WIDTH_L, WIDTH_G = 32, 48
 
 
 @pytest.fixture(scope="module")
-def exemplars(tmp_path_factory):
-    folder = tmp_path_factory.mktemp("sdxl-exemplars")
-    rng = np.random.default_rng(0)
-    images, masks = [], []
-    for i in range(2):
-        pixels = (rng.random((32, 32, 3)) * 255).astype(np.uint8)
-        pixels[8:24, 8:24] = (200, 30, 30)
-        Image.fromarray(pixels).save(folder / f"img{i}.png")
-        mask = np.zeros((32, 32), np.uint8)
-        mask[8:24, 8:24] = 255
-        Image.fromarray(mask).save(folder / f"mask{i}.png")
-        images.append(folder / f"img{i}.png")
-        masks.append(folder / f"mask{i}.png")
-    return images, masks
+def exemplars(tmp_path_factory, make_exemplars):
+    return make_exemplars(tmp_path_factory.mktemp("sdxl-exemplars"))
 
 
 def lego(**overrides):
@@ -145,7 +133,7 @@ def test_plain_diffusers_sdxl_pipeline_matches_ours(tiny_sdxl, tiny_sdxl_dir):
 def test_single_file_sdxl_round_trip_with_shipped_configs(tiny_sdxl, tmp_path):
     from safetensors import safe_open
 
-    from lego_studio.core.ldm_export import write_single_file_checkpoint
+    from ldm_export import write_single_file_checkpoint
     from lego_studio.core.models import load_model
 
     path = write_single_file_checkpoint(tiny_sdxl, tmp_path / "tiny-xl.safetensors")
@@ -167,8 +155,8 @@ def test_real_sdxl_shapes_are_detected_and_map_onto_the_shipped_configs():
     from diffusers.loaders.single_file_utils import convert_ldm_unet_checkpoint, infer_diffusers_model_type
     from transformers import CLIPTextConfig, CLIPTextModel, CLIPTextModelWithProjection
 
-    from lego_studio.core import ldm_export
-    from lego_studio.core.models import detect_checkpoint_family
+    import ldm_export
+    from lego_studio.core.model_specs import detect_checkpoint_family
     from lego_studio.core.paths import resource
 
     folder = resource("configs", "sdxl")
@@ -426,6 +414,7 @@ def test_cli_generate_refuses_a_concept_of_another_family(tiny_sdxl_dir, tmp_pat
     assert code == 2 and "made for SD 1.x but the model is SDXL" in err and "Traceback" not in err
 
 
+@pytest.mark.slow  # the speed benchmark script
 def test_the_prepared_sdxl_speed_run_works_on_a_tiny_sdxl(tmp_path):
     # The GPU run for real SDXL shapes (benchmarks/speed_lego_vs_ti.py --sdxl-shaped) must not
     # waste a GPU session on a bug: the same matrix runs here on a tiny SDXL.

@@ -26,6 +26,7 @@ def status_of(lines: list[str], check: str) -> str | None:
     return None
 
 
+@pytest.mark.slow  # the whole self-test
 def test_self_test_passes_with_the_tiny_model(tiny_model_dir, lego_home):
     connect_before = socket.socket.connect
     home_before = os.environ["LEGO_STUDIO_HOME"]

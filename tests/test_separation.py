@@ -2,10 +2,8 @@
 
 from __future__ import annotations
 
-import numpy as np
 import pytest
 import torch
-from PIL import Image
 
 from lego_studio.core.separation import mask_terms, masks_usage, subject_words_note, vague_subject
 from lego_studio.core.training import TrainConfig, Trainer
@@ -14,20 +12,8 @@ pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 @pytest.fixture(scope="module")
-def exemplars(tmp_path_factory):
-    folder = tmp_path_factory.mktemp("separation")
-    rng = np.random.default_rng(5)
-    images, masks = [], []
-    for i in range(2):
-        pixels = (rng.random((32, 32, 3)) * 255).astype(np.uint8)
-        pixels[8:24, 8:24] = (30, 200, 30)
-        Image.fromarray(pixels).save(folder / f"img{i}.png")
-        mask = np.zeros((32, 32), np.uint8)
-        mask[8:24, 8:24] = 255
-        Image.fromarray(mask).save(folder / f"mask{i}.png")
-        images.append(folder / f"img{i}.png")
-        masks.append(folder / f"mask{i}.png")
-    return images, masks
+def exemplars(tmp_path_factory, make_exemplars):
+    return make_exemplars(tmp_path_factory.mktemp("separation"), colour=(30, 200, 30), seed=5)
 
 
 def _vectors(model, config, images, masks, run_dir):

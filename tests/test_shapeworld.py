@@ -340,7 +340,7 @@ def test_the_grown_xl_unet_reads_both_encoders_as_the_sd_unet_read_the_mix():
     import torch
     from diffusers import UNet2DConditionModel
 
-    from lego_studio.core.models import shapeworld_model_dir
+    from lego_studio.core.model_specs import shapeworld_model_dir
     from lego_studio.shapeworld.xl_model import CLIP_G_WIDTH, make_xl_unet
 
     folder = shapeworld_model_dir() / "unet"

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import pytest
 
-from lego_studio.core.models import shapeworld_model_dir
+from lego_studio.core.model_specs import shapeworld_model_dir
 
 pytestmark = [
     pytest.mark.slow,
@@ -27,7 +27,7 @@ def xl_model():
 
 
 def test_the_xl_model_is_sdxl_shaped_and_fits_the_size_budget(xl_model):
-    from lego_studio.core.models import is_shapeworld
+    from lego_studio.core.model_specs import is_shapeworld
 
     family = xl_model.family
     assert family.is_sdxl and family.widths == (96, 32) and family.resolution == 64

@@ -12,7 +12,7 @@ import pytest
 from lego_studio.cli import build_parser
 from lego_studio.commands import train
 from lego_studio.core.errors import InputError
-from lego_studio.core.memory import as_train_flags
+from lego_studio.core.oom import as_train_flags
 from lego_studio.core.training import (
     CTX_REGIONS,
     LR_SCHEDULES,
@@ -209,7 +209,7 @@ def test_help_names_each_default_and_range():
 
 def test_out_of_memory_advice_names_flags_that_parse_to_the_settings(tmp_path):
     changed = {"unet_batching": "split", "gradient_checkpointing": True, "batch_size": 2}
-    flags = as_train_flags(changed)
+    flags = as_train_flags(changed, TrainConfig)
     assert flags == "--unet-batching split --gradient-checkpointing --batch-size 2"
     out = tmp_path / "c.safetensors"
     args = build_parser().parse_args(["train", "--out", str(out), "--subject", "a cat", *flags.split()])

@@ -27,23 +27,9 @@ pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 @pytest.fixture(scope="module")
-def exemplar_files(tmp_path_factory):
+def exemplar_files(tmp_path_factory, make_exemplars):
     """Three 40x48 images with a square subject, and their masks (255 = subject)."""
-    folder = tmp_path_factory.mktemp("exemplars")
-    rng = np.random.default_rng(0)
-    images, masks = [], []
-    for i in range(3):
-        pixels = (rng.random((40, 48, 3)) * 255).astype(np.uint8)
-        pixels[10:30, 12:32] = (200, 30, 30)
-        image = folder / f"img{i}.png"
-        Image.fromarray(pixels).save(image)
-        mask = np.zeros((40, 48), np.uint8)
-        mask[10:30, 12:32] = 255
-        mask_path = folder / f"mask{i}.png"
-        Image.fromarray(mask).save(mask_path)
-        images.append(image)
-        masks.append(mask_path)
-    return images, masks
+    return make_exemplars(tmp_path_factory.mktemp("exemplars"), n=3, size=(40, 48), box=(10, 30, 12, 32))
 
 
 def small(method="lego", **overrides):

@@ -15,19 +15,9 @@ import pytest
 from lego_studio.core.project import Project, ProjectReadOnly
 from lego_studio.core.settings import Settings
 from lego_studio.ui.context import AppContext
-from lego_studio.ui.main_window import MainWindow
 
 pytestmark = pytest.mark.gui
 REPO = Path(__file__).resolve().parents[1]
-
-
-@pytest.fixture
-def window(qtbot):
-    win = MainWindow(AppContext(Settings.load()))
-    qtbot.addWidget(win)
-    win.show()
-    yield win
-    win.shutdown_workers()
 
 
 def test_quitting_after_a_failed_last_save_stops_every_thread(window, qtbot, monkeypatch, capsys):
@@ -75,6 +65,7 @@ def test_a_second_window_opens_the_project_read_only_and_says_so(tmp_path, qtbot
     again.release()
 
 
+@pytest.mark.slow  # the app in a subprocess
 def test_the_app_quits_cleanly_with_a_read_only_project(tmp_path):
     """End to end, in its own process: open a read-only project, change a field, quit."""
     if not (hasattr(os, "geteuid") and os.geteuid() == 0 and sys.platform.startswith("linux")):

@@ -12,8 +12,6 @@ from PySide6.QtWidgets import QMessageBox
 from lego_studio.core import estimate, memory
 from lego_studio.core.project import Project
 from lego_studio.core.settings import Settings
-from lego_studio.ui.context import AppContext
-from lego_studio.ui.main_window import MainWindow
 
 pytestmark = pytest.mark.gui
 
@@ -28,22 +26,14 @@ class Questions:
 
 
 @pytest.fixture
-def make_window(qtbot, tiny_model_dir):
-    windows = []
-
+def make_window(open_window, tiny_model_dir):
     def make(with_tiny=False):
         settings = Settings.load()
         if with_tiny:
             settings.add_model(tiny_model_dir, name="tiny")
-        win = MainWindow(AppContext(settings))
-        qtbot.addWidget(win)
-        win.show()
-        windows.append(win)
-        return win
+        return open_window(settings)
 
-    yield make
-    for win in windows:
-        win.shutdown_workers()
+    return make
 
 
 def open_project(window, tmp_path, images):

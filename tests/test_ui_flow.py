@@ -16,9 +16,7 @@ from PySide6.QtWidgets import QApplication
 
 from lego_studio.core.segmentation import SamArchitecture, build_sam
 from lego_studio.core.settings import Settings
-from lego_studio.ui.context import AppContext
 from lego_studio.ui.gallery_view import ImageDialog
-from lego_studio.ui.main_window import MainWindow
 from lego_studio.ui.mask_canvas import SAM
 
 pytestmark = pytest.mark.gui
@@ -90,19 +88,15 @@ def make_images(folder, count=3):
 
 
 @pytest.fixture
-def window(qtbot, tiny_model_dir, tiny_sam_checkpoint):
+def window(open_window, tiny_model_dir, tiny_sam_checkpoint):
     settings = Settings.load()
     settings.add_model(tiny_model_dir, name="tiny")
     settings.set_sam_checkpoint(tiny_sam_checkpoint)
     settings.default_device = "cpu"
     settings.save()
-    win = MainWindow(AppContext(settings))
-    qtbot.addWidget(win)
-    win.resize(1200, 800)
-    win.show()
+    win = open_window(settings, size=(1200, 800))
     win.detect_device()  # as app.main does: imports the model libraries behind the window
-    yield win
-    win.shutdown_workers()
+    return win
 
 
 def test_create_mask_train_library_gallery(window, qtbot, tmp_path):

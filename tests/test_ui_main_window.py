@@ -23,15 +23,6 @@ pytestmark = pytest.mark.gui
 REPO = Path(__file__).resolve().parents[1]
 
 
-@pytest.fixture
-def window(qtbot):
-    win = MainWindow(AppContext(Settings.load()))
-    qtbot.addWidget(win)
-    win.show()
-    yield win
-    win.shutdown_workers()
-
-
 def test_window_appears_before_torch_is_imported(tmp_path):
     script = textwrap.dedent(
         """

@@ -12,28 +12,14 @@ import pytest
 import torch
 from PIL import Image
 from PySide6.QtGui import QTextDocument
-from PySide6.QtWidgets import QMessageBox
 
 from lego_studio.core.concepts import Concept, export_concept, load_concept
 from lego_studio.core.errors import InputError
-from lego_studio.core.settings import Settings
-from lego_studio.core.training import SETTINGS, TrainConfig
-from lego_studio.ui.context import AppContext
+from lego_studio.core.estimate import format_duration
+from lego_studio.core.training import SETTINGS, TrainConfig, TrainEvent
 from lego_studio.ui.gallery_view import parse_seeds
-from lego_studio.ui.main_window import MainWindow
-from lego_studio.ui.training_view import format_eta
 
 pytestmark = pytest.mark.gui
-
-
-@pytest.fixture
-def window(qtbot, monkeypatch):
-    monkeypatch.setattr(QMessageBox, "question", lambda *a, **k: QMessageBox.StandardButton.Yes)
-    win = MainWindow(AppContext(Settings.load()))
-    qtbot.addWidget(win)
-    win.show()
-    yield win
-    win.shutdown_workers()
 
 
 def plain(tip: str) -> str:
@@ -75,7 +61,7 @@ def test_form_rows_are_made_from_the_descriptions(qtbot):
     from PySide6.QtWidgets import QCheckBox, QDoubleSpinBox, QFormLayout, QGroupBox, QLineEdit, QSpinBox
 
     from lego_studio.core.training import SETTING_GROUPS
-    from lego_studio.ui.training_view import ConfigForm
+    from lego_studio.ui.train_form import ConfigForm
 
     form = ConfigForm()
     qtbot.addWidget(form)
@@ -162,10 +148,10 @@ def test_interrupted_run_shows_as_resumable_when_the_project_is_opened(window, t
     assert "interrupted" in view.runs_list.item(0).text() and "step 4/10" in view.runs_list.item(0).text()
 
 
-def test_eta_format():
-    assert format_eta(None) == "ETA —"
-    assert format_eta(65) == "ETA 1:05"
-    assert format_eta(3725) == "ETA 1:02:05"
+def test_eta_uses_the_one_duration_format(window):
+    view = window.training_view
+    view._on_event(TrainEvent("step", step=1, total=100, eta_s=7325.0, losses={"total": 0.1}))
+    assert view.eta_label.text() == f"ETA {format_duration(7325)}" == "ETA 2 h 02 min"
 
 
 def test_loss_chart_draws_each_term(qtbot):

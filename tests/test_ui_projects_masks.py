@@ -11,9 +11,6 @@ from PySide6.QtGui import QMouseEvent
 from PySide6.QtWidgets import QApplication, QMessageBox
 
 from lego_studio.core.project import Project
-from lego_studio.core.settings import Settings
-from lego_studio.ui.context import AppContext
-from lego_studio.ui.main_window import MainWindow
 from lego_studio.ui.mask_canvas import ERASER, SAM
 
 pytestmark = pytest.mark.gui
@@ -29,17 +26,10 @@ def make_images(folder, count=2, size=(64, 48)):
 
 
 @pytest.fixture
-def window(qtbot, monkeypatch):
-    monkeypatch.setattr(QMessageBox, "question", lambda *a, **k: QMessageBox.StandardButton.Yes)
-    warnings = []
-    monkeypatch.setattr(QMessageBox, "warning", lambda parent, title, text, *a: warnings.append(text))
-    win = MainWindow(AppContext(Settings.load()))
+def window(open_window, yes_to_questions, warnings):
+    win = open_window(size=(1100, 760))
     win.warnings = warnings
-    qtbot.addWidget(win)
-    win.resize(1100, 760)
-    win.show()
-    yield win
-    win.shutdown_workers()
+    return win
 
 
 def press(widget, kind, pos, button=Qt.MouseButton.LeftButton, buttons=None):

@@ -9,20 +9,9 @@ import pytest
 
 from lego_studio.core.settings import Settings
 from lego_studio.ui import workers
-from lego_studio.ui.context import AppContext
-from lego_studio.ui.main_window import MainWindow
 from lego_studio.ui.settings_dialog import SettingsDialog
 
 pytestmark = pytest.mark.gui
-
-
-@pytest.fixture
-def window(qtbot):
-    win = MainWindow(AppContext(Settings.load()))
-    qtbot.addWidget(win)
-    win.show()
-    yield win
-    win.shutdown_workers()
 
 
 def slow_check(monkeypatch, passes: bool):
@@ -39,6 +28,7 @@ def slow_check(monkeypatch, passes: bool):
     monkeypatch.setattr(segmentation, "load_sam_model", load_sam_model)
 
 
+@pytest.mark.slow  # waits out a slow SAM check
 @pytest.mark.parametrize("button,passes", [("ok", True), ("ok", False), ("cancel", True)])
 def test_ok_and_cancel_do_not_wait_for_a_running_sam_check(window, qtbot, tmp_path, monkeypatch, button, passes):
     """OK and Cancel return at once; after OK the checkpoint is saved when (and only if) the

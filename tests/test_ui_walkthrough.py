@@ -7,23 +7,10 @@ import pytest
 from PIL import Image
 from PySide6.QtCore import QPoint, QPointF, Qt
 from PySide6.QtGui import QWheelEvent
-from PySide6.QtWidgets import QApplication, QComboBox, QMessageBox, QSpinBox
+from PySide6.QtWidgets import QApplication, QComboBox, QSpinBox
 
-from lego_studio.core.settings import Settings
-from lego_studio.ui.context import AppContext
-from lego_studio.ui.main_window import MainWindow
 
 pytestmark = pytest.mark.gui
-
-
-@pytest.fixture
-def window(qtbot, monkeypatch):
-    monkeypatch.setattr(QMessageBox, "question", lambda *a, **k: QMessageBox.StandardButton.Yes)
-    win = MainWindow(AppContext(Settings.load()))
-    qtbot.addWidget(win)
-    win.show()
-    yield win
-    win.shutdown_workers()
 
 
 def new_project(window, tmp_path, name="P", sizes=((32, 32),)):
@@ -258,7 +245,7 @@ def test_read_history_up_to_the_checkpoint(tmp_path, window):
 def test_a_resumed_run_shows_its_whole_history(window, qtbot, tmp_path, monkeypatch):
     from types import SimpleNamespace
 
-    from lego_studio.core import memory, training
+    from lego_studio.core import memory, run_service, training
     from lego_studio.core.errors import Cancelled
 
     class FakeTrainer:
@@ -277,7 +264,7 @@ def test_a_resumed_run_shows_its_whole_history(window, qtbot, tmp_path, monkeypa
         def lease(self, *args, **kwargs):
             yield SimpleNamespace(family=SimpleNamespace(resolution=32), device=SimpleNamespace(type="cpu"))
 
-    monkeypatch.setattr(training, "Trainer", FakeTrainer)
+    monkeypatch.setattr(run_service, "Trainer", FakeTrainer)
     monkeypatch.setattr(memory, "fit_config", lambda model, config, explicit: SimpleNamespace(config=config, note=""))
     monkeypatch.setattr(memory, "planning_takes_a_while", lambda model: False)
     window.context.models = Models()

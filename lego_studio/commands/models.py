@@ -40,7 +40,7 @@ def run(args: argparse.Namespace) -> int:
 
 
 def run_make_tiny_model(args: argparse.Namespace) -> int:
-    from lego_studio.core.models import make_tiny_model
+    from lego_studio.core.tiny_models import make_tiny_model
 
     family = getattr(args, "family", "sd")
     out = make_tiny_model(args.dir, seed=args.seed, sample_size=args.size, family=family)

@@ -18,6 +18,7 @@ from contextlib import contextmanager
 from pathlib import Path
 
 from lego_studio.core.errors import Cancelled, InputError
+from lego_studio.core.estimate import format_duration
 from lego_studio.core.separation import subject_words_note
 
 def register(subparsers) -> None:
@@ -255,7 +256,7 @@ class ProgressLine:
             stage = " [subject token]" if event.stage == 0 else ""
             total_loss = losses.get("total", float("nan"))
             text = (f"step {event.step}/{event.total}{stage}  loss {total_loss:.4g} ({terms})"
-                    f"  lr {event.lr:.1e}  {speed}  ETA {format_eta(event.eta_s)}")
+                    f"  lr {event.lr:.1e}  {speed}  ETA {format_duration(event.eta_s)}")
             self._write(text)
         elif event.kind in ("skipped", "log") and event.message:
             self._newline(event.message)
@@ -281,20 +282,11 @@ class ProgressLine:
         self.stream.flush()
 
 
-def format_eta(seconds) -> str:
-    if seconds is None:
-        return "--"
-    seconds = int(round(seconds))
-    hours, rest = divmod(seconds, 3600)
-    minutes, secs = divmod(rest, 60)
-    return f"{hours}h{minutes:02d}m" if hours else f"{minutes}m{secs:02d}s"
-
-
 @contextmanager
-def cancel_on_ctrl_c(trainer):
-    """The first Ctrl+C asks the trainer to stop after the current step (it writes a checkpoint
-    and records the run as cancelled); a second one interrupts at once (recorded as cancelled
-    too, resumable from the last periodic checkpoint)."""
+def cancel_on_ctrl_c(cancel):
+    """The first Ctrl+C calls ``cancel()``: the trainer stops after the current step (it writes a
+    checkpoint and records the run as cancelled); a second one interrupts at once (recorded as
+    cancelled too, resumable from the last periodic checkpoint)."""
     if threading.current_thread() is not threading.main_thread():
         yield
         return
@@ -305,7 +297,7 @@ def cancel_on_ctrl_c(trainer):
             raise KeyboardInterrupt
         on_sigint.asked = True
         print("\nstopping after this step (Ctrl+C again to stop at once)…", file=sys.stderr, flush=True)
-        trainer.cancel()
+        cancel()
 
     signal.signal(signal.SIGINT, on_sigint)
     try:
@@ -314,60 +306,33 @@ def cancel_on_ctrl_c(trainer):
         signal.signal(signal.SIGINT, previous)
 
 
-def _fit_memory(args, model, config, run_dir: Path):
-    """Resume: the settings an out-of-memory stop named. Then (``--memory auto``) the memory
-    savings the free memory needs; one line says what changed. Explicit settings are kept."""
-    from lego_studio.core.memory import apply_oom_hint, describe_changes, fit_config, planning_takes_a_while
-
-    explicit = explicit_memory_settings(args)
-    if args.resume:
-        config, applied = apply_oom_hint(config, run_dir, explicit)
-        if applied:
-            print(f"memory: resuming with {describe_changes(applied)} (the run ran out of memory before)")
-    if args.memory == "auto":
-        if not args.quiet and planning_takes_a_while(model):
-            print("checking how much memory a step needs…", file=sys.stderr, flush=True)
-        plan = fit_config(model, config, explicit)
-        if plan.note:
-            print(plan.note)
-        config = plan.config
-    return config
-
-
-def _with_estimate(args, model_spec, model, config, progress):
-    """The expected duration before the first step (a figure measured earlier on this machine),
-    else right after the first two steps; a warning naming the fastest option when it is long."""
-    from lego_studio.core.estimate import StepClock, estimate_from_cache, figure_key
+def _estimate_printer(args, plan, progress):
+    """Print the expected duration before the first step (a figure measured earlier on this
+    machine), else say that the first two steps are timed. Returns start_run's ``on_estimate``: the
+    estimate once the first steps are timed, with a warning naming the fastest option when the run
+    is long (once)."""
     from lego_studio.core.training import TrainEvent
 
-    key = figure_key(model_spec, args.device, config.method, config.resolution, config.batch_size)
-    device = model.device.type
-    clock = StepClock(key, device)
     shown = {"warned": False}
-    cached = estimate_from_cache(key, config.total_steps, config.total_steps, device)
-    if cached is not None:
-        print(cached.line())
-        if cached.long:
-            print(f"warning: {cached.warning()}")
+    if plan.estimate is not None:
+        print(plan.estimate.line())
+        if plan.estimate.long:
+            print(f"warning: {plan.estimate.warning()}")
             shown["warned"] = True
     else:
         print("expected duration: timing the first two steps…")
 
-    def on_event(event):
-        progress(event)
-        estimate = clock.observe(event)
-        if estimate is not None and estimate.steps_left:
-            message = estimate.line()
-            if estimate.long and not shown["warned"]:
-                message += f"\nwarning: {estimate.warning()}"
-                shown["warned"] = True
-            progress(TrainEvent("estimate", step=event.step, total=event.total, eta_s=estimate.seconds,
-                                steps_per_s=1.0 / estimate.seconds_per_step, message=message))
-            if args.quiet:
-                print(message)
+    def on_estimate(estimate):
+        message = estimate.line()
+        if estimate.long and not shown["warned"]:
+            message += f"\nwarning: {estimate.warning()}"
+            shown["warned"] = True
+        progress(TrainEvent("estimate", eta_s=estimate.seconds, steps_per_s=1.0 / estimate.seconds_per_step,
+                            message=message))
+        if args.quiet:
+            print(message)
 
-    on_event.clock = clock
-    return on_event
+    return on_estimate
 
 
 def run(args: argparse.Namespace) -> int:
@@ -418,35 +383,30 @@ def run(args: argparse.Namespace) -> int:
 
 
 def _train(args, run_dir: Path, out: Path, images, masks, subject_images, config, model_spec) -> int:
+    from lego_studio.core.estimate import figure_key
+    from lego_studio.core.run_service import plan_run, start_run
     from lego_studio.core.runs import create_run
 
     inputs = {"images": images, "masks": masks, "subject_images": subject_images, "model": str(model_spec),
               "out": str(out), "device": args.device, "precision": args.precision}
     create_run(run_dir, inputs, config)  # before the (slow, fallible) model load
-    from lego_studio.core.models import is_shapeworld, load_model
-    from lego_studio.core.training import Trainer
+    from lego_studio.core.models import load_model
+    from lego_studio.shapeworld.recognise import foreign_images_warning
 
     model = load_model(model_spec, device=args.device, precision=args.precision)
-    if is_shapeworld(model):
-        from lego_studio.shapeworld.recognise import foreign_images_warning
-
-        warning = foreign_images_warning(images, cli=True)
-        if warning:
-            print(f"warning: {warning}")
-    from lego_studio.core.images import image_size_note
-
-    size_note = image_size_note(images, int(config.resolution or model.family.resolution))
-    if size_note:
-        print(f"warning: {size_note}")
-    config = _fit_memory(args, model, config, run_dir)
-    create_run(run_dir, inputs, config)
+    plan = plan_run(model, config, images, masks, run_dir, inputs=inputs, subject_images=subject_images,
+                    resume=args.resume, explicit=explicit_memory_settings(args), fit_memory=args.memory == "auto",
+                    figure_key=figure_key(model_spec, args.device, config.method, config.resolution, config.batch_size),
+                    foreign_images=lambda found: foreign_images_warning(found, cli=True),
+                    on_log=None if args.quiet else lambda line: print(line, file=sys.stderr, flush=True))
+    for note in plan.notes:
+        print(f"warning: {note.text}" if note.warning else note.text)
     progress = ProgressLine(enabled=not args.quiet)
-    on_event = _with_estimate(args, model_spec, model, config, progress)
-    trainer = Trainer(model, config, images, masks, run_dir, subject_images=subject_images or None, on_event=on_event)
-    trainer.explicit_settings = explicit_memory_settings(args)
+    on_estimate = _estimate_printer(args, plan, progress)
+    stop = threading.Event()
     try:
-        with cancel_on_ctrl_c(trainer):
-            concept = trainer.run(resume=args.resume)
+        with cancel_on_ctrl_c(stop.set):
+            concept = start_run(plan, progress, cancel=stop.is_set, on_estimate=on_estimate)
     except Cancelled as exc:
         progress._newline("")
         print(f"cancelled: {exc}; continue with: lego-studio train --resume --run-dir {run_dir}", file=sys.stderr)
@@ -454,8 +414,6 @@ def _train(args, run_dir: Path, out: Path, images, masks, subject_images, config
     except BaseException:
         progress._newline("")  # the error line must not land on the end of the progress line
         raise
-    finally:
-        on_event.clock.finish()
 
     from lego_studio.core.concepts import save_concept
 

@@ -48,10 +48,6 @@ class ExemplarSet:
     def __len__(self) -> int:
         return int(self.latents.shape[0])
 
-    @property
-    def any_mask(self) -> bool:
-        return any(self.has_mask)
-
 
 def centre_square(width: int, height: int) -> tuple[int, int, int]:
     """(left, top, side) of the largest centred square of a ``width`` x ``height`` image."""

@@ -63,7 +63,11 @@ def record_figure(key: str, seconds_per_step: float, steps_timed: int, device: s
         pass  # a read-only cache costs the next run its estimate before start, nothing else
 
 
-def format_duration(seconds: float) -> str:
+def format_duration(seconds: float | None) -> str:
+    """A duration as people say it: "42 s", "10 min", "9 h 43 min"; "—" when unknown (None).
+    The one formatter of durations: estimates, the app's ETA, the CLI's progress line."""
+    if seconds is None:
+        return "—"
     seconds = max(0.0, float(seconds))
     if seconds < 90:
         return f"{max(1, int(round(seconds)))} s"

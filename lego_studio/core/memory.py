@@ -19,22 +19,20 @@ available memory (psutil, else ``/proc/meminfo``). ``LEGO_STUDIO_MEMORY_LIMIT_GB
 process may use in total (tests and the benchmark set it to act as a smaller machine).
 
 :func:`fit_config` walks a ladder — split UNet batching, then gradient checkpointing, then a
-smaller batch — and stops at the first configuration that fits. A setting the user chose
-explicitly is never changed. An out-of-memory error mid-run is recognised by
-:func:`is_out_of_memory`; :func:`oom_advice` names the setting that would fit.
+smaller batch (the ladder of :mod:`lego_studio.core.oom`) — and stops at the first configuration
+that fits. A setting the user chose explicitly is never changed. An out-of-memory error mid-run is
+handled by :mod:`lego_studio.core.oom`.
 """
 
 from __future__ import annotations
 
-import dataclasses
-import json
 import os
 from dataclasses import dataclass
-from pathlib import Path
+
+from lego_studio.core.oom import describe_changes, saving_ladder
 
 GIB = 1024**3
 LIMIT_ENV = "LEGO_STUDIO_MEMORY_LIMIT_GB"
-OOM_FILE = "out_of_memory.json"  # written into the run folder when a run ran out of memory
 
 # The fallback formula, calibrated on a random SD-1.5-shaped model (860 M UNet) at 512 px on CPU,
 # fp32 (benchmarks/memory_fit.py, docs/PERFORMANCE.md table): bytes of activations kept per UNet parameter per
@@ -46,15 +44,6 @@ CHECKPOINTING_FACTOR = 0.45  # activations kept with gradient checkpointing, rel
 NO_GRAD_COPY = 0.25  # a no-gradient call's transient activations, in grad-carrying copies
 HEADROOM = 0.10  # fraction of free memory left for the allocator, the OS and the UI
 MIN_HEADROOM_BYTES = 0.5 * GIB
-
-# The settings the planner may change, in the order it tries them.
-MEMORY_SETTINGS = ("unet_batching", "gradient_checkpointing", "batch_size")
-SETTING_LABELS = {
-    "unet_batching": "split UNet batching",
-    "gradient_checkpointing": "gradient checkpointing",
-    "batch_size": "batch size",
-}
-
 
 def format_bytes(n: float) -> str:
     return f"{n / GIB:.1f} GB"
@@ -185,35 +174,6 @@ class MemoryPlan:
     note: str  # one line for the UI and the CLI ("" when nothing to say)
 
 
-def _candidates(config, explicit: set[str]):
-    """Configurations to try, cheapest change first; explicit settings are left alone."""
-    current = config
-    yield current, {}
-    changes: dict = {}
-    if config.method == "lego" and config.unet_batching != "split" and "unet_batching" not in explicit:
-        changes = {**changes, "unet_batching": "split"}
-        yield dataclasses.replace(config, **changes), dict(changes)
-    if not config.gradient_checkpointing and "gradient_checkpointing" not in explicit:
-        changes = {**changes, "gradient_checkpointing": True}
-        yield dataclasses.replace(config, **changes), dict(changes)
-    if "batch_size" not in explicit:
-        batch = int(config.batch_size)
-        while batch > 1:
-            batch = max(1, batch // 2)
-            changes = {**changes, "batch_size": batch}
-            yield dataclasses.replace(config, **changes), dict(changes)
-
-
-def describe_changes(changed: dict) -> str:
-    parts = []
-    for key, value in changed.items():
-        if key == "batch_size":
-            parts.append(f"batch size {value}")
-        else:
-            parts.append(SETTING_LABELS[key])
-    return " and ".join([", ".join(parts[:-1]), parts[-1]]) if len(parts) > 1 else (parts[0] if parts else "")
-
-
 def fit_config(model, config, explicit=(), free: int | None = None) -> MemoryPlan:
     """Pick memory settings for ``config`` on ``model``'s device that fit the free memory.
 
@@ -230,7 +190,7 @@ def fit_config(model, config, explicit=(), free: int | None = None) -> MemoryPla
     reserve = max(MIN_HEADROOM_BYTES, HEADROOM * free)
     budget = free - reserve
     last = None
-    for candidate, changed in _candidates(config, explicit):
+    for candidate, changed in saving_ladder(config, explicit):
         need = estimate_step_memory(model, candidate)
         last = (candidate, changed, need)
         if need <= budget:
@@ -250,88 +210,3 @@ def fit_config(model, config, explicit=(), free: int | None = None) -> MemoryPla
         note = (f"memory: turned on {describe_changes(changed)}, but a step still needs about {format_bytes(need)} and only "
                 f"{free_text}; it may run out of memory (a lower resolution would fit)")
     return MemoryPlan(candidate, need, default_need, free, changed, False, note)
-
-
-# ------------------------------------------------------------------------------ out of memory
-
-
-def is_out_of_memory(exc: BaseException) -> bool:
-    """CUDA/MPS out-of-memory errors and the CPU allocator failing."""
-    if isinstance(exc, MemoryError):
-        return True
-    try:
-        import torch
-
-        if isinstance(exc, torch.cuda.OutOfMemoryError):
-            return True
-    except Exception:
-        pass
-    if isinstance(exc, RuntimeError):
-        text = str(exc).lower()
-        return any(s in text for s in ("out of memory", "can't allocate memory", "not enough memory",
-                                      "defaultcpuallocator", "failed to allocate"))
-    return False
-
-
-def next_saving(config, explicit=()) -> dict:
-    """The next rung of the ladder after ``config``: the settings that would need less memory."""
-    for _candidate, changed in list(_candidates(config, set(explicit)))[1:]:
-        return changed
-    return {}
-
-
-def as_train_flags(settings: dict) -> str:
-    """The ``train`` flags that give these settings, e.g. "--unet-batching split --batch-size 1"
-    (the flag names come from TrainConfig's descriptions)."""
-    from lego_studio.core.training import SETTINGS
-
-    parts = []
-    for key, value in settings.items():
-        flag = SETTINGS[key].cli_flag
-        if isinstance(value, bool):
-            parts.append(flag if value else "--no-" + flag[2:])
-        else:
-            parts.append(f"{flag} {value}")
-    return " ".join(parts)
-
-
-def oom_advice(config, step: int, device_type: str, explicit=()) -> tuple[str, dict]:
-    """One line for a run that ran out of memory, naming the setting that would fit, and the
-    settings themselves (saved next to the run so a resume applies them)."""
-    changed = next_saving(config, explicit)
-    if changed:
-        flags = as_train_flags(changed)
-        line = (f"out of memory on {device_type} at step {step}; resume with {describe_changes(changed)} "
-                f"({flags}), which needs less memory; nothing is lost")
-    else:
-        line = (f"out of memory on {device_type} at step {step} with every memory saving on; resume at a lower "
-                f"resolution (--resolution) or on a device with more memory; nothing is lost")
-    return line, changed
-
-
-def write_oom_hint(run_dir: str | os.PathLike, step: int, changed: dict, message: str) -> None:
-    from lego_studio.core.paths import atomic_write_json
-
-    atomic_write_json(Path(run_dir) / OOM_FILE, {"step": step, "settings": changed, "message": message})
-
-
-def read_oom_hint(run_dir: str | os.PathLike) -> dict:
-    path = Path(run_dir) / OOM_FILE
-    try:
-        data = json.loads(path.read_text(encoding="utf-8"))
-    except (OSError, ValueError):
-        return {}
-    settings = data.get("settings") if isinstance(data, dict) else None
-    return dict(settings) if isinstance(settings, dict) else {}
-
-
-def apply_oom_hint(config, run_dir, explicit=()) -> tuple[object, dict]:
-    """On resume: the settings a previous out-of-memory stop recommended, unless set explicitly."""
-    hint = {k: v for k, v in read_oom_hint(run_dir).items() if k in MEMORY_SETTINGS and k not in set(explicit)}
-    if not hint:
-        return config, {}
-    if config.method == "ti":
-        hint.pop("unet_batching", None)
-    current = {k: getattr(config, k) for k in hint}
-    hint = {k: v for k, v in hint.items() if current[k] != v}
-    return (dataclasses.replace(config, **hint), hint) if hint else (config, {})

@@ -136,7 +136,8 @@ def meta_twin(model):
 def _memory_key(config) -> tuple:
     """The settings a step's memory depends on (not steps, learning rate, seed...)."""
     keep = ("method", "unet_batching", "gradient_checkpointing", "batch_size", "resolution", "num_vectors",
-            "w_subj", "w_ctx", "w_words", "positive_words", "negative_words", "random_negatives", "subject")
+            "w_subj", "w_ctx", "w_words", "positive_words", "negative_words", "random_negatives",
+            "subject")
     data = config.to_dict()
     return tuple((k, repr(data.get(k))) for k in keep)
 
@@ -162,23 +163,17 @@ def count_step(model, config, images: int = 2) -> int:
 
     with tempfile.TemporaryDirectory(prefix="lego-trace-") as run_dir:
         trainer = Trainer(model, config.validate(), images=["traced"] * images, run_dir=run_dir)
-        # Trainer._run's set-up, without reading images.
-        trainer._prepare_model()
-        trainer._initial = torch.zeros(config.num_vectors, trainer._table.shape[1])
-        trainer._initial_subject = None
         side = int(config.resolution or model.family.resolution) // model.vae_scale_factor
         channels = int(model.vae.config.latent_channels)
-        trainer.exemplars = ExemplarSet(
+        trainer.prepare(ExemplarSet(
             latents=torch.zeros(images, 2, channels, side, side), masks=torch.full((images, 2, 1, side, side), 0.5),
-            has_mask=[True] * images, sources=["traced"] * images)
-        trainer.subject_set = None
-        trainer._start_or_resume(False, config.total_steps)
+            has_mask=[True] * images, sources=["traced"] * images))
         checkpointing_before = bool(getattr(model.unet, "is_gradient_checkpointing", False))
         if config.gradient_checkpointing and not checkpointing_before:
             model.unet.enable_gradient_checkpointing()
         try:
             with counting() as tracker:
-                losses = trainer._concept_loss(torch.Generator().manual_seed(0))
+                losses = trainer.step_losses(torch.Generator().manual_seed(0))
                 losses["total"].backward()
                 del losses
         finally:

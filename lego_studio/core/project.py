@@ -49,6 +49,7 @@ import numpy as np
 
 from lego_studio.core import paths
 from lego_studio.core.errors import InputError, disk_error
+from lego_studio.core.runs import RunInfo, list_runs
 
 PROJECT_FILE = "project.json"
 LOCK_FILE = ".project.lock"
@@ -68,19 +69,6 @@ MASK_NONE = "none"  # not painted yet
 MASK_PAINTED = "painted"
 MASK_MISSING = "missing"  # listed in project.json, file gone
 MASK_INVALID = "invalid"  # unreadable, or not the size of its image
-
-# Run states and the run record live in core/runs.py (re-exported here for callers of old).
-from lego_studio.core.runs import (  # noqa: E402,F401
-    RUN_CANCELLED,
-    RUN_FAILED,
-    RUN_FINISHED,
-    RUN_INTERRUPTED,
-    RUN_RUNNING,
-    RUN_STALE_SECONDS,
-    RunInfo,
-    list_runs,
-    read_run,
-)
 
 _EXIF_ORIENTATION = 0x0112
 _UNSAFE_NAME_CHARS = re.compile(r'[<>:"/\\|?*\x00-\x1f]')
@@ -254,8 +242,7 @@ class Project:
 
     @classmethod
     def open(cls, folder: str | os.PathLike) -> "Project":
-        """Open a project folder (or its project.json). Older schemas are migrated in memory
-        and written back as the current schema on the next save."""
+        """Open a project folder (or its project.json)."""
         folder = Path(folder).expanduser()
         if folder.name == PROJECT_FILE and folder.is_file():
             folder = folder.parent
@@ -270,7 +257,7 @@ class Project:
             raise InputError(f"{source}: broken project file ({exc})") from None
         if not isinstance(raw, dict):
             raise InputError(f"{source}: broken project file (not a JSON object)")
-        schema = raw.get("schema", 0)
+        schema = raw.get("schema", SCHEMA_VERSION)  # a hand-written project.json may leave it out
         if not isinstance(schema, int) or isinstance(schema, bool):
             raise InputError(f"{source}: broken project file (schema {schema!r} is not a number)")
         if schema > SCHEMA_VERSION:
@@ -278,8 +265,6 @@ class Project:
                 f"{source}: made by a newer Lego Studio (project schema {schema}, this version reads "
                 f"up to {SCHEMA_VERSION}); update the app"
             )
-        if schema < SCHEMA_VERSION:
-            raw = _migrate(raw, schema, folder)
         project = cls(folder, _validated(raw, folder, source))
         project._adopt_unlisted_masks()
         return project
@@ -390,9 +375,6 @@ class Project:
         if added:
             self.save()
         return failures
-
-    def add_subject_images(self, files: Iterable[str | os.PathLike]) -> list[tuple[Path, str]]:
-        return self.add_images(files, kind="subject")
 
     def _import_image(self, source: Path, kind: str) -> ImageEntry:
         from lego_studio.core.images import load_image
@@ -720,26 +702,6 @@ def _word_list(words, source) -> list[str]:
     except (TypeError, AttributeError):
         raise InputError(f"{source}: word lists must be lists of words") from None
     return [w for w in cleaned if w]
-
-
-def _migrate(raw: dict, schema: int, folder: Path) -> dict:
-    """Bring an older project.json up to SCHEMA_VERSION.
-
-    Schema 0 = no ``schema`` key: files from pre-release builds and hand-written ones. Images may
-    be plain strings, and any field may be missing.
-    """
-    data = dict(raw)
-    if schema == 0:
-        for key in ("images", "subject_images"):
-            items = data.get(key) or []
-            if isinstance(items, list):
-                data[key] = [{"file": item} if isinstance(item, str) else item for item in items]
-        data.setdefault("name", folder.name)
-        stamp = now_iso()
-        data.setdefault("created", stamp)
-        data.setdefault("modified", stamp)
-    data["schema"] = SCHEMA_VERSION
-    return data
 
 
 def _validated(raw: dict, folder: Path, source: Path) -> dict:

@@ -28,9 +28,6 @@ so a dead run's folder is free at once. A held lock is also how :func:`read_run`
 A failure before the first step (the model does not load, the folder is read-only) is recorded as
 ``failed`` by :func:`hold_run`; a record that could not be written (a full disk) reads as
 ``interrupted`` with that said. Paths in ``inputs`` are absolute, so a resume works from any folder.
-
-Runs written before ``run.json`` existed (``status.json``, ``inputs.json``, the app's
-``studio.json``) are still read.
 """
 
 from __future__ import annotations
@@ -70,9 +67,6 @@ RESUMABLE = (RUN_INTERRUPTED, RUN_CANCELLED, RUN_FAILED)
 RUN_STALE_SECONDS = 15 * 60
 
 # Files of runs written before run.json existed.
-LEGACY_STATUS_FILE = "status.json"
-LEGACY_INPUTS_FILE = "inputs.json"
-LEGACY_STUDIO_FILE = "studio.json"
 
 
 def now_iso() -> str:
@@ -347,21 +341,10 @@ def end_run(run_dir: str | os.PathLike, status: str, message: str = "") -> Path:
 
 def run_inputs(run_dir: str | os.PathLike, strict: bool = False) -> dict:
     """What the run was started with (images, masks, subject_images, model, device, out), from
-    run.json, or from the files older versions wrote (inputs.json / studio.json). ``strict``: an
-    unreadable run.json raises a one-line :class:`InputError` instead of reading as empty."""
-    run_dir = Path(run_dir)
-    record = read_record(run_dir, strict=strict)
-    if isinstance(record.get("inputs"), dict) and record["inputs"]:
-        return dict(record["inputs"])
-    merged: dict = {}
-    for name in (LEGACY_STUDIO_FILE, LEGACY_INPUTS_FILE):
-        path = run_dir / name
-        if path.is_file():
-            data = _read_json(path)
-            if not isinstance(data, dict):
-                raise InputError(f"{path}: cannot read the run's inputs")
-            merged.update(data)
-    return merged
+    run.json. ``strict``: an unreadable run.json raises a one-line :class:`InputError` instead of
+    reading as empty."""
+    inputs = read_record(run_dir, strict=strict).get("inputs")
+    return dict(inputs) if isinstance(inputs, dict) else {}
 
 
 # ------------------------------------------------------------------------------- reading a run
@@ -395,26 +378,6 @@ def _mtime_or_zero(path: Path) -> float:
         return path.stat().st_mtime
     except FileNotFoundError:
         return 0.0
-
-
-def _legacy_status(run_dir: Path, events: list[dict], concept: Path) -> tuple[str, str]:
-    """Status of a run folder without run.json (written by older versions)."""
-    status_file = _read_json(run_dir / LEGACY_STATUS_FILE)
-    last_kind = str(events[-1].get("kind", "")) if events else ""
-    if isinstance(status_file, dict) and status_file.get("status") in END_STATES:
-        return status_file["status"], str(status_file.get("message") or "")
-    if concept.is_file() or last_kind == "done":
-        return RUN_FINISHED, ""
-    if last_kind in ("cancelled", "cancel"):
-        return RUN_CANCELLED, ""
-    if last_kind in ("error", "failed"):
-        return RUN_FAILED, str(events[-1].get("message") or "")
-    try:
-        entries = [run_dir, *run_dir.iterdir()]
-    except OSError:
-        entries = [run_dir]
-    newest = max((_mtime_or_zero(p) for p in entries), default=0.0)
-    return (RUN_RUNNING if time.time() - newest < RUN_STALE_SECONDS else RUN_INTERRUPTED), ""
 
 
 def record_status(run_dir: str | os.PathLike, record: dict | None = None) -> tuple[str, str]:
@@ -467,11 +430,9 @@ def read_run(run_dir: str | os.PathLike) -> RunInfo:
     problem = None if record else record_problem(run_dir)
     if record:
         status, message = record_status(run_dir, record)
-    elif problem is not None:  # a damaged run.json: not "running" for 15 minutes
+    else:  # no run.json, or a damaged one: running while its lock is held (being set up), else interrupted
         status = RUN_RUNNING if is_live(run_dir) else RUN_INTERRUPTED
-        message = f"run.json is unreadable: {problem}"
-    else:
-        status, message = _legacy_status(run_dir, events, concept)
+        message = f"run.json is unreadable: {problem}" if problem is not None else ""
     if status == RUN_INTERRUPTED and message.startswith("the process that ran it is gone without"):
         message = message.replace("recording how it ended", f"recording how it ended, at step {step}"
                                   + (f" of {total}" if total else ""), 1)

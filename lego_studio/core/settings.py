@@ -22,24 +22,19 @@ from typing import Any
 
 from lego_studio.core import paths
 from lego_studio.core.errors import InputError, ModelError
+from lego_studio.core.model_specs import (
+    BUILTIN_MODELS,
+    FAMILY_FILE,
+    inspect_single_file,
+    is_diffusers_folder,
+    resolve_spec,
+)
 
 SETTINGS_FILE = "settings.json"
 SCHEMA_VERSION = 1
 MAX_RECENT_PROJECTS = 10
 MODEL_KINDS = ("diffusers", "hf-cache", "single-file", "builtin")
 
-@dataclass(frozen=True)
-class BuiltinModel:
-    label: str  # what the app calls it
-    family: str  # the family of the concepts trained on it (SD-shaped or SDXL-shaped vectors)
-    note: str = ""  # after "built in" in the model lists
-
-
-# The names load_model resolves to the models shipped in resources/models/<name>.
-BUILTIN_MODELS = {
-    "shapeworld": BuiltinModel("Shape World", "shapeworld"),
-    "shapeworld-xl": BuiltinModel("Shape World XL", "sdxl", note="SDXL architecture"),
-}
 DEVICES = ("auto", "cpu", "cuda", "mps")
 
 
@@ -92,8 +87,6 @@ def _guess_family(folder: Path) -> str:
     """The base-model family of a diffusers folder from its configs alone (no weights read):
     an explicit ``lego_studio.json`` family, else the text-encoder width (768 = SD 1.x,
     1024 = SD 2.x)."""
-    from lego_studio.core.models import FAMILY_FILE
-
     if (folder / "text_encoder_2").is_dir():
         return "sdxl"
     for config_path, key in ((folder / FAMILY_FILE, "family"), (folder / "text_encoder" / "config.json", "hidden_size")):
@@ -114,10 +107,8 @@ def inspect_model_spec(spec: str | os.PathLike) -> ModelEntry:
 
     Accepts what :func:`core.models.load_model` accepts: a diffusers folder, a single
     ``.safetensors``/``.ckpt`` file, a model id already in the local Hugging Face cache, or
-    ``shapeworld``. Slow-ish only the first time (imports torch).
+    a built-in name. Reads configs and file headers only (no torch import).
     """
-    from lego_studio.core.models import resolve_spec
-
     text = str(spec).strip()
     where, path = resolve_spec(text)  # ModelError naming the spec when it is unusable
     if text.lower() in BUILTIN_MODELS:
@@ -125,15 +116,10 @@ def inspect_model_spec(spec: str | os.PathLike) -> ModelEntry:
     if where == "file":
         if path.stat().st_size < 1024:
             raise ModelError(f"{path}: model file is too small to hold weights ({path.stat().st_size} bytes)")
-        from lego_studio.core.models import inspect_single_file
-
         family = inspect_single_file(path)  # the header only: a random file is refused here
         return ModelEntry(name=path.stem, spec=str(path.resolve()), kind="single-file",
                           family=family.name if family is not None else "")
-    is_diffusers = (path / "model_index.json").is_file() or all(
-        (path / part).is_dir() for part in ("unet", "vae", "text_encoder")
-    )
-    if not is_diffusers:
+    if not is_diffusers_folder(path):
         raise ModelError(f"{path}: not a diffusers model folder (no model_index.json, no unet/vae/text_encoder)")
     if Path(text).expanduser().is_dir():
         return ModelEntry(name=path.name, spec=str(path.resolve()), kind="diffusers", family=_guess_family(path))

@@ -676,6 +676,28 @@ class Trainer:
     def log_path(self) -> Path:
         return self.run_dir / "log.jsonl"
 
+    # -- one step outside a run (core/memory_trace.py runs the Trainer's own step this way)
+
+    def prepare(self, exemplars, subject_set=None) -> None:
+        """Set up for :meth:`step_losses` as :meth:`run` does, but with ``exemplars`` (an
+        ExemplarSet) given instead of read from the images, and zero starting vectors instead of
+        the init words; the run folder only gets cleared."""
+        import torch
+
+        self._prepare_model()
+        width = self._table.shape[1]
+        self._initial = torch.zeros(self.config.num_vectors, width)
+        self._initial_subject = torch.zeros(1, width) if self.config.subject_token_steps else None
+        self.exemplars = exemplars
+        self.subject_set = subject_set
+        self._start_or_resume(False, self.config.total_steps)
+
+    def step_losses(self, generator) -> dict:
+        """The loss terms of one concept step (stage 1) on a batch drawn with ``generator``:
+        ``{"total": ..., "rec": ..., ...}``. Nothing is applied; the caller may call ``backward()``
+        on the total."""
+        return self._concept_loss(generator)
+
     # -- the run
 
     def run(self, resume: bool = False):
@@ -755,7 +777,7 @@ class Trainer:
             try:
                 report, finite, lr, stage, elapsed = self._step(step, optimizer)
             except Exception as exc:  # noqa: BLE001 - only out-of-memory errors are handled here
-                from lego_studio.core.memory import is_out_of_memory
+                from lego_studio.core.oom import is_out_of_memory
 
                 if not is_out_of_memory(exc):
                     raise
@@ -868,7 +890,7 @@ class Trainer:
         import torch
 
         from lego_studio.core.errors import OutOfMemory
-        from lego_studio.core.memory import oom_advice, write_oom_hint
+        from lego_studio.core.oom import oom_advice, write_oom_hint
 
         optimizer.zero_grad(set_to_none=True)
         gc.collect()

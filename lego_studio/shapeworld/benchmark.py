@@ -50,9 +50,9 @@ Outputs in ``--out``: ``results.md``, ``results.csv`` (one row per run), ``conta
 verdict on every image) and ``samples/<track or any-track>/<concept>/<method>-seed<k>.png``.
 
 Code: this module holds the protocol's definitions (concepts, exemplar and held-out subjects,
-tracks and subject words, methods, :class:`BenchmarkConfig`, :class:`Plan`, :func:`train_config`)
-and :func:`run_benchmark`; ``benchmark_runner`` plans and runs the jobs (worker processes, one
-run's training, drawing, judging and scoring), ``benchmark_report`` writes the tables, CSV and
+tracks and subject words, methods, :class:`BenchmarkConfig`, :class:`Plan`, :func:`train_config`);
+``benchmark_runner`` runs it (:func:`~lego_studio.shapeworld.benchmark_runner.run_benchmark`: worker
+processes, one run's training, drawing, judging and scoring), ``benchmark_report`` writes the tables, CSV and
 sheets, ``benchmark_cli`` holds the flags and ``main``.
 """
 
@@ -61,7 +61,7 @@ from __future__ import annotations
 import random
 import re
 from dataclasses import dataclass, field
-from typing import Callable, Sequence
+from typing import Sequence
 
 from lego_studio.core.errors import InputError
 from lego_studio.core.training import TrainConfig
@@ -414,23 +414,3 @@ class Plan:
                 f"generation {self.generation_seconds:.1f} s/run; estimated total {self.estimated_seconds / 60:.1f} min "
                 f"(budget {self.budget_seconds / 60:.0f} min)")
         return text + (f"; {self.note}" if self.note else "")
-
-
-# ------------------------------------------------------------------------------ the run
-
-
-def run_benchmark(config: BenchmarkConfig, out_dir, log: Callable[[str], None] = print, command: str | None = None) -> dict:
-    """Run the benchmark described by ``config`` and write its outputs to ``out_dir``.
-
-    Returns the summary dict also written to ``benchmark.json``."""
-    # Imported here: the runner imports this module's definitions.
-    from lego_studio.shapeworld.benchmark_runner import _run_benchmark, torch_threads
-
-    with torch_threads(config.threads):
-        return _run_benchmark(config, out_dir, log, command)
-
-
-if __name__ == "__main__":  # python -m lego_studio.shapeworld.benchmark, like benchmarks/shapeworld_benchmark.py
-    from lego_studio.shapeworld.benchmark_cli import main
-
-    raise SystemExit(main())

@@ -23,8 +23,8 @@ from lego_studio.shapeworld.benchmark import (
     HELD_OUT_CONCEPTS,
     TRACKS,
     BenchmarkConfig,
-    run_benchmark,
 )
+from lego_studio.shapeworld.benchmark_runner import run_benchmark
 
 
 def add_arguments(parser) -> None:

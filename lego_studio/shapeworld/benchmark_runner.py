@@ -172,14 +172,13 @@ class RunResult:
 
 
 def _train(model, config, images, masks, run_dir: Path, on_step: Callable | None = None):
-    from lego_studio.core.training import Trainer
+    from lego_studio.core.run_service import RunPlan, start_run
 
     def on_event(event):
         if on_step is not None and event.kind == "step":
             on_step(event)
 
-    trainer = Trainer(model, config, images, masks, run_dir, on_event=on_event)
-    return trainer.run()
+    return start_run(RunPlan(model, config, images, masks, run_dir), on_event)
 
 
 def measure_costs(model, config: BenchmarkConfig, specs: Sequence[MethodSpec], work_dir: Path, log: Callable) -> tuple[dict, float, float]:
@@ -387,6 +386,14 @@ def _run_jobs(model, judge_model, config: BenchmarkConfig, steps: int, jobs: lis
     with context.Pool(min(config.jobs, len(jobs)), initializer=_worker_start, initargs=(config, str(work), str(out))) as pool:
         for index, result in pool.imap_unordered(_worker_run, [(i, job, steps) for i, job in enumerate(jobs)]):
             yield jobs[index], result
+
+
+def run_benchmark(config: BenchmarkConfig, out_dir, log: Callable[[str], None] = print, command: str | None = None) -> dict:
+    """Run the benchmark described by ``config`` and write its outputs to ``out_dir``.
+
+    Returns the summary dict also written to ``benchmark.json``."""
+    with torch_threads(config.threads):
+        return _run_benchmark(config, out_dir, log, command)
 
 
 def _run_benchmark(config: BenchmarkConfig, out_dir, log: Callable[[str], None], command: str | None) -> dict:

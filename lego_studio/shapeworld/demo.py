@@ -109,7 +109,8 @@ class DemoResult:
 
 
 def _load_shapeworld(model: str, device: str):
-    from lego_studio.core.models import load_model, shapeworld_model_dir
+    from lego_studio.core.model_specs import shapeworld_model_dir
+    from lego_studio.core.models import load_model
 
     if model == "shapeworld" and not shapeworld_model_dir().is_dir():
         raise ModelError(f"{shapeworld_model_dir()}: the Shape World model is missing; {MODEL_TRAINING_HINT}")
@@ -133,8 +134,8 @@ def _run_demo(out_dir, steps, device, on_progress, quick, model, judge, seed) ->
 
     from lego_studio.core.concepts import save_concept
     from lego_studio.core.generation import make_grid, save_generated
-    from lego_studio.core.runs import create_run
-    from lego_studio.core.training import TrainConfig, Trainer
+    from lego_studio.core.run_service import RunPlan, start_run
+    from lego_studio.core.training import TrainConfig
     from lego_studio.shapeworld.benchmark import benchmark_prompt, held_out_subjects
     from lego_studio.shapeworld.benchmark_runner import generate_images
 
@@ -175,10 +176,10 @@ def _run_demo(out_dir, steps, device, on_progress, quick, model, judge, seed) ->
                 progress(method, event.step, event.total)
 
         run_masks = masks if method == "lego" else None
-        create_run(run_dir, {"images": images, "masks": run_masks, "model": model, "device": device,
-                             "out": str(out / "concepts" / f"{method}.safetensors")}, config)
-        trainer = Trainer(sw_model, config, images, run_masks, run_dir, on_event=on_event)
-        concepts[method] = trainer.run()  # the trainer records its end state in run.json
+        inputs = {"images": images, "masks": run_masks, "model": model, "device": device,
+                  "out": str(out / "concepts" / f"{method}.safetensors")}
+        # The trainer records its end state in run.json.
+        concepts[method] = start_run(RunPlan(sw_model, config, images, run_masks, run_dir, inputs=inputs), on_event)
         files[method] = save_concept(concepts[method], out / "concepts" / f"{method}.safetensors")
 
     records = []

@@ -39,7 +39,7 @@ from PySide6.QtWidgets import (
 )
 
 from lego_studio.core.errors import InputError, LegoError
-from lego_studio.core.settings import BUILTIN_MODELS
+from lego_studio.core.model_specs import BUILTIN_MODELS
 from lego_studio.core.wording import plural
 from lego_studio.ui.model_cache import refill_model_combos
 from lego_studio.ui.workers import TaskRunner

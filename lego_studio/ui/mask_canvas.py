@@ -198,9 +198,6 @@ class MaskCanvas(QWidget):
         self._mask_only = bool(on)
         self.update()
 
-    def mask_only(self) -> bool:
-        return self._mask_only
-
     # ------------------------------------------------------------------ mask operations
     def clear_mask(self) -> None:
         if self._mask is None:
@@ -272,9 +269,6 @@ class MaskCanvas(QWidget):
 
     def can_redo(self) -> bool:
         return bool(self._redo)
-
-    def undo_depth(self) -> int:
-        return len(self._undo)
 
     def undo(self) -> None:
         if not self._undo or self._mask is None:

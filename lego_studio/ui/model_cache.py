@@ -62,7 +62,7 @@ def model_choices(settings) -> list[tuple[str, str]]:
     The default model comes first."""
     choices = [(f"{m.name} ({m.family or m.kind})", m.spec) for m in settings.models]
     from lego_studio.core.paths import resource  # not core.models: the window opens before torch loads
-    from lego_studio.core.settings import BUILTIN_MODELS
+    from lego_studio.core.model_specs import BUILTIN_MODELS
 
     listed = {spec for _, spec in choices}
     for spec, builtin in BUILTIN_MODELS.items():

@@ -75,7 +75,7 @@ def remove_images(context, paths: list[Path]) -> list[tuple[Path, str]]:
     problems = []
     for path in paths:
         try:
-            project_io.remove_image(context.project, path)
+            context.project.remove_image(path)
         except Exception as exc:  # noqa: BLE001 - collected per file, shown to the user
             from lego_studio.core.errors import LegoError
 

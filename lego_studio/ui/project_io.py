@@ -15,14 +15,6 @@ from lego_studio.core.errors import InputError
 from lego_studio.core.project import MASK_PAINTED, Project, safe_folder_name
 
 
-def project_name(project: Project) -> str:
-    return project.name
-
-
-def project_root(project: Project) -> Path:
-    return project.folder
-
-
 def free_folder(parent: Path, name: str) -> Path:
     """``parent/name``, or ``parent/name 2``, ``name 3``... when taken by a non-empty folder."""
     base = safe_folder_name(name) or "project"
@@ -49,10 +41,6 @@ def create_project(projects_dir: Path, name: str, sources: list[Path]) -> tuple[
     if sources:
         _added, problems = add_images(project, sources)
     return project, problems
-
-
-def open_project(folder: Path) -> Project:
-    return Project.open(folder)
 
 
 def _expand(sources: list[Path]) -> tuple[list[Path], list[tuple[Path, str]]]:
@@ -87,10 +75,6 @@ def image_paths(project: Project) -> list[Path]:
 
 def subject_image_paths(project: Project) -> list[Path]:
     return [project.folder / entry.file for entry in project.subject_images]
-
-
-def remove_image(project: Project, path: Path) -> None:
-    project.remove_image(path)
 
 
 def has_mask(project: Project, path: Path) -> bool:
@@ -141,15 +125,6 @@ def set_fields(project: Project, **fields) -> None:
         raise
 
 
-def rename_project(project: Project, new_name: str) -> Project:
-    project.rename(new_name)
-    return project
-
-
 def duplicate_project(project: Project) -> Project:
     name = f"{project.name} copy"
     return project.duplicate(free_folder(project.folder.parent, name), name=name)
-
-
-def delete_project(project: Project) -> Path:
-    return project.delete()

@@ -27,6 +27,7 @@ from PySide6.QtWidgets import (
 )
 
 from lego_studio.core.errors import LegoError
+from lego_studio.core.project import Project
 from lego_studio.ui import operations, project_io
 from lego_studio.ui.workers import TaskRunner
 from lego_studio.ui.layouts import install_two_pane_layout
@@ -236,8 +237,8 @@ class ProjectsView(QWidget):
             button.setEnabled(has)
         if not has:
             return
-        self.title.setText(project_io.project_name(project))
-        self.path_label.setText(str(project_io.project_root(project)))
+        self.title.setText(project.name)
+        self.path_label.setText(str(project.folder))
         self.show_fields()
         self.fields_status.clear()
         self.refresh_images()
@@ -346,7 +347,7 @@ class ProjectsView(QWidget):
 
     def open_project(self, folder: Path):
         try:
-            project = project_io.open_project(folder)
+            project = Project.open(folder)
         except LegoError as exc:
             self._error("Cannot open the project", exc)
             return None
@@ -358,21 +359,21 @@ class ProjectsView(QWidget):
         project = self.context.project
         if project is None:
             return None
-        old_root = project_io.project_root(project)
+        old_root = project.folder
         try:
-            renamed = project_io.rename_project(project, new_name)
+            project.rename(new_name)
         except LegoError as exc:
             self._error("Cannot rename the project", exc)
             return None
-        self.context.settings.replace_recent_project(old_root, project_io.project_root(renamed))
-        self.context.set_project(renamed)
-        return renamed
+        self.context.settings.replace_recent_project(old_root, project.folder)
+        self.context.set_project(project)
+        return project
 
     def rename_project_dialog(self) -> None:
         project = self.context.project
         if project is None:
             return
-        name, ok = QInputDialog.getText(self, "Rename project", "New name:", text=project_io.project_name(project))
+        name, ok = QInputDialog.getText(self, "Rename project", "New name:", text=project.name)
         if ok and name.strip():
             self.rename_project(name.strip())
 
@@ -395,8 +396,8 @@ class ProjectsView(QWidget):
         answer = QMessageBox.question(
             self,
             "Delete project",
-            f"Delete the project “{project_io.project_name(project)}” and all its images, masks, "
-            f"runs and gallery?\n{project_io.project_root(project)}\nThis cannot be undone.",
+            f"Delete the project “{project.name}” and all its images, masks, "
+            f"runs and gallery?\n{project.folder}\nThis cannot be undone.",
             QMessageBox.StandardButton.Yes | QMessageBox.StandardButton.No,
             QMessageBox.StandardButton.No,
         )
@@ -407,9 +408,9 @@ class ProjectsView(QWidget):
         project = self.context.project
         if project is None:
             return
-        root = project_io.project_root(project)
+        root = project.folder
         try:
-            project_io.delete_project(project)
+            project.delete()
         except LegoError as exc:
             self._error("Cannot delete the project", exc)
             return
@@ -489,7 +490,7 @@ class ProjectsView(QWidget):
     def _demo_built(self, result) -> None:
         self.demo_button.setEnabled(True)
         self.demo_button.setText("Try the Shape World demo")
-        root = project_io.project_root(result) if not isinstance(result, (str, Path)) else Path(result)
+        root = result.folder if not isinstance(result, (str, Path)) else Path(result)
         self.open_project(root)
 
     def _demo_failed(self, message: str) -> None:

@@ -8,21 +8,16 @@ responsive (a test measures the event-loop stall). A finished concept goes into 
 
 from __future__ import annotations
 
-import html
 import threading
 from pathlib import Path
 
 from PySide6.QtCore import QSize, Qt, Signal
 from PySide6.QtGui import QIcon, QPixmap
 from PySide6.QtWidgets import (
-    QCheckBox,
     QComboBox,
-    QDoubleSpinBox,
     QFormLayout,
-    QGroupBox,
     QHBoxLayout,
     QLabel,
-    QLineEdit,
     QListView,
     QListWidget,
     QListWidgetItem,
@@ -30,19 +25,21 @@ from PySide6.QtWidgets import (
     QProgressBar,
     QPushButton,
     QScrollArea,
-    QSpinBox,
     QVBoxLayout,
     QWidget,
 )
 
 from lego_studio.core import runs
 from lego_studio.core.errors import LegoError
-from lego_studio.core.settings import BUILTIN_MODELS
-from lego_studio.core.training import SETTING_GROUPS, SETTINGS, Setting, TrainConfig
+from lego_studio.core.estimate import format_duration
+from lego_studio.core.model_specs import BUILTIN_MODELS
+from lego_studio.core.training import SETTINGS, TrainConfig
 from lego_studio.ui import operations, project_io
 from lego_studio.ui.loss_chart import LossChart
 from lego_studio.ui.mask_canvas import pil_to_qimage
 from lego_studio.ui.model_cache import refill_model_combos
+from lego_studio.ui.run_list import RunsList
+from lego_studio.ui.train_form import PRESETS, PROJECT_FIELDS, ConfigForm, app_defaults, explicit_memory_settings
 from lego_studio.ui.wheel_guard import guard_wheel
 from lego_studio.ui.workers import TaskRunner
 from lego_studio.ui.layouts import install_two_pane_layout
@@ -50,197 +47,6 @@ from lego_studio.ui.layouts import install_two_pane_layout
 PREVIEW_THUMB = 96
 # The estimate timed on the first steps is shown until this step; then the live ETA takes over.
 ESTIMATE_SHOWN_UNTIL_STEP = 10
-# The app's form starts with previews on, so a new user sees the concept form while it trains.
-# Measured on the Shape World demo on a 2-core CPU (scripts/measure_preview_cost.py): one preview
-# costs about 7 training steps (Lego 1.21 s vs 182 ms a step; TI 0.54 s vs 75 ms), so previews
-# every 100 steps slow a run by about 7 % (every 50: 13-14 %, too much).
-APP_PREVIEW_EVERY = 100
-# Fields the project owns (its page in Projects); the form shows them, a preset never changes them.
-PROJECT_FIELDS = ("name", "subject", "positive_words", "negative_words")
-
-
-def app_defaults(method: str = "lego", train_defaults: dict | None = None) -> TrainConfig:
-    """What the form shows for a project: the method's preset, the app's own defaults
-    (previews on), then the project's saved training settings."""
-    data = {**TrainConfig.preset_values(method), "preview_every": APP_PREVIEW_EVERY}
-    for key, value in (train_defaults or {}).items():
-        if key in SETTINGS and key != "method":
-            data[key] = value
-    if method == "lego" and not data.get("subject"):
-        data["subject"] = "a subject"
-    return TrainConfig.from_dict(data, source="project training settings")
-
-
-def tooltip(setting: Setting) -> str:
-    """A setting's tooltip: its help (core/training.py) and details; how a list is typed. Rich
-    text, so Qt wraps a long one instead of showing one line as wide as the screen."""
-    text = setting.help[0].upper() + setting.help[1:]
-    if setting.details:
-        text += ". " + setting.details
-    if setting.kind == "words":
-        text += f". Separate them with '{setting.list_separator}'."
-    return wrapping_tooltip(text)
-
-
-def wrapping_tooltip(text: str) -> str:
-    """``text`` as a rich-text tooltip (Qt word-wraps those), its characters shown as typed."""
-    return "<qt>" + html.escape(text, quote=False).replace("\n", "<br>") + "</qt>"
-
-
-def spin_range(setting: Setting) -> tuple[float, float]:
-    """The spin box's range for a number setting: its valid range; the smallest value the box can
-    show for a positive float; one step below the minimum for an optional int (that value shows
-    ``none_text`` and means None); ``form_maximum`` where the config sets no maximum."""
-    low = setting.minimum if setting.minimum is not None else 0
-    if setting.positive:
-        low = 10 ** -setting.decimals
-    if setting.kind == "int" and setting.optional:
-        low -= setting.multiple_of or 1
-    high = setting.maximum if setting.maximum is not None else setting.form_maximum
-    return low, high
-
-
-PRESETS = {"Lego": "lego", "Textual Inversion baseline": "ti"}
-
-
-def _duration(seconds: float) -> str:
-    from lego_studio.core.estimate import format_duration
-
-    return format_duration(seconds)
-
-
-def format_eta(seconds: float | None) -> str:
-    if seconds is None:
-        return "ETA —"
-    seconds = int(round(seconds))
-    hours, rest = divmod(seconds, 3600)
-    minutes, secs = divmod(rest, 60)
-    return f"ETA {hours}:{minutes:02d}:{secs:02d}" if hours else f"ETA {minutes}:{secs:02d}"
-
-
-class ConfigForm(QWidget):
-    """Widgets for every TrainConfig field; ``config()`` reads them back (validated)."""
-
-    changed = Signal()
-
-    def __init__(self, parent: QWidget | None = None):
-        super().__init__(parent)
-        self.widgets: dict[str, QWidget] = {}
-        layout = QVBoxLayout(self)
-        forms: dict[str, QFormLayout] = {}
-        used = {setting.group for setting in SETTINGS.values()}
-        for group in SETTING_GROUPS:
-            if group not in used:
-                continue
-            box = QGroupBox(group)
-            forms[group] = QFormLayout(box)
-            forms[group].setFieldGrowthPolicy(QFormLayout.FieldGrowthPolicy.AllNonFixedFieldsGrow)
-            layout.addWidget(box)
-        for setting in SETTINGS.values():
-            widget = self._make_widget(setting)
-            widget.setToolTip(tooltip(setting))
-            self.widgets[setting.name] = widget
-            label_widget = QLabel(setting.label + ":")
-            label_widget.setToolTip(tooltip(setting))
-            forms[setting.group].addRow(label_widget, widget)
-        layout.addStretch(1)
-        self.set_config(TrainConfig())
-
-    def _make_widget(self, setting: Setting) -> QWidget:
-        if setting.choices:
-            combo = QComboBox()
-            combo.addItems(list(setting.choices))
-            combo.currentTextChanged.connect(self.changed)
-            return combo
-        if setting.kind == "bool":
-            box = QCheckBox()
-            box.toggled.connect(self.changed)
-            return box
-        if setting.kind == "int":
-            spin = QSpinBox()
-            spin.setRange(*(int(end) for end in spin_range(setting)))
-            spin.setSingleStep(int(setting.step or setting.multiple_of or 1))
-            if setting.optional:
-                spin.setSpecialValueText(setting.none_text)  # shown at the minimum, which means None
-            spin.valueChanged.connect(self.changed)
-            return spin
-        if setting.kind == "float":
-            spin = QDoubleSpinBox()
-            spin.setDecimals(setting.decimals)
-            spin.setRange(*(float(end) for end in spin_range(setting)))
-            spin.setSingleStep(float(setting.step or 0.1))
-            spin.valueChanged.connect(self.changed)
-            return spin
-        edit = QLineEdit()
-        edit.textChanged.connect(self.changed)
-        return edit
-
-    def set_config(self, config: TrainConfig) -> None:
-        for name in SETTINGS:
-            self.set_value(name, getattr(config, name))
-
-    def set_value(self, name: str, value) -> None:
-        widget = self.widgets[name]
-        setting = SETTINGS[name]
-        if isinstance(widget, QComboBox):
-            widget.setCurrentText(str(value))
-        elif isinstance(widget, QCheckBox):
-            widget.setChecked(bool(value))
-        elif isinstance(widget, (QSpinBox, QDoubleSpinBox)):
-            widget.setValue(widget.minimum() if value is None else value)
-        elif setting.kind == "words":
-            widget.setText("" if value is None else f"{setting.list_separator} ".join(value))
-            widget.setCursorPosition(0)  # a long list shows its start, not its end
-        else:
-            widget.setText("" if value is None else str(value))
-            widget.setCursorPosition(0)
-
-    def value(self, name: str):
-        widget = self.widgets[name]
-        setting = SETTINGS[name]
-        if isinstance(widget, QComboBox):
-            return widget.currentText()
-        if isinstance(widget, QCheckBox):
-            return widget.isChecked()
-        if isinstance(widget, QSpinBox):
-            if setting.optional and widget.value() == widget.minimum():
-                return None
-            return widget.value()
-        if isinstance(widget, QDoubleSpinBox):
-            return float(widget.value())
-        text = widget.text().strip()
-        if setting.kind == "words":
-            items = [part.strip() for part in text.split(setting.list_separator) if part.strip()]
-            return None if (setting.optional and not items) else items
-        return None if (setting.optional and not text) else text
-
-    def draft(self) -> TrainConfig:
-        """The form as it stands, not validated (a half-filled form still says which terms are on)."""
-        return TrainConfig(**{name: self.value(name) for name in SETTINGS})
-
-    def config(self) -> TrainConfig:
-        """The form as a validated TrainConfig; InputError (one line) when a value is wrong."""
-        data = {name: self.value(name) for name in SETTINGS}
-        return TrainConfig.from_dict(data, source="training settings")
-
-    def apply_preset(self, method: str) -> None:
-        """Switch the method: only the settings that differ between the methods change (vectors,
-        loss weights, reconstruction region); everything else the user set stays, and so does
-        what describes the project (name, subject, words, templates, context subjects)."""
-        for key, value in TrainConfig.preset_values(method).items():
-            self.set_value(key, value)
-        if method == "lego" and not self.value("subject"):
-            self.set_value("subject", "a subject")
-
-
-def explicit_memory_settings(config: TrainConfig) -> set[str]:
-    """Memory settings the user changed from the defaults in the form: the automatic choice keeps
-    off them (turning a saving on is always explicit; leaving the default lets the app decide)."""
-    defaults = TrainConfig()
-    return {name for name in ("gradient_checkpointing", "unet_batching", "batch_size")
-            if getattr(config, name) != getattr(defaults, name)}
-
-
 class TrainingView(QWidget):
     concept_trained = Signal(object)  # path of the library entry
     event_received = Signal(object)  # every TrainEvent, after the view handled it
@@ -336,7 +142,7 @@ class TrainingView(QWidget):
         self.previews.setFlow(QListView.Flow.LeftToRight)
         self.previews.setWrapping(False)
         self.previews.setFixedHeight(PREVIEW_THUMB + 40)
-        self.runs_list = QListWidget()
+        self.runs_list = RunsList()
         self.runs_list.setMaximumHeight(130)
         self.runs_list.currentRowChanged.connect(lambda _: self._update_buttons())
         self.resume_button = QPushButton("Resume selected run")
@@ -465,7 +271,7 @@ class TrainingView(QWidget):
         answer = QMessageBox.question(
             self,
             "A long training run",
-            f"This run is expected to take about {_duration(guess.seconds)} "
+            f"This run is expected to take about {format_duration(guess.seconds)} "
             f"({guess.seconds_per_step:.3g} s a step on {guess.device}, {guess.steps_left} steps).\n\n"
             f"The fastest option is {guess.fastest_option()}.\n\nTrain anyway?",
             QMessageBox.StandardButton.Yes | QMessageBox.StandardButton.No,
@@ -538,7 +344,7 @@ class TrainingView(QWidget):
 
         def plan(state):
             from lego_studio.core.images import image_size_note
-            from lego_studio.core.models import native_resolution
+            from lego_studio.core.model_specs import native_resolution
 
             size = int(resolution or native_resolution(spec) or 0)
             note = image_size_note(images, size) if size else ""
@@ -602,55 +408,22 @@ class TrainingView(QWidget):
             project.save()
 
     def refresh_runs(self) -> None:
-        self.runs_list.clear()
         project = self.context.project
-        if project is None:
-            return
-        for info in project.runs():
-            ours = self._run_dir is not None and info.path == self._run_dir and self.runner.busy
-            status = self._our_status() if ours else info.status
-            if info.status == runs.RUN_RUNNING and not ours:
-                status = "running in another process"
-            total = info.total_steps or "?"
-            text = f"{info.id} — {info.method or '?'} — {status} — step {info.step}/{total}"
-            # Only a failure's reason goes on the line (the status says the rest); every message
-            # is in the tooltip.
-            if info.message and info.status == runs.RUN_FAILED:
-                text += f" — {info.message}"
-            item = QListWidgetItem(text)
-            if info.message:
-                item.setToolTip(info.message)
-            item.setData(Qt.ItemDataRole.UserRole, str(info.path))
-            resumable = not ours and info.resumable
-            item.setData(Qt.ItemDataRole.UserRole + 1, resumable)
-            if resumable:
-                item.setToolTip("\n".join(filter(None, [info.message, "Resumable: select it and press Resume"])))
-            self.runs_list.addItem(item)
+        ours = self._run_dir if self.runner.busy else None
+        self.runs_list.fill(project.runs() if project is not None else [], ours, self._our_status())
 
     def _show_current_run_step(self, step: int, total: int) -> None:
-        """Keep the running run's line current between checkpoints (no disk reads per step)."""
-        if self._run_dir is None:
-            return
-        for i in range(self.runs_list.count()):
-            item = self.runs_list.item(i)
-            if Path(item.data(Qt.ItemDataRole.UserRole)) == Path(self._run_dir):
-                item.setText(f"{Path(self._run_dir).name} — {self._run_method} — {self._our_status()} — step {step}/{total}")
-                return
+        if self._run_dir is not None:
+            self.runs_list.show_step(self._run_dir, self._run_method, self._our_status(), step, total)
 
     def _our_status(self) -> str:
         return "paused" if self._paused else "training now"
 
     def select_run(self, run_dir: Path) -> None:
-        for i in range(self.runs_list.count()):
-            if Path(self.runs_list.item(i).data(Qt.ItemDataRole.UserRole)) == Path(run_dir):
-                self.runs_list.setCurrentRow(i)
+        self.runs_list.select(run_dir)
 
     def resumable_runs(self) -> list[Path]:
-        return [
-            Path(self.runs_list.item(i).data(Qt.ItemDataRole.UserRole))
-            for i in range(self.runs_list.count())
-            if self.runs_list.item(i).data(Qt.ItemDataRole.UserRole + 1)
-        ]
+        return self.runs_list.resumable()
 
     def _update_buttons(self) -> None:
         busy = self.runner.busy
@@ -659,10 +432,7 @@ class TrainingView(QWidget):
         self.pause_button.setEnabled(busy)
         self.cancel_button.setEnabled(busy)
         self.pause_button.setText("Resume" if self._paused else "Pause")
-        item = self.runs_list.currentItem()
-        self.resume_button.setEnabled(
-            not busy and item is not None and bool(item.data(Qt.ItemDataRole.UserRole + 1))
-        )
+        self.resume_button.setEnabled(not busy and self.runs_list.selected_resumable() is not None)
         self.preset_combo.setEnabled(not busy)
         # The run uses the model and device it started with: changing them mid-run would only
         # mislead (the status bar names the chosen model).
@@ -719,10 +489,8 @@ class TrainingView(QWidget):
         return self.ask_name_clash(wanted, library._free_name(wanted))
 
     def resume_selected(self) -> bool:
-        item = self.runs_list.currentItem()
-        if item is None or not item.data(Qt.ItemDataRole.UserRole + 1):
-            return False
-        return self.resume_run(Path(item.data(Qt.ItemDataRole.UserRole)))
+        run_dir = self.runs_list.selected_resumable()
+        return self.resume_run(run_dir) if run_dir is not None else False
 
     def resume_run(self, run_dir: Path) -> bool:
         try:
@@ -755,37 +523,23 @@ class TrainingView(QWidget):
         pause.clear()
 
         def train(state):
-            from lego_studio.core.training import Trainer
+            from lego_studio.core.estimate import figure_key
+            from lego_studio.core.run_service import as_sentence, plan_run, start_run
+            from lego_studio.core.training import TrainEvent
 
             # The run's record (core/runs.py): which inputs, model and device, so that a resume
             # (also after a restart) uses the same ones. Written here: fsync is not for the UI thread.
-            runs.create_run(run_dir, {"images": images, "masks": masks, "subject_images": subject_images,
-                                      "model": spec, "device": device}, config)
-            from lego_studio.core.estimate import StepClock, figure_key
-            from lego_studio.core.images import image_size_note
-            from lego_studio.core.memory import apply_oom_hint, describe_changes, fit_config, planning_takes_a_while
-            from lego_studio.core.training import TrainEvent
-
+            inputs = {"images": images, "masks": masks, "subject_images": subject_images, "model": spec, "device": device}
+            runs.create_run(run_dir, inputs, config)
             with models.lease(spec, device, state=state) as model:
                 state.check()
-                fitted, notes = config, []
-                if resume:
-                    fitted, applied = apply_oom_hint(fitted, run_dir, explicit)
-                    if applied:
-                        notes.append(f"Memory: resuming with {describe_changes(applied)} (the run ran out of memory before).")
-                if planning_takes_a_while(model):  # seconds for SDXL (core/memory_trace.py)
-                    state.emit(TrainEvent("log", message="Checking how much memory a step needs…"))
-                plan = fit_config(model, fitted, explicit)
-                fitted = plan.config
-                if plan.note:
-                    notes.append(plan.note[0].upper() + plan.note[1:] + ".")
-                size_note = image_size_note(images, int(fitted.resolution or model.family.resolution))
-                if size_note:
-                    notes.append(size_note[0].upper() + size_note[1:] + ".")
-                if notes:
-                    state.emit(TrainEvent("plan", message=" ".join(notes)))
-                clock = StepClock(figure_key(spec, device, config.method, config.resolution, config.batch_size),
-                                  model.device.type)
+                # The Shape World check on the images ran before Start (check_foreign_images).
+                plan = plan_run(model, config, images, masks, run_dir, inputs=inputs, subject_images=subject_images,
+                                resume=resume, explicit=explicit,
+                                figure_key=figure_key(spec, device, config.method, config.resolution, config.batch_size),
+                                on_log=lambda line: state.emit(TrainEvent("log", message=line[0].upper() + line[1:])))
+                if plan.notes:
+                    state.emit(TrainEvent("plan", message=" ".join(as_sentence(note.text) for note in plan.notes)))
 
                 def on_event(event):
                     if (resume and event.kind == "log" and str(event.message or "").startswith("resumed from")):
@@ -795,21 +549,13 @@ class TrainingView(QWidget):
 
                         state.emit(read_history(run_dir, upto=event.step))
                     state.emit(event)
-                    guess = clock.observe(event)
-                    if guess is not None and guess.steps_left:
-                        state.emit(guess)
 
-                trainer = Trainer(model, fitted, images, masks, run_dir, subject_images=subject_images, on_event=on_event,
-                                  cancel=lambda: state.cancelled, paused=pause.is_set)
-                trainer.explicit_settings = explicit
-                try:
-                    concept = trainer.run(resume=resume)
-                finally:
-                    clock.finish()
+                concept = start_run(plan, on_event, cancel=lambda: state.cancelled, paused=pause.is_set,
+                                    on_estimate=state.emit)
             from lego_studio.ui import library_io
 
             # A path, or NameTaken when a name taken meanwhile (or on a resume) is still to be asked about.
-            return library_io.add_trained(library, trainer.concept_path, concept, project, on_conflict=on_conflict)
+            return library_io.add_trained(library, plan.concept_path, concept, project, on_conflict=on_conflict)
 
         train = runs.holding(run_dir, train)  # one trainer per run folder; a failure before step 1 is recorded
         self._run_dir = run_dir
@@ -861,7 +607,7 @@ class TrainingView(QWidget):
             self.progress.setMaximum(max(1, event.total))
             self.progress.setValue(event.step)
             if not self._paused:  # a step finishing just after Pause must not bring the ETA back
-                self.eta_label.setText(format_eta(event.eta_s))
+                self.eta_label.setText(f"ETA {format_duration(event.eta_s)}")
             self.chart.total_steps = event.total
             self.chart.add(event.step, event.losses)
             self._show_current_run_step(event.step, event.total)

@@ -1,6 +1,7 @@
-"""The faults a walkthrough of the app found (issue 10), one regression test each: settings that
-follow the project, run states, the Projects page's mask count, restart, the status bar, Settings
-and SAM, skipped files, presets, library names, selection and search."""
+"""What the pages keep for the open project and its runs: training settings and the model that
+follow the project, run states and the runs list, the Projects page's mask count, reopening after a
+restart, the status bar, Settings and SAM, skipped files, presets, library names, selection and
+search, the gallery's choice of concept and subjects."""
 
 from __future__ import annotations
 
@@ -21,26 +22,9 @@ from lego_studio.core.settings import Settings
 from lego_studio.core.training import TrainConfig
 from lego_studio.ui.context import AppContext
 from lego_studio.ui.main_window import MainWindow
-from lego_studio.ui.training_view import APP_PREVIEW_EVERY
+from lego_studio.ui.train_form import APP_PREVIEW_EVERY
 
 pytestmark = pytest.mark.gui
-
-
-@pytest.fixture
-def warnings(monkeypatch):
-    shown = []
-    monkeypatch.setattr(QMessageBox, "warning", lambda parent, title, text, *a: shown.append(text))
-    return shown
-
-
-@pytest.fixture
-def window(qtbot, monkeypatch, warnings):
-    monkeypatch.setattr(QMessageBox, "question", lambda *a, **k: QMessageBox.StandardButton.Yes)
-    win = MainWindow(AppContext(Settings.load()))
-    qtbot.addWidget(win)
-    win.show()
-    yield win
-    win.shutdown_workers()
 
 
 def image_folder(folder, count=2, size=(32, 32)):
@@ -130,7 +114,7 @@ def test_the_running_runs_line_follows_its_steps_and_the_first_steps_estimate_gi
     line = next(view.runs_list.item(i).text() for i in range(view.runs_list.count())
                 if view.runs_list.item(i).data(0x0100) == str(run))
     assert "step 30/300" in line
-    assert view.estimate_label.text() == "" and view.eta_label.text() == "ETA 2:38"
+    assert view.estimate_label.text() == "" and view.eta_label.text() == "ETA 3 min"
 
 
 def test_another_project_does_not_show_the_last_projects_run(window, tmp_path):

@@ -11,7 +11,15 @@ from typing import Mapping
 import torch
 
 from lego_studio.core.errors import InputError, ModelError
-from lego_studio.core.models import _CLIP_PREFIX, _OPEN_CLIP_PREFIX, _UNET_PREFIX, _VAE_PREFIX, SDModel
+from lego_studio.core.model_specs import (
+    CLIP_PREFIX,
+    OPEN_CLIP_PREFIX,
+    SDXL_CLIP_PREFIX,
+    SDXL_OPEN_CLIP_PREFIX,
+    UNET_PREFIX,
+    VAE_PREFIX,
+)
+from lego_studio.core.models import SDModel
 from lego_studio.core.paths import atomic_save
 
 
@@ -58,7 +66,7 @@ def _unet_to_ldm(state: Mapping[str, torch.Tensor], config: Mapping) -> dict[str
     result = {}
     for key, tensor in state.items():
         if key in top:
-            result[_UNET_PREFIX + top[key]] = tensor
+            result[UNET_PREFIX + top[key]] = tensor
             continue
         for diffusers_prefix, ldm_prefix in prefixes:
             if key.startswith(diffusers_prefix):
@@ -68,7 +76,7 @@ def _unet_to_ldm(state: Mapping[str, torch.Tensor], config: Mapping) -> dict[str
                         if rest.startswith(new + "."):
                             rest = old + rest[len(new):]
                             break
-                result[_UNET_PREFIX + ldm_prefix + rest] = tensor
+                result[UNET_PREFIX + ldm_prefix + rest] = tensor
                 break
         else:
             raise ModelError(f"cannot map UNet weight {key} to the LDM layout")
@@ -102,20 +110,16 @@ def _vae_to_ldm(state: Mapping[str, torch.Tensor], config: Mapping) -> dict[str,
             if tensor.ndim == 2:  # LDM stores the attention projections as 1x1 convolutions
                 tensor = tensor[:, :, None, None]
         new_key = new_key.replace("conv_shortcut", "nin_shortcut")
-        result[_VAE_PREFIX + new_key] = tensor
+        result[VAE_PREFIX + new_key] = tensor
     return result
 
 
-SDXL_CLIP_PREFIX = "conditioner.embedders.0.transformer."
-SDXL_OPEN_CLIP_PREFIX = "conditioner.embedders.1.model."
-
-
-def _clip_to_ldm(state: Mapping[str, torch.Tensor], prefix: str = _CLIP_PREFIX) -> dict[str, torch.Tensor]:
+def _clip_to_ldm(state: Mapping[str, torch.Tensor], prefix: str = CLIP_PREFIX) -> dict[str, torch.Tensor]:
     return {prefix + "text_model." + key.removeprefix("text_model."): t for key, t in state.items()}
 
 
 def _open_clip_to_ldm(state: Mapping[str, torch.Tensor], width: int,
-                      prefix: str = _OPEN_CLIP_PREFIX) -> dict[str, torch.Tensor]:
+                      prefix: str = OPEN_CLIP_PREFIX) -> dict[str, torch.Tensor]:
     flat = {key.removeprefix("text_model."): t for key, t in state.items()}
     # SDXL's second encoder has a real projection (the pooled embeddings): OpenCLIP stores
     # x @ text_projection, transformers a Linear (x @ W.T).
