@@ -39,6 +39,9 @@ OFFLINE_ENVIRONMENT = {
     "HF_HUB_DISABLE_TELEMETRY": "1",
     "HF_HUB_DISABLE_IMPLICIT_TOKEN": "1",
     "DO_NOT_TRACK": "1",
+    # transformers imports `kernels` (compiled kernels downloaded from the Hub) on every model
+    # load; the app never uses them, and this says so before anything could try.
+    "USE_HUB_KERNELS": "NO",
 }
 
 SELFTEST_CONCEPT = "frozen in ice"
