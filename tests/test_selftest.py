@@ -14,6 +14,7 @@ from lego_studio.core.errors import InputError
 
 def run_collecting(**kwargs) -> tuple[int, list[str]]:
     lines: list[str] = []
+    kwargs.setdefault("log", os.devnull)  # failed checks' tracebacks: not into the temp folder
     code = selftest.run_self_test(report=lines.append, device="cpu", **kwargs)
     return code, lines
 
