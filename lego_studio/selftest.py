@@ -29,7 +29,7 @@ from pathlib import Path
 from typing import Callable
 
 from lego_studio import __version__
-from lego_studio.core.errors import InputError, LegoError
+from lego_studio.core.errors import InputError, LegoError, describe_exception, exception_chain_text, innermost_cause
 
 # The environment a bundle runs in; the runtime hook sets the same for every start.
 OFFLINE_ENVIRONMENT = {
@@ -39,6 +39,9 @@ OFFLINE_ENVIRONMENT = {
     "HF_HUB_DISABLE_TELEMETRY": "1",
     "HF_HUB_DISABLE_IMPLICIT_TOKEN": "1",
     "DO_NOT_TRACK": "1",
+    # transformers imports `kernels` (compiled kernels downloaded from the Hub) on every model
+    # load; the app never uses them, and this says so before anything could try.
+    "USE_HUB_KERNELS": "NO",
 }
 
 SELFTEST_CONCEPT = "frozen in ice"
@@ -453,10 +456,31 @@ def _environment_lines(device: str) -> list[str]:
 
 
 def _failure_line(exc: BaseException) -> str:
+    """One line: a LegoError's message (which names its cause), else the error and, when it wraps
+    others (a failed lazy import), the innermost one with the module that raised it."""
     if isinstance(exc, LegoError):
         return str(exc)
+    if innermost_cause(exc) is not exc:
+        return describe_exception(exc)
     text = " ".join(str(exc).split()) or "no message"
     return f"{type(exc).__name__}: {text}"
+
+
+def _write_failure_log(failures: list[tuple[str, BaseException]], path: str | None) -> Path | None:
+    """Write the full traceback (every chained exception) of each failed check; return the file,
+    or None when it cannot be written. ``path`` None: a new file in the temp folder."""
+    try:
+        if path is None:
+            handle, name = tempfile.mkstemp(prefix="lego-studio-selftest-", suffix=".log")
+            os.close(handle)
+            path = name
+        with open(path, "w", encoding="utf-8") as log:
+            log.write(f"Lego Studio {__version__} self-test, {time.strftime('%Y-%m-%d %H:%M:%S')}\n")
+            for name, exc in failures:
+                log.write(f"\n=== {name}\n{exception_chain_text(exc)}")
+        return Path(path)
+    except OSError:
+        return None
 
 
 def run_self_test(
@@ -467,16 +491,20 @@ def run_self_test(
     sam_checkpoint: str | None = None,
     verbose: bool = False,
     generation_steps: int = 10,
+    log: str | None = None,
 ) -> int:
     """Run every check, ``report`` one line each; 0 when none failed, 1 otherwise.
 
-    ``sam_checkpoint`` None: the one in the user's settings (if any) is tested."""
+    ``sam_checkpoint`` None: the one in the user's settings (if any) is tested. When a check fails
+    with an exception, its full traceback (every chained exception) goes to ``log`` (default: a
+    new ``lego-studio-selftest-*.log`` in the temp folder), and the last line names that file."""
     if steps < 1 or generation_steps < 1:
         raise InputError(f"self-test steps must be at least 1 (got {steps} training, {generation_steps} generation)")
     started = time.perf_counter()
     if sam_checkpoint is None:
         sam_checkpoint = configured_sam_checkpoint()
     results: list[CheckResult] = []
+    failures: list[tuple[str, BaseException]] = []
     attempts: list[str] = []
     with contextlib.ExitStack() as stack:
         work_dir = Path(stack.enter_context(tempfile.TemporaryDirectory(prefix="lego-selftest-")))
@@ -486,6 +514,7 @@ def run_self_test(
             for line in _environment_lines(device):
                 report(line)
         except Exception as exc:  # torch itself does not import: every check below will say so too
+            failures.append(("imports", exc))
             results.append(CheckResult("imports", FAIL, 0.0, _failure_line(exc)))
             report(f"{FAIL}  {'imports':<10} {'':>7}    {_failure_line(exc)}")
         state = SelfTestState(work_dir, str(model), device, int(steps), sam_checkpoint, int(generation_steps))
@@ -497,6 +526,8 @@ def run_self_test(
                 detail, status = str(exc), SKIP
             except Exception as exc:  # every failure becomes a FAIL line; the run goes on
                 detail, status = _failure_line(exc), FAIL
+                if not isinstance(exc, LegoError) or exc.__cause__ is not None:
+                    failures.append((name, exc))  # a plain LegoError's one line is all there is
                 if verbose:
                     report(traceback.format_exc().rstrip())
             result = CheckResult(name, status, time.perf_counter() - began, detail)
@@ -510,6 +541,9 @@ def run_self_test(
     total = time.perf_counter() - started
     if failed:
         report(f"self-test FAILED ({', '.join(failed)}) in {total:.1f} s")
+        written = _write_failure_log(failures, log) if failures else None
+        if written is not None:
+            report(f"full tracebacks: {written}")
         return 1
     passed = sum(r.status == PASS for r in results)
     report(f"self-test passed ({passed} checks passed, {len(results) - passed} skipped) in {total:.1f} s")

@@ -89,10 +89,83 @@ def test_icon_set_has_every_size():
 
 
 def test_shell_scripts_parse():
-    for script in ("build.sh", "build_and_selftest.sh", "install.sh", "uninstall.sh"):
+    for script in ("build.sh", "build_and_selftest.sh", "lock.sh", "install.sh", "uninstall.sh"):
         path = PACKAGING / script
         assert os.access(path, os.X_OK), f"{script} is not executable"
         subprocess.run(["bash", "-n", str(path)], check=True)
+
+
+# ------------------------------------------------------------------- pinned versions
+
+
+def _lockfile():
+    spec = importlib.util.spec_from_file_location("lockfile", PACKAGING / "lockfile.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def test_the_bundle_is_built_from_pins_that_satisfy_the_package():
+    """constraints.txt pins the whole model stack, and every pin meets pyproject's open bounds."""
+    import tomllib
+
+    from packaging.requirements import Requirement
+
+    lockfile = _lockfile()
+    pins, header = lockfile.read_constraints()
+    for name in ("torch", "torchvision", "diffusers", "transformers", "kernels", "huggingface-hub",
+                 "pyside6-essentials", "pyinstaller"):
+        assert name in pins, f"{name} is not pinned in packaging/constraints.txt"
+    assert header.get("python") and header.get("platform")
+    project = tomllib.loads((ROOT / "pyproject.toml").read_text(encoding="utf-8"))["project"]
+    requirements = project["dependencies"] + project["optional-dependencies"]["package"]
+    for text in requirements:
+        requirement = Requirement(text)
+        name = lockfile.normalize(requirement.name)
+        assert name in pins, f"{name} (a requirement) is not pinned"
+        assert requirement.specifier.contains(pins[name], prereleases=True), f"{name}=={pins[name]} breaks {text}"
+    build = (PACKAGING / "build_and_selftest.sh").read_text(encoding="utf-8")
+    assert '-c "$SRC/packaging/constraints.txt"' in build and "VERSIONS=pinned" in build
+
+
+def test_readme_names_the_pinned_versions():
+    lockfile = _lockfile()
+    assert lockfile.update_readme(check=True) == 0, "run: python packaging/lockfile.py readme"
+    readme = (ROOT / "README.md").read_text(encoding="utf-8")
+    pins, _ = lockfile.read_constraints()
+    assert f"diffusers {pins['diffusers']}" in readme and f"transformers {pins['transformers']}" in readme
+    assert "packaging/lock.sh" in readme
+
+
+def test_lock_turns_a_freeze_into_constraints(tmp_path):
+    lockfile = _lockfile()
+    freeze = tmp_path / "freeze.txt"
+    freeze.write_text("Torch==2.14.1\n-e git+https://x/y#egg=lego-studio\nlego_studio==0.1.0\n"
+                      "foo @ file:///tmp/foo.whl\nkernels==0.19.1\n", encoding="utf-8")
+    out = tmp_path / "constraints.txt"
+    lockfile.write_constraints(freeze, out)
+    pins, header = lockfile.read_constraints(out)
+    assert pins == {"torch": "2.14.1", "kernels": "0.19.1"} and "python" in header
+
+
+def test_lockfile_diff_lists_what_differs_from_the_pins(tmp_path, monkeypatch, capsys):
+    lockfile = _lockfile()
+    pins, _ = lockfile.read_constraints()
+    constraints = tmp_path / "constraints.txt"
+    constraints.write_text("# python: 3.0.0\ndiffusers==0.0.1\n", encoding="utf-8")
+    monkeypatch.setattr(lockfile, "CONSTRAINTS", constraints)
+    assert lockfile.diff(sys.executable, quiet=False) == 1
+    out = capsys.readouterr().out
+    assert "diffusers 0.0.1 -> " in out and "python 3.0.0 -> " in out
+    assert "transformers: not pinned -> " in out  # a dependency the pins do not know
+
+
+def test_spec_bundles_what_packages_read_at_import():
+    """kernels (imported by transformers on every model load) opens a JSON file next to its
+    modules at import; without it every diffusers model class fails to import in the bundle."""
+    source = (PACKAGING / "LegoStudio.spec").read_text(encoding="utf-8")
+    assert 'for package in ("kernels",)' in source and "collect_data_files(package)" in source
+    assert 'copy_metadata("lego-studio", recursive=True)' in source
 
 
 # ------------------------------------------------------------------- install / uninstall

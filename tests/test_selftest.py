@@ -14,6 +14,7 @@ from lego_studio.core.errors import InputError
 
 def run_collecting(**kwargs) -> tuple[int, list[str]]:
     lines: list[str] = []
+    kwargs.setdefault("log", os.devnull)  # failed checks' tracebacks: not into the temp folder
     code = selftest.run_self_test(report=lines.append, device="cpu", **kwargs)
     return code, lines
 
@@ -150,3 +151,72 @@ def test_process_start_clock_counts_from_process_creation():
     elapsed = selftest.seconds_since_process_start()
     # This test process has been running for a while (pytest start-up) and not for a day.
     assert 0.05 < elapsed < 24 * 3600
+
+
+# --------------------------------------------------------------- chained (lazy import) errors
+
+
+def _lazy_import_failure() -> RuntimeError:
+    """What diffusers raises when a lazily imported module fails: a RuntimeError whose message
+    says "look up" and whose real error is chained (here: a data file missing from a bundle)."""
+    def import_kernels():
+        try:
+            open("/nonexistent/kernels/_internals/python_depends.json")
+        except FileNotFoundError:
+            raise FileNotFoundError("Cannot load dependency data, is `kernels` correctly installed?")
+
+    try:
+        try:
+            import_kernels()
+        except Exception as exc:
+            raise RuntimeError(
+                "Failed to import diffusers.models.autoencoders.autoencoder_kl because of the following error "
+                "(look up to see its traceback):\nCannot load dependency data, is `kernels` correctly installed?"
+            ) from exc
+    except RuntimeError as exc:
+        return exc
+
+
+def test_describe_exception_names_the_innermost_error_in_one_line():
+    from lego_studio.core.errors import describe_exception, innermost_cause
+
+    exc = _lazy_import_failure()
+    line = describe_exception(exc)
+    assert "\n" not in line and "look up" not in line
+    assert line.startswith("Failed to import diffusers.models.autoencoders.autoencoder_kl: FileNotFoundError in ")
+    assert "python_depends.json" in line
+    assert isinstance(innermost_cause(exc), FileNotFoundError) and innermost_cause(exc).errno == 2
+    # A plain error is its first line, as before.
+    assert describe_exception(ValueError("bad value\nmore")) == "bad value"
+
+
+def test_a_chained_import_error_fails_the_check_with_its_cause_and_logs_the_chain(monkeypatch, tmp_path):
+    def broken_import(state):
+        raise _lazy_import_failure()
+
+    monkeypatch.setattr(selftest, "CHECKS", [("model", broken_import)])
+    log = tmp_path / "selftest.log"
+    code, lines = run_collecting(log=str(log))
+
+    assert code == 1
+    line = next(line for line in lines if line.startswith("FAIL  model"))
+    assert "FileNotFoundError" in line and "python_depends.json" in line and "look up" not in line
+    assert lines[-1] == f"full tracebacks: {log}"
+    text = log.read_text()
+    assert "=== model" in text and "Cannot load dependency data" in text and "python_depends.json" in text
+    assert "The above exception was the direct cause" in text
+
+
+def test_a_model_that_fails_to_import_names_the_cause(monkeypatch, tiny_model_dir):
+    from lego_studio.core import models
+    from lego_studio.core.errors import ModelError
+
+    def broken(*args, **kwargs):
+        raise _lazy_import_failure()
+
+    monkeypatch.setattr(models, "_load_folder", broken)
+    with pytest.raises(ModelError) as caught:
+        models.load_model(tiny_model_dir, device="cpu")
+    message = str(caught.value)
+    assert "cannot load the model (Failed to import diffusers.models.autoencoders.autoencoder_kl: " in message
+    assert "FileNotFoundError" in message and "python_depends.json" in message and "look up" not in message

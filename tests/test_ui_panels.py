@@ -125,10 +125,9 @@ def test_presets_switch_between_lego_and_the_ti_baseline(window, tmp_path):
 def test_invalid_settings_are_reported_and_nothing_starts(window, tmp_path):
     view = window.training_view
     new_project(window, tmp_path)
-    view.form.set_value("subject", "")
-    view.form.set_value("subject_token_steps", 0)
+    view.form.set_value("context_subjects", [])  # the context loss (on by default) needs other subjects
     assert not view.start()
-    assert "subject" in view.status_label.text() and "\n" not in view.status_label.text()
+    assert "context subject" in view.status_label.text() and "\n" not in view.status_label.text()
     assert not view.is_running()
 
 

@@ -193,3 +193,19 @@ def test_the_runner_does_not_hand_its_objects_to_deleteLater(qtbot, monkeypatch)
     runner.start(lambda state: 7, on_done=done.append)
     qtbot.waitUntil(lambda: done == [7] and not runner.busy, timeout=15000)
     assert calls == []
+
+
+def test_a_chained_bug_is_named_by_its_innermost_cause_in_one_line(tmp_path, monkeypatch):
+    from lego_studio.ui import errors
+
+    monkeypatch.setattr(errors, "log_path", lambda: tmp_path / "lego-studio.log")
+    try:
+        try:
+            raise FileNotFoundError(2, "No such file or directory", "python_depends.json")
+        except FileNotFoundError as inner:
+            raise RuntimeError("Failed to import diffusers.models.autoencoders.autoencoder_kl because of the "
+                               "following error (look up to see its traceback):") from inner
+    except RuntimeError as exc:
+        line = errors.log_bug(type(exc), exc, exc.__traceback__)
+    assert "FileNotFoundError" in line and "python_depends.json" in line and "\n" not in line
+    assert "FileNotFoundError" in (tmp_path / "lego-studio.log").read_text()

@@ -20,6 +20,8 @@ def register(subparsers) -> None:
     parser.add_argument("--sam-checkpoint", default=None, metavar="FILE",
                         help="also test Segment Anything with this checkpoint (default: the one in settings, if any)")
     parser.add_argument("--verbose", action="store_true", help="print a traceback for every failed check")
+    parser.add_argument("--log", default=None, metavar="FILE",
+                        help="write the full tracebacks of failed checks here (default: a new file in the temp folder)")
     parser.set_defaults(func=run)
 
 
@@ -33,4 +35,5 @@ def run(args) -> int:
         device=args.device,
         sam_checkpoint=args.sam_checkpoint,
         verbose=args.verbose,
+        log=args.log,
     )

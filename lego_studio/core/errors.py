@@ -111,3 +111,70 @@ def disk_error(exc: BaseException, path=None, doing: str = "writing") -> "DiskEr
     reason = (getattr(exc, "strerror", None) or text or type(exc).__name__).strip()
     return DiskError(f"{reason} {doing} {shown}: check the disk and the folder, then try again", code,
                      None if path is None else str(path))
+
+
+# ------------------------------------------------------------------- chained library errors
+
+# diffusers/transformers wrap a failed lazy import as "Failed to import X because of the following
+# error (look up to see its traceback):\n<the error>" and chain the real one; in a one-line message
+# the words after the colon (and the chained error) are lost, so they are replaced by the cause.
+_LOOK_UP_BOILERPLATE = " because of the following error (look up to see its traceback)"
+
+
+def innermost_cause(exc: BaseException) -> BaseException:
+    """The first exception of ``exc``'s chain: follows ``__cause__`` (``raise ... from``) and
+    ``__context__`` (raised while handling another) to the end."""
+    seen = {id(exc)}
+    while True:
+        nxt = exc.__cause__ if exc.__cause__ is not None else (
+            None if exc.__suppress_context__ else exc.__context__)
+        if nxt is None or id(nxt) in seen:
+            return exc
+        seen.add(id(nxt))
+        exc = nxt
+
+
+def _raised_in(exc: BaseException) -> str:
+    """The module whose code raised ``exc`` (the last frame of its traceback), or ''."""
+    tb = exc.__traceback__
+    if tb is None:
+        return ""
+    while tb.tb_next is not None:
+        tb = tb.tb_next
+    name = tb.tb_frame.f_globals.get("__name__") or ""
+    return "" if name in ("__main__", "builtins") else str(name)
+
+
+def _one_line(text: str, limit: int) -> str:
+    text = " ".join(str(text).split())
+    return text if len(text) <= limit else text[: limit - 1] + "…"
+
+
+def describe_exception(exc: BaseException, limit: int = 400) -> str:
+    """One line for ``exc`` that keeps what a chained error hides: the first line of its own
+    message and, when it wraps another exception, the innermost one: its type, the module that
+    raised it and its message. E.g. a diffusers lazy import that failed because a bundled package
+    lacks a data file reads ``Failed to import diffusers.models.autoencoders.autoencoder_kl:
+    FileNotFoundError in kernels._internals.python_deps: [Errno 2] No such file or directory:
+    '.../python_depends.json'``. The full chain is for the log (``traceback.format_exception``)."""
+    lines = str(exc).strip().splitlines()
+    head = lines[0] if lines else ""
+    head = head.replace(_LOOK_UP_BOILERPLATE, "").rstrip(":").strip()
+    root = innermost_cause(exc)
+    if root is exc:
+        if len(lines) > 1 and _LOOK_UP_BOILERPLATE in lines[0]:
+            # The wrapped error's text is all the cause there is (no chained exception).
+            return _one_line(f"{head}: {' '.join(lines[1:])}", limit)
+        return _one_line(head or type(exc).__name__, limit)
+    where = _raised_in(root)
+    cause = f"{type(root).__name__}{f' in {where}' if where else ''}: {_one_line(str(root), limit) or 'no message'}"
+    if not head or head == str(root).strip():
+        return _one_line(cause, limit)
+    return _one_line(f"{head}: {cause}", limit)
+
+
+def exception_chain_text(exc: BaseException) -> str:
+    """The full traceback of ``exc`` with every chained exception, as Python prints it."""
+    import traceback
+
+    return "".join(traceback.format_exception(type(exc), exc, exc.__traceback__))

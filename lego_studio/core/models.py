@@ -20,7 +20,7 @@ from typing import Any
 import torch
 
 from lego_studio.core.devices import pick_device, pick_dtype
-from lego_studio.core.errors import InputError, LegoError, ModelError
+from lego_studio.core.errors import InputError, LegoError, ModelError, describe_exception
 from lego_studio.core.model_specs import (
     FAMILY_FILE,
     OPEN_CLIP_PREFIX,
@@ -265,8 +265,10 @@ def load_model(
                 model = _load_single_file(path, prediction_type, Path(config) if config else None)
         except LegoError as exc:
             raise ModelError(str(exc)) from exc
-        except (OSError, ValueError, RuntimeError, KeyError) as exc:
-            raise ModelError(f"{path}: cannot load the model ({first_line(exc)})") from exc
+        except (OSError, ValueError, RuntimeError, KeyError, ImportError) as exc:
+            # diffusers/transformers report a failed lazy import as a RuntimeError chained to the
+            # real error: name the innermost one (a missing module, data file or metadata in a bundle).
+            raise ModelError(f"{path}: cannot load the model ({describe_exception(exc)})") from exc
     model.source = str(spec)
     _place(model, torch_device, dtype)
     return model
@@ -391,7 +393,7 @@ def _from_pretrained_component(cls, path: Path, subfolder: str):
     except LegoError:
         raise
     except Exception as exc:  # library errors vary by version; all mean "this component is broken"
-        raise ModelError(f"{folder}: cannot load the {subfolder} weights ({first_line(exc)})") from exc
+        raise ModelError(f"{folder}: cannot load the {subfolder} weights ({describe_exception(exc)})") from exc
 
 
 def _read_checkpoint(path: Path) -> tuple[dict[str, torch.Tensor], int | None]:

@@ -28,7 +28,11 @@ def log_path() -> Path:
 
 def log_bug(exc_type, exc, tb) -> str:
     """Append the traceback to the log file; return the one line to show the user."""
-    headline = f"{exc_type.__name__}: {exc}".splitlines()[0][:300]
+    from lego_studio.core.errors import describe_exception, innermost_cause
+
+    # A chained error (a failed lazy import, say) is named by its innermost cause, in one line.
+    headline = (describe_exception(exc, limit=300) if exc is not None and innermost_cause(exc) is not exc
+                else f"{exc_type.__name__}: {exc}".splitlines()[0][:300])
     try:
         path = log_path()
         if path.exists() and path.stat().st_size > MAX_LOG_BYTES:
