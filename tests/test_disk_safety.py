@@ -548,3 +548,29 @@ def test_a_project_on_a_read_only_disk_opens_read_only(tmp_path):
         project.subject = "changed"
         with pytest.raises(ProjectReadOnly, match="opened read-only"):
             project.save()
+
+
+def test_a_run_list_probing_the_folder_does_not_stop_a_run_from_starting(tmp_path):
+    """is_live() takes the run's lock for an instant to test it; a trainer starting in that
+    instant (the run list refreshes while Start is pressed) must start, not read a second trainer."""
+    import threading
+
+    run_dir = tmp_path / "run"
+    run_dir.mkdir()
+    stop = threading.Event()
+    probes = []
+
+    def probe():
+        while not stop.is_set():
+            probes.append(runs.is_live(run_dir))
+
+    prober = threading.Thread(target=probe)
+    prober.start()
+    try:
+        for _ in range(50):
+            with runs.hold_run(run_dir):
+                pass
+    finally:
+        stop.set()
+        prober.join()
+    assert len(probes) > 50  # the probe really raced the holds

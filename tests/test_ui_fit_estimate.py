@@ -65,7 +65,7 @@ def test_small_images_are_named_beside_the_memory_plan(make_window, qtbot, tmp_p
     training.form.set_value("steps", 1)
     assert training.start()
     qtbot.waitUntil(lambda: not training.runner.busy, timeout=120000)
-    assert not training.plan_label.isHidden()
+    assert not training.plan_label.isHidden(), training.status_label.text()
     assert "2 of 2 images are much smaller than the 32 px training size" in training.plan_label.text()
 
 
@@ -156,3 +156,39 @@ def test_timed_estimate_memory_line_and_a_no_cancels_a_long_run(make_window, qtb
     # The figure is remembered: the next start shows the estimate before it runs.
     training.update_estimate()
     assert "from an earlier run on this machine" in training.estimate_label.text()
+
+
+def test_a_yes_to_the_long_run_question_trains_to_the_end_and_the_run_waits_while_asked(make_window, qtbot, tmp_path,
+                                                                                     monkeypatch):
+    """The run stops between steps while the question is open (even on a machine fast enough to
+    finish all its steps before the UI thread sees the estimate), and a yes lets it run to the end."""
+    import time
+
+    window = make_window(with_tiny=True)
+    training = window.training_view
+    open_project(window, tmp_path, photos())
+    training.model_combo.setCurrentIndex(training.model_combo.findData(str(window.context.settings.models[0].spec)))
+    training.device_combo.setCurrentText("cpu")
+    training.form.set_value("steps", 8)
+    monkeypatch.setattr(estimate, "LONG_RUN_SECONDS", 0.0)
+    steps_seen_by_the_worker = []
+    seen = []
+    training.event_received.connect(lambda event: seen.append(getattr(event, "step", 0)))
+
+    class Slow(Questions):
+        def __call__(self, *args, **kwargs):
+            time.sleep(1.0)  # the question stays open; the worker must not train meanwhile
+            log = training._run_dir / "log.jsonl"
+            lines = log.read_text().splitlines() if log.exists() else []
+            steps_seen_by_the_worker.append(len([line for line in lines if '"step"' in line]))
+            return super().__call__(*args, **kwargs)
+
+    questions = Slow(QMessageBox.StandardButton.Yes)
+    monkeypatch.setattr(QMessageBox, "question", questions)
+    assert training.start()
+    qtbot.waitUntil(lambda: not training.runner.busy, timeout=120000)
+    assert len(questions.texts) == 1
+    assert steps_seen_by_the_worker and steps_seen_by_the_worker[0] <= 3, steps_seen_by_the_worker
+    assert max(seen) == 8
+    assert "Cancelled" not in training.status_label.text() and "paused" not in training.status_label.text().lower()
+    assert len(window.context.library().names()) == 1  # the concept was trained and added

@@ -189,6 +189,9 @@ def is_live(run_dir: str | os.PathLike) -> bool:
     return is_locked(Path(run_dir) / RUN_LOCK)
 
 
+PROBE_GRACE_S = 1.0  # how long hold_run waits out a probe (or a trainer just ending) before refusing
+
+
 @contextmanager
 def hold_run(run_dir: str | os.PathLike):
     """Hold the run folder for this process (and thread): raises a one-line
@@ -201,7 +204,9 @@ def hold_run(run_dir: str | os.PathLike):
     outermost = not lock.held
     try:
         run_dir.mkdir(parents=True, exist_ok=True)
-        lock.acquire(timeout=0)
+        # Not timeout=0: is_live() probes the lock by taking it for an instant, so a run list
+        # refreshing at this moment (in this process or another) would read as a second trainer.
+        lock.acquire(timeout=PROBE_GRACE_S)
     except OSError as exc:
         raise (disk_error(exc, run_dir, "creating the run folder") or exc) from exc
     key = os.path.abspath(run_dir)

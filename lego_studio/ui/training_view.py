@@ -57,6 +57,7 @@ class TrainingView(QWidget):
         self.context = context
         self.runner = TaskRunner(self)
         self._pause = threading.Event()  # read by the trainer between steps (its paused() control)
+        self._asking = threading.Event()  # set by the worker while a long run waits for the user's answer
         self.check_runner = TaskRunner(self)  # the foreign-images check (judge), off the UI thread
         self.plan_runner = TaskRunner(self)  # the image-size notes before Start (reads image headers)
         self._plan_key = None  # what the plan line shown was worked out for
@@ -521,6 +522,8 @@ class TrainingView(QWidget):
         library = self.context.library()  # opened here: the worker must not touch the context
         pause = self._pause
         pause.clear()
+        asking = self._asking
+        asking.clear()
 
         def train(state):
             from lego_studio.core.estimate import figure_key
@@ -550,8 +553,15 @@ class TrainingView(QWidget):
                         state.emit(read_history(run_dir, upto=event.step))
                     state.emit(event)
 
-                concept = start_run(plan, on_event, cancel=lambda: state.cancelled, paused=pause.is_set,
-                                    on_estimate=state.emit)
+                def on_estimate(guess):
+                    # A long run stops between steps until the user has answered: set here, before
+                    # the event reaches the UI thread, so a fast run cannot end before the question.
+                    if guess.long and not confirmed:
+                        asking.set()
+                    state.emit(guess)
+
+                concept = start_run(plan, on_event, cancel=lambda: state.cancelled,
+                                    paused=lambda: pause.is_set() or asking.is_set(), on_estimate=on_estimate)
             from lego_studio.ui import library_io
 
             # A path, or NameTaken when a name taken meanwhile (or on a resume) is still to be asked about.
@@ -662,15 +672,14 @@ class TrainingView(QWidget):
         the user's yes, and a no cancels it with a checkpoint (resumable)."""
         self.estimate_label.setText(guess.line()[0].upper() + guess.line()[1:] + ".")
         if not guess.long or self._long_confirmed or not self.runner.busy:
+            self._asking.clear()
             return
         self._long_confirmed = True
-        self._pause.set()  # the trainer waits between steps while this is set
-        if self.confirm_long_run(guess):
-            if not self._paused:
-                self._pause.clear()
-        else:
+        yes = self.confirm_long_run(guess)  # the worker waits between steps meanwhile (self._asking)
+        if not yes:
             self.cancel()
             self.status_label.setText(f"Cancelling: {guess.warning()}.")
+        self._asking.clear()  # a Pause the user pressed before stays in force (self._pause)
 
     def _finished(self, concept_path) -> None:
         from lego_studio.core.library import NameTaken
