@@ -99,7 +99,7 @@ def window(open_window, tiny_model_dir, tiny_sam_checkpoint):
     return win
 
 
-def test_create_mask_train_library_gallery(window, qtbot, tmp_path):
+def test_create_mask_train_library_gallery(window, qtbot, tmp_path, monkeypatch):
     # --- create the project from a folder, describe it
     projects = window.projects_view
     project = projects.create_project("Frozen robots", [make_images(tmp_path / "examples")])
@@ -187,6 +187,19 @@ def test_create_mask_train_library_gallery(window, qtbot, tmp_path):
             training.cancel()
 
     training.event_received.connect(cancel_at_first_checkpoint)
+    # The trainer waits after its first checkpoint until the UI has seen it (as if the user had
+    # pressed Pause): on a fast machine the 4 steps would otherwise end before the cancel arrives.
+    from lego_studio.core.training import Trainer
+
+    real_save = Trainer._save_checkpoint
+
+    def save_then_wait(self, *args, **kwargs):
+        path = real_save(self, *args, **kwargs)
+        if not checkpoints:  # the first one only (the UI has not seen it yet)
+            training._pause.set()
+        return path
+
+    monkeypatch.setattr(Trainer, "_save_checkpoint", save_then_wait)
     assert training.start()
     qtbot.waitUntil(lambda: not training.is_running(), timeout=60000)
     assert checkpoints == [2]
