@@ -189,7 +189,11 @@ def test_gallery_composes_two_concepts_in_one_image(window, qtbot, monkeypatch):
     assert view.generate()
     qtbot.waitUntil(lambda: not view.runner.busy, timeout=20000)
     assert view.table.columnCount() == 1 and view.table.rowCount() == 2
-    assert "<melting>" in view.table.horizontalHeaderItem(0).text() and "<on-fire>" in view.table.horizontalHeaderItem(0).text()
+    header = view.table.horizontalHeaderItem(0)
+    assert header.text() == "<melting> Lego\n+ <on-fire> TI"  # one concept a line
+    assert header.toolTip() == "<melting> Lego + <on-fire> TI"
+    metrics = view.table.horizontalHeader().fontMetrics()
+    assert all(metrics.horizontalAdvance(line) <= view.table.columnWidth(0) for line in header.text().splitlines())
     assert made == [("a photo of a teapot <melting> <on-fire>", ["<melting>", "<on-fire>"]),
                     ("a photo of a car <melting> <on-fire>", ["<melting>", "<on-fire>"])]
     assert len(view.results) == 2 and all(r["path"].is_file() for r in view.results)

@@ -441,7 +441,16 @@ class GalleryView(QWidget):
         self.table.clear()
         self.table.setColumnCount(len(columns))
         self.table.setRowCount(len(rows))
-        self.table.setHorizontalHeaderLabels(list(columns))
+        # One concept a line, each elided to the column (the full label is the tooltip): two
+        # composed concepts must not be cut off at the left edge of a 160 px column.
+        metrics = self.table.horizontalHeader().fontMetrics()
+        width = self.table.horizontalHeader().defaultSectionSize() - 8
+        for index, label in enumerate(columns):
+            lines = [metrics.elidedText(line, Qt.TextElideMode.ElideMiddle, width)
+                     for line in str(label).replace(" + ", "\n+ ").split("\n")]
+            header = QTableWidgetItem("\n".join(lines))
+            header.setToolTip(str(label))
+            self.table.setHorizontalHeaderItem(index, header)
         self.table.setVerticalHeaderLabels([f"{subject}\nseed {seed}".strip() for subject, seed in rows])
 
     def _add_result(self, result: dict) -> None:
