@@ -1,0 +1,55 @@
+"""The oracle landscape (benchmarks/oracle_landscape.py): candidates from the concept's known
+words, scored by the trainer's own loss terms on the Shape World model (a real model: the
+ordering below is a measured property of the loss, not plumbing)."""
+
+from __future__ import annotations
+
+import importlib.util
+import sys
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def _module():
+    spec = importlib.util.spec_from_file_location("oracle_landscape", ROOT / "benchmarks" / "oracle_landscape.py")
+    module = importlib.util.module_from_spec(spec)
+    sys.modules["oracle_landscape"] = module
+    spec.loader.exec_module(module)
+    return module
+
+
+def test_candidates_name_what_the_words_left_out():
+    oracle = _module()
+    assert oracle.candidates("on fire", ("circle", "blue"), "no-colour") == {
+        "true": ["on", "fire"], "start": None, "true+left-out": ["blue", "on", "fire"], "left-out": ["blue"]}
+    assert oracle.candidates("on fire", ("circle", "blue"), "no-shape")["true+left-out"] == ["circle", "on", "fire"]
+    assert set(oracle.candidates("on fire", ("circle", "blue"), "full")) == {"true", "start"}
+
+
+@pytest.mark.slow
+def test_with_full_words_the_lego_loss_is_lower_at_the_true_words_than_at_no_concept(tmp_path):
+    import torch
+
+    from lego_studio.core.models import load_model
+    from lego_studio.shapeworld import benchmark as bm
+
+    oracle = _module()
+    torch.manual_seed(0)
+    model = load_model("shapeworld", device="cpu", precision="fp32")
+    concept = "frozen in ice"
+    exemplar = bm.exemplar_subject(concept)
+    evaluation = bm.held_out_subjects(concept, exemplar, 4)
+    renders = bm.render_exemplars(concept, exemplar, 3)
+    images, masks = [im for im, _ in renders], [m for _, m in renders]
+    cfg = bm.train_config(bm.MethodSpec("lego", "lego", {}, True, "lego"), exemplar, evaluation, 10, 0, track="full")
+    true = oracle.score(model, cfg, images, masks, ["frozen", "in", "ice"], 2, tmp_path / "cache")
+    start = oracle.score(model, cfg, images, masks, None, 2, tmp_path / "cache")
+    assert true["total"] < start["total"] and true["rec"] < start["rec"]
+    # The concept's own effect is subject-dependent: the context term is far from zero at the true words.
+    assert true["ctx"] > start["ctx"]
+    rows = [{"concept": concept, "track": "full", "variant": "lego", "candidate": name, **terms}
+            for name, terms in (("true", true), ("start", start))]
+    assert "| frozen in ice | full | lego | **" in oracle.report(rows, 1.0)
