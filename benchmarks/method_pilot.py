@@ -36,6 +36,12 @@ VARIANTS: dict[str, tuple[str, dict, bool]] = {
     "in0": ("lego", {"w_ctx": 0.0, "rec_region": "concept"}, True),
     "ctx0.05": ("lego", {"w_ctx": 0.05}, True),
     "ctx0.1": ("lego", {"w_ctx": 0.1}, True),
+    # Subject Separation by the mask: L_subj on and L_rec outside the subject (oracle landscape:
+    # the first form whose minimum is at the true words for concepts drawn around the subject).
+    "around": ("lego", {"w_subj": 0.25, "rec_region": "concept"}, True),
+    "around0.05": ("lego", {"w_subj": 0.05, "rec_region": "concept"}, True),
+    "subj0.05": ("lego", {"w_subj": 0.05}, True),
+    "rec-out": ("lego", {"rec_region": "concept"}, True),
 }
 
 

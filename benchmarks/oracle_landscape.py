@@ -34,6 +34,10 @@ VARIANTS: dict[str, dict] = {
     "lego-ctx0": {"w_ctx": 0.0},
     "lego-ctx0.5": {"w_ctx": 0.5},
     "lego-out": {"ctx_region": "outside"},
+    "rec-outside": {"rec_region": "concept"},  # L_rec outside the subject mask only
+    "subj0.1": {"w_subj": 0.1},  # Subject Separation's L_subj on
+    "subj0.3-rec-outside": {"w_subj": 0.3, "rec_region": "concept"},
+    "subj1-rec-outside": {"w_subj": 1.0, "rec_region": "concept"},
 }
 
 
