@@ -38,6 +38,7 @@ VARIANTS: dict[str, dict] = {
     "subj0.1": {"w_subj": 0.1},  # Subject Separation's L_subj on
     "subj0.3-rec-outside": {"w_subj": 0.3, "rec_region": "concept"},
     "subj1-rec-outside": {"w_subj": 1.0, "rec_region": "concept"},
+    "rec-outside-ctx0": {"rec_region": "concept", "w_ctx": 0.0},
 }
 
 
