@@ -33,7 +33,8 @@ def main(argv=None) -> int:
     torch.set_num_threads(args.threads)
     from lego_studio.core.estimate import StepClock
     from lego_studio.core.models import load_model
-    from lego_studio.core.training import TrainConfig, Trainer
+    from lego_studio.core.train_config import TrainConfig
+    from lego_studio.core.training import Trainer
     from lego_studio.shapeworld.demo import build_demo_project
 
     project = build_demo_project(Path(os.environ["LEGO_STUDIO_HOME"]) / "demo")

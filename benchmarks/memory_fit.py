@@ -35,7 +35,8 @@ def one(mode: str, steps: int, limit_gb: float | None, threads: int) -> dict:
     from speed_lego_vs_ti import build_sd15_shaped, make_exemplars
 
     from lego_studio.core.memory import GIB, estimate_step_memory, fit_config, free_memory
-    from lego_studio.core.training import TrainConfig, Trainer
+    from lego_studio.core.train_config import TrainConfig
+    from lego_studio.core.training import Trainer
 
     if limit_gb:
         os.environ["LEGO_STUDIO_MEMORY_LIMIT_GB"] = str(limit_gb)

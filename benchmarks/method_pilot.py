@@ -42,7 +42,27 @@ VARIANTS: dict[str, tuple[str, dict, bool]] = {
     "around0.05": ("lego", {"w_subj": 0.05, "rec_region": "concept"}, True),
     "subj0.05": ("lego", {"w_subj": 0.05}, True),
     "rec-out": ("lego", {"rec_region": "concept"}, True),
+    # L_subj switched on only once the concept has formed (LATE below): from step 150.
+    "around-late": ("lego", {"rec_region": "concept"}, True),
+    "subj-late": ("lego", {}, True),
 }
+# variant -> (setting, value, from step): a weight that starts at the preset's value and changes
+# to ``value`` at ``from step`` (a pilot-only schedule; the engine has none).
+LATE: dict[str, tuple[str, float, int]] = {
+    "around-late": ("w_subj", 0.25, 150),
+    "subj-late": ("w_subj", 0.25, 150),
+}
+
+
+def _schedule(trainer, setting: str, value: float, start: int) -> None:
+    original = trainer._step
+
+    def step(step_index, optimizer):
+        if step_index >= start:
+            setattr(trainer.config, setting, value)
+        return original(step_index, optimizer)
+
+    trainer._step = step
 
 
 def _trace_effects(trainer, trace: list) -> None:
@@ -129,6 +149,8 @@ def main(argv=None) -> int:
                         run_dir = Path(tmp) / f"{bm._slug(concept)}-{track}-{name}-{seed}"
                         t0 = time.time()
                         trainer = Trainer(model, cfg, images, masks if uses_masks else None, run_dir, on_event=on_event)
+                        if name in LATE:
+                            _schedule(trainer, *LATE[name])
                         trace = []
                         if args.trace:
                             _trace_effects(trainer, trace)

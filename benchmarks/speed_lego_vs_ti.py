@@ -125,7 +125,7 @@ def build_sdxl_shaped(device, dtype, tiny: bool = False):
 def method_matrix(checkpointing, vectors: int, **common) -> dict:
     """The configurations every speed and memory figure is given for: TI, Lego stacked and split,
     each with and without gradient checkpointing (as ``checkpointing`` lists)."""
-    from lego_studio.core.training import TrainConfig
+    from lego_studio.core.train_config import TrainConfig
 
     runs = {}
     for ckpt in checkpointing:

@@ -266,7 +266,8 @@ def check_training(state: SelfTestState) -> str:
     import math
 
     from lego_studio.core.concepts import load_concept
-    from lego_studio.core.training import Trainer, TrainConfig
+    from lego_studio.core.train_config import TrainConfig
+    from lego_studio.core.training import Trainer
     from lego_studio.shapeworld.render import render
     from lego_studio.shapeworld.world import subject_phrase
 
@@ -326,7 +327,7 @@ def check_memory(state: SelfTestState) -> str:
 
     from lego_studio.core import memory_trace
     from lego_studio.core.memory import format_bytes, free_memory
-    from lego_studio.core.training import TrainConfig
+    from lego_studio.core.train_config import TrainConfig
 
     if state.model is None:
         raise LegoError("no model loaded (see the model check)")

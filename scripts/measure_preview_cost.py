@@ -13,7 +13,8 @@ import torch
 from lego_studio.core.devices import use_app_cpu_threads
 use_app_cpu_threads()
 from lego_studio.core.models import load_model
-from lego_studio.core.training import TrainConfig, Trainer
+from lego_studio.core.train_config import TrainConfig
+from lego_studio.core.training import Trainer
 from lego_studio.shapeworld.demo import build_demo_project
 
 tmp = Path(tempfile.mkdtemp())

@@ -175,7 +175,7 @@ def test_every_generic_noun_and_no_words_are_tracks_of_their_own():
 
 
 def test_plan_runs_the_products_step_count_and_warns_when_over_budget():
-    from lego_studio.core.training import TrainConfig
+    from lego_studio.core.train_config import TrainConfig
 
     config = bench.BenchmarkConfig(budget_minutes=20).validate()
     costs = {m: 0.1 for m in config.methods}

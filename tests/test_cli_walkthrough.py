@@ -11,7 +11,7 @@ from PIL import Image
 
 from lego_studio.cli import main
 from lego_studio.core import runs
-from lego_studio.core.training import TrainConfig
+from lego_studio.core.train_config import TrainConfig
 
 
 def _run(folder, name, status=None, message="", step=0, steps=10, method="lego", concept=False, pid=None):

@@ -15,7 +15,7 @@ from PIL import Image
 from lego_studio.core.errors import InputError
 from lego_studio.core.model_specs import shapeworld_model_dir
 from lego_studio.core.project import Project
-from lego_studio.core.training import TrainConfig
+from lego_studio.core.train_config import TrainConfig
 from lego_studio.shapeworld.demo import build_demo_project
 
 REPO = Path(__file__).resolve().parents[1]
@@ -40,7 +40,7 @@ def test_demo_project_has_exemplars_masks_and_subject_words(tmp_path):
         assert pixels[0] > 150 and pixels[1] > 120 and pixels[2] < 110
         assert 0.03 < (mask == 255).mean() < 0.5
     # The suggested training settings are a valid Lego config for this project.
-    from lego_studio.core.training import TrainConfig
+    from lego_studio.core.train_config import TrainConfig
 
     config = TrainConfig.preset("lego", subject=reopened.subject, **reopened.train_defaults)
     assert config.templates and "a yellow star" not in config.context_subjects

@@ -335,7 +335,8 @@ def test_an_end_state_that_cannot_be_written_is_reconciled_when_read(tmp_path, m
 
 
 def test_garbage_in_log_jsonl_is_skipped_on_resume(tmp_path):
-    from lego_studio.core.training import TrainConfig, Trainer
+    from lego_studio.core.train_config import TrainConfig
+    from lego_studio.core.training import Trainer
 
     run_dir = tmp_path / "run"
     run_dir.mkdir()

@@ -13,7 +13,7 @@ from PIL import Image
 
 from lego_studio.cli import main
 from lego_studio.core import estimate, memory, memory_trace, oom
-from lego_studio.core.training import TrainConfig
+from lego_studio.core.train_config import TrainConfig
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
@@ -149,7 +149,7 @@ def test_out_of_memory_stops_with_one_line_and_resume_uses_the_setting(exemplar_
 
 
 def test_step_clock_estimates_after_the_first_timed_step_and_records_the_figure():
-    from lego_studio.core.training import TrainEvent
+    from lego_studio.core.run_files import TrainEvent
 
     ticks = iter([0.0, 70.0, 140.0, 211.0])
     clock = estimate.StepClock("k|cpu", "cpu", clock=lambda: next(ticks))

@@ -14,7 +14,8 @@ import pytest
 import torch
 
 from lego_studio.core import memory, memory_trace
-from lego_studio.core.training import TrainConfig, Trainer
+from lego_studio.core.train_config import TrainConfig
+from lego_studio.core.training import Trainer
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
 

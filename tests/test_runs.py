@@ -15,7 +15,8 @@ import pytest
 
 from lego_studio.core import runs
 from lego_studio.core.errors import Cancelled, TrainingError
-from lego_studio.core.training import TrainConfig, Trainer
+from lego_studio.core.train_config import TrainConfig
+from lego_studio.core.training import Trainer
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
 

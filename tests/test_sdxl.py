@@ -23,7 +23,9 @@ from lego_studio.core.concepts import (
 )
 from lego_studio.core.errors import InputError, ModelError
 from lego_studio.core.prompts import slots, split_fields
-from lego_studio.core.training import TrainConfig, Trainer, unpack_sdxl
+from lego_studio.core.losses import unpack_sdxl
+from lego_studio.core.train_config import TrainConfig
+from lego_studio.core.training import Trainer
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
 

@@ -6,7 +6,8 @@ import pytest
 import torch
 
 from lego_studio.core.separation import mask_terms, masks_usage, subject_words_note, vague_subject
-from lego_studio.core.training import TrainConfig, Trainer
+from lego_studio.core.train_config import TrainConfig
+from lego_studio.core.training import Trainer
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
 

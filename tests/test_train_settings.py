@@ -13,19 +13,7 @@ from lego_studio.cli import build_parser
 from lego_studio.commands import train
 from lego_studio.core.errors import InputError
 from lego_studio.core.oom import as_train_flags
-from lego_studio.core.training import (
-    CTX_REGIONS,
-    LR_SCHEDULES,
-    METHODS,
-    REC_REGIONS,
-    SETTING_GROUPS,
-    SETTINGS,
-    UNET_BATCHING,
-    Setting,
-    TrainConfig,
-    _settings_of,
-    describe,
-)
+from lego_studio.core.train_config import CTX_REGIONS, LR_SCHEDULES, METHODS, REC_REGIONS, SETTINGS, SETTING_GROUPS, Setting, TrainConfig, UNET_BATCHING, _settings_of, describe
 
 # The flags scripts, the README and CI use: a renamed field must not rename its flag.
 TRAIN_CONFIG_FLAGS = {

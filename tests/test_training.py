@@ -12,14 +12,10 @@ from PIL import Image
 
 from lego_studio.core.errors import Cancelled, InputError, TrainingError
 from lego_studio.core.prompts import Slot, appearance_words, fill_template, slots, split_fields, tokenize_segments
-from lego_studio.core.training import (
-    TrainConfig,
-    Trainer,
-    TrainEvent,
-    info_nce,
-    lr_at,
-    region_mse,
-)
+from lego_studio.core.losses import info_nce, region_mse
+from lego_studio.core.run_files import TrainEvent
+from lego_studio.core.train_config import TrainConfig, lr_at
+from lego_studio.core.training import Trainer
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
 

@@ -16,7 +16,8 @@ from PySide6.QtGui import QTextDocument
 from lego_studio.core.concepts import Concept, export_concept, load_concept
 from lego_studio.core.errors import InputError
 from lego_studio.core.estimate import format_duration
-from lego_studio.core.training import SETTINGS, TrainConfig, TrainEvent
+from lego_studio.core.run_files import TrainEvent
+from lego_studio.core.train_config import SETTINGS, TrainConfig
 from lego_studio.ui.gallery_view import parse_seeds
 
 pytestmark = pytest.mark.gui
@@ -60,7 +61,7 @@ def test_form_rows_are_made_from_the_descriptions(qtbot):
     and no spin box offers a value at its ends that the config refuses."""
     from PySide6.QtWidgets import QCheckBox, QDoubleSpinBox, QFormLayout, QGroupBox, QLineEdit, QSpinBox
 
-    from lego_studio.core.training import SETTING_GROUPS
+    from lego_studio.core.train_config import SETTING_GROUPS
     from lego_studio.ui.train_form import ConfigForm
 
     form = ConfigForm()

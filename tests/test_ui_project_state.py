@@ -19,7 +19,7 @@ from lego_studio.core import runs
 from lego_studio.core.concepts import Concept, export_concept
 from lego_studio.core.project import Project
 from lego_studio.core.settings import Settings
-from lego_studio.core.training import TrainConfig
+from lego_studio.core.train_config import TrainConfig
 from lego_studio.ui.context import AppContext
 from lego_studio.ui.main_window import MainWindow
 from lego_studio.ui.train_form import APP_PREVIEW_EVERY
@@ -97,7 +97,7 @@ def test_the_running_runs_line_follows_its_steps_and_the_first_steps_estimate_gi
     # Walkthrough: between checkpoints the list said "? — training now — step 0/?" while the bar
     # was at step 30, and "about 10 min" (timed on the first two steps) stayed beside a live ETA
     # of 2:38. The line follows the steps; the first-steps estimate goes once the ETA is measured.
-    from lego_studio.core.training import TrainEvent
+    from lego_studio.core.run_files import TrainEvent
 
     project = window.projects_view.create_project("Live", [image_folder(tmp_path / "src")])
     run = project.new_run_dir()

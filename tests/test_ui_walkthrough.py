@@ -222,7 +222,7 @@ def test_gallery_concepts_typed_in_the_template_are_used_and_unknown_ones_are_on
 def _run_with_history(project):
     import json
 
-    from lego_studio.core.training import TrainConfig
+    from lego_studio.core.train_config import TrainConfig
 
     run = project.new_run_dir()
     TrainConfig(subject="a cat", steps=10).save(run / "config.json")
@@ -249,7 +249,7 @@ def test_read_history_up_to_the_checkpoint(tmp_path, window):
 def test_a_resumed_run_shows_its_whole_history(window, qtbot, tmp_path, monkeypatch):
     from types import SimpleNamespace
 
-    from lego_studio.core import memory, run_service, training
+    from lego_studio.core import memory, run_files, run_service
     from lego_studio.core.errors import Cancelled
 
     class FakeTrainer:
@@ -258,7 +258,7 @@ def test_a_resumed_run_shows_its_whole_history(window, qtbot, tmp_path, monkeypa
 
         def run(self, resume=False):
             assert resume
-            self.on_event(training.TrainEvent("log", step=4, total=10, message="resumed from step-000004"))
+            self.on_event(run_files.TrainEvent("log", step=4, total=10, message="resumed from step-000004"))
             raise Cancelled("stopped by the test")
 
     class Models(FakeModels):
@@ -375,7 +375,7 @@ def test_a_taken_concept_name_is_asked_about_before_the_run_starts(window, qtbot
 def test_setting_tooltips_are_rich_text_so_long_ones_wrap(window):
     from PySide6.QtGui import Qt as QtGuiQt
 
-    from lego_studio.core.training import SETTINGS
+    from lego_studio.core.train_config import SETTINGS
 
     form = window.training_view.form
     longest = max(SETTINGS, key=lambda name: len(SETTINGS[name].help + SETTINGS[name].details))
@@ -447,7 +447,7 @@ def test_the_settings_dialog_keeps_its_size_as_messages_come_and_go(window, qtbo
 
 
 def test_project_word_fields_show_examples_and_what_training_uses(window, tmp_path):
-    from lego_studio.core.training import TrainConfig
+    from lego_studio.core.train_config import TrainConfig
 
     view = window.projects_view
     for edit in (view.subject_edit, view.concept_edit, view.positive_edit):

@@ -48,7 +48,7 @@ def register(subparsers) -> None:
 
 def config_flag_settings() -> list:
     """The TrainConfig settings the command has a flag for (the rest only come from --config)."""
-    from lego_studio.core.training import SETTINGS
+    from lego_studio.core.train_config import SETTINGS
 
     return [setting for setting in SETTINGS.values() if setting.cli]
 
@@ -57,7 +57,7 @@ def add_config_flags(parser) -> None:
     """One flag per TrainConfig setting, made from its description (core/training.py SETTINGS),
     in argument groups named like the form's. Every flag defaults to None (``dest`` = the field's
     name), so a flag not given leaves the value of the method's preset or of --config."""
-    from lego_studio.core.training import SETTING_GROUPS
+    from lego_studio.core.train_config import SETTING_GROUPS
 
     settings = config_flag_settings()
     for group in SETTING_GROUPS:
@@ -84,7 +84,7 @@ def add_config_flags(parser) -> None:
 def flag_help(setting) -> str:
     """The setting's help with its range and default; where the methods' presets differ, the
     default of each ("default: 0.2 for lego, 0 for ti")."""
-    from lego_studio.core.training import METHODS, TrainConfig
+    from lego_studio.core.train_config import METHODS, TrainConfig
 
     def shown(value) -> str:
         return f"{value:g}" if isinstance(value, float) else str(value)
@@ -150,7 +150,7 @@ def _collect_images(args, saved: dict) -> tuple[list[str], list[str | None] | No
 
 def _build_config(args, run_dir: Path, out: Path):
     """Preset of the method <- --config file (or the resumed run's config) <- explicit flags."""
-    from lego_studio.core.training import TrainConfig, read_config_dict
+    from lego_studio.core.train_config import TrainConfig, read_config_dict
 
     stored = run_dir / "config.json"
     if args.config:
@@ -186,7 +186,7 @@ def with_flag_names(message: str, names) -> str:
     ``w_ctx`` becomes ``--w-ctx``; a one-word name only where the message says what it "must" be."""
     import re
 
-    from lego_studio.core.training import SETTINGS
+    from lego_studio.core.train_config import SETTINGS
 
     for name in sorted(names, key=len, reverse=True):
         setting = SETTINGS.get(name)
@@ -201,7 +201,7 @@ def resume_note(run_dir: Path, config, steps_flag) -> str:
     """What ``--resume`` will do, in one line, when ``--steps`` changes the run's length: the
     steps are the run's new total (not more steps on top), counted from its last checkpoint."""
     from lego_studio.core.run_history import last_checkpoint_step
-    from lego_studio.core.training import TrainConfig
+    from lego_studio.core.train_config import TrainConfig
     from lego_studio.core.wording import plural
 
     stored = run_dir / "config.json"
@@ -232,7 +232,7 @@ def explicit_memory_settings(args) -> set[str]:
     if args.batch_size is not None:
         explicit.add("batch_size")
     if args.config:
-        from lego_studio.core.training import read_config_dict
+        from lego_studio.core.train_config import read_config_dict
 
         explicit |= {k for k in read_config_dict(args.config) if k in ("gradient_checkpointing", "unet_batching", "batch_size")}
     return explicit
@@ -311,7 +311,7 @@ def _estimate_printer(args, plan, progress):
     machine), else say that the first two steps are timed. Returns start_run's ``on_estimate``: the
     estimate once the first steps are timed, with a warning naming the fastest option when the run
     is long (once)."""
-    from lego_studio.core.training import TrainEvent
+    from lego_studio.core.run_files import TrainEvent
 
     shown = {"warned": False}
     if plan.estimate is not None:

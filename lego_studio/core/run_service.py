@@ -22,7 +22,8 @@ from pathlib import Path
 from typing import Any, Callable
 
 from lego_studio.core.estimate import Estimate, StepClock, estimate_from_cache
-from lego_studio.core.training import TrainConfig, Trainer
+from lego_studio.core.train_config import TrainConfig
+from lego_studio.core.training import Trainer
 
 CHECKING_MEMORY = "checking how much memory a step needs…"
 

@@ -67,23 +67,7 @@ from lego_studio.core.prompts import (
     word_token_ids,
 )
 from lego_studio.core.run_files import RunFiles, TrainEvent, step_name, step_seed
-# The settings live in core/train_config.py; these names are also read from here.
-from lego_studio.core.train_config import (  # noqa: F401
-    CTX_REGIONS,
-    LR_SCHEDULES,
-    METHODS,
-    REC_REGIONS,
-    RESUMABLE_CHANGES,
-    SETTING_GROUPS,
-    SETTINGS,
-    UNET_BATCHING,
-    Setting,
-    TrainConfig,
-    _settings_of,
-    describe,
-    lr_at,
-    read_config_dict,
-)
+from lego_studio.core.train_config import RESUMABLE_CHANGES, TrainConfig, lr_at
 
 # ----------------------------------------------------------------------------------- trainer
 

@@ -64,7 +64,7 @@ from dataclasses import dataclass, field
 from typing import Sequence
 
 from lego_studio.core.errors import InputError
-from lego_studio.core.training import TrainConfig
+from lego_studio.core.train_config import TrainConfig
 from lego_studio.shapeworld.world import (
     CAPTION_TEMPLATES,
     COLOUR_NAMES,
@@ -318,7 +318,7 @@ def train_config(spec: MethodSpec, exemplar: tuple[str, str], evaluation: Sequen
                  steps: int, seed: int, lr: float = DEFAULT_LR, track: str = "full"):
     """The TrainConfig of one benchmark run. No positive or init words: the concept's name never
     reaches the trainer. ``track`` decides how much of the subject its words describe."""
-    from lego_studio.core.training import TrainConfig
+    from lego_studio.core.train_config import TrainConfig
 
     values = dict(
         name=PLACEHOLDER_NAME,

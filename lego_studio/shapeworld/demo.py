@@ -135,7 +135,7 @@ def _run_demo(out_dir, steps, device, on_progress, quick, model, judge, seed) ->
     from lego_studio.core.concepts import save_concept
     from lego_studio.core.generation import make_grid, save_generated
     from lego_studio.core.run_service import RunPlan, start_run
-    from lego_studio.core.training import TrainConfig
+    from lego_studio.core.train_config import TrainConfig
     from lego_studio.shapeworld.benchmark import benchmark_prompt, held_out_subjects
     from lego_studio.shapeworld.benchmark_runner import generate_images
 

@@ -45,7 +45,7 @@ def masks_purpose(config) -> str:
     """The Masks page's line on what masks do: the sentence for the training settings in use
     (``config``; None = the defaults), so the page never claims more than training does."""
     from lego_studio.core.separation import masks_usage
-    from lego_studio.core.training import TrainConfig
+    from lego_studio.core.train_config import TrainConfig
 
     return masks_usage(config if config is not None else TrainConfig())
 

@@ -20,7 +20,7 @@ from PySide6.QtWidgets import (
     QWidget,
 )
 
-from lego_studio.core.training import SETTING_GROUPS, SETTINGS, Setting, TrainConfig
+from lego_studio.core.train_config import SETTINGS, SETTING_GROUPS, Setting, TrainConfig
 
 PRESETS = {"Lego": "lego", "Textual Inversion baseline": "ti"}
 

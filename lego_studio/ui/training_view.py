@@ -33,7 +33,7 @@ from lego_studio.core import runs
 from lego_studio.core.errors import LegoError
 from lego_studio.core.estimate import format_duration
 from lego_studio.core.model_specs import BUILTIN_MODELS
-from lego_studio.core.training import SETTINGS, TrainConfig
+from lego_studio.core.train_config import SETTINGS, TrainConfig
 from lego_studio.ui import operations, project_io
 from lego_studio.ui.loss_chart import LossChart
 from lego_studio.ui.mask_canvas import pil_to_qimage
@@ -528,7 +528,7 @@ class TrainingView(QWidget):
         def train(state):
             from lego_studio.core.estimate import figure_key
             from lego_studio.core.run_service import as_sentence, plan_run, start_run
-            from lego_studio.core.training import TrainEvent
+            from lego_studio.core.run_files import TrainEvent
 
             # The run's record (core/runs.py): which inputs, model and device, so that a resume
             # (also after a restart) uses the same ones. Written here: fsync is not for the UI thread.
