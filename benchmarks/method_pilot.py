@@ -22,6 +22,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
+from lego_studio.core.errors import InputError  # noqa: E402
 from lego_studio.shapeworld import benchmark as bm  # noqa: E402
 from lego_studio.shapeworld import benchmark_runner as br  # noqa: E402
 
@@ -109,21 +110,13 @@ def main(argv=None) -> int:
     p.add_argument("--out", required=True)
     args = p.parse_args(argv)
 
-    import torch
-
-    from lego_studio.core.models import load_model
     from lego_studio.core.training import Trainer
     from lego_studio.shapeworld.judge import judge, load_judge
 
-    concepts = bm.resolve_concepts(args.concepts)
-    held = [c for c in concepts if bm.concept_split(c) == "held-out"]
-    if held and not args.allow_held_out:
-        raise SystemExit(f"error: {held} are held-out concepts; tune on the tuning ones")
-    torch.set_num_threads(args.threads)
-    out = Path(args.out)
-    out.mkdir(parents=True, exist_ok=True)
-    config = bm.BenchmarkConfig(concepts=concepts, device="cpu", threads=args.threads)
-    model = load_model("shapeworld", device="cpu", precision="fp32")
+    try:
+        concepts, config, model, out = bm.tuning_setup(args.concepts, args.allow_held_out, args.threads, args.out)
+    except InputError as exc:
+        raise SystemExit(f"error: {exc}") from None
     judge_model = load_judge(None)
     snapshots = sorted(set(args.snapshots))
     started = time.time()

@@ -26,6 +26,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
+from lego_studio.core.errors import InputError  # noqa: E402
 from lego_studio.shapeworld import benchmark as bm  # noqa: E402
 
 # name -> TrainConfig overrides on the Lego preset (the benchmark's own train_config otherwise)
@@ -93,19 +94,10 @@ def main(argv=None) -> int:
     p.add_argument("--out", required=True)
     args = p.parse_args(argv)
 
-    import torch
-
-    from lego_studio.core.models import load_model
-
-    concepts = bm.resolve_concepts(args.concepts)
-    held = [c for c in concepts if bm.concept_split(c) == "held-out"]
-    if held and not args.allow_held_out:
-        raise SystemExit(f"error: {held} are held-out concepts; tune on the tuning ones")
-    torch.set_num_threads(args.threads)
-    out = Path(args.out)
-    out.mkdir(parents=True, exist_ok=True)
-    model = load_model("shapeworld", device="cpu", precision="fp32")
-    config = bm.BenchmarkConfig(concepts=concepts, device="cpu", threads=args.threads)
+    try:
+        concepts, config, model, out = bm.tuning_setup(args.concepts, args.allow_held_out, args.threads, args.out)
+    except InputError as exc:
+        raise SystemExit(f"error: {exc}") from None
     rows = []
     started = time.time()
     with tempfile.TemporaryDirectory(prefix="lego-oracle-cache-") as cache_root:

@@ -337,6 +337,28 @@ def train_config(spec: MethodSpec, exemplar: tuple[str, str], evaluation: Sequen
     return TrainConfig.preset(spec.preset, **values)
 
 
+def tuning_setup(names: Sequence[str], allow_held_out: bool, threads: int, out):
+    """What a tuning script (benchmarks/method_pilot.py, oracle_landscape.py) starts with: the
+    concepts (held-out ones refused unless allowed: tune on the tuning ones), the benchmark
+    protocol's config, the Shape World model on the CPU with ``threads`` torch threads, and the
+    output folder (made). Returns ``(concepts, config, model, out)``."""
+    from pathlib import Path
+
+    import torch
+
+    from lego_studio.core.models import load_model
+
+    concepts = resolve_concepts(names)
+    held = [c for c in concepts if concept_split(c) == "held-out"]
+    if held and not allow_held_out:
+        raise InputError(f"{held} are held-out concepts; tune on the tuning ones (or pass --allow-held-out)")
+    torch.set_num_threads(int(threads))
+    out = Path(out)
+    out.mkdir(parents=True, exist_ok=True)
+    config = BenchmarkConfig(concepts=concepts, device="cpu", threads=int(threads))
+    return concepts, config, load_model("shapeworld", device="cpu", precision="fp32"), out
+
+
 def _slug(text: str) -> str:
     return re.sub(r"[^0-9a-z]+", "-", text.lower()).strip("-")
 
