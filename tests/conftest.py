@@ -213,3 +213,40 @@ def warnings(monkeypatch):
     shown = []
     monkeypatch.setattr(QMessageBox, "warning", lambda parent, title, text, *a: shown.append(text))
     return shown
+
+
+# --------------------------------------------------------------------- file work on the UI thread
+
+_UI_IO = {"paths": None, "seen": []}
+
+
+def _ui_io_hook(event, args):
+    # Inert unless a test is recording (an audit hook cannot be removed once added).
+    if _UI_IO["paths"] is None or event not in ("open", "os.listdir", "os.scandir", "os.mkdir", "os.rename"):
+        return
+    import threading
+
+    if threading.current_thread() is not threading.main_thread() or not args:
+        return
+    path = str(args[0])
+    if any(part in path for part in _UI_IO["paths"]):
+        _UI_IO["seen"].append((event, path))
+
+
+@pytest.fixture
+def ui_thread_file_work():
+    """``record(*path_parts)``: from then on, the file operations of the UI (main) thread on paths
+    containing any of ``path_parts`` are listed in the returned list (an audit hook)."""
+    import sys
+
+    if not getattr(_ui_io_hook, "installed", False):
+        sys.addaudithook(_ui_io_hook)
+        _ui_io_hook.installed = True
+
+    def record(*parts):
+        _UI_IO["seen"] = []
+        _UI_IO["paths"] = parts
+        return _UI_IO["seen"]
+
+    yield record
+    _UI_IO["paths"] = None

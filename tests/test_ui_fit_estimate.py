@@ -152,6 +152,7 @@ def test_timed_estimate_memory_line_and_a_no_cancels_a_long_run(make_window, qtb
     saved = json.loads((run_dir / "config.json").read_text())
     assert saved["unet_batching"] == "split" and saved["gradient_checkpointing"] is True
     assert "Cancelled" in training.status_label.text()
+    qtbot.waitUntil(lambda: not training.runs_loading, timeout=10000)
     assert run_dir in training.resumable_runs()
     # The figure is remembered: the next start shows the estimate before it runs.
     training.update_estimate()

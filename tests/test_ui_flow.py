@@ -205,6 +205,7 @@ def test_create_mask_train_library_gallery(window, qtbot, tmp_path, monkeypatch)
     assert checkpoints == [2]
     assert "Cancelled" in training.status_label.text()
     # The trainer recorded its end state: the run reads "cancelled", not "interrupted".
+    qtbot.waitUntil(lambda: not training.runs_loading, timeout=10000)
     assert " — cancelled — " in training.runs_list.item(0).text()
     meter.phase = "resuming"
     resumable = training.resumable_runs()
@@ -225,6 +226,7 @@ def test_create_mask_train_library_gallery(window, qtbot, tmp_path, monkeypatch)
     assert training.progress.value() == 4
     assert {"total", "rec"} <= set(training.chart.terms())
     assert training.previews.count() >= 1
+    qtbot.waitUntil(lambda: not training.runs_loading, timeout=10000)
     assert training.resumable_runs() == []
 
     # --- the concept is in the library

@@ -132,7 +132,7 @@ def test_invalid_settings_are_reported_and_nothing_starts(window, tmp_path):
     assert not view.is_running()
 
 
-def test_interrupted_run_shows_as_resumable_when_the_project_is_opened(window, tmp_path):
+def test_interrupted_run_shows_as_resumable_when_the_project_is_opened(window, qtbot, tmp_path):
     project = new_project(window, tmp_path)
     run = project.new_run_dir()
     TrainConfig(subject="a cat", steps=10).save(run / "config.json")
@@ -142,6 +142,7 @@ def test_interrupted_run_shows_as_resumable_when_the_project_is_opened(window, t
         os.utime(path, (old, old))
     window.projects_view.open_project(project.folder)
     view = window.training_view
+    qtbot.waitUntil(lambda: not view.runs_loading, timeout=10000)
     assert view.resumable_runs() == [run]
     view.runs_list.setCurrentRow(0)
     assert view.resume_button.isEnabled()

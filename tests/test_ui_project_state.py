@@ -69,7 +69,7 @@ def test_training_settings_do_not_leak_between_projects(window, tmp_path):
 # ------------------------------------------------------------------------------ 2: run states in the list
 
 
-def test_runs_list_shows_cancelled_failed_and_a_dead_process_as_interrupted(window, tmp_path):
+def test_runs_list_shows_cancelled_failed_and_a_dead_process_as_interrupted(window, qtbot, tmp_path):
     project = window.projects_view.create_project("Runs", [image_folder(tmp_path / "src")])
     config = TrainConfig(subject="a cat", steps=10)
     cancelled, failed, dead = (project.new_run_dir() for _ in range(3))
@@ -85,6 +85,7 @@ def test_runs_list_shows_cancelled_failed_and_a_dead_process_as_interrupted(wind
     (dead / runs.RUN_FILE).write_text(json.dumps(record))
     view = window.training_view
     view.refresh_runs()
+    qtbot.waitUntil(lambda: not view.runs_loading, timeout=10000)
     texts = {view.runs_list.item(i).data(0x0100): view.runs_list.item(i).text() for i in range(view.runs_list.count())}
     assert "— cancelled —" in texts[str(cancelled)]
     assert "training cancelled at step 3" not in texts[str(cancelled)]  # the status says it; the tooltip has it
@@ -93,7 +94,31 @@ def test_runs_list_shows_cancelled_failed_and_a_dead_process_as_interrupted(wind
     assert sorted(view.resumable_runs()) == sorted([cancelled, failed, dead])
 
 
-def test_the_running_runs_line_follows_its_steps_and_the_first_steps_estimate_gives_way_to_the_eta(window, tmp_path):
+def test_the_runs_list_is_read_off_the_ui_thread(window, qtbot, tmp_path, ui_thread_file_work):
+    # Every run's run.json and log.jsonl are read for the list: with many runs that blocked the
+    # window. The UI thread now only shows what a worker read.
+    project = window.projects_view.create_project("Many runs", [image_folder(tmp_path / "src")])
+    made = []
+    for i in range(5):
+        run = project.folder / "runs" / f"20260101-00000{i}"
+        config = TrainConfig(subject="a cat", steps=10)
+        runs.create_run(run, {"model": "shapeworld", "device": "cpu"}, config)
+        runs.end_run(run, runs.RUN_CANCELLED, "cancelled at step 3")
+        made.append(run)
+    view = window.training_view
+    qtbot.waitUntil(lambda: not view.runs_loading, timeout=10000)
+    seen = ui_thread_file_work("run.json", "log.jsonl", "config.json", str(project.folder / "runs"))
+    runs.read_run(made[0])  # the recorder sees a read on this thread...
+    assert seen
+    seen.clear()
+    view.refresh_runs()  # ...and none from the list's refresh
+    qtbot.waitUntil(lambda: not view.runs_loading, timeout=10000)
+    assert seen == []
+    lines = [view.runs_list.item(i).text() for i in range(view.runs_list.count())]
+    assert len(lines) == 5 and all(" — cancelled — " in line for line in lines)
+
+
+def test_the_running_runs_line_follows_its_steps_and_the_first_steps_estimate_gives_way_to_the_eta(window, qtbot, tmp_path):
     # Walkthrough: between checkpoints the list said "? — training now — step 0/?" while the bar
     # was at step 30, and "about 10 min" (timed on the first two steps) stayed beside a live ETA
     # of 2:38. The line follows the steps; the first-steps estimate goes once the ETA is measured.
@@ -104,6 +129,7 @@ def test_the_running_runs_line_follows_its_steps_and_the_first_steps_estimate_gi
     view = window.training_view
     view._run_dir, view._run_method = run, "lego"
     view.refresh_runs()
+    qtbot.waitUntil(lambda: not view.runs_loading, timeout=10000)
     view.estimate_label.setText("Expected duration: about 10 min for 298 steps.")
     view._on_event(TrainEvent("step", step=3, total=300, eta_s=600.0, losses={"total": 0.1}))
     line = next(view.runs_list.item(i).text() for i in range(view.runs_list.count())
@@ -209,6 +235,7 @@ def test_restart_reopens_the_last_project_and_offers_its_interrupted_run(qtbot, 
     assert second.offer_interrupted_run() is None  # declined
     assert len(asked) == 1 and "interrupted" in asked[0]
     assert second.current_place() == "training"
+    qtbot.waitUntil(lambda: second.training_view.runs_list.currentItem() is not None, timeout=10000)
     assert second.training_view.runs_list.currentItem().data(0x0100) == str(run)
     assert second.training_view.resume_button.isEnabled()
     second.shutdown_workers()

@@ -414,12 +414,14 @@ def test_paused_shows_in_the_eta_and_the_run_list(window, qtbot, tmp_path):
     models = window.context.models = BlockingModels()
     view.form.set_value("subject", "a toy robot")
     assert view.start()
+    qtbot.waitUntil(lambda: not view.runs_loading, timeout=10000)
     view.eta_label.setText("ETA 1:05")
     view.toggle_pause()
     assert view.eta_label.text() == "paused"
     assert any("paused" in view.runs_list.item(i).text() and "training now" not in view.runs_list.item(i).text()
                for i in range(view.runs_list.count()))
     view.refresh_runs()
+    qtbot.waitUntil(lambda: not view.runs_loading, timeout=10000)
     assert any("paused" in view.runs_list.item(i).text() for i in range(view.runs_list.count()))
     view.toggle_pause()
     assert view.eta_label.text() == "ETA 1:05"

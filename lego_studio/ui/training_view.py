@@ -60,6 +60,9 @@ class TrainingView(QWidget):
         self._asking = threading.Event()  # set by the worker while a long run waits for the user's answer
         self.check_runner = TaskRunner(self)  # the foreign-images check (judge), off the UI thread
         self.plan_runner = TaskRunner(self)  # the image-size notes before Start (reads image headers)
+        self.runs_runner = TaskRunner(self)  # reads the project's runs (run.json, log.jsonl) for the list
+        self._runs_pending = False
+        self._wanted_run: Path | None = None  # a run to select once the list has been read
         self._plan_key = None  # what the plan line shown was worked out for
         self._plan_pending = False
         self._foreign: dict = {}  # (spec, images) -> warning or ""
@@ -409,9 +412,41 @@ class TrainingView(QWidget):
             project.save()
 
     def refresh_runs(self) -> None:
+        """Read the project's runs in a worker (every run's record and log: file work that grows
+        with the runs) and show them; a refresh asked for meanwhile reads again after."""
         project = self.context.project
-        ours = self._run_dir if self.runner.busy else None
-        self.runs_list.fill(project.runs() if project is not None else [], ours, self._our_status())
+        if project is None:
+            self.runs_list.fill([], None, "")
+            return
+        if self.runs_runner.busy:
+            self._runs_pending = True
+            return
+        self._runs_pending = False
+
+        def done(infos):
+            if self.context.project is project:
+                ours = self._run_dir if self.runner.busy else None
+                self.runs_list.fill(infos, ours, self._our_status())
+                if ours is not None and self.progress.maximum() > 0:  # steps seen since the reading
+                    self._show_current_run_step(self.progress.value(), self.progress.maximum())
+                if self._wanted_run is not None:
+                    self.runs_list.select(self._wanted_run)
+                    self._wanted_run = None
+                self._update_buttons()
+            if self._runs_pending:
+                self.refresh_runs()
+
+        def failed(message):
+            self.status_label.setText(f"Could not read the runs: {message}")
+            if self._runs_pending:
+                self.refresh_runs()
+
+        self.runs_runner.start(lambda state: project.runs(), on_done=done, on_error=failed, name="runs")
+
+    @property
+    def runs_loading(self) -> bool:
+        """Whether the runs list is being read (it shows the last reading meanwhile)."""
+        return self.runs_runner.busy or self._runs_pending
 
     def _show_current_run_step(self, step: int, total: int) -> None:
         if self._run_dir is not None:
@@ -421,7 +456,9 @@ class TrainingView(QWidget):
         return "paused" if self._paused else "training now"
 
     def select_run(self, run_dir: Path) -> None:
+        """Select ``run_dir``'s line now, and again when a reading in progress fills the list."""
         self.runs_list.select(run_dir)
+        self._wanted_run = run_dir if self.runs_loading else None
 
     def resumable_runs(self) -> list[Path]:
         return self.runs_list.resumable()
@@ -739,4 +776,5 @@ class TrainingView(QWidget):
         self.runner.shutdown(timeout_ms=120000)
         self.check_runner.shutdown()
         self.plan_runner.shutdown()
+        self.runs_runner.shutdown()
 
