@@ -116,6 +116,12 @@ def test_the_runs_list_is_read_off_the_ui_thread(window, qtbot, tmp_path, ui_thr
     assert seen == []
     lines = [view.runs_list.item(i).text() for i in range(view.runs_list.count())]
     assert len(lines) == 5 and all(" — cancelled — " in line for line in lines)
+    # A refresh keeps the run the user selected.
+    view.runs_list.setCurrentRow(2)
+    chosen = view.runs_list.currentItem().data(0x0100)
+    view.refresh_runs()
+    qtbot.waitUntil(lambda: not view.runs_loading, timeout=10000)
+    assert view.runs_list.currentItem() is not None and view.runs_list.currentItem().data(0x0100) == chosen
 
 
 def test_the_running_runs_line_follows_its_steps_and_the_first_steps_estimate_gives_way_to_the_eta(window, qtbot, tmp_path):

@@ -17,7 +17,9 @@ RESUMABLE_ROLE = Qt.ItemDataRole.UserRole + 1
 class RunsList(QListWidget):
     def fill(self, infos, ours: Path | None = None, our_status: str = "") -> None:
         """One line per run (core/runs.RunInfo); ``ours`` is the run this window is training now,
-        shown with ``our_status`` and never offered for resuming."""
+        shown with ``our_status`` and never offered for resuming. The selected run stays selected."""
+        current = self.currentItem()
+        selected = current.data(PATH_ROLE) if current is not None else None
         self.clear()
         for info in infos:
             mine = ours is not None and info.path == ours
@@ -39,6 +41,8 @@ class RunsList(QListWidget):
             if resumable:
                 item.setToolTip("\n".join(filter(None, [info.message, "Resumable: select it and press Resume"])))
             self.addItem(item)
+            if selected is not None and str(info.path) == selected:
+                self.setCurrentItem(item)
 
     def show_step(self, run_dir: Path, method: str, status: str, step: int, total: int) -> None:
         """Keep the running run's line current between checkpoints (no disk reads per step)."""
