@@ -87,3 +87,35 @@ def test_import_model_stack_quiets_the_libraries():
     proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=_env(), timeout=600)
     assert proc.returncode == 0, proc.stderr[-2000:]
     assert proc.stdout.split() == ["True", "True"]
+
+
+def test_the_judge_built_while_a_model_loads_gets_real_weights():
+    """diffusers builds a model inside accelerate's empty-weights context, which patches torch's
+    module construction for every thread. Seen in the suite: the Shape World judge, loaded for the
+    foreign-images check while a run loaded its model, got ``meta`` parameters and its weights were
+    silently not loaded. Module builds share the model-load lock, so it cannot happen."""
+    import threading
+    import time
+
+    from accelerate import init_empty_weights
+
+    from lego_studio.core.model_stack import MODEL_LOAD_LOCK
+    from lego_studio.shapeworld.judge import load_judge
+
+    loading = threading.Event()
+    done = threading.Event()
+
+    def a_model_load():  # what diffusers' from_pretrained does, under the lock as core/models.py takes it
+        with MODEL_LOAD_LOCK:
+            with init_empty_weights():
+                loading.set()
+                time.sleep(1.0)
+        done.set()
+
+    loader = threading.Thread(target=a_model_load)
+    loader.start()
+    assert loading.wait(10)
+    judge = load_judge()  # meanwhile, in this thread
+    loader.join()
+    assert done.is_set()
+    assert {p.device.type for p in judge.net.parameters()} == {"cpu"}

@@ -18,8 +18,10 @@ import threading
 from types import SimpleNamespace
 
 _LOCK = threading.Lock()
-# Held while a model is built from its files: transformers/diffusers construct modules under
-# torch's default-device context, a process-wide global, so concurrent loads corrupt each other.
+# Held while any torch module is built (a model from its files, the Shape World judge, Segment
+# Anything): diffusers/accelerate build models inside an empty-weights context that patches
+# torch's module construction process-wide, so a module built in another thread meanwhile would
+# get ``meta`` parameters (and loading weights into it would silently do nothing).
 MODEL_LOAD_LOCK = threading.RLock()
 _STACK: SimpleNamespace | None = None
 

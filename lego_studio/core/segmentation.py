@@ -326,12 +326,15 @@ def load_sam_model(checkpoint_path: str | os.PathLike, model_type: str = "auto",
     arch = detect_sam_architecture({k: tuple(v.shape) for k, v in state.items()}, source=str(path))
     if model_type not in ("auto", arch.model_type):
         raise InputError(f"{path}: checkpoint is a {arch.model_type} model, not {model_type}")
-    sam = build_sam(arch)
-    try:
-        sam.load_state_dict(state, strict=True)
-    except RuntimeError as exc:
-        first = str(exc).splitlines()[1].strip() if len(str(exc).splitlines()) > 1 else str(exc)
-        raise InputError(f"{path}: SAM checkpoint does not match its architecture ({first})") from None
+    from lego_studio.core.model_stack import MODEL_LOAD_LOCK
+
+    with MODEL_LOAD_LOCK:  # a model loading in another thread meanwhile would build it on meta
+        sam = build_sam(arch)
+        try:
+            sam.load_state_dict(state, strict=True)
+        except RuntimeError as exc:
+            first = str(exc).splitlines()[1].strip() if len(str(exc).splitlines()) > 1 else str(exc)
+            raise InputError(f"{path}: SAM checkpoint does not match its architecture ({first})") from None
     sam.to(device=pick_device(device), dtype=torch.float32)
     sam.eval()
     return sam, arch

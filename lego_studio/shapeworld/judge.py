@@ -170,11 +170,16 @@ def load_judge(path=None, device: str = "cpu") -> Judge:
         raise ModelError(f"{meta_path}: unreadable judge metadata ({exc})") from exc
     if meta.get("labels") != {name: list(labels) for name, labels in HEADS.items()}:
         raise ModelError(f"{meta_path}: judge was trained for another Shape World vocabulary; retrain it")
-    net = build_judge_net()
-    try:
-        net.load_state_dict(load_file(str(weights)))
-    except Exception as exc:  # safetensors/torch raise several types for a damaged file
-        raise ModelError(f"{weights}: cannot load judge weights ({exc})") from exc
+    from lego_studio.core.model_stack import MODEL_LOAD_LOCK
+
+    # Built under the model-load lock: a model loading in another thread (diffusers' empty-weights
+    # context patches torch's module construction process-wide) would put this net on ``meta``.
+    with MODEL_LOAD_LOCK:
+        net = build_judge_net()
+        try:
+            net.load_state_dict(load_file(str(weights)))
+        except Exception as exc:  # safetensors/torch raise several types for a damaged file
+            raise ModelError(f"{weights}: cannot load judge weights ({exc})") from exc
     net.to(device).eval()
     return Judge(net, device=device, metadata=meta)
 
