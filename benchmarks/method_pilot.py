@@ -13,7 +13,6 @@ per (run, snapshot) to ``pilot.jsonl`` and prints a line each. Tuning concepts o
 
 from __future__ import annotations
 
-import argparse
 import json
 import sys
 import tempfile
@@ -22,7 +21,6 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from lego_studio.core.errors import InputError  # noqa: E402
 from lego_studio.shapeworld import benchmark as bm  # noqa: E402
 from lego_studio.shapeworld import benchmark_runner as br  # noqa: E402
 
@@ -97,26 +95,18 @@ def _trace_effects(trainer, trace: list) -> None:
 
 
 def main(argv=None) -> int:
-    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    p.add_argument("--concepts", nargs="+", default=["tuning"])
+    p = bm.tuning_parser(__doc__.splitlines()[0])
     p.add_argument("--variants", nargs="+", default=["lego"])
     p.add_argument("--tracks", nargs="+", default=["no-colour"])
     p.add_argument("--seeds", nargs="+", type=int, default=[0])
     p.add_argument("--snapshots", nargs="+", type=int, default=[150, 300, 500])
     p.add_argument("--lr", type=float, default=bm.DEFAULT_LR)
-    p.add_argument("--threads", type=int, default=1)
-    p.add_argument("--allow-held-out", action="store_true")
     p.add_argument("--trace", action="store_true", help="record the concept's effect sizes every step (trace.jsonl)")
-    p.add_argument("--out", required=True)
-    args = p.parse_args(argv)
 
     from lego_studio.core.training import Trainer
     from lego_studio.shapeworld.judge import judge, load_judge
 
-    try:
-        concepts, config, model, out = bm.tuning_setup(args.concepts, args.allow_held_out, args.threads, args.out)
-    except InputError as exc:
-        raise SystemExit(f"error: {exc}") from None
+    args, concepts, config, model, out = bm.tuning_setup(p, argv)
     judge_model = load_judge(None)
     snapshots = sorted(set(args.snapshots))
     started = time.time()

@@ -17,7 +17,6 @@ Writes ``landscape.jsonl`` (one line per concept, track, variant, candidate: eve
 
 from __future__ import annotations
 
-import argparse
 import json
 import sys
 import tempfile
@@ -26,7 +25,6 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from lego_studio.core.errors import InputError  # noqa: E402
 from lego_studio.shapeworld import benchmark as bm  # noqa: E402
 
 # name -> TrainConfig overrides on the Lego preset (the benchmark's own train_config otherwise)
@@ -67,13 +65,8 @@ def score(model, cfg, images, masks, words, batches: int, cache: Path) -> dict[s
     cfg = type(cfg).from_dict({**cfg.to_dict(), "num_vectors": n, "init_words": list(words or [])})
     with tempfile.TemporaryDirectory(prefix="lego-oracle-") as tmp:
         trainer = Trainer(model, cfg, images, masks, Path(tmp))
-        trainer._prepare_model()
-        trainer._initial = trainer._initial_concept_vectors()
-        trainer._initial_subject = None
         resolution = int(cfg.resolution or model.family.resolution)
-        trainer.exemplars = build_exemplars(model, images, masks, resolution, cache)
-        trainer.subject_set = None
-        trainer._start_or_resume(False, cfg.total_steps)
+        trainer.prepare(build_exemplars(model, images, masks, resolution, cache), start_vectors="run")
         totals: dict[str, float] = {}
         with torch.no_grad():
             for k in range(batches):
@@ -84,20 +77,12 @@ def score(model, cfg, images, masks, words, batches: int, cache: Path) -> dict[s
 
 
 def main(argv=None) -> int:
-    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    p.add_argument("--concepts", nargs="+", default=["tuning"])
+    p = bm.tuning_parser(__doc__.splitlines()[0])
     p.add_argument("--tracks", nargs="+", default=["no-colour", "no-shape"])
     p.add_argument("--variants", nargs="+", default=list(VARIANTS))
     p.add_argument("--batches", type=int, default=24, help="fixed batches each candidate is scored on")
-    p.add_argument("--threads", type=int, default=1)
-    p.add_argument("--allow-held-out", action="store_true")
-    p.add_argument("--out", required=True)
-    args = p.parse_args(argv)
 
-    try:
-        concepts, config, model, out = bm.tuning_setup(args.concepts, args.allow_held_out, args.threads, args.out)
-    except InputError as exc:
-        raise SystemExit(f"error: {exc}") from None
+    args, concepts, config, model, out = bm.tuning_setup(p, argv)
     rows = []
     started = time.time()
     with tempfile.TemporaryDirectory(prefix="lego-oracle-cache-") as cache_root:

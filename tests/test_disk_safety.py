@@ -154,13 +154,18 @@ def test_concepts_import_into_a_full_library(tmp_path, monkeypatch, capsys):
     assert "no space left on device writing" in line and "frost.safetensors" in line
 
 
+def _library_dir_setting(config_dir, library):
+    """The user's settings name ``library`` as the library folder (as Settings writes them)."""
+    (config_dir / "settings.json").write_text(json.dumps({"schema": 1, "library_dir": str(library)}))
+
+
 def test_concepts_import_into_a_full_library_real(tmp_path, capsys):
     source = save_concept(_concept(), tmp_path / "frost.safetensors")
     settings = tmp_path / "lego-home" / "config"
     settings.mkdir(parents=True, exist_ok=True)
     with full_disk(tmp_path / "lib") as library:
         ConceptLibrary(library)
-        (settings / "settings.json").write_text(json.dumps({"schema": 1, "library_dir": str(library)}))
+        _library_dir_setting(settings, library)
         assert main(["concepts", "import", str(source)]) == 2
         assert "no space left on device writing" in _one_error_line(capsys.readouterr().err)
         assert main(["concepts", "import", "--replace", str(source)]) == 2
@@ -172,12 +177,12 @@ def test_concepts_import_into_a_read_only_library_real(tmp_path, capsys):
     settings = tmp_path / "lego-home" / "config"
     settings.mkdir(parents=True, exist_ok=True)
     ConceptLibrary(tmp_path / "lib")
-    (settings / "settings.json").write_text(json.dumps({"schema": 1, "library_dir": str(tmp_path / "lib")}))
+    _library_dir_setting(settings, tmp_path / "lib")
     with read_only(tmp_path / "lib"):
         assert main(["concepts", "import", str(source)]) == 2
         assert "read-only file system" in _one_error_line(capsys.readouterr().err)
     # a library folder that does not exist under a read-only parent
-    (settings / "settings.json").write_text(json.dumps({"schema": 1, "library_dir": str(tmp_path / "ro" / "new")}))
+    _library_dir_setting(settings, tmp_path / "ro" / "new")
     with read_only(tmp_path / "ro"):
         assert main(["concepts", "list"]) == 2
         assert "read-only file system creating the library folder" in _one_error_line(capsys.readouterr().err)
@@ -202,12 +207,12 @@ def test_index_json_that_is_a_folder_and_a_library_dir_that_is_a_file(tmp_path, 
     settings.mkdir(parents=True, exist_ok=True)
     library = tmp_path / "lib"
     (library / "index.json").mkdir(parents=True)
-    (settings / "settings.json").write_text(json.dumps({"schema": 1, "library_dir": str(library)}))
+    _library_dir_setting(settings, library)
     assert main(["concepts", "import", str(source)]) == 2
     assert "index.json is a folder where a file is expected" in _one_error_line(capsys.readouterr().err)
 
     (tmp_path / "afile").write_text("x")
-    (settings / "settings.json").write_text(json.dumps({"schema": 1, "library_dir": str(tmp_path / "afile")}))
+    _library_dir_setting(settings, tmp_path / "afile")
     assert main(["concepts", "list"]) == 2
     assert "the library folder is a file, not a folder" in _one_error_line(capsys.readouterr().err)
 

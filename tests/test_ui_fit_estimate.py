@@ -53,6 +53,17 @@ def photos():
     return [Image.fromarray((rng.random((48, 64, 3)) * 255).astype("uint8")) for _ in range(3)]
 
 
+def tiny_cpu_project(make_window, tmp_path, steps):
+    """A window training the random tiny model on the CPU, with a project of 3 photos open."""
+    window = make_window(with_tiny=True)
+    training = window.training_view
+    open_project(window, tmp_path, photos())
+    training.model_combo.setCurrentIndex(training.model_combo.findData(str(window.context.settings.models[0].spec)))
+    training.device_combo.setCurrentText("cpu")
+    training.form.set_value("steps", steps)
+    return window, training
+
+
 def test_small_images_are_named_beside_the_memory_plan(make_window, qtbot, tmp_path):
     import numpy as np
 
@@ -128,12 +139,7 @@ def test_a_long_run_asks_before_it_starts(make_window, qtbot, tmp_path, monkeypa
 
 
 def test_timed_estimate_memory_line_and_a_no_cancels_a_long_run(make_window, qtbot, tmp_path, monkeypatch):
-    window = make_window(with_tiny=True)
-    training = window.training_view
-    open_project(window, tmp_path, photos())
-    training.model_combo.setCurrentIndex(training.model_combo.findData(str(window.context.settings.models[0].spec)))
-    training.device_combo.setCurrentText("cpu")
-    training.form.set_value("steps", 6)
+    window, training = tiny_cpu_project(make_window, tmp_path, steps=6)
     training.form.set_value("checkpoint_every", 1)
     assert "measured on the first two steps" in training.estimate_label.text()
     # A machine with little memory free, and every run counts as long: the app must say both.
@@ -165,12 +171,7 @@ def test_a_yes_to_the_long_run_question_trains_to_the_end_and_the_run_waits_whil
     finish all its steps before the UI thread sees the estimate), and a yes lets it run to the end."""
     import time
 
-    window = make_window(with_tiny=True)
-    training = window.training_view
-    open_project(window, tmp_path, photos())
-    training.model_combo.setCurrentIndex(training.model_combo.findData(str(window.context.settings.models[0].spec)))
-    training.device_combo.setCurrentText("cpu")
-    training.form.set_value("steps", 8)
+    window, training = tiny_cpu_project(make_window, tmp_path, steps=8)
     monkeypatch.setattr(estimate, "LONG_RUN_SECONDS", 0.0)
     steps_seen_by_the_worker = []
     seen = []

@@ -150,16 +150,21 @@ class Trainer(RunFiles):
 
     # -- one step outside a run (core/memory_trace.py runs the Trainer's own step this way)
 
-    def prepare(self, exemplars, subject_set=None) -> None:
+    def prepare(self, exemplars, subject_set=None, start_vectors: str = "zeros") -> None:
         """Set up for :meth:`step_losses` as :meth:`run` does, but with ``exemplars`` (an
-        ExemplarSet) given instead of read from the images, and zero starting vectors instead of
-        the init words; the run folder only gets cleared."""
+        ExemplarSet) given instead of read from the images; the run folder only gets cleared.
+        ``start_vectors``: "zeros" (the memory trace: no table look-ups) or "run" (the init words,
+        else the vocabulary mean, as a run starts; benchmarks/oracle_landscape.py)."""
         import torch
 
         self._prepare_model()
         width = self._table.shape[1]
-        self._initial = torch.zeros(self.config.num_vectors, width)
-        self._initial_subject = torch.zeros(1, width) if self.config.subject_token_steps else None
+        if start_vectors == "run":
+            self._initial = self._initial_concept_vectors()
+            self._initial_subject = self._initial_subject_vector() if self.config.subject_token_steps else None
+        else:
+            self._initial = torch.zeros(self.config.num_vectors, width)
+            self._initial_subject = torch.zeros(1, width) if self.config.subject_token_steps else None
         self.exemplars = exemplars
         self.subject_set = subject_set
         self._start_or_resume(False, self.config.total_steps)

@@ -337,26 +337,43 @@ def train_config(spec: MethodSpec, exemplar: tuple[str, str], evaluation: Sequen
     return TrainConfig.preset(spec.preset, **values)
 
 
-def tuning_setup(names: Sequence[str], allow_held_out: bool, threads: int, out):
-    """What a tuning script (benchmarks/method_pilot.py, oracle_landscape.py) starts with: the
-    concepts (held-out ones refused unless allowed: tune on the tuning ones), the benchmark
-    protocol's config, the Shape World model on the CPU with ``threads`` torch threads, and the
-    output folder (made). Returns ``(concepts, config, model, out)``."""
+def tuning_parser(description: str):
+    """The command line every tuning script (benchmarks/method_pilot.py, oracle_landscape.py)
+    starts from: --concepts, --threads, --allow-held-out, --out; each script adds its own."""
+    import argparse
+
+    parser = argparse.ArgumentParser(description=description)
+    parser.add_argument("--concepts", nargs="+", default=["tuning"])
+    parser.add_argument("--threads", type=int, default=1)
+    parser.add_argument("--allow-held-out", action="store_true")
+    parser.add_argument("--out", required=True)
+    return parser
+
+
+def tuning_setup(parser, argv=None):
+    """Parse a :func:`tuning_parser` command line and set up: the concepts (held-out ones refused,
+    in one line, unless --allow-held-out: tune on the tuning ones), the benchmark protocol's
+    config, the Shape World model on the CPU with --threads torch threads, and the output folder
+    (made). Returns ``(args, concepts, config, model, out)``."""
     from pathlib import Path
 
     import torch
 
     from lego_studio.core.models import load_model
 
-    concepts = resolve_concepts(names)
+    args = parser.parse_args(argv)
+    try:
+        concepts = resolve_concepts(args.concepts)
+    except InputError as exc:
+        parser.error(str(exc))
     held = [c for c in concepts if concept_split(c) == "held-out"]
-    if held and not allow_held_out:
-        raise InputError(f"{held} are held-out concepts; tune on the tuning ones (or pass --allow-held-out)")
-    torch.set_num_threads(int(threads))
-    out = Path(out)
+    if held and not args.allow_held_out:
+        parser.error(f"{held} are held-out concepts; tune on the tuning ones (or pass --allow-held-out)")
+    torch.set_num_threads(int(args.threads))
+    out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
-    config = BenchmarkConfig(concepts=concepts, device="cpu", threads=int(threads))
-    return concepts, config, load_model("shapeworld", device="cpu", precision="fp32"), out
+    config = BenchmarkConfig(concepts=concepts, device="cpu", threads=int(args.threads))
+    return args, concepts, config, load_model("shapeworld", device="cpu", precision="fp32"), out
 
 
 def _slug(text: str) -> str:
