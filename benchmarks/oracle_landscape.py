@@ -87,10 +87,7 @@ def main(argv=None) -> int:
     started = time.time()
     with tempfile.TemporaryDirectory(prefix="lego-oracle-cache-") as cache_root:
         for concept in concepts:
-            exemplar = bm.exemplar_subject(concept)
-            evaluation = bm.held_out_subjects(concept, exemplar, config.n_subjects)
-            renders = bm.render_exemplars(concept, exemplar, config.n_exemplars)
-            images, masks = [im for im, _ in renders], [m for _, m in renders]
+            exemplar, evaluation, images, masks = bm.concept_inputs(concept, config)
             cache = Path(cache_root) / bm._slug(concept)
             for track in args.tracks:
                 for variant in args.variants:

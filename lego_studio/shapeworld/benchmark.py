@@ -238,6 +238,15 @@ def render_exemplars(concept: str, subject: tuple[str, str], n: int, seed: int =
     return [render(shape, colour, concept, rng)[:2] for _ in range(n)]
 
 
+def concept_inputs(concept: str, config: "BenchmarkConfig"):
+    """One concept's protocol inputs: ``(exemplar subject, evaluation subjects, exemplar images,
+    their masks)``, the same for every method, seed and track."""
+    exemplar = exemplar_subject(concept)
+    renders = render_exemplars(concept, exemplar, config.n_exemplars)
+    evaluation = held_out_subjects(concept, exemplar, config.n_subjects)
+    return exemplar, evaluation, [im for im, _ in renders], [m for _, m in renders]
+
+
 def held_out_subjects(concept: str, exemplar: tuple[str, str], n: int) -> list[tuple[str, str]]:
     """``n`` (shape, colour) subjects whose shape AND colour both differ from the exemplar's.
 

@@ -33,6 +33,7 @@ from lego_studio.shapeworld.benchmark import (
     Plan,
     _slug,
     benchmark_prompt,
+    concept_inputs,
     concept_split,
     exemplar_subject,
     held_out_subjects,
@@ -185,10 +186,7 @@ def measure_costs(model, config: BenchmarkConfig, specs: Sequence[MethodSpec], w
     """Seconds per training step of each method (a few real steps each, the first not counted),
     seconds of one run's generation, and the per-run setup overhead, on this machine."""
     concept = config.concepts[0]
-    exemplar = exemplar_subject(concept)
-    renders = render_exemplars(concept, exemplar, config.n_exemplars)
-    images, masks = [im for im, _ in renders], [m for _, m in renders]
-    evaluation = held_out_subjects(concept, exemplar, config.n_subjects)
+    exemplar, evaluation, images, masks = concept_inputs(concept, config)
     probe_steps = 3
     step_seconds, overheads = {}, []
     for spec in specs:
