@@ -218,30 +218,59 @@ def warnings(monkeypatch):
 # --------------------------------------------------------------------- file work on the UI thread
 
 _UI_IO = {"paths": None, "seen": []}
+# Audit events of file work (the path is the first argument), and the os functions without an
+# audit event (stat, access, fsync) that the recorder wraps while it records.
+_AUDITED = ("open", "os.listdir", "os.scandir", "os.mkdir", "os.rename", "os.remove", "os.rmdir", "os.chmod",
+            "os.utime", "os.truncate", "shutil.copyfile", "shutil.copytree", "shutil.rmtree", "shutil.move",
+            "glob.glob")
+_WRAPPED = ("stat", "lstat", "access", "fsync")
 
 
-def _ui_io_hook(event, args):
-    # Inert unless a test is recording (an audit hook cannot be removed once added).
-    if _UI_IO["paths"] is None or event not in ("open", "os.listdir", "os.scandir", "os.mkdir", "os.rename"):
-        return
+def _ui_io_note(event, path) -> None:
     import threading
 
-    if threading.current_thread() is not threading.main_thread() or not args:
+    if _UI_IO["paths"] is None or threading.current_thread() is not threading.main_thread():
         return
-    path = str(args[0])
+    path = os.fsdecode(path) if isinstance(path, (str, bytes, os.PathLike)) else str(path)
     if any(part in path for part in _UI_IO["paths"]):
         _UI_IO["seen"].append((event, path))
 
 
+def _ui_io_hook(event, args):
+    # Inert unless a test is recording (an audit hook cannot be removed once added).
+    if _UI_IO["paths"] is None or event not in _AUDITED or not args:
+        return
+    _ui_io_note(event, args[0])
+
+
+def _recording(name, real):
+    def wrapper(target, *args, **kwargs):
+        if _UI_IO["paths"] is not None:
+            where = target
+            if name == "fsync":
+                try:
+                    where = os.readlink(f"/proc/self/fd/{target if isinstance(target, int) else target.fileno()}")
+                except (OSError, AttributeError):
+                    where = str(target)
+            _ui_io_note(f"os.{name}", where)
+        return real(target, *args, **kwargs)
+
+    return wrapper
+
+
 @pytest.fixture
-def ui_thread_file_work():
+def ui_thread_file_work(monkeypatch):
     """``record(*path_parts)``: from then on, the file operations of the UI (main) thread on paths
-    containing any of ``path_parts`` are listed in the returned list (an audit hook)."""
+    containing any of ``path_parts`` are listed in the returned list as ``(operation, path)``:
+    opening, listing, creating, renaming, removing and copying files (audit events), and stat,
+    access and fsync (wrapped while the test runs)."""
     import sys
 
     if not getattr(_ui_io_hook, "installed", False):
         sys.addaudithook(_ui_io_hook)
         _ui_io_hook.installed = True
+    for name in _WRAPPED:
+        monkeypatch.setattr(os, name, _recording(name, getattr(os, name)))
 
     def record(*parts):
         _UI_IO["seen"] = []

@@ -15,9 +15,10 @@ RESUMABLE_ROLE = Qt.ItemDataRole.UserRole + 1
 
 
 class RunsList(QListWidget):
-    def fill(self, infos, ours: Path | None = None, our_status: str = "") -> None:
+    def fill(self, infos, ours: Path | None = None, our_status: str = "", resumable_runs=()) -> None:
         """One line per run (core/runs.RunInfo); ``ours`` is the run this window is training now,
-        shown with ``our_status`` and never offered for resuming. The selected run stays selected."""
+        shown with ``our_status`` and never offered for resuming; ``resumable_runs`` the runs that
+        can be resumed (``RunInfo.resumable``, read off the UI thread). The selected run stays selected."""
         current = self.currentItem()
         selected = current.data(PATH_ROLE) if current is not None else None
         self.clear()
@@ -36,7 +37,7 @@ class RunsList(QListWidget):
             if info.message:
                 item.setToolTip(info.message)
             item.setData(PATH_ROLE, str(info.path))
-            resumable = not mine and info.resumable
+            resumable = not mine and info.path in resumable_runs
             item.setData(RESUMABLE_ROLE, resumable)
             if resumable:
                 item.setToolTip("\n".join(filter(None, [info.message, "Resumable: select it and press Resume"])))

@@ -423,10 +423,11 @@ class TrainingView(QWidget):
             return
         self._runs_pending = False
 
-        def done(infos):
+        def done(result):
+            infos, resumable = result
             if self.context.project is project:
                 ours = self._run_dir if self.runner.busy else None
-                self.runs_list.fill(infos, ours, self._our_status())
+                self.runs_list.fill(infos, ours, self._our_status(), resumable)
                 if ours is not None and self.progress.maximum() > 0:  # steps seen since the reading
                     self._show_current_run_step(self.progress.value(), self.progress.maximum())
                 if self._wanted_run is not None:
@@ -441,7 +442,11 @@ class TrainingView(QWidget):
             if self._runs_pending:
                 self.refresh_runs()
 
-        self.runs_runner.start(lambda state: project.runs(), on_done=done, on_error=failed, name="runs")
+        def read(state):
+            infos = project.runs()
+            return infos, {info.path for info in infos if info.resumable}
+
+        self.runs_runner.start(read, on_done=done, on_error=failed, name="runs")
 
     @property
     def runs_loading(self) -> bool:
