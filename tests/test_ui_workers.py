@@ -77,6 +77,58 @@ def test_bug_in_task_does_not_kill_the_app(runner, qtbot):
     assert "Traceback" in logged and "1 / 0" in logged
 
 
+def test_the_serial_writer_runs_jobs_in_order_off_the_ui_thread_and_answers_on_it(qtbot):
+    from lego_studio.ui.workers import SerialWriter
+
+    writer = SerialWriter()
+    ran, answered, unhandled = [], [], []
+    writer.failed.connect(unhandled.append)
+
+    def job(n, delay):
+        def run():
+            time.sleep(delay)  # the first is the slowest: a FIFO still lands it first
+            ran.append((n, threading.current_thread() is threading.main_thread()))
+            return n
+        return run
+
+    for n, delay in ((1, 0.3), (2, 0.0), (3, 0.1)):
+        writer.submit(job(n, delay), on_done=lambda n: answered.append((n, threading.current_thread() is threading.main_thread())))
+    writer.submit(lambda: 1 / 0, on_error=lambda message: answered.append(("error", message)))
+    writer.submit(lambda: (_ for _ in ()).throw(InputError("a.png: no\nspace")))  # nobody handles it
+    writer.after_pending(lambda: answered.append("after the jobs before"))
+    assert writer.pending == 6
+    qtbot.waitUntil(lambda: writer.pending == 0, timeout=15000)
+    assert answered.pop() == "after the jobs before"
+    assert ran == [(1, False), (2, False), (3, False)]
+    assert answered[:3] == [(1, True), (2, True), (3, True)]  # on the UI thread, in order
+    assert answered[3][0] == "error" and "ZeroDivisionError" in answered[3][1] and "\n" not in answered[3][1]
+    assert unhandled == ["a.png: no space"]
+    writer.shutdown()
+
+
+def test_the_serial_writer_gives_a_full_disk_its_one_line_and_shutdown_finishes_the_writes(qtbot, tmp_path):
+    import errno
+
+    from lego_studio.ui.workers import SerialWriter
+
+    writer = SerialWriter()
+    errors, landed = [], []
+
+    def full():
+        raise OSError(errno.ENOSPC, "No space left on device", str(tmp_path / "masks" / "a.png"))
+
+    writer.submit(full, on_error=errors.append)
+    writer.submit(lambda: (time.sleep(0.3), (tmp_path / "late.txt").write_text("written"))[1], on_done=landed.append)
+    assert writer.shutdown()  # waits for the queued writes, delivers their outcomes, stops the thread
+    assert errors == [f"no space left on device writing {tmp_path / 'masks' / 'a.png'}: free some space and try "
+                      "again (a run resumes with --resume)"]
+    assert (tmp_path / "late.txt").read_text() == "written" and landed == [7]
+    writer.submit(lambda: 8, on_done=landed.append)  # after a shutdown the thread starts again
+    assert writer.drain() and landed == [7, 8]
+    writer.shutdown()
+    writer.shutdown()  # twice is fine
+
+
 def test_run_and_wait_keeps_the_ui_turning(runner, qtbot):
     from PySide6.QtCore import QTimer
 

@@ -1,4 +1,6 @@
-"""State shared by all views: settings, the open project, the concept library.
+"""State shared by all views: settings, the open project, the concept library, and the one
+writer (:class:`~lego_studio.ui.workers.SerialWriter`) that the writes of the project, the library
+and the settings go through, in order, off the UI thread.
 
 Views never talk to each other directly; they listen to these signals. Nothing here imports
 torch: the window must appear before the heavy libraries load.
@@ -32,6 +34,10 @@ class AppContext(QObject):
         from lego_studio.ui.model_cache import ModelCache
 
         self.models = ModelCache()  # shared by training and gallery jobs
+        from lego_studio.ui.workers import SerialWriter
+
+        self.writes = SerialWriter(self)  # every project, library and settings write, in order
+        self.writes.failed.connect(self.status_message)  # a failed write nobody else reports
 
     # ------------------------------------------------------------ settings
     def save_settings(self) -> None:

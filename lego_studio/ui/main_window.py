@@ -431,6 +431,21 @@ class MainWindow(QMainWindow):
         for runner in [self._device_runner, *self.findChildren(TaskRunner)]:
             runner.shutdown()  # also the runners of a view whose shutdown failed half-way
         shutdown_abandoned()  # checks a closed dialog left running (Settings: OK never waits for them)
+        # Last, the writes still queued (the last mask, fields, window state) land, then the writer stops.
+        from lego_studio.core.errors import LegoError
+
+        failures: list[str] = []
+
+        def failed(message: str) -> None:
+            failures.append(message)
+
+        writes = self.context.writes
+        writes.failed.connect(failed)
+        try:
+            writes.shutdown()
+        finally:
+            writes.failed.disconnect(failed)
+        problems += [LegoError(message) for message in failures]
         for exc in problems:
             _report_on_quit(exc)
 

@@ -21,6 +21,22 @@ from PySide6.QtCore import QObject, QThread, Signal, Slot
 from lego_studio.core.errors import Cancelled, LegoError
 
 
+def failure_message(exc: Exception) -> str:
+    """The one line the user sees for a task's failure: a :class:`LegoError`'s message, the
+    one-line :class:`~lego_studio.core.errors.DiskError` for a full or read-only disk, and for
+    anything else (a bug) the line naming the error and the log file that has its traceback."""
+    from lego_studio.core.errors import disk_error
+
+    if isinstance(exc, LegoError):
+        return str(exc)
+    problem = disk_error(exc)
+    if problem is not None:
+        return str(problem)
+    from lego_studio.ui.errors import log_bug
+
+    return log_bug(type(exc), exc, exc.__traceback__)
+
+
 class TaskState:
     """What a running task sees: report progress, emit events, check for cancel.
 
@@ -94,12 +110,8 @@ class Worker(QObject):
             result = self._fn(self.state)
         except Cancelled:
             self.cancelled.emit()
-        except LegoError as exc:
-            self.failed.emit(str(exc))
-        except Exception:  # a bug, not a user error: keep the UI alive, log it, name the log
-            from lego_studio.ui.errors import log_bug
-
-            self.failed.emit(log_bug(*sys.exc_info()))
+        except Exception as exc:  # noqa: BLE001 - a user error or a bug: one line, the UI stays alive
+            self.failed.emit(failure_message(exc))
         else:
             if self.state.cancelled:
                 self.cancelled.emit()
@@ -308,3 +320,110 @@ def shutdown_abandoned(timeout_ms: int = 30000) -> None:
     for runner in list(_ABANDONED):
         runner.shutdown(timeout_ms)
         _ABANDONED.discard(runner)
+
+
+class SerialWriter(QObject):
+    """The one background writer of the open project, the library and the settings: a single
+    thread that runs the jobs it is given one after the other, in the order they came (a FIFO).
+
+    Two writes of the same file never interleave and always land in the order the user made them
+    (two quick saves of one mask; a mask save and the ``project.json`` save of a field), and a
+    read that must see them (a mask loaded back, the mask badges) is queued behind them.
+    ``submit(fn, on_done, on_error)``: ``fn()`` runs on the writer thread; ``on_done(result)`` or
+    ``on_error(message)`` (the line of :func:`failure_message`) then runs on the UI thread, also in
+    order. A failure nobody handles is sent as ``failed(message)`` (the app shows it in the status
+    bar). Jobs never wait for the UI thread.
+
+    :meth:`drain` waits until every job submitted has run and delivers their outcomes;
+    :meth:`shutdown` (the window's close) drains, then stops the thread, so no write is lost. A job
+    submitted after that starts the thread again.
+    """
+
+    failed = Signal(str)
+    _ready = Signal()  # outcomes are waiting (emitted by the writer thread, received on the UI thread)
+
+    def __init__(self, parent: QObject | None = None):
+        super().__init__(parent)
+        import collections
+        import queue
+
+        self._jobs: queue.Queue = queue.Queue()
+        self._outcomes: collections.deque = collections.deque()  # (job id, ok, value), in order
+        self._callbacks: dict[int, tuple] = {}  # job id -> (on_done, on_error), until delivered
+        self._submitted = 0
+        self._finished = 0
+        self._condition = threading.Condition()
+        self._thread: threading.Thread | None = None
+        self._ready.connect(self._deliver)
+
+    @property
+    def pending(self) -> int:
+        """Jobs submitted whose outcome has not been delivered yet."""
+        return len(self._callbacks)
+
+    def submit(self, fn: Callable[[], Any], on_done: Callable[[Any], None] | None = None,
+               on_error: Callable[[str], None] | None = None) -> None:
+        with self._condition:
+            self._submitted += 1
+            job = self._submitted
+        self._callbacks[job] = (on_done, on_error)
+        if self._thread is None or not self._thread.is_alive():
+            # A daemon thread: a write stuck on a dead network disk must not keep the app alive
+            # (shutdown gives it time; a window's close never quits before its writes otherwise).
+            self._thread = threading.Thread(target=self._run, name="lego-writes", daemon=True)
+            self._thread.start()
+        self._jobs.put((job, fn))
+
+    def after_pending(self, callback: Callable[[], None]) -> None:
+        """Call ``callback()`` on the UI thread once every job submitted so far is done and its
+        outcome delivered (e.g. once the project being opened is open)."""
+        self.submit(lambda: None, on_done=lambda _result: callback())
+
+    def drain(self, timeout_ms: int = 30000) -> bool:
+        """Wait (blocking the calling thread) until every job submitted so far has run, then deliver
+        their outcomes. For the window's close and for tests; False when the time ran out."""
+        with self._condition:
+            target = self._submitted
+            done = self._condition.wait_for(lambda: self._finished >= target, timeout_ms / 1000)
+        self._deliver()
+        return done
+
+    def shutdown(self, timeout_ms: int = 30000) -> bool:
+        """Finish every pending write, then stop the thread. Safe to call twice."""
+        done = self.drain(timeout_ms)
+        thread, self._thread = self._thread, None
+        if thread is not None and thread.is_alive():
+            self._jobs.put(None)
+            thread.join(timeout_ms / 1000)
+        return done
+
+    # ------------------------------------------------------------- private
+    def _run(self) -> None:
+        while True:
+            item = self._jobs.get()
+            if item is None:
+                return
+            job, fn = item
+            try:
+                outcome = (job, True, fn())
+            except Exception as exc:  # noqa: BLE001 - a user error or a bug: delivered as one line
+                outcome = (job, False, failure_message(exc))
+            del fn, item
+            self._outcomes.append(outcome)
+            with self._condition:
+                self._finished += 1
+                self._condition.notify_all()
+            self._ready.emit()
+
+    @Slot()
+    def _deliver(self) -> None:
+        while self._outcomes:
+            job, ok, value = self._outcomes.popleft()
+            on_done, on_error = self._callbacks.pop(job, (None, None))
+            if ok:
+                if on_done is not None:
+                    on_done(value)
+            elif on_error is not None:
+                on_error(value)
+            else:
+                self.failed.emit(value)
