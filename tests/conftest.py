@@ -167,7 +167,8 @@ def exemplar_folders(tmp_path):
 @pytest.fixture
 def open_window(qtbot):
     """``open_window(settings=None, size=None)``: the app's main window, shown (on ``settings``,
-    default the fresh ones of this test's LEGO_STUDIO_HOME); its workers stop after the test."""
+    default the fresh ones of this test's LEGO_STUDIO_HOME); its workers stop after the test.
+    File work runs off the UI thread: ``window.settle()`` waits until it is done."""
     from lego_studio.core.settings import Settings
     from lego_studio.ui.context import AppContext
     from lego_studio.ui.main_window import MainWindow
@@ -181,11 +182,24 @@ def open_window(qtbot):
             win.resize(*size)
         win.show()
         opened.append(win)
+        win.settle = lambda timeout=30000: settle(qtbot, win, timeout)
         return win
 
     yield open_
     for win in opened:
         win.shutdown_workers()
+
+
+def settle(qtbot, window, timeout=30000):
+    """Wait until ``window``'s file work is done: the writes queued in the context's writer and the
+    readings the Training page shows (the runs list, the time figures, a Start in progress)."""
+    training = window.training_view
+
+    def idle():
+        return (window.context.writes.pending == 0 and not training.runs_loading and not training.estimate_loading
+                and not training._starting)
+
+    qtbot.waitUntil(idle, timeout=timeout)
 
 
 @pytest.fixture

@@ -75,9 +75,29 @@ def test_small_images_are_named_beside_the_memory_plan(make_window, qtbot, tmp_p
     training.device_combo.setCurrentText("cpu")
     training.form.set_value("steps", 1)
     assert training.start()
-    qtbot.waitUntil(lambda: not training.runner.busy, timeout=120000)
+    qtbot.waitUntil(lambda: not training.is_running(), timeout=120000)
     assert not training.plan_label.isHidden(), training.status_label.text()
     assert "2 of 2 images are much smaller than the 32 px training size" in training.plan_label.text()
+
+
+def test_start_does_no_file_work_on_the_ui_thread(make_window, qtbot, tmp_path, ui_thread_file_work):
+    # Start used to save project.json (with fsync), make the run folder, read step_times.json and
+    # ask the library about the name on the UI thread: a slow disk froze the window at every Start.
+    window, training = tiny_cpu_project(make_window, tmp_path, steps=1)
+    training.form.set_value("subject", "a toy robot")  # a field typed here is stored in the project too
+    window.settle()
+    seen = ui_thread_file_work(str(tmp_path))  # the project, step_times.json, the library, the settings
+    assert training.start()
+    qtbot.waitUntil(lambda: training.runner.busy, timeout=30000)  # the run has started
+    found = list(seen)
+    ui_thread_file_work()  # stop recording (the checks below read files)
+    qtbot.waitUntil(lambda: not training.is_running(), timeout=120000)
+    assert found == []
+    project = Project.open(tmp_path / "project")
+    assert project.subject == "a toy robot" and project.train_defaults["steps"] == 1
+    runs = list((tmp_path / "project" / "runs").iterdir())
+    assert len(runs) == 1 and (runs[0] / "run.json").is_file()
+    assert training.last_concept_path is not None and training.last_concept_path.is_file(), training.status_label.text()
 
 
 def test_shapeworld_model_with_foreign_images_says_so_and_points_to_settings(make_window, qtbot, tmp_path):
@@ -126,8 +146,8 @@ def test_a_long_run_asks_before_it_starts(make_window, qtbot, tmp_path, monkeypa
     training.form.set_value("steps", 500)
     key = estimate.figure_key("shapeworld", training.device_combo.currentText(), "lego", None, 1)
     estimate.record_figure(key, 70.0, 5, "cpu")
-    training.update_estimate()
-    assert "about 9 h 43 min" in training.estimate_label.text()
+    training.update_estimate()  # the figures are read again off the UI thread
+    qtbot.waitUntil(lambda: "about 9 h 43 min" in training.estimate_label.text(), timeout=10000)
     questions = Questions(QMessageBox.StandardButton.No)
     monkeypatch.setattr(QMessageBox, "question", questions)
     assert not training.start()
@@ -148,7 +168,7 @@ def test_timed_estimate_memory_line_and_a_no_cancels_a_long_run(make_window, qtb
     questions = Questions(QMessageBox.StandardButton.No)
     monkeypatch.setattr(QMessageBox, "question", questions)
     assert training.start()
-    qtbot.waitUntil(lambda: not training.runner.busy, timeout=120000)
+    qtbot.waitUntil(lambda: not training.is_running(), timeout=120000)
     assert len(questions.texts) == 1 and "The fastest option is fewer steps" in questions.texts[0]
     assert training.estimate_label.text().startswith("Expected duration: about")
     assert "timed on its first steps" in training.estimate_label.text()
@@ -162,7 +182,7 @@ def test_timed_estimate_memory_line_and_a_no_cancels_a_long_run(make_window, qtb
     assert run_dir in training.resumable_runs()
     # The figure is remembered: the next start shows the estimate before it runs.
     training.update_estimate()
-    assert "from an earlier run on this machine" in training.estimate_label.text()
+    qtbot.waitUntil(lambda: "from an earlier run on this machine" in training.estimate_label.text(), timeout=10000)
 
 
 def test_a_yes_to_the_long_run_question_trains_to_the_end_and_the_run_waits_while_asked(make_window, qtbot, tmp_path,
@@ -188,7 +208,7 @@ def test_a_yes_to_the_long_run_question_trains_to_the_end_and_the_run_waits_whil
     questions = Slow(QMessageBox.StandardButton.Yes)
     monkeypatch.setattr(QMessageBox, "question", questions)
     assert training.start()
-    qtbot.waitUntil(lambda: not training.runner.busy, timeout=120000)
+    qtbot.waitUntil(lambda: not training.is_running(), timeout=120000)
     assert len(questions.texts) == 1
     assert steps_seen_by_the_worker and steps_seen_by_the_worker[0] <= 3, steps_seen_by_the_worker
     assert max(seen) == 8

@@ -60,6 +60,7 @@ def test_training_settings_do_not_leak_between_projects(window, tmp_path):
     view.form.set_value("subject", "a cat")
     view.form.set_value("steps", 77)
     view.remember_settings(other, view.form.config())
+    window.settle()
     window.projects_view.open_project(tmp_path / "demo")
     window.projects_view.open_project(other.folder)
     assert view.form.value("steps") == 77
@@ -180,7 +181,7 @@ def test_start_without_subject_words_says_so_and_names_the_field(window, tmp_pat
     assert "No subject words" in view.words_label.text() and "subject_token_steps" not in view.words_label.text()
     view.form.set_value("steps", 2)
     assert view.start() is True
-    qtbot.waitUntil(lambda: not view.runner.busy, timeout=60000)
+    qtbot.waitUntil(lambda: not view.is_running(), timeout=60000)
     assert len(list(project.runs())) == 1
 
 
@@ -192,6 +193,7 @@ def test_subject_words_typed_in_training_stay_with_the_project(window, tmp_path)
     view.set_project(project)
     view.form.set_value("subject", "a star")
     view.remember_settings(project, view.form.config())
+    window.settle()
     assert project.subject == "a star"
     assert window.projects_view.subject_edit.text() == "a star"
     from lego_studio.core.project import Project
@@ -499,6 +501,7 @@ def test_each_project_keeps_the_model_it_trains_on(window, tmp_path, monkeypatch
     view.form.set_value("subject", "a star")
     view.model_combo.setCurrentIndex(view.model_combo.findData("shapeworld-xl"))
     assert view.start()
+    window.settle()
     assert xl_project.train_defaults["model"] == "shapeworld-xl"
     other = window.projects_view.create_project("Plain", [image_folder(tmp_path / "b")])
     assert window.context.project.folder == other.folder

@@ -82,11 +82,13 @@ def test_model_and_device_selectors_are_disabled_while_a_run_is_active(window, q
     view.form.set_value("subject", "a toy robot")
     assert view.model_combo.isEnabled() and view.device_combo.isEnabled()
     assert view.start(), view.status_label.text()
-    assert view.runner.busy
+    assert view.is_running()
     assert not view.model_combo.isEnabled()
     assert not view.device_combo.isEnabled()
+    qtbot.waitUntil(lambda: view.runner.busy, timeout=10000)  # started (the run folder made off the UI thread)
+    assert not view.model_combo.isEnabled()
     models.gate.set()
-    qtbot.waitUntil(lambda: not view.runner.busy, timeout=20000)
+    qtbot.waitUntil(lambda: not view.is_running(), timeout=20000)
     assert view.model_combo.isEnabled() and view.device_combo.isEnabled()
 
 
@@ -292,9 +294,11 @@ def test_masks_fill_then_undo_clears_the_stale_error_and_messages_wrap(window, q
     before = window.minimumSizeHint().width()
     view.canvas.flood_fill(1, 1, 255)  # an empty mask: the whole image becomes subject
     view.save_current_mask()
+    window.settle()
     assert "Could not save" in view.info_label.text() and "c0392b" in view.info_label.styleSheet()
     view.canvas.undo()
     view.save_current_mask()
+    window.settle()
     assert "Could not save" not in view.info_label.text() and view.info_label.styleSheet() == ""
     assert "image 1 of 1" in view.info_label.text()
     # A very long message wraps instead of widening the window.
@@ -359,14 +363,17 @@ def test_a_taken_concept_name_is_asked_about_before_the_run_starts(window, qtbot
     view.preset_combo.setCurrentText("Textual Inversion baseline")  # the name stays
     asked = []
     view.ask_name_clash = lambda name, free: asked.append((name, free, view.runner.busy)) or None
-    assert not view.start()
+    assert view.start()  # the library is asked off the UI thread; the question comes before the run starts
+    qtbot.waitUntil(lambda: not view.is_running(), timeout=10000)
     assert asked == [("frozen", "frozen-2", False)]
     assert "<frozen>" in view.status_label.text() and not view.runner.busy
+    assert not list((window.context.project.folder / "runs").iterdir())  # no run folder made
     view.ask_name_clash = lambda name, free: asked.append((name, free, view.runner.busy)) or "rename"
     assert view.start()
+    qtbot.waitUntil(lambda: view.runner.busy, timeout=10000)
     assert asked[-1] == ("frozen", "frozen-2", False)
     models.gate.set()
-    qtbot.waitUntil(lambda: not view.runner.busy, timeout=20000)
+    qtbot.waitUntil(lambda: not view.is_running(), timeout=20000)
 
 
 # ------------------------------------------------------------------------------ 12: long tooltips wrap
@@ -414,7 +421,7 @@ def test_paused_shows_in_the_eta_and_the_run_list(window, qtbot, tmp_path):
     models = window.context.models = BlockingModels()
     view.form.set_value("subject", "a toy robot")
     assert view.start()
-    qtbot.waitUntil(lambda: not view.runs_loading, timeout=10000)
+    qtbot.waitUntil(lambda: view.runner.busy and not view.runs_loading, timeout=10000)
     view.eta_label.setText("ETA 1:05")
     view.toggle_pause()
     assert view.eta_label.text() == "paused"

@@ -173,8 +173,12 @@ class StepClock:
             record_figure(self.key, statistics.median(self.intervals), len(self.intervals), self.device)
 
 
-def estimate_from_cache(key: str, steps_left: int, total_steps: int, device: str) -> Estimate | None:
-    entry = load_figures().get(key)
+def estimate_from_cache(key: str, steps_left: int, total_steps: int, device: str,
+                        figures: dict | None = None) -> Estimate | None:
+    """The estimate from the recorded figure for ``key`` (None without one). ``figures``: the
+    figures as :func:`load_figures` read them earlier (the app reads them off its UI thread);
+    by default they are read now."""
+    entry = (load_figures() if figures is None else figures).get(key)
     per_step = _seconds_per_step(entry)
     if per_step is None:
         return None

@@ -125,6 +125,17 @@ def set_fields(project: Project, **fields) -> None:
         raise
 
 
+def store_training_settings(project: Project, fields: dict, train_defaults: dict | None) -> None:
+    """Store what Start remembers (ui/train_form.settings_to_remember): the fields typed in the
+    training form (validated; refused ones are rolled back) and the training settings (None:
+    unchanged). Writes project.json: call it from the writer."""
+    if fields:
+        set_fields(project, **fields)
+    if train_defaults is not None:
+        project.train_defaults = train_defaults
+        project.save()
+
+
 def duplicate_project(project: Project) -> Project:
     name = f"{project.name} copy"
     return project.duplicate(free_folder(project.folder.parent, name), name=name)

@@ -33,6 +33,25 @@ APP_PREVIEW_EVERY = 100
 PROJECT_FIELDS = ("name", "subject", "positive_words", "negative_words")
 
 
+def settings_to_remember(project, config: TrainConfig, model: str | None = None) -> tuple[dict, dict | None]:
+    """What Start stores in ``project``: ``(fields, train_defaults)``. The project's own fields
+    (subject words, concept name, word lists) typed in the form that differ from the project's are
+    the project's, stored as if typed in Projects (which then shows them too); the form's settings
+    that differ from the app's defaults, with the model, are its ``train_defaults`` (None:
+    unchanged), so the project trains with them again after a restart."""
+    typed = {"subject": config.subject, "concept_name": config.name, "positive_words": list(config.positive_words),
+             "negative_words": list(config.negative_words or [])}
+    fields = {key: value for key, value in typed.items() if getattr(project, key) != value}
+    defaults = app_defaults(config.method).to_dict()
+    changed = {k: v for k, v in config.to_dict().items() if k not in PROJECT_FIELDS and v != defaults.get(k)}
+    changed["method"] = config.method
+    if model:  # the form's settings do not hold it; the project does (not a TrainConfig field)
+        changed["model"] = model
+    elif "model" in project.train_defaults:
+        changed["model"] = project.train_defaults["model"]
+    return fields, (changed if changed != project.train_defaults else None)
+
+
 def app_defaults(method: str = "lego", train_defaults: dict | None = None) -> TrainConfig:
     """What the form shows for a project: the method's preset, the app's own defaults
     (previews on), then the project's saved training settings."""

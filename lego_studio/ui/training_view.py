@@ -4,6 +4,9 @@ and the project's runs — an interrupted run shows as resumable and continues f
 
 Training runs in a worker thread; the trainer's events come back as Qt signals, so the UI stays
 responsive (a test measures the event-loop stall). A finished concept goes into the library.
+No file work on the UI thread: the time figures for the estimate are read in a worker; Start checks
+the library for the name, saves the project's settings and makes the run folder in the context's
+serial writer, then starts the run.
 """
 
 from __future__ import annotations
@@ -34,12 +37,13 @@ from lego_studio.core.errors import LegoError
 from lego_studio.core.estimate import format_duration
 from lego_studio.core.model_specs import BUILTIN_MODELS
 from lego_studio.core.train_config import SETTINGS, TrainConfig
-from lego_studio.ui import operations, project_io
+from lego_studio.ui import project_io
 from lego_studio.ui.loss_chart import LossChart
 from lego_studio.ui.mask_canvas import pil_to_qimage
 from lego_studio.ui.model_cache import refill_model_combos
 from lego_studio.ui.run_list import RunsList
-from lego_studio.ui.train_form import PRESETS, PROJECT_FIELDS, ConfigForm, app_defaults, explicit_memory_settings
+from lego_studio.ui.train_form import (PRESETS, ConfigForm, app_defaults, explicit_memory_settings,
+                                       settings_to_remember)
 from lego_studio.ui.wheel_guard import guard_wheel
 from lego_studio.ui.workers import TaskRunner
 from lego_studio.ui.layouts import install_two_pane_layout
@@ -61,6 +65,11 @@ class TrainingView(QWidget):
         self.check_runner = TaskRunner(self)  # the foreign-images check (judge), off the UI thread
         self.plan_runner = TaskRunner(self)  # the image-size notes before Start (reads image headers)
         self.runs_runner = TaskRunner(self)  # reads the project's runs (run.json, log.jsonl) for the list
+        self.figures_runner = TaskRunner(self)  # reads the time figures (step_times.json) for the estimate
+        self._figures: dict = {}  # the time figures, as last read
+        self._figures_pending = False
+        self._figures_shown = True  # the reading in progress updates the estimate line
+        self._starting = False  # Start is checking the name and making the run folder (in the writer)
         self._runs_pending = False
         self._wanted_run: Path | None = None  # a run to select once the list has been read
         self._plan_key = None  # what the plan line shown was worked out for
@@ -186,6 +195,8 @@ class TrainingView(QWidget):
         self.model_combo.currentIndexChanged.connect(
             lambda _i: (self.update_estimate(), self.check_foreign_images(), self.update_plan()))
         self.device_combo.currentIndexChanged.connect(lambda _i: self.update_estimate())
+        # A run records its time figure: read them again when it ends, for the next Start's question.
+        self.runner.busy_changed.connect(lambda busy: busy or self._read_figures(show=False))
         self.refresh_models()
         self.set_project(context.project)
         self.update_estimate()
@@ -193,7 +204,8 @@ class TrainingView(QWidget):
 
     # ------------------------------------------------------------ state
     def is_running(self) -> bool:
-        return self.runner.busy
+        """Whether a run is starting or running."""
+        return self.runner.busy or self._starting
 
     def refresh_models(self) -> None:
         refill_model_combos(self.model_combo, self.device_combo, self.context.settings)
@@ -214,17 +226,51 @@ class TrainingView(QWidget):
                 return None
         spec, device = self._choice()
         key = figure_key(spec, device, config.method, config.resolution, config.batch_size)
-        return estimate_from_cache(key, config.total_steps, config.total_steps, device)
+        return estimate_from_cache(key, config.total_steps, config.total_steps, device, figures=self._figures)
 
     def update_estimate(self) -> None:
-        """The expected duration of the run as set up now (a figure measured on this machine)."""
+        """The expected duration of the run as set up now (a figure measured on this machine), from
+        the figures as last read; they are read again in a worker (a run, here or in another
+        process, may have recorded one) and the line follows."""
         if self.runner.busy:
             return
+        self._show_estimate()
+        self._read_figures()
+
+    def _show_estimate(self) -> None:
         guess = self.cached_estimate()
         if guess is None:
             self.estimate_label.setText("Expected duration: measured on the first two steps after Start.")
         else:
             self.estimate_label.setText(guess.line()[0].upper() + guess.line()[1:] + ".")
+
+    def _read_figures(self, show: bool = True) -> None:
+        """Read the time figures again in the worker; with ``show``, the estimate line follows."""
+        if self.figures_runner.busy:
+            self._figures_pending = True
+            self._figures_shown = self._figures_shown or show
+            return
+        self._figures_pending = False
+        self._figures_shown = show
+
+        def read(state):
+            from lego_studio.core.estimate import load_figures
+
+            return load_figures()
+
+        def done(figures) -> None:
+            self._figures = figures
+            if self._figures_shown and not self.runner.busy:
+                self._show_estimate()
+            if self._figures_pending:
+                self._read_figures(self._figures_shown)
+
+        self.figures_runner.start(read, on_done=done, on_error=lambda _message: None, name="figures")
+
+    @property
+    def estimate_loading(self) -> bool:
+        """Whether the time figures are being read (the line shows the last reading meanwhile)."""
+        return self.figures_runner.busy or self._figures_pending
 
     def is_shapeworld_model(self) -> bool:
         spec, _device = self._choice()
@@ -237,7 +283,7 @@ class TrainingView(QWidget):
         """Warn (one line) when the built-in Shape World model would learn from pictures it does not
         know. The judge runs in a worker; the answer is remembered per model and image list."""
         project = self.context.project
-        images = project.training_inputs()[0] if project is not None else []
+        images = project_io.image_paths(project) if project is not None else []
         if not images or not self.is_shapeworld_model():
             self.foreign_label.hide()
             return
@@ -332,7 +378,7 @@ class TrainingView(QWidget):
         project = self.context.project
         if self.runner.busy:
             return
-        images = project.training_inputs()[0] if project is not None else []
+        images = project_io.image_paths(project) if project is not None else []
         resolution = self.form.value("resolution")
         spec = self._choice()[0]
         key = (spec, resolution, tuple(str(p) for p in images))
@@ -389,27 +435,22 @@ class TrainingView(QWidget):
         self.form.set_value("positive_words", project.positive_words)
         self.form.set_value("negative_words", project.negative_words or None)
 
-    def remember_settings(self, project, config: TrainConfig, model: str | None = None) -> None:
-        """Store the form's settings in the project (what differs from the app's defaults), so the
-        project trains with them again after a restart. The project's own fields (subject words,
-        concept name, word lists) typed here are the project's: they are stored as if typed in
-        Projects, which then shows them too."""
-        fields = {"subject": config.subject, "concept_name": config.name, "positive_words": list(config.positive_words),
-                  "negative_words": list(config.negative_words or [])}
-        current = project_io.get_fields(project)
-        edited = {k: v for k, v in fields.items() if current.get(k) != v}
-        if edited:
-            operations.set_fields(self.context, **edited)
-        defaults = app_defaults(config.method).to_dict()
-        changed = {k: v for k, v in config.to_dict().items() if k not in PROJECT_FIELDS and v != defaults.get(k)}
-        changed["method"] = config.method
-        if model:  # the form's settings do not hold it; the project does (not a TrainConfig field)
-            changed["model"] = model
-        elif "model" in project.train_defaults:
-            changed["model"] = project.train_defaults["model"]
-        if changed != project.train_defaults:
-            project.train_defaults = changed
-            project.save()
+    def remember_settings(self, project, config: TrainConfig, model: str | None = None,
+                          on_done=None, on_error=None) -> None:
+        """Store the form's settings in the project (train_form.settings_to_remember: the fields
+        typed here, the settings that differ from the app's defaults), in the writer; then
+        ``project_fields_changed`` when fields changed, and ``on_done()`` (or ``on_error(message)``)."""
+        fields, train_defaults = settings_to_remember(project, config, model)
+        context = self.context
+
+        def saved(_result) -> None:
+            if fields:
+                context.project_fields_changed.emit()
+            if on_done is not None:
+                on_done()
+
+        context.writes.submit(lambda: project_io.store_training_settings(project, fields, train_defaults),
+                              on_done=saved, on_error=on_error)
 
     def refresh_runs(self) -> None:
         """Read the project's runs in a worker (every run's record and log: file work that grows
@@ -469,11 +510,11 @@ class TrainingView(QWidget):
         return self.runs_list.resumable()
 
     def _update_buttons(self) -> None:
-        busy = self.runner.busy
+        busy = self.is_running()
         has_project = self.context.project is not None
         self.start_button.setEnabled(has_project and not busy)
-        self.pause_button.setEnabled(busy)
-        self.cancel_button.setEnabled(busy)
+        self.pause_button.setEnabled(self.runner.busy)
+        self.cancel_button.setEnabled(self.runner.busy)
         self.pause_button.setText("Resume" if self._paused else "Pause")
         self.resume_button.setEnabled(not busy and self.runs_list.selected_resumable() is not None)
         self.preset_combo.setEnabled(not busy)
@@ -485,51 +526,78 @@ class TrainingView(QWidget):
 
     # ------------------------------------------------------------ commands
     def start(self) -> bool:
+        """Start a run of the form's settings on the open project. What needs no file is checked
+        here (the form, images listed, the long-run question from the figures read); then, off the
+        UI thread, in the context's writer: the library is asked whether it has the concept's name
+        (a taken name is asked about now, not after the whole run), the settings are stored in the
+        project and the run folder is made; then the run starts. Returns whether Start went ahead
+        (``is_running()`` from then on; the status line says why a run did not start after all)."""
         project = self.context.project
         if project is None:
             self.status_label.setText("Open a project first.")
+            return False
+        if self.is_running():
             return False
         try:
             config = self.form.config()
         except LegoError as exc:
             self.status_label.setText(str(exc))
             return False
-        images, masks = project.training_inputs()
-        if not images:
+        if not project.images:
             self.status_label.setText("The project has no images yet: add some in Projects.")
             return False
         guess = self.cached_estimate(config)
         if guess is not None and guess.long and not self.confirm_long_run(guess):
             self.status_label.setText(f"Not started: {guess.warning()}.")
             return False
-        # A name the library already has (e.g. the TI baseline of a Lego concept, same name) is
-        # asked about now, not after the whole run.
-        on_conflict = self.ask_about_taken_name(config.name)
-        if on_conflict is None:
-            self.status_label.setText(f"Not started: the library already has <{config.name}>; "
-                                      f'change "{SETTINGS["name"].label}" or choose Replace or Keep both.')
-            return False
         spec = self.model_combo.currentData() or "shapeworld"
-        try:
-            self.remember_settings(project, config, model=spec)
-        except LegoError as exc:
-            self.status_label.setText(str(exc))
-            return False
-        run_dir = project.new_run_dir()
         device = self.device_combo.currentText()
-        return self._launch(config, run_dir, resume=False, spec=spec, device=device,
-                            confirmed=guess is not None and guess.long, on_conflict=on_conflict)
+        confirmed = guess is not None and guess.long
+        settings = self.context.settings
 
-    def ask_about_taken_name(self, name: str) -> str | None:
-        """"error" when the library has no concept of this name (nothing to ask), else the user's
-        choice: "replace", "rename" (keep both) or None (do not start)."""
-        from lego_studio.core.library import library_name
+        def check_name():
+            from lego_studio.core.library import ConceptLibrary, library_name
 
-        library = self.context.library()
-        wanted = library_name(name)
-        if wanted not in library:
-            return "error"
-        return self.ask_name_clash(wanted, library._free_name(wanted))
+            library = ConceptLibrary(settings.library_path())
+            wanted = library_name(config.name)
+            return library, wanted, (library._free_name(wanted) if wanted in library else None)
+
+        def checked(result) -> None:
+            if self.context.project is not project:
+                self._not_started("Not started: another project was opened meanwhile.")
+                return
+            library, wanted, free_name = result
+            on_conflict = "error" if free_name is None else self.ask_name_clash(wanted, free_name)
+            if on_conflict is None:
+                self._not_started(f"Not started: the library already has <{config.name}>; "
+                                  f'change "{SETTINGS["name"].label}" or choose Replace or Keep both.')
+                return
+
+            def prepared(result) -> None:
+                run_dir, images_and_masks = result
+                if self.context.project is not project:  # its run folder stays empty, as a cancelled start
+                    self._not_started("Not started: another project was opened meanwhile.")
+                    return
+                self._starting = False
+                self._launch(config, run_dir, resume=False, spec=spec, device=device, confirmed=confirmed,
+                             on_conflict=on_conflict, library=library, images_and_masks=images_and_masks)
+
+            def make_run_folder() -> None:
+                self.context.writes.submit(lambda: (project.new_run_dir(), project.training_inputs()),
+                                           on_done=prepared, on_error=self._not_started)
+
+            self.remember_settings(project, config, model=spec, on_done=make_run_folder, on_error=self._not_started)
+
+        self._starting = True
+        self._update_buttons()
+        self.status_label.setText(f"Starting {config.placeholder} ({config.method})…")
+        self.context.writes.submit(check_name, on_done=checked, on_error=self._not_started)
+        return True
+
+    def _not_started(self, message: str) -> None:
+        self._starting = False
+        self.status_label.setText(message)
+        self._update_buttons()
 
     def resume_selected(self) -> bool:
         run_dir = self.runs_list.selected_resumable()
@@ -554,14 +622,15 @@ class TrainingView(QWidget):
         return self._launch(config, run_dir, resume=True, spec=spec, device=device)
 
     def _launch(self, config: TrainConfig, run_dir: Path, resume: bool, spec: str, device: str,
-                confirmed: bool = False, on_conflict: str = "error") -> bool:
+                confirmed: bool = False, on_conflict: str = "error", library=None, images_and_masks=None) -> bool:
+        """Start the run in the worker. ``library`` (the concept library) and ``images_and_masks``
+        (the project's training images and their masks) are read there when not given."""
         project = self.context.project
         explicit = explicit_memory_settings(config)
         self._long_confirmed = confirmed
-        images, masks = project.training_inputs()
-        subject_images = [project.folder / e.file for e in project.subject_images]
+        subject_images = project_io.subject_image_paths(project)
         models = self.context.models
-        library = self.context.library()  # opened here: the worker must not touch the context
+        settings = self.context.settings
         pause = self._pause
         pause.clear()
         asking = self._asking
@@ -569,9 +638,12 @@ class TrainingView(QWidget):
 
         def train(state):
             from lego_studio.core.estimate import figure_key
+            from lego_studio.core.library import ConceptLibrary
             from lego_studio.core.run_service import as_sentence, plan_run, start_run
             from lego_studio.core.run_files import TrainEvent
 
+            images, masks = images_and_masks if images_and_masks is not None else project.training_inputs()
+            concepts = library if library is not None else ConceptLibrary(settings.library_path())
             # The run's record (core/runs.py): which inputs, model and device, so that a resume
             # (also after a restart) uses the same ones. Written here: fsync is not for the UI thread.
             inputs = {"images": images, "masks": masks, "subject_images": subject_images, "model": spec, "device": device}
@@ -607,7 +679,7 @@ class TrainingView(QWidget):
             from lego_studio.ui import library_io
 
             # A path, or NameTaken when a name taken meanwhile (or on a resume) is still to be asked about.
-            return library_io.add_trained(library, plan.concept_path, concept, project, on_conflict=on_conflict)
+            return library_io.add_trained(concepts, plan.concept_path, concept, project, on_conflict=on_conflict)
 
         train = runs.holding(run_dir, train)  # one trainer per run folder; a failure before step 1 is recorded
         self._run_dir = run_dir
@@ -782,4 +854,5 @@ class TrainingView(QWidget):
         self.check_runner.shutdown()
         self.plan_runner.shutdown()
         self.runs_runner.shutdown()
+        self.figures_runner.shutdown()
 
