@@ -98,17 +98,19 @@ def main(argv: list[str] | None = None) -> int:
         wait(app, lambda: window.context.project is not None)
     else:
         projects.create_project("Frozen shapes", [rendered_images(home / "renders")])
+        wait(app, lambda: window.context.project is not None)  # created and opened off the UI thread
         projects.subject_edit.setText("a red circle")
         projects.concept_edit.setText("frozen")
         projects.save_fields()
     project = window.context.project
-    wait(app, lambda: window.warmed_up)
+    wait(app, lambda: window.warmed_up and window.context.writes.pending == 0 and not projects.images_loading)
     shot("projects")
 
     # Masks: the first image with its mask and an assist candidate.
     window.show_place("masks")
     masks = window.masks_view
     canvas = masks.canvas
+    wait(app, lambda: canvas.has_image() and not masks.loading)  # the image is read off the UI thread
     if canvas.mask().max() == 0:
         w, h = canvas.image_size()
         canvas.set_brush_size(max(4, w // 6))

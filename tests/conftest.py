@@ -168,7 +168,9 @@ def exemplar_folders(tmp_path):
 def open_window(qtbot):
     """``open_window(settings=None, size=None)``: the app's main window, shown (on ``settings``,
     default the fresh ones of this test's LEGO_STUDIO_HOME); its workers stop after the test.
-    File work runs off the UI thread: ``window.settle()`` waits until it is done."""
+    File work runs off the UI thread, so the window has three test helpers: ``settle()`` waits
+    until its file work is done, ``create_project_and_wait(name, sources)`` and
+    ``open_project_and_wait(folder)`` return the project once it is open and shown."""
     from lego_studio.core.settings import Settings
     from lego_studio.ui.context import AppContext
     from lego_studio.ui.main_window import MainWindow
@@ -183,6 +185,10 @@ def open_window(qtbot):
         win.show()
         opened.append(win)
         win.settle = lambda timeout=30000: settle(qtbot, win, timeout)
+        win.create_project_and_wait = lambda name, sources=None, timeout=60000: _opened(
+            qtbot, win, lambda: win.projects_view.create_project(name, list(sources or [])), timeout)
+        win.open_project_and_wait = lambda folder, timeout=30000: _opened(
+            qtbot, win, lambda: win.projects_view.open_project(folder), timeout)
         return win
 
     yield open_
@@ -191,15 +197,25 @@ def open_window(qtbot):
 
 
 def settle(qtbot, window, timeout=30000):
-    """Wait until ``window``'s file work is done: the writes queued in the context's writer and the
-    readings the Training page shows (the runs list, the time figures, a Start in progress)."""
-    training = window.training_view
+    """Wait until ``window``'s file work is done: the writes queued in the context's writer, a
+    project being created, and the readings the pages show (badges, thumbnails, the Masks page's
+    image, the runs list, the time figures, a Start in progress)."""
+    projects, masks, training = window.projects_view, window.masks_view, window.training_view
 
     def idle():
-        return (window.context.writes.pending == 0 and not training.runs_loading and not training.estimate_loading
+        return (window.context.writes.pending == 0 and not projects.runner.busy and not projects.images_loading
+                and not masks.loading and not training.runs_loading and not training.estimate_loading
                 and not training._starting)
 
     qtbot.waitUntil(idle, timeout=timeout)
+
+
+def _opened(qtbot, window, act, timeout):
+    """Do ``act`` (create or open a project), wait for the project it opens, settle; the project."""
+    with qtbot.waitSignal(window.context.project_changed, timeout=timeout) as blocker:
+        act()
+    settle(qtbot, window, timeout)
+    return blocker.args[0]
 
 
 @pytest.fixture

@@ -45,13 +45,14 @@ def test_a_second_window_opens_the_project_read_only_and_says_so(tmp_path, qtbot
         print("claimed", flush=True)
         time.sleep(120)
     """)], cwd=REPO, stdout=subprocess.PIPE, text=True, env={**os.environ, "PYTHONPATH": str(REPO)})
+    context = AppContext(Settings.load())
     try:
         assert holder.stdout.readline().strip() == "claimed"
-        context = AppContext(Settings.load())
         messages = []
         context.status_message.connect(messages.append)
         project = Project.open(folder)
-        context.set_project(project)
+        with qtbot.waitSignal(context.project_changed, timeout=10000):
+            context.set_project(project)  # claimed off the UI thread
         assert project.read_only and f"process {holder.pid}" in project.read_only
         assert any("opened read-only" in m and f"process {holder.pid}" in m for m in messages)
         project.subject = "a changed subject"
@@ -60,6 +61,7 @@ def test_a_second_window_opens_the_project_read_only_and_says_so(tmp_path, qtbot
     finally:
         holder.kill()
         holder.wait()
+        context.writes.shutdown()
     again = Project.open(folder)
     assert again.claim() is None  # the holder is gone: writable at once
     again.release()
@@ -88,6 +90,7 @@ def test_the_app_quits_cleanly_with_a_read_only_project(tmp_path):
             window.show()
             window.detect_device()  # the 'lego-task-device' thread, still importing torch on quit
             window.context.set_project(Project.open({str(folder)!r}))
+            window.context.writes.drain()  # claimed off the UI thread: its outcome is delivered here
             app.processEvents()
             print("MESSAGES", messages, flush=True)
             window.close()

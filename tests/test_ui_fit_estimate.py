@@ -42,8 +42,7 @@ def open_project(window, tmp_path, images):
     for i, image in enumerate(images):
         image.save(folder / f"ex{i}.png")
     project, _problems = Project.create_from_folder(folder, tmp_path / "project", name="P", subject="a toy")
-    window.context.set_project(project)
-    return project
+    return window.open_project_and_wait(project.folder)
 
 
 def photos():

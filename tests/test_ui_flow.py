@@ -102,12 +102,13 @@ def window(open_window, tiny_model_dir, tiny_sam_checkpoint):
 def test_create_mask_train_library_gallery(window, qtbot, tmp_path, monkeypatch):
     # --- create the project from a folder, describe it
     projects = window.projects_view
-    project = projects.create_project("Frozen robots", [make_images(tmp_path / "examples")])
+    project = window.create_project_and_wait("Frozen robots", [make_images(tmp_path / "examples")])
     assert project is not None and len(project.images) == 3
     projects.subject_edit.setText("a toy robot")
     projects.concept_edit.setText("frozen")
     projects.positive_edit.setText("ice, frost")
     projects.save_fields()
+    window.settle()
     assert window.context.project.subject == "a toy robot"
     assert projects.images_grid.count() == 3
 
@@ -126,6 +127,7 @@ def test_create_mask_train_library_gallery(window, qtbot, tmp_path, monkeypatch)
 
     # --- Segment Anything on the second image: click -> candidates -> union -> refine -> saved
     masks.next_image()
+    window.settle()
     second = masks.current_image()
     assert second != first
     masks.set_tool(SAM)
@@ -144,6 +146,7 @@ def test_create_mask_train_library_gallery(window, qtbot, tmp_path, monkeypatch)
     click_drag(canvas, [to_widget(5, 5)])  # refine with the brush
     assert canvas.mask()[5, 5] == 255
     masks.flush_autosave()
+    window.settle()
     if canvas.mask().min() < 255:
         assert window.context.project.mask_status(second) == "painted"
     assert masks.image_list.item(0).text().endswith("✔ masked")

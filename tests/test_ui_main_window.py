@@ -111,6 +111,7 @@ def test_dropping_a_folder_creates_a_project_and_dropping_files_adds_them(window
     for i in range(2):
         Image.new("RGB", (32, 32), (i * 100, 50, 50)).save(folder / f"img{i}.png")
     _drop(window, [folder])
+    window.settle()
     project = window.context.project
     assert project is not None and project.name == "melting"
     assert len(project.images) == 2
@@ -118,6 +119,7 @@ def test_dropping_a_folder_creates_a_project_and_dropping_files_adds_them(window
     extra = tmp_path / "extra.png"
     Image.new("RGB", (32, 32), (0, 0, 200)).save(extra)
     _drop(window, [extra])
+    window.settle()
     assert len(window.context.project.images) == 3
     assert window.projects_view.images_grid.count() == 3
 
@@ -151,6 +153,7 @@ def test_settings_dialog_validates_models_and_sam(window, qtbot, tmp_path, tiny_
     dialog.device_combo.setCurrentText("cpu")
     dialog.accept()
     window.context.apply_settings()
+    window.settle()  # settings are written off the UI thread
     saved = Settings.load()
     assert saved.default_device == "cpu"
     assert saved.library_path() == new_library

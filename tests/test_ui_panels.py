@@ -34,7 +34,7 @@ def new_project(window, tmp_path, name="P"):
     folder = tmp_path / f"src-{name}"
     folder.mkdir()
     Image.new("RGB", (32, 32), "red").save(folder / "a.png")
-    return window.projects_view.create_project(name, [folder])
+    return window.create_project_and_wait(name, [folder])
 
 
 # ------------------------------------------------------------------------------ training
@@ -140,7 +140,7 @@ def test_interrupted_run_shows_as_resumable_when_the_project_is_opened(window, q
     old = time.time() - 3600
     for path in (run / "config.json", run / "log.jsonl", run):
         os.utime(path, (old, old))
-    window.projects_view.open_project(project.folder)
+    window.open_project_and_wait(project.folder)
     view = window.training_view
     qtbot.waitUntil(lambda: not view.runs_loading, timeout=10000)
     assert view.resumable_runs() == [run]

@@ -45,12 +45,12 @@ def demo_like_project(tmp_path):
 
 def test_training_settings_do_not_leak_between_projects(window, tmp_path):
     view = window.training_view
-    window.projects_view.open_project(demo_like_project(tmp_path).folder)
+    window.open_project_and_wait(demo_like_project(tmp_path).folder)
     assert view.form.value("context_subjects") == ["a blue star", "a green heart"]
     assert view.form.value("steps") == 300
     view.form.set_value("lr", 0.0123)  # an edit on the demo project stays with the demo project
 
-    other = window.projects_view.create_project("Mine", [image_folder(tmp_path / "mine")])
+    other = window.create_project_and_wait("Mine", [image_folder(tmp_path / "mine")])
     defaults = TrainConfig()
     assert view.form.value("context_subjects") == defaults.context_subjects
     assert view.form.value("templates") == defaults.templates
@@ -61,8 +61,8 @@ def test_training_settings_do_not_leak_between_projects(window, tmp_path):
     view.form.set_value("steps", 77)
     view.remember_settings(other, view.form.config())
     window.settle()
-    window.projects_view.open_project(tmp_path / "demo")
-    window.projects_view.open_project(other.folder)
+    window.open_project_and_wait(tmp_path / "demo")
+    window.open_project_and_wait(other.folder)
     assert view.form.value("steps") == 77
     assert view.form.value("context_subjects") == defaults.context_subjects
 
@@ -71,7 +71,7 @@ def test_training_settings_do_not_leak_between_projects(window, tmp_path):
 
 
 def test_runs_list_shows_cancelled_failed_and_a_dead_process_as_interrupted(window, qtbot, tmp_path):
-    project = window.projects_view.create_project("Runs", [image_folder(tmp_path / "src")])
+    project = window.create_project_and_wait("Runs", [image_folder(tmp_path / "src")])
     config = TrainConfig(subject="a cat", steps=10)
     cancelled, failed, dead = (project.new_run_dir() for _ in range(3))
     for run in (cancelled, failed, dead):
@@ -98,7 +98,7 @@ def test_runs_list_shows_cancelled_failed_and_a_dead_process_as_interrupted(wind
 def test_the_runs_list_is_read_off_the_ui_thread(window, qtbot, tmp_path, ui_thread_file_work):
     # Every run's run.json and log.jsonl are read for the list: with many runs that blocked the
     # window. The UI thread now only shows what a worker read.
-    project = window.projects_view.create_project("Many runs", [image_folder(tmp_path / "src")])
+    project = window.create_project_and_wait("Many runs", [image_folder(tmp_path / "src")])
     made = []
     for i in range(5):
         run = project.folder / "runs" / f"20260101-00000{i}"
@@ -131,7 +131,7 @@ def test_the_running_runs_line_follows_its_steps_and_the_first_steps_estimate_gi
     # of 2:38. The line follows the steps; the first-steps estimate goes once the ETA is measured.
     from lego_studio.core.run_files import TrainEvent
 
-    project = window.projects_view.create_project("Live", [image_folder(tmp_path / "src")])
+    project = window.create_project_and_wait("Live", [image_folder(tmp_path / "src")])
     run = project.new_run_dir()
     view = window.training_view
     view._run_dir, view._run_method = run, "lego"
@@ -153,7 +153,7 @@ def test_the_running_runs_line_follows_its_steps_and_the_first_steps_estimate_gi
 def test_another_project_does_not_show_the_last_projects_run(window, tmp_path):
     # Walkthrough: after cancelling a run of the demo and creating a new project, Training still
     # showed the demo's 194/300 bar, its loss curves, its previews and "Cancelled".
-    first = window.projects_view.create_project("First", [image_folder(tmp_path / "a")])
+    first = window.create_project_and_wait("First", [image_folder(tmp_path / "a")])
     view = window.training_view
     view.set_project(first)
     view.progress.setRange(0, 300)
@@ -162,10 +162,10 @@ def test_another_project_does_not_show_the_last_projects_run(window, tmp_path):
     view.previews.addItem("step 100")
     view.status_label.setText("Cancelled. The run can be resumed from its checkpoint.")
     view.eta_label.setText("cancelled")
-    window.projects_view.create_project("Second", [image_folder(tmp_path / "b")])
+    window.create_project_and_wait("Second", [image_folder(tmp_path / "b")])
     assert view.progress.value() == -1 and view.previews.count() == 0
     assert view.status_label.text() == "Ready." and view.eta_label.text() == "ETA —"
-    window.projects_view.open_project(first.folder)  # its run is not shown again either, until it runs
+    window.open_project_and_wait(first.folder)  # its run is not shown again either, until it runs
     assert view.previews.count() == 0
 
 
@@ -173,7 +173,7 @@ def test_start_without_subject_words_says_so_and_names_the_field(window, tmp_pat
     # Walkthrough: a new project without subject words answered Start with the config's own
     # "needs the subject in words ... or subject_token_steps > 0", a field name the user never sees.
     # Now the missing words are named before Start, with a suggestion, and the run still goes.
-    project = window.projects_view.create_project("No words", [image_folder(tmp_path / "src")])
+    project = window.create_project_and_wait("No words", [image_folder(tmp_path / "src")])
     view = window.training_view
     view.set_project(project)
     view.form.set_value("subject", "")
@@ -188,7 +188,7 @@ def test_start_without_subject_words_says_so_and_names_the_field(window, tmp_pat
 def test_subject_words_typed_in_training_stay_with_the_project(window, tmp_path):
     # Walkthrough: subject words typed in Training trained the run, but the project kept none, so
     # after a restart the form was empty again and Projects never showed them.
-    project = window.projects_view.create_project("Typed", [image_folder(tmp_path / "src")])
+    project = window.create_project_and_wait("Typed", [image_folder(tmp_path / "src")])
     view = window.training_view
     view.set_project(project)
     view.form.set_value("subject", "a star")
@@ -205,14 +205,15 @@ def test_subject_words_typed_in_training_stay_with_the_project(window, tmp_path)
 
 
 def test_projects_page_mask_count_follows_painted_masks(window, qtbot, tmp_path):
-    window.projects_view.create_project("Masks", [image_folder(tmp_path / "src")])
+    window.create_project_and_wait("Masks", [image_folder(tmp_path / "src")])
     assert "0 with a mask" in window.projects_view.images_label.text()
     window.show_place("masks")
     masks = window.masks_view
     mask = np.zeros((32, 32), np.uint8)
     mask[4:20, 4:20] = 255
-    masks.canvas.set_mask(mask)  # an edit: autosaves (flushed here at once)
+    masks.canvas.set_mask(mask)  # an edit: autosaves (handed in here at once)
     masks.flush_autosave()
+    window.settle()
     assert "1 with a mask" in window.projects_view.images_label.text()
 
 
@@ -222,7 +223,9 @@ def test_projects_page_mask_count_follows_painted_masks(window, qtbot, tmp_path)
 def test_restart_reopens_the_last_project_and_offers_its_interrupted_run(qtbot, tmp_path, monkeypatch):
     first = MainWindow(AppContext(Settings.load()))
     qtbot.addWidget(first)
-    project = first.projects_view.create_project("Again", [image_folder(tmp_path / "src")])
+    with qtbot.waitSignal(first.context.project_changed, timeout=30000) as opened:
+        first.projects_view.create_project("Again", [image_folder(tmp_path / "src")])
+    project = opened.args[0]
     run = project.new_run_dir()
     config = TrainConfig(subject="a cat", steps=10)
     config.save(run / "config.json")
@@ -238,6 +241,7 @@ def test_restart_reopens_the_last_project_and_offers_its_interrupted_run(qtbot, 
     monkeypatch.setattr(QMessageBox, "question", lambda *a, **k: asked.append(a[2]) or QMessageBox.StandardButton.No)
     second = MainWindow(AppContext(Settings.load()))
     qtbot.addWidget(second)
+    qtbot.waitUntil(lambda: second.context.project is not None, timeout=10000)  # reopened off the UI thread
     assert second.context.project is not None and second.context.project.folder == project.folder
     assert second.project_label.text() == "Project: Again"
     assert second.offer_interrupted_run() is None  # declined
@@ -296,7 +300,7 @@ def test_new_from_folder_lists_every_skipped_file_with_its_reason(window, warnin
     folder = image_folder(tmp_path / "shots", count=2)
     (folder / "broken.png").write_bytes(b"\x89PNG not really")
     (folder / "empty.jpg").write_bytes(b"")
-    project = window.projects_view.create_project("Shots", [folder])
+    project = window.create_project_and_wait("Shots", [folder])
     assert project is not None and len(project.images) == 2
     assert warnings, "skipped files must be reported"
     report = warnings[-1]
@@ -307,6 +311,7 @@ def test_new_from_folder_lists_every_skipped_file_with_its_reason(window, warnin
     for path in bad:
         path.write_bytes(b"junk")
     window.projects_view.add_paths(bad)
+    window.settle()
     assert "x.png" in warnings[-1] and "y.png" in warnings[-1] and "and 1 more" not in warnings[-1]
 
 
@@ -314,7 +319,7 @@ def test_new_from_folder_lists_every_skipped_file_with_its_reason(window, warnin
 
 
 def test_switching_presets_keeps_unrelated_settings(window, tmp_path):
-    window.projects_view.create_project("P", [image_folder(tmp_path / "src")])
+    window.create_project_and_wait("P", [image_folder(tmp_path / "src")])
     view = window.training_view
     view.form.set_value("preview_every", 40)
     view.form.set_value("checkpoint_every", 7)
@@ -355,7 +360,7 @@ def test_a_taken_library_name_is_asked_about(window, qtbot, tmp_path, monkeypatc
 
 
 def test_a_new_project_trains_with_previews(window, tmp_path):
-    window.projects_view.create_project("P", [image_folder(tmp_path / "src")])
+    window.create_project_and_wait("P", [image_folder(tmp_path / "src")])
     assert window.training_view.form.value("preview_every") == APP_PREVIEW_EVERY > 0
 
 
@@ -386,7 +391,7 @@ def test_a_trained_concept_whose_name_is_taken_is_asked_about(window, qtbot, tmp
     from lego_studio.core.concepts import save_concept
     from lego_studio.ui import library_io
 
-    project = window.projects_view.create_project("P", [image_folder(tmp_path / "src")])
+    project = window.create_project_and_wait("P", [image_folder(tmp_path / "src")])
     library = window.context.library()
     library.add(Concept("ice", "<ice>", torch.randn(1, 32), {"method": "lego"}))
     run = project.new_run_dir()
@@ -420,7 +425,7 @@ def test_gallery_chooses_the_concept_just_trained_and_the_projects_own(window, q
     assert gallery.chosen_concepts() == ["fresh"]
     # A project whose concept the library has: chosen when nothing else is.
     gallery.choose_concepts([])
-    project = window.projects_view.create_project("Other", [image_folder(tmp_path / "src")])
+    project = window.create_project_and_wait("Other", [image_folder(tmp_path / "src")])
     project.concept_name = "other"
     window.context.project_changed.emit(project)
     assert gallery.chosen_concepts() == ["other"]
@@ -463,7 +468,7 @@ def test_a_library_change_during_the_gallerys_listing_is_not_lost(window, qtbot,
 def test_resuming_a_run_shows_the_model_it_continues_on(window, tmp_path, monkeypatch):
     # Walkthrough: a Shape World XL run resumed after a restart continued on XL while the Model
     # box and the status bar said Shape World.
-    project = window.projects_view.create_project("Resume XL", [image_folder(tmp_path / "src")])
+    project = window.create_project_and_wait("Resume XL", [image_folder(tmp_path / "src")])
     run = project.new_run_dir()
     config = TrainConfig(subject="a cat", steps=10)
     config.save(run / "config.json")
@@ -496,15 +501,15 @@ def test_each_project_keeps_the_model_it_trains_on(window, tmp_path, monkeypatch
     # A project trained on Shape World XL reopens with XL chosen; another project does not inherit it.
     view = window.training_view
     monkeypatch.setattr(view, "_launch", lambda *a, **k: True)
-    xl_project = window.projects_view.create_project("On XL", [image_folder(tmp_path / "a")])
+    xl_project = window.create_project_and_wait("On XL", [image_folder(tmp_path / "a")])
     view.set_project(xl_project)
     view.form.set_value("subject", "a star")
     view.model_combo.setCurrentIndex(view.model_combo.findData("shapeworld-xl"))
     assert view.start()
     window.settle()
     assert xl_project.train_defaults["model"] == "shapeworld-xl"
-    other = window.projects_view.create_project("Plain", [image_folder(tmp_path / "b")])
+    other = window.create_project_and_wait("Plain", [image_folder(tmp_path / "b")])
     assert window.context.project.folder == other.folder
     assert view.model_combo.currentData() == "shapeworld"
-    window.projects_view.open_project(xl_project.folder)
+    window.open_project_and_wait(xl_project.folder)
     assert view.model_combo.currentData() == "shapeworld-xl"

@@ -54,7 +54,7 @@ def test_first_run_offers_the_demo_and_new_projects_hide_it(window, tmp_path):
     assert view.welcome.isVisibleTo(window)
     assert view.demo_button.text() == "Try the Shape World demo"
     assert not view.project_panel.isVisibleTo(window)
-    view.create_project("Melting", [make_images(tmp_path / "src")])
+    window.create_project_and_wait("Melting", [make_images(tmp_path / "src")])
     assert not view.welcome.isVisibleTo(window)
     assert view.project_panel.isVisibleTo(window)
     assert view.title.text() == "Melting"
@@ -73,14 +73,15 @@ def test_demo_button_builds_the_demo_or_says_it_is_missing(window, qtbot, monkey
     assert window.context.project.images
 
 
-def test_badges_fields_rename_duplicate_delete_and_recent(window, tmp_path):
+def test_badges_fields_rename_duplicate_delete_and_recent(window, qtbot, tmp_path):
     view = window.projects_view
-    project = view.create_project("Frozen", [make_images(tmp_path / "src", 3)])
+    project = window.create_project_and_wait("Frozen", [make_images(tmp_path / "src", 3)])
     first_image = project.folder / project.images[0].file
     mask = np.zeros((48, 64), np.uint8)
     mask[10:20, 10:20] = 255
     project.save_mask(first_image, mask)
     window.context.project_edited.emit()
+    window.settle()  # the badges are read off the UI thread
     assert "1 with a mask" in view.images_label.text()
     tips = [view.images_grid.item(i).toolTip() for i in range(3)]
     assert tips[0].endswith("mask painted") and tips[1].endswith("no mask yet")
@@ -88,49 +89,63 @@ def test_badges_fields_rename_duplicate_delete_and_recent(window, tmp_path):
     view.subject_edit.setText("a toy robot")
     view.concept_edit.setText("frozen ice")  # a space is not allowed in a concept name
     view.save_fields()
+    window.settle()
     assert "frozen ice" in view.fields_status.text()
     assert Project.open(project.folder).concept_name != "frozen ice"
     view.concept_edit.setText("frozen")
     view.positive_edit.setText("ice, frost ,, cold")
     view.save_fields()
+    window.settle()
     reopened = Project.open(project.folder)
     assert (reopened.subject, reopened.concept_name, reopened.positive_words) == ("a toy robot", "frozen", ["ice", "frost", "cold"])
 
-    renamed = view.rename_project("Frozen solid")
+    with qtbot.waitSignal(window.context.project_changed, timeout=15000):
+        view.rename_project("Frozen solid")
+    window.settle()
+    renamed = window.context.project
     assert renamed.folder.name == "Frozen solid" and view.title.text() == "Frozen solid"
     assert str(renamed.folder) in [view.recent_list.item(i).data(Qt.ItemDataRole.UserRole) for i in range(view.recent_list.count())]
 
-    copy = view.duplicate_project()
+    with qtbot.waitSignal(window.context.project_changed, timeout=15000):
+        view.duplicate_project()
+    window.settle()
+    copy = window.context.project
     assert copy.folder != renamed.folder and len(copy.images) == 3
     assert copy.mask_status(copy.images[0]) == "painted"
-    assert window.context.project is copy
 
-    view.delete_project_dialog()  # confirmation answered Yes by the fixture
+    with qtbot.waitSignal(window.context.project_changed, timeout=15000):
+        view.delete_project_dialog()  # confirmation answered Yes by the fixture
+    window.settle()
     assert window.context.project is None
     assert not copy.folder.exists()
     recent = [view.recent_list.item(i).data(Qt.ItemDataRole.UserRole) for i in range(view.recent_list.count())]
     assert str(copy.folder) not in recent and str(renamed.folder) in recent
-    view.open_project(renamed.folder)
+    window.open_project_and_wait(renamed.folder)
     assert window.context.project.name == "Frozen solid"
 
 
 def test_broken_inputs_give_one_line_messages(window, tmp_path):
     view = window.projects_view
-    assert view.open_project(tmp_path) is None
+    view.open_project(tmp_path)
+    window.settle()
+    assert window.context.project is None
     assert "project.json" in window.warnings[-1] and "\n" not in window.warnings[-1]
-    view.create_project("Pics", [make_images(tmp_path / "src")])
+    window.create_project_and_wait("Pics", [make_images(tmp_path / "src")])
     broken = tmp_path / "broken.png"
     broken.write_bytes(b"\x89PNG not really")
     view.add_paths([broken])
+    window.settle()
     assert "broken.png" in window.warnings[-1]
     assert len(window.context.project.images) == 2
 
 
 def test_subject_only_images(window, tmp_path):
     view = window.projects_view
-    view.create_project("With subject", [make_images(tmp_path / "src")])
+    window.create_project_and_wait("With subject", [make_images(tmp_path / "src")])
     extra = make_images(tmp_path / "subject", 1, size=(40, 40))
-    assert view.add_paths([extra / "pic0.png"], subject_only=True) == 1
+    view.add_paths([extra / "pic0.png"], subject_only=True)
+    window.settle()
+    assert len(window.context.project.subject_images) == 1
     assert view.subject_grid.count() == 1 and view.images_grid.count() == 2
 
 
@@ -138,7 +153,7 @@ def test_subject_only_images(window, tmp_path):
 
 
 def test_masks_navigation_shortcuts_and_autosave(window, qtbot, tmp_path):
-    window.projects_view.create_project("Masks", [make_images(tmp_path / "src", 3)])
+    window.create_project_and_wait("Masks", [make_images(tmp_path / "src", 3)])
     window.show_place("masks")
     view = window.masks_view
     canvas = view.canvas
@@ -160,21 +175,25 @@ def test_masks_navigation_shortcuts_and_autosave(window, qtbot, tmp_path):
     assert canvas.mask()[5, 20] == 255
     project = window.context.project
     qtbot.waitUntil(lambda: project.mask_status(project.images[0]) == "painted", timeout=15000)
+    window.settle()
     assert "✔" in view.image_list.item(0).text()
 
     view.next_image()
+    window.settle()
     assert view.current_image().name == "pic1.png" and canvas.mask().max() == 0
     stroke(canvas, [(40, 40)])
-    view.previous_image()  # switching flushes the pending autosave at once
+    view.previous_image()  # switching hands in the pending autosave at once
+    window.settle()
     assert project.mask_status(project.images[1]) == "painted"
     assert canvas.mask()[5, 20] == 255  # the first image's mask came back from disk
     canvas.clear_mask()
     view.flush_autosave()
+    window.settle()
     assert project.mask_status(project.images[0]) == "none"  # empty mask = no mask file
 
 
 def test_assist_without_checkpoint_uses_grabcut_and_says_so(window, qtbot, tmp_path):
-    window.projects_view.create_project("Grab", [make_images(tmp_path / "src", 1, size=(96, 72))])
+    window.create_project_and_wait("Grab", [make_images(tmp_path / "src", 1, size=(96, 72))])
     window.show_place("masks")
     view = window.masks_view
     view.set_tool(SAM)
@@ -196,7 +215,7 @@ def test_corrupt_sam_checkpoint_is_reported_not_fatal(window, qtbot, tmp_path):
     bad = tmp_path / "sam_vit_b.pth"
     bad.write_bytes(b"garbage" * 100)
     window.context.settings.set_sam_checkpoint(bad)
-    window.projects_view.create_project("Bad SAM", [make_images(tmp_path / "src", 1)])
+    window.create_project_and_wait("Bad SAM", [make_images(tmp_path / "src", 1)])
     window.show_place("masks")
     view = window.masks_view
     view.set_tool(SAM)

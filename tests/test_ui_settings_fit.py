@@ -52,6 +52,7 @@ def test_ok_and_cancel_do_not_wait_for_a_running_sam_check(window, qtbot, tmp_pa
     qtbot.waitUntil(lambda: not workers._ABANDONED, timeout=20000)
     expected = str(checkpoint) if button == "ok" and passes else None
     assert window.context.settings.sam_checkpoint == expected
+    window.settle()  # settings are written off the UI thread
     assert Settings.load().sam_checkpoint == expected
 
 

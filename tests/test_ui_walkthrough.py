@@ -18,7 +18,7 @@ def new_project(window, tmp_path, name="P", sizes=((32, 32),)):
     folder.mkdir()
     for i, size in enumerate(sizes):
         Image.new("RGB", size, (200, 30 * i, 0)).save(folder / f"a{i}.png")  # no two alike
-    return window.projects_view.create_project(name, [folder])
+    return window.create_project_and_wait(name, [folder])
 
 
 def wheel(widget, up=True):

@@ -129,19 +129,6 @@ def test_the_serial_writer_gives_a_full_disk_its_one_line_and_shutdown_finishes_
     writer.shutdown()  # twice is fine
 
 
-def test_run_and_wait_keeps_the_ui_turning(runner, qtbot):
-    from PySide6.QtCore import QTimer
-
-    ticks = []
-    timer = QTimer()
-    timer.timeout.connect(lambda: ticks.append(1))
-    timer.start(5)
-    ok, result = runner.run_and_wait(lambda state: (time.sleep(0.3), 42)[1])
-    timer.stop()
-    assert (ok, result) == (True, 42) and len(ticks) >= 5  # events were processed meanwhile
-    assert runner.run_and_wait(lambda state: 1 / 0)[0] is False
-
-
 def test_cooperative_cancel_and_one_task_at_a_time(runner, qtbot):
     started = threading.Event()
     outcome = []

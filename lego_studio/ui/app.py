@@ -38,8 +38,9 @@ def main(argv: list[str] | None = None) -> int:
     # After the first paint: the window is already on screen while torch loads.
     QTimer.singleShot(0, window.detect_device)
     if os.environ.get("LEGO_STUDIO_EXIT_AFTER_SHOW") != "1":
-        # The last project reopened; a run of it that the last session left unfinished is offered.
-        QTimer.singleShot(0, window.offer_interrupted_run)
+        # The last project reopened (in the context's writer); a run of it that the last session
+        # left unfinished is offered.
+        QTimer.singleShot(0, lambda: window.context.writes.after_pending(window.offer_interrupted_run))
     if os.environ.get("LEGO_STUDIO_EXIT_AFTER_SHOW") == "1":
         # Start-up timing (docs/PACKAGING.md figures): report once the window is up, then quit.
         # Queued after detect_device so that close() finds its worker and waits for it.

@@ -135,6 +135,7 @@ class MainWindow(QMainWindow):
         self._base_minimum = self.minimumSizeHint()  # before any message could widen it
         self.show_place("projects")
         self._restore_state()
+        self.context.refresh_recent_projects()
         if self.context.project is None:
             self.reopen_last_project()
         if self.context.settings.load_warning:
@@ -248,23 +249,17 @@ class MainWindow(QMainWindow):
         QMessageBox.about(self, "About Lego Studio", self.about_text())
 
     # ------------------------------------------------------------ the last session
-    def reopen_last_project(self):
-        """Open the project that was open when the app last closed (quietly: a project that
-        cannot be opened any more is only mentioned in the status bar)."""
-        folder = self.context.last_project_folder()
-        if folder is None:
-            return None
-        from lego_studio.core.errors import LegoError
-        from lego_studio.core.project import Project
+    def reopen_last_project(self) -> None:
+        """Open the project that was open when the app last closed, off the UI thread (quietly: a
+        project that is gone is passed over, one that cannot be opened any more is only mentioned
+        in the status bar)."""
+        folder = self.context.settings.last_project
+        if not folder:
+            return
+        from lego_studio.ui import operations
 
-        try:
-            project = Project.open(folder)
-        except LegoError as exc:
-            message = str(exc)  # ``exc`` is gone once the except block ends, before the timer fires
-            QTimer.singleShot(0, lambda: self.context.status_message.emit(message))
-            return None
-        self.context.set_project(project)
-        return project
+        operations.open_project(self.context, Path(folder), only_if_there=True,
+                                on_error=lambda message: self.context.status_message.emit(message))
 
     def offer_interrupted_run(self):
         """After a restart: offer to resume the open project's newest run whose process is gone

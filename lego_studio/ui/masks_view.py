@@ -1,9 +1,13 @@
 """Masks place: the canvas, its tools, the project's images, and the Segment Anything assist.
 
-Autosave: every completed edit restarts a short timer; when it fires the mask is written to the
-project's ``masks/`` through ``core.project``. Switching image or closing flushes it at once.
-The segmenter (SAM, or GrabCut without a checkpoint) is built, fed and queried in a worker:
-``set_image`` runs once per image and is cached by the segmenter.
+Autosave: every completed edit restarts a short timer; when it fires the mask is handed to the
+context's serial writer, which writes it to the project's ``masks/`` through ``core.project`` off
+the UI thread, after the writes before it. Switching image, opening another project or closing
+hands it in at once. A mask whose save failed (a full or read-only disk) stays in memory: it is
+shown again with its image and saved on the next change. Images, masks and the mask badges are read
+in the writer too (so they see the saves before them); thumbnails in a worker. The segmenter (SAM,
+or GrabCut without a checkpoint) is built, fed and queried in a worker: ``set_image`` runs once per
+image and is cached by the segmenter.
 """
 
 from __future__ import annotations
@@ -12,7 +16,7 @@ from pathlib import Path
 
 import numpy as np
 from PySide6.QtCore import QSize, Qt, QTimer
-from PySide6.QtGui import QAction, QColor, QIcon, QKeySequence, QPixmap, QShortcut
+from PySide6.QtGui import QAction, QColor, QIcon, QImage, QKeySequence, QPixmap, QShortcut
 from PySide6.QtWidgets import (
     QButtonGroup,
     QColorDialog,
@@ -33,6 +37,7 @@ from PySide6.QtWidgets import (
 from lego_studio.core.errors import LegoError
 from lego_studio.ui import operations, project_io
 from lego_studio.ui.mask_canvas import BRUSH, ERASER, FILL, SAM, MaskCanvas, SamPrompt
+from lego_studio.ui.thumbnails import ThumbnailLoader
 from lego_studio.ui.workers import TaskRunner
 from lego_studio.ui.wheel_guard import guard_wheel
 
@@ -71,6 +76,15 @@ class MasksView(QWidget):
         self._images: list[Path] = []
         self._index = -1
         self._dirty = False
+        self._shown: Path | None = None  # the image whose mask the canvas holds
+        self._shown_project = None  # ... and its project (a save goes there, whatever is open by then)
+        self._unsaved: dict[Path, np.ndarray] = {}  # masks handed to the writer and not on disk yet
+        self._failed: set[Path] = set()  # images whose last save failed (saved again on the next change)
+        self._last_failure = ""
+        self._masked: dict[Path, bool] = {}  # the badges, as last read
+        self._reads = 0  # image and badge readings queued in the writer
+        self.thumbnails = ThumbnailLoader(THUMB, self)
+        self.thumbnails.loaded.connect(self._show_thumbnails)
         self._segmenter = None
         self._segmenter_note: str | None = None
         self._segmenter_image_key: str | None = None
@@ -203,6 +217,7 @@ class MasksView(QWidget):
         layout.addLayout(centre, 1)
         layout.addWidget(self.assist_panel)
 
+        context.project_closing.connect(self.flush_autosave)
         context.project_changed.connect(self.set_project)
         context.project_edited.connect(self.reload_images)
         context.masks_changed.connect(lambda _image: self._refresh_badges())
@@ -246,9 +261,11 @@ class MasksView(QWidget):
             item = QListWidgetItem(self._thumbnail(path), path.name)
             self.image_list.addItem(item)
         self.image_list.blockSignals(False)
+        self.thumbnails.request(self._images)
         self._refresh_badges()
         if not self._images:
             self._index = -1
+            self._shown = self._shown_project = None
             self.canvas.clear_image()
             self.info_label.setText("Open a project with images to paint masks.")
             return
@@ -259,20 +276,47 @@ class MasksView(QWidget):
             self._on_row_changed(row)
 
     def _thumbnail(self, path: Path) -> QIcon:
-        pixmap = QPixmap(str(path))
-        if pixmap.isNull():
-            return QIcon()
-        return QIcon(pixmap.scaled(THUMB, THUMB, Qt.AspectRatioMode.KeepAspectRatio, Qt.TransformationMode.SmoothTransformation))
+        image = self.thumbnails.get(path)
+        return QIcon(QPixmap.fromImage(image)) if isinstance(image, QImage) else QIcon()
+
+    def _show_thumbnails(self) -> None:
+        for row, path in enumerate(self._images):
+            item = self.image_list.item(row)
+            if item is not None:
+                item.setIcon(self._thumbnail(path))
 
     def _refresh_badges(self) -> None:
-        project = self.context.project
+        """Show the badges known, and read them again in the writer (after the saves before)."""
+        self._show_badges()
+        project, images = self.context.project, list(self._images)
+        if project is None or not images:
+            return
+        self._reads += 1
+
+        def read(masked) -> None:
+            self._reads -= 1
+            if masked is not None and self.context.project is project:
+                self._masked.update(masked)
+                self._show_badges()
+
+        operations.read_mask_badges(self.context, project, images, read)
+
+    def _show_badges(self) -> None:
         for row, path in enumerate(self._images):
             item = self.image_list.item(row)
             if item is None:
                 continue
-            has_mask = project is not None and project_io.has_mask(project, path)
+            has_mask = self._masked.get(path)
+            if has_mask is None:
+                item.setText(path.name)
+                continue
             item.setText(f"{path.name}\n{'✔ masked' if has_mask else '○ no mask'}")
             item.setForeground(QColor("#2e7d32") if has_mask else QColor("#9e9e9e"))
+
+    @property
+    def loading(self) -> bool:
+        """Whether the image, its mask, the badges or the thumbnails are being read."""
+        return self._reads > 0 or self.thumbnails.loading
 
     def current_image(self) -> Path | None:
         return self._images[self._index] if 0 <= self._index < len(self._images) else None
@@ -285,33 +329,56 @@ class MasksView(QWidget):
         self.load_current()
 
     def load_current(self) -> None:
-        path = self.current_image()
-        if path is None:
+        """Read the current image and its mask in the writer (after the saves before them; a mask
+        not saved yet comes from memory), then show them. The canvas is empty meanwhile, so no
+        stroke lands on the image the user has left."""
+        path, project = self.current_image(), self.context.project
+        if path is None or project is None:
             return
-        try:
+        self._shown = self._shown_project = None
+        self._dirty = False
+        self.canvas.clear_image()
+        unsaved = self._unsaved.get(path)
+        self._reads += 1
+
+        def read():
             from lego_studio.core.images import load_image
 
             image = load_image(path)
-            mask = project_io.load_mask(self.context.project, path, image.size)
-        except LegoError as exc:
+            return image, unsaved if unsaved is not None else project_io.load_mask(project, path, image.size)
+
+        def loaded(result) -> None:
+            self._reads -= 1
+            if self.current_image() != path or self.context.project is not project:
+                return  # the user has moved on
+            image, mask = result
+            if mask is not None and mask.shape != (image.size[1], image.size[0]):
+                mask = None
+            self._current_pil = image
+            self.canvas.set_image(image, mask)
+            self._shown, self._shown_project = path, project
+            self._dirty = path in self._failed  # a mask whose save failed is saved on the next change
+            self._candidates = []
+            self._update_candidate_buttons()
+            self._show_info()
+            if self.canvas.tool == SAM:
+                self._prepare_segmenter()
+
+        def failed(message) -> None:
+            self._reads -= 1
+            if self.current_image() != path:
+                return
             self.canvas.clear_image()
             self.info_label.setStyleSheet(ERROR_STYLE)
-            self.info_label.setText(str(exc))
-            return
-        self._current_pil = image
-        self.canvas.set_image(image, mask)
-        self._dirty = False
-        self._candidates = []
-        self._update_candidate_buttons()
-        self._show_info()
-        if self.canvas.tool == SAM:
-            self._prepare_segmenter()
+            self.info_label.setText(message)
+
+        self.context.writes.submit(read, on_done=loaded, on_error=failed)
 
     def _show_info(self) -> None:
         """The current image's name, size and place, in the plain style (clears an error)."""
         path = self.current_image()
         image = getattr(self, "_current_pil", None)
-        if path is None or image is None:
+        if path is None or image is None or path != self._shown:
             return
         self.info_label.setStyleSheet("")
         self.info_label.setText(f"{path.name} — {image.size[0]}×{image.size[1]} — image {self._index + 1} of {len(self._images)}")
@@ -330,19 +397,33 @@ class MasksView(QWidget):
         self._autosave.start()
 
     def save_current_mask(self) -> None:
+        """Hand the canvas's mask to the writer (it lands after the saves before it)."""
         self._autosave.stop()
-        path = self.current_image()
-        if not self._dirty or path is None or not self.canvas.has_image() or self.context.project is None:
+        path, project = self._shown, self._shown_project
+        if not self._dirty or path is None or not self.canvas.has_image() or project is None:
             return
-        try:
-            operations.save_mask(self.context, path, self.canvas.mask())  # -> masks_changed
-        except (LegoError, OSError) as exc:
-            self.info_label.setStyleSheet(ERROR_STYLE)
-            self.info_label.setText(f"Could not save the mask: {exc}")
-            return
+        mask = self.canvas.mask()  # a copy: later strokes do not change what is being written
         self._dirty = False
-        self._show_info()  # an earlier save's error (e.g. before an Undo) is stale now
-        self.context.status_message.emit(f"Saved mask for {path.name}")
+        self._unsaved[path] = mask
+
+        def saved() -> None:
+            if self._unsaved.get(path) is mask:  # no later save of this image is on its way
+                del self._unsaved[path]
+                self._failed.discard(path)
+            if path == self._shown:
+                self._show_info()  # an earlier save's error (e.g. before an Undo) is stale now
+            self.context.status_message.emit(f"Saved mask for {path.name}")
+
+        def failed(message: str) -> None:
+            self._last_failure = f"the mask of {path.name}: {message}"
+            if self._unsaved.get(path) is mask:  # the latest mask stays in memory, saved on the next change
+                self._failed.add(path)
+                if path == self._shown:
+                    self._dirty = True
+            self.info_label.setStyleSheet(ERROR_STYLE)
+            self.info_label.setText(f"Could not save the mask: {message}")
+
+        operations.save_mask(self.context, project, path, mask, on_done=saved, on_error=failed)
 
     def flush_autosave(self) -> None:
         if self._dirty:
@@ -496,5 +577,11 @@ class MasksView(QWidget):
 
     # ------------------------------------------------------------ lifecycle
     def shutdown(self) -> None:
+        """Hand in the last edit and wait for the mask saves; one that failed is raised (the
+        window reports it on quit)."""
         self.flush_autosave()
         self.assist_runner.shutdown()
+        self.thumbnails.shutdown()
+        self.context.writes.drain()
+        if self._failed:
+            raise LegoError(self._last_failure)

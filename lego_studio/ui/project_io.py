@@ -25,6 +25,12 @@ def free_folder(parent: Path, name: str) -> Path:
     return candidate
 
 
+def name_for(source: Path) -> str:
+    """A new project's name from the first thing the user dropped: a folder's name, a file's stem."""
+    source = Path(source)
+    return source.name if source.is_dir() else source.stem
+
+
 def create_project(projects_dir: Path, name: str, sources: list[Path]) -> tuple[Project, list[tuple[Path, str]]]:
     """New project ``name`` in ``projects_dir`` (a free folder name is chosen); ``sources`` are
     image files and/or folders of images. A single folder is imported with its masks. Returns the

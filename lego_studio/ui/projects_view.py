@@ -1,6 +1,10 @@
 """Projects place: create / open / rename / duplicate / delete projects, recent list, the
 project's fields (subject words, concept name, positive/negative words), its images with a mask
-badge each, and subject-only images. First run offers the Shape World demo project."""
+badge each, and subject-only images. First run offers the Shape World demo project.
+
+Creating, opening and changing a project, and reading the mask badges, run off the UI thread
+(ui/operations.py); their results come back as callbacks and change notices. Thumbnails are read
+in a worker (ui/thumbnails.py)."""
 
 from __future__ import annotations
 
@@ -26,9 +30,8 @@ from PySide6.QtWidgets import (
     QWidget,
 )
 
-from lego_studio.core.errors import LegoError
-from lego_studio.core.project import Project
 from lego_studio.ui import operations, project_io
+from lego_studio.ui.thumbnails import NOT_READ, ThumbnailLoader
 from lego_studio.ui.workers import TaskRunner
 from lego_studio.ui.layouts import install_two_pane_layout
 
@@ -36,15 +39,19 @@ THUMB = 112
 PLACEHOLDER_COLOUR = "#a8a8a8"  # examples in empty fields: light, so they do not read as filled in
 
 
-def badge_thumbnail(path: Path, masked: bool | None, size: int = THUMB) -> QIcon:
-    """Thumbnail with a corner badge: green check = mask painted, grey ring = no mask yet."""
+def badge_thumbnail(image, masked: bool | None, size: int = THUMB) -> QIcon:
+    """Thumbnail (``image``: a QImage read by ui/thumbnails.py, None = unreadable, NOT_READ = still
+    being read) with a corner badge: green check = mask painted, grey ring = no mask yet, none
+    while the badge is being read (``masked`` None)."""
     canvas = QPixmap(size, size)
     canvas.fill(QColor(0, 0, 0, 0))
     painter = QPainter(canvas)
     painter.setRenderHint(QPainter.RenderHint.Antialiasing)
-    source = QPixmap(str(path))
-    if not source.isNull():
-        scaled = source.scaled(size, size, Qt.AspectRatioMode.KeepAspectRatio, Qt.TransformationMode.SmoothTransformation)
+    if image is NOT_READ:
+        pass  # an empty square until the worker has read it
+    elif image is not None and not image.isNull():
+        scaled = QPixmap.fromImage(image).scaled(size, size, Qt.AspectRatioMode.KeepAspectRatio,
+                                                 Qt.TransformationMode.SmoothTransformation)
         painter.drawPixmap((size - scaled.width()) // 2, (size - scaled.height()) // 2, scaled)
     else:
         painter.fillRect(canvas.rect(), QColor("#555"))
@@ -85,6 +92,10 @@ class ProjectsView(QWidget):
         super().__init__(parent)
         self.context = context
         self.runner = TaskRunner(self)
+        self.thumbnails = ThumbnailLoader(THUMB, self)
+        self.thumbnails.loaded.connect(self._show_images)
+        self._masked: dict[Path, bool] = {}  # the mask badges, as last read (in the writer)
+        self._badges_pending = 0  # badge readings queued in the writer
 
         # --- left column: welcome, actions, recent
         self.welcome = QGroupBox("Welcome")
@@ -217,19 +228,13 @@ class ProjectsView(QWidget):
         context.project_fields_changed.connect(self.show_fields)
         context.project_edited.connect(self.refresh_images)
         context.masks_changed.connect(lambda _image: self.refresh_images())
+        context.recent_projects_changed.connect(self.show_recent)
         self.refresh()
 
     # ------------------------------------------------------------ display
     def refresh(self) -> None:
         project = self.context.project
-        settings = self.context.settings
-        self.welcome.setVisible(settings.first_run or not settings.existing_recent_projects())
-        self.recent_list.clear()
-        for folder in settings.existing_recent_projects():
-            item = QListWidgetItem(f"{folder.name}\n{folder.parent}")
-            item.setData(Qt.ItemDataRole.UserRole, str(folder))
-            item.setToolTip(str(folder))
-            self.recent_list.addItem(item)
+        self.show_recent()
         has = project is not None
         self.project_panel.setVisible(has)
         self.empty_label.setVisible(not has)
@@ -242,6 +247,17 @@ class ProjectsView(QWidget):
         self.show_fields()
         self.fields_status.clear()
         self.refresh_images()
+
+    def show_recent(self) -> None:
+        """The recent projects still on disk (as the context last read them) and the welcome box."""
+        recent = self.context.recent_projects
+        self.welcome.setVisible(self.context.settings.first_run or not recent)
+        self.recent_list.clear()
+        for folder in recent:
+            item = QListWidgetItem(f"{folder.name}\n{folder.parent}")
+            item.setData(Qt.ItemDataRole.UserRole, str(folder))
+            item.setToolTip(str(folder))
+            self.recent_list.addItem(item)
 
     def show_fields(self) -> None:
         """The project's subject, concept name and word lists into the edits (also after
@@ -256,7 +272,33 @@ class ProjectsView(QWidget):
         self.negative_edit.setText(", ".join(fields["negative_words"]))
 
     def refresh_images(self) -> None:
+        """Show the project's images now (with the badges and thumbnails known), then read the mask
+        badges in the writer (after the mask saves before them) and the thumbnails in a worker."""
         project = self.context.project
+        self._show_images()
+        if project is None:
+            return
+        images = project_io.image_paths(project)
+        self.thumbnails.request(images + project_io.subject_image_paths(project))
+        self._badges_pending += 1
+
+        def read(masked) -> None:
+            self._badges_pending -= 1
+            if masked is not None and self.context.project is project:
+                self._masked = masked
+                self._show_images()
+
+        operations.read_mask_badges(self.context, project, images, read)
+
+    @property
+    def images_loading(self) -> bool:
+        """Whether badges or thumbnails are being read (the grids show what is known meanwhile)."""
+        return self._badges_pending > 0 or self.thumbnails.loading
+
+    def _show_images(self) -> None:
+        project = self.context.project
+        selected = {item.data(Qt.ItemDataRole.UserRole) for grid in (self.images_grid, self.subject_grid)
+                    for item in grid.selectedItems()}
         self.images_grid.clear()
         self.subject_grid.clear()
         if project is None:
@@ -264,36 +306,43 @@ class ProjectsView(QWidget):
         images = project_io.image_paths(project)
         masked = 0
         for path in images:
-            has_mask = project_io.has_mask(project, path)
-            masked += has_mask
-            item = QListWidgetItem(badge_thumbnail(path, has_mask), path.name)
+            has_mask = self._masked.get(path)
+            masked += bool(has_mask)
+            item = QListWidgetItem(badge_thumbnail(self.thumbnails.get(path), has_mask), path.name)
             item.setData(Qt.ItemDataRole.UserRole, str(path))
-            item.setToolTip(f"{path.name}: {'mask painted' if has_mask else 'no mask yet'}")
+            if has_mask is not None:
+                item.setToolTip(f"{path.name}: {'mask painted' if has_mask else 'no mask yet'}")
             self.images_grid.addItem(item)
+            item.setSelected(str(path) in selected)
         for path in project_io.subject_image_paths(project):
-            item = QListWidgetItem(badge_thumbnail(path, None), path.name)
+            item = QListWidgetItem(badge_thumbnail(self.thumbnails.get(path), None), path.name)
             item.setData(Qt.ItemDataRole.UserRole, str(path))
             self.subject_grid.addItem(item)
-        self.images_label.setText(f"<b>Concept images</b> — {len(images)} images, {masked} with a mask")
+            item.setSelected(str(path) in selected)
+        known = all(path in self._masked for path in images)
+        self.images_label.setText(f"<b>Concept images</b> — {len(images)} images, "
+                                  + (f"{masked} with a mask" if known else "reading the masks…"))
 
     def save_fields(self) -> None:
+        """Save the edited fields (in the writer); the line under them says Saved or the problem."""
         project = self.context.project
         if project is None:
             return
-        try:
-            operations.set_fields(
-                self.context,
-                subject=self.subject_edit.text().strip(),
-                concept_name=self.concept_edit.text().strip(),
-                positive_words=_words(self.positive_edit.text()),
-                negative_words=_words(self.negative_edit.text()),
-            )
-        except LegoError as exc:
-            self.fields_status.setStyleSheet("color: #c0392b;")
-            self.fields_status.setText(str(exc))
-            return
+        fields = dict(
+            subject=self.subject_edit.text().strip(),
+            concept_name=self.concept_edit.text().strip(),
+            positive_words=_words(self.positive_edit.text()),
+            negative_words=_words(self.negative_edit.text()),
+        )
+        operations.set_fields(self.context, on_done=self._fields_saved, on_error=self._fields_refused, **fields)
+
+    def _fields_saved(self) -> None:
         self.fields_status.setStyleSheet("color: #2e7d32;")
         self.fields_status.setText("Saved.")
+
+    def _fields_refused(self, message: str) -> None:
+        self.fields_status.setStyleSheet("color: #c0392b;")
+        self.fields_status.setText(message)
 
     def _show_negative_default(self) -> None:
         """An empty Negative words field trains with the subject's appearance words: show those
@@ -318,17 +367,19 @@ class ProjectsView(QWidget):
         self.skipped_report = f"{summary}\n{operations.describe_skipped(problems)}"
         QMessageBox.warning(self, "Some files were skipped", self.skipped_report)
 
-    def create_project(self, name: str, sources: list[Path] | None = None):
-        """Create ``name`` under the projects folder from image files/folders (in the worker)
-        and open it; every file that was skipped is listed with its reason."""
-        project, problems, error = operations.create_project(
-            self.context, self.runner, self.context.settings.projects_path(), name, list(sources or [])
-        )
-        if error is not None:
-            self._error("Cannot create the project", error)
-            return None
-        self._report_skipped(len(project.images) + len(project.subject_images), problems)
-        return project
+    def create_project(self, name: str | None, sources: list[Path] | None = None) -> bool:
+        """Create ``name`` (None: named after the first source) under the projects folder from
+        image files/folders, in the worker, and open it; every file that was skipped is listed with
+        its reason. Returns at once (False when a project is being created already)."""
+
+        def created(project, problems) -> None:
+            self._report_skipped(len(project.images) + len(project.subject_images), problems)
+
+        started = operations.create_project(self.context, self.runner, name, list(sources or []), on_done=created,
+                                            on_error=lambda message: self._error("Cannot create the project", message))
+        if not started:
+            self._error("Cannot create the project", "busy")
+        return started
 
     def new_project(self) -> None:
         name, ok = QInputDialog.getText(self, "New project", "Project name:", text="My concept")
@@ -345,29 +396,25 @@ class ProjectsView(QWidget):
         if folder:
             self.open_project(Path(folder))
 
-    def open_project(self, folder: Path):
-        try:
-            project = Project.open(folder)
-        except LegoError as exc:
-            self._error("Cannot open the project", exc)
-            return None
-        self.context.settings.first_run = False
-        self.context.set_project(project)
-        return project
+    def open_project(self, folder: Path) -> None:
+        """Open the project in ``folder`` (read and claimed off the UI thread; project_changed)."""
+        operations.open_project(self.context, Path(folder),
+                                on_error=lambda message: self._error("Cannot open the project", message))
 
-    def rename_project(self, new_name: str):
+    def rename_project(self, new_name: str) -> None:
+        """Rename the open project and its folder (in the writer, after its pending writes)."""
         project = self.context.project
         if project is None:
-            return None
-        old_root = project.folder
-        try:
+            return
+        settings = self.context.settings
+
+        def rename():
+            old_root = project.folder
             project.rename(new_name)
-        except LegoError as exc:
-            self._error("Cannot rename the project", exc)
-            return None
-        self.context.settings.replace_recent_project(old_root, project.folder)
-        self.context.set_project(project)
-        return project
+            settings.replace_recent_project(old_root, project.folder)
+
+        self.context.writes.submit(rename, on_done=lambda _: self.context.set_project(project),
+                                   on_error=lambda message: self._error("Cannot rename the project", message))
 
     def rename_project_dialog(self) -> None:
         project = self.context.project
@@ -377,17 +424,13 @@ class ProjectsView(QWidget):
         if ok and name.strip():
             self.rename_project(name.strip())
 
-    def duplicate_project(self):
+    def duplicate_project(self) -> None:
+        """Copy the open project (in the writer, after its pending writes) and open the copy."""
         project = self.context.project
         if project is None:
-            return None
-        try:
-            copy = project_io.duplicate_project(project)
-        except LegoError as exc:
-            self._error("Cannot duplicate the project", exc)
-            return None
-        self.context.set_project(copy)
-        return copy
+            return
+        self.context.writes.submit(lambda: project_io.duplicate_project(project), on_done=self.context.set_project,
+                                   on_error=lambda message: self._error("Cannot duplicate the project", message))
 
     def delete_project_dialog(self) -> None:
         project = self.context.project
@@ -405,37 +448,36 @@ class ProjectsView(QWidget):
             self.delete_project()
 
     def delete_project(self) -> None:
+        """Move the open project to the trash (in the writer, after its pending writes) and close it."""
         project = self.context.project
         if project is None:
             return
-        root = project.folder
-        try:
+        settings = self.context.settings
+
+        def delete():
+            root = project.folder
             project.delete()
-        except LegoError as exc:
-            self._error("Cannot delete the project", exc)
-            return
-        self.context.settings.remove_recent_project(root)
-        self.context.save_settings()
-        self.context.set_project(None)
+            settings.remove_recent_project(root)
+
+        self.context.writes.submit(delete, on_done=lambda _: self.context.set_project(None),
+                                   on_error=lambda message: self._error("Cannot delete the project", message))
 
     # ------------------------------------------------------------ images
-    def add_paths(self, paths: list[Path], subject_only: bool = False) -> int:
-        """Add image files / folders (drag and drop, dialogs). Without an open project, a new
-        project is created and named after the first item."""
+    def add_paths(self, paths: list[Path], subject_only: bool = False) -> None:
+        """Add image files / folders (drag and drop, dialogs), off the UI thread. Without an open
+        project, a new project is created and named after the first item."""
         if not paths:
-            return 0
-        project = self.context.project
-        if project is None:
-            first = Path(paths[0])
-            name = first.name if first.is_dir() else first.stem
-            return 0 if self.create_project(name, list(paths)) is None else len(project_io.image_paths(self.context.project))
-        added, problems, error = operations.add_images(self.context, self.runner, list(paths), subject_only=subject_only)
-        if error is not None:
-            self._error("Cannot add the images", error)
-            return 0
+            return
+        if self.context.project is None:
+            self.create_project(None, list(paths))
+            return
+        operations.add_images(self.context, list(paths), on_done=self._images_added,
+                              on_error=lambda message: self._error("Cannot add the images", message),
+                              subject_only=subject_only)
+
+    def _images_added(self, added: int, problems: list) -> None:
         self.context.status_message.emit(f"Added {added} image(s)")
         self._report_skipped(added, problems)
-        return added
 
     def _add_images_dialog(self, subject_only: bool) -> None:
         files, _ = QFileDialog.getOpenFileNames(self, "Add images", "", "Images (*.png *.jpg *.jpeg *.webp *.bmp *.tif *.tiff)")
@@ -458,9 +500,8 @@ class ProjectsView(QWidget):
         answer = QMessageBox.question(self, "Remove images", f"Remove {len(selected)} image(s) and their masks from the project?")
         if answer != QMessageBox.StandardButton.Yes:
             return
-        problems = operations.remove_images(self.context, selected)
-        if problems:
-            self._error("Cannot remove the images", operations.describe_skipped(problems))
+        operations.remove_images(self.context, selected, on_done=lambda problems: problems and self._error(
+            "Cannot remove the images", operations.describe_skipped(problems)))
 
     # ------------------------------------------------------------ demo
     @staticmethod
@@ -477,11 +518,11 @@ class ProjectsView(QWidget):
         if builder is None:
             QMessageBox.information(self, "Demo", "The Shape World demo is not part of this build.")
             return
-        folder = project_io.free_folder(self.context.settings.projects_path(), "Shape World demo")
+        settings = self.context.settings
 
         def build(state):
             state.progress(0, 1, "Rendering the Shape World demo…")
-            return builder(folder)
+            return builder(project_io.free_folder(settings.projects_path(), "Shape World demo"))
 
         self.demo_button.setEnabled(False)
         self.demo_button.setText("Building the demo…")

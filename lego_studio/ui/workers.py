@@ -181,33 +181,6 @@ class TaskRunner(QObject):
         self.busy_changed.emit(True)
         return True
 
-    def run_and_wait(self, fn: Callable[[TaskState], Any], name: str = "") -> tuple[bool, Any]:
-        """Run ``fn`` in the worker and return ``(True, result)`` or ``(False, message)`` once it
-        is done. The UI thread keeps processing events meanwhile (like a modal dialog), so file-
-        heavy work (decoding, hashing and copying images) never freezes the window, while the
-        caller reads as one step. Returns ``(False, "busy")`` when a task is running already."""
-        from PySide6.QtCore import QEventLoop
-
-        loop = QEventLoop()
-        outcome: list = []
-
-        def finish(ok: bool, value) -> None:
-            outcome.append((ok, value))
-            loop.quit()
-
-        started = self.start(
-            fn,
-            on_done=lambda result: finish(True, result),
-            on_error=lambda message: finish(False, message),
-            on_cancelled=lambda: finish(False, "cancelled"),
-            name=name,
-        )
-        if not started:
-            return False, "busy"
-        if not outcome:
-            loop.exec()
-        return outcome[0]
-
     def cancel(self) -> None:
         if self._worker is not None:
             self._worker.state.request_cancel()
