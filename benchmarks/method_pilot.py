@@ -44,7 +44,26 @@ VARIANTS: dict[str, tuple[str, dict, bool]] = {
     # L_subj switched on only once the concept has formed (LATE below): from step 150.
     "around-late": ("lego", {"rec_region": "concept"}, True),
     "subj-late": ("lego", {}, True),
+    # The subject's colour randomised inside its mask (hue rotations of each exemplar, HUE below):
+    # a colour the words leave out is then no longer shared by the exemplars.
+    "hue": ("lego", {}, True),
+    "hue-ctx0": ("lego", {"w_ctx": 0.0}, True),
+    "hue-ctx0.1": ("lego", {"w_ctx": 0.1}, True),
 }
+# variant -> number of hue rotations (evenly spaced, the original included) per exemplar.
+HUE: dict[str, int] = {"hue": 6, "hue-ctx0": 6, "hue-ctx0.1": 6}
+
+
+def _hue_rotations(images, masks, n):
+    sys.path.insert(0, "/tmp")
+    from recolour import hue_rotate
+
+    out_i, out_m = [], []
+    for image, mask in zip(images, masks):
+        for k in range(n):
+            out_i.append(hue_rotate(image, mask, 360.0 * k / n))
+            out_m.append(mask)
+    return out_i, out_m
 # variant -> (setting, value, from step): a weight that starts at the preset's value and changes
 # to ``value`` at ``from step`` (a pilot-only schedule; the engine has none).
 LATE: dict[str, tuple[str, float, int]] = {
@@ -101,6 +120,8 @@ def main(argv=None) -> int:
     p.add_argument("--seeds", nargs="+", type=int, default=[0])
     p.add_argument("--snapshots", nargs="+", type=int, default=[150, 300, 500])
     p.add_argument("--lr", type=float, default=bm.DEFAULT_LR)
+    p.add_argument("--average-from", nargs="*", type=int, default=[],
+                   help="also judge the mean of the concept vectors from each of these steps to the end")
     p.add_argument("--trace", action="store_true", help="record the concept's effect sizes every step (trace.jsonl)")
 
     from lego_studio.core.training import Trainer
@@ -120,15 +141,26 @@ def main(argv=None) -> int:
                         spec = bm.MethodSpec(name, preset, overrides, uses_masks, name)
                         cfg = bm.train_config(spec, exemplar, evaluation, snapshots[-1], seed, lr=args.lr, track=track)
                         kept = {}
+                        sums = {start: [None, 0] for start in args.average_from}
                         trainer = None
 
-                        def on_event(event, kept=kept):
+                        def on_event(event, kept=kept, sums=sums):
                             if event.kind == "step" and event.step in snapshots:
                                 kept[event.step] = trainer.concept()
+                            if event.kind == "step":
+                                for start, acc in sums.items():
+                                    if event.step > start:
+                                        v = trainer.concept_vectors.detach().float().cpu().clone()
+                                        acc[0] = v if acc[0] is None else acc[0] + v
+                                        acc[1] += 1
 
                         run_dir = Path(tmp) / f"{bm._slug(concept)}-{track}-{name}-{seed}"
                         t0 = time.time()
-                        trainer = Trainer(model, cfg, images, masks if uses_masks else None, run_dir, on_event=on_event)
+                        run_images, run_masks = images, masks
+                        if name in HUE:
+                            run_images, run_masks = _hue_rotations(images, masks, HUE[name])
+                        trainer = Trainer(model, cfg, run_images, run_masks if uses_masks else None, run_dir,
+                                          on_event=on_event)
                         if name in LATE:
                             _schedule(trainer, *LATE[name])
                         trace = []
@@ -140,8 +172,11 @@ def main(argv=None) -> int:
                                 fh.write(json.dumps({"concept": concept, "track": track, "seed": seed, "variant": name,
                                                      "trace": trace}) + "\n")
                         kept[snapshots[-1]] = final
+                        import dataclasses
+                        for start, (total, count) in sums.items():
+                            kept[f"avg{start}"] = dataclasses.replace(final, vectors=total / count)
                         train_s = time.time() - t0
-                        for step in snapshots:
+                        for step in [*snapshots, *(f"avg{start}" for start in args.average_from)]:
                             learned = kept[step]
                             requested = [pair for pair in evaluation for _ in config.gen_seeds]
                             prompts = [bm.benchmark_prompt(s, c, learned.placeholder) for s, c in requested]
@@ -154,7 +189,7 @@ def main(argv=None) -> int:
                                    "train_s": round(train_s, 1)}
                             with open(out / "pilot.jsonl", "a", encoding="utf-8") as fh:
                                 fh.write(json.dumps(row) + "\n")
-                            print(f"{concept:16s} {track:9s} s{seed} {name:14s} @{step:4d}: concept {row['concept_fidelity']:.2f} "
+                            print(f"{concept:16s} {track:9s} s{seed} {name:14s} @{step!s:>6s}: concept {row['concept_fidelity']:.2f} "
                                   f"success {row['success']:.2f} leak c{row['colour_leakage']:.2f} s{row['shape_leakage']:.2f} "
                                   f"({train_s:.0f} s train; {(time.time() - started) / 60:.1f} min)", flush=True)
     return 0
