@@ -54,10 +54,26 @@ VARIANTS: dict[str, tuple[str, dict, bool]] = {
 HUE: dict[str, int] = {"hue": 6, "hue-ctx0": 6, "hue-ctx0.1": 6}
 
 
-def _hue_rotations(images, masks, n):
-    sys.path.insert(0, "/tmp")
-    from recolour import hue_rotate
+def _hue_rotate(image, mask, degrees):
+    """The subject (mask >= 128) with its hue rotated by ``degrees`` around the grey axis (greys
+    stay grey, luminance is kept); the rest of the image as it is."""
+    import numpy as np
+    from PIL import Image
 
+    a = np.deg2rad(degrees)
+    c, s, k = np.cos(a), np.sin(a), 1.0 / 3.0
+    r = np.sqrt(k) * s
+    m = np.array([[c + (1 - c) * k, k * (1 - c) - r, k * (1 - c) + r],
+                  [k * (1 - c) + r, c + k * (1 - c), k * (1 - c) - r],
+                  [k * (1 - c) - r, k * (1 - c) + r, c + k * (1 - c)]])
+    pixels = np.asarray(image.convert("RGB"), dtype=np.float32)
+    rotated = np.clip(pixels @ m.T, 0, 255)
+    subject = (np.asarray(mask) >= 128)[..., None]
+    return Image.fromarray(np.where(subject, rotated, pixels).astype(np.uint8))
+
+
+def _hue_rotations(images, masks, n):
+    hue_rotate = _hue_rotate
     out_i, out_m = [], []
     for image, mask in zip(images, masks):
         for k in range(n):
