@@ -441,6 +441,22 @@ def test_gallery_subjects_follow_a_shape_world_model_unless_typed(window):
     assert gallery.subjects() == ["a red star"]  # typed by the user: kept
 
 
+def test_gallery_subjects_follow_a_shape_world_model_added_from_its_folder(window):
+    # Real-window walk: the Shape World model added in Settings by its folder (a user entry whose
+    # family is "shapeworld", as the screenshot script sets it up) was asked for "a teapot".
+    from lego_studio.core.paths import resource
+    from lego_studio.core.settings import ModelEntry
+
+    settings = window.context.settings
+    folder = str(resource("models", "shapeworld"))
+    settings.models.append(ModelEntry("My Shape World", folder, "diffusers", "shapeworld"))
+    window.context.settings_changed.emit()
+    gallery = window.gallery_view
+    gallery.model_combo.setCurrentIndex(gallery.model_combo.findData(folder))
+    assert gallery.model_combo.currentData() == folder
+    assert gallery.subjects() == ["a green square", "a purple triangle"]
+
+
 def test_a_library_change_during_the_gallerys_listing_is_not_lost(window, qtbot, monkeypatch):
     # The gallery skipped a refresh asked for while it was still listing the library, so a concept
     # added then never appeared (seen as a CI timeout of the test above).

@@ -268,7 +268,10 @@ class GalleryView(QWidget):
         """A Shape World model knows only shapes: untouched default subjects follow the model
         (a teapot means nothing to it; a green square means nothing to Stable Diffusion)."""
         spec = self.model_combo.currentData() or "shapeworld"
-        wanted = SHAPEWORLD_SUBJECTS if spec in BUILTIN_MODELS else GENERIC_SUBJECTS
+        # A Shape World model added in Settings from its folder is one too (its family says so).
+        shape_world = spec in BUILTIN_MODELS or any(
+            entry.spec == spec and entry.family == "shapeworld" for entry in self.context.settings.models)
+        wanted = SHAPEWORLD_SUBJECTS if shape_world else GENERIC_SUBJECTS
         if self.subjects_edit.toPlainText() in (GENERIC_SUBJECTS, SHAPEWORLD_SUBJECTS, ""):
             self.subjects_edit.setPlainText(wanted)
 
