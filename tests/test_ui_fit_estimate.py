@@ -213,3 +213,23 @@ def test_a_yes_to_the_long_run_question_trains_to_the_end_and_the_run_waits_whil
     assert max(seen) == 8
     assert "Cancelled" not in training.status_label.text() and "paused" not in training.status_label.text().lower()
     assert len(window.context.library().names()) == 1  # the concept was trained and added
+
+
+def test_a_start_overtaken_by_opening_another_project_leaves_no_empty_run(make_window, qtbot, tmp_path):
+    # Start's file work runs in the background; a project opened meanwhile stops the start, and the
+    # run folder already made for it used to stay behind, empty, in the first project's runs.
+    window, training = tiny_cpu_project(make_window, tmp_path, steps=1)
+    first = window.context.project
+    other = window.create_project_and_wait("Other", [tmp_path / "project" / "images"])
+    window.open_project_and_wait(first.folder)
+    training.device_combo.setCurrentText("cpu")
+    training.form.set_value("steps", 1)
+    window.settle()
+    assert training.start()
+    window.projects_view.open_project(other.folder)  # queued right behind Start's first step
+    window.settle()
+    qtbot.waitUntil(lambda: not training.is_running(), timeout=60000)
+    assert window.context.project.folder == other.folder
+    assert "another project was opened" in training.status_label.text()
+    runs = first.folder / "runs"
+    assert not runs.exists() or list(runs.iterdir()) == []

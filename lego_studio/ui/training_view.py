@@ -575,7 +575,9 @@ class TrainingView(QWidget):
 
             def prepared(result) -> None:
                 run_dir, images_and_masks = result
-                if self.context.project is not project:  # its run folder stays empty, as a cancelled start
+                if self.context.project is not project:
+                    # Nothing ran in it: the empty run folder goes, so the runs list shows no ghost run.
+                    self.context.writes.submit(lambda: _remove_empty_folder(run_dir))
                     self._not_started("Not started: another project was opened meanwhile.")
                     return
                 self._starting = False
@@ -856,3 +858,12 @@ class TrainingView(QWidget):
         self.runs_runner.shutdown()
         self.figures_runner.shutdown()
 
+
+def _remove_empty_folder(folder) -> None:
+    """Remove ``folder`` when it is empty (a run folder made for a start that did not happen)."""
+    import os
+
+    try:
+        os.rmdir(folder)
+    except OSError:
+        pass  # not empty, gone already, or not ours to remove: leave it
