@@ -80,6 +80,7 @@ def test_the_app_quits_cleanly_with_a_read_only_project(tmp_path):
         if subprocess.run(["mount", "-o", "remount,ro,bind", str(folder)]).returncode != 0:
             pytest.skip("cannot remount read-only here")
         script = textwrap.dedent(f"""
+            import faulthandler; faulthandler.dump_traceback_later(150, exit=True)  # a hang shows where
             from lego_studio.ui.app import create_app
             app = create_app([])
             from lego_studio.core.project import Project

@@ -183,3 +183,49 @@ def test_a_full_disk_keeps_the_mask_and_saves_it_on_the_next_change(window, tmp_
     stored = stored_mask(project)
     assert stored[32, 32] == 255 and stored[32, 4] == 255
     assert not view.info_label.text().startswith("Could not save")
+
+
+def test_quitting_with_a_mask_the_full_disk_refused_asks_first(open_window, tmp_path, monkeypatch):
+    # A mask whose save failed lives only in memory: quitting used to drop it with a line on stderr.
+    from PySide6.QtWidgets import QMessageBox
+
+    from lego_studio.core.errors import disk_error
+
+    project = project_on_disk(tmp_path / "P", "P")
+    window = open_window()
+    window.open_project_and_wait(project.folder)
+    window.show_place("masks")
+    view = window.masks_view
+    real_save = project_io.save_mask
+    full = [True]
+
+    def save(project, path, mask):
+        if full[0]:
+            raise disk_error(OSError(errno.ENOSPC, "No space left on device"), project.folder / "masks" / "pic0.png")
+        real_save(project, path, mask)
+
+    monkeypatch.setattr(project_io, "save_mask", save)
+    asked = []
+
+    def answer(reply):
+        def question(parent, title, text, *args, **kwargs):
+            asked.append((title, text))
+            return reply
+        return question
+
+    view.canvas.set_mask(a_mask((30, 30)))
+    view.save_current_mask()
+    window.settle()
+    monkeypatch.setattr(QMessageBox, "question", answer(QMessageBox.StandardButton.No))
+    window.close()
+    assert window.isVisible()  # "No": the window stays, the mask is still in the canvas
+    assert asked and asked[0][0] == "Masks not saved" and "pic0.png" in asked[0][1] and "no space left" in asked[0][1]
+    assert view.canvas.mask()[32, 32] == 255
+    full[0] = False  # space freed; the next stroke saves it, and quitting asks nothing
+    view.canvas.set_mask(view.canvas.mask() | a_mask((2, 30)))
+    view.save_current_mask()
+    window.settle()
+    asked.clear()
+    window.close()
+    assert not window.isVisible() and asked == []
+    assert stored_mask(project)[32, 32] == 255

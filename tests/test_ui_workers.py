@@ -248,3 +248,21 @@ def test_a_chained_bug_is_named_by_its_innermost_cause_in_one_line(tmp_path, mon
         line = errors.log_bug(type(exc), exc, exc.__traceback__)
     assert "FileNotFoundError" in line and "python_depends.json" in line and "\n" not in line
     assert "FileNotFoundError" in (tmp_path / "lego-studio.log").read_text()
+
+
+def test_shutdown_waits_for_a_task_that_cannot_stop_and_never_kills_it(runner, qtbot, capfd):
+    # A task that ignores cancel past the shutdown's time (importing torch on a loaded machine): it
+    # used to be QThread.terminate()d, which hung the app's quit for good when the thread held the
+    # GIL or the import lock. Now the quit says why it waits, and the task ends normally.
+    ended = threading.Event()
+
+    def slow(state):
+        time.sleep(1.0)  # not a cancel point
+        ended.set()
+        return "done"
+
+    assert runner.start(slow, name="slow-import")
+    qtbot.waitUntil(lambda: runner.busy, timeout=5000)
+    runner.shutdown(timeout_ms=100)
+    assert ended.is_set() and not runner.busy
+    assert "waiting for lego-task-slow-import to finish" in capfd.readouterr().err

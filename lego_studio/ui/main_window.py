@@ -456,6 +456,22 @@ class MainWindow(QMainWindow):
                 return
         try:
             self.masks_view.flush_autosave()
+            self.context.writes.drain()  # the last mask's save: did it land?
+        except Exception as exc:  # noqa: BLE001 - a read-only or full disk must not stop a clean quit
+            _report_on_quit(exc)
+        lost, reason = self.masks_view.unsaved_masks()
+        if lost:
+            names = ", ".join(path.name for path in lost[:3]) + (f" and {len(lost) - 3} more" if len(lost) > 3 else "")
+            answer = QMessageBox.question(
+                self,
+                "Masks not saved",
+                f"The masks of {names} could not be saved ({reason}). They are lost if you quit now. "
+                "Quit anyway? (No: free some space or fix the folder, then paint a stroke to save again.)",
+            )
+            if answer != QMessageBox.StandardButton.Yes:
+                event.ignore()
+                return
+        try:
             self.save_state()
         except Exception as exc:  # noqa: BLE001 - a read-only or full disk must not stop a clean quit
             _report_on_quit(exc)

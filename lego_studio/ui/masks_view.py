@@ -429,6 +429,11 @@ class MasksView(QWidget):
         if self._dirty:
             self.save_current_mask()
 
+    def unsaved_masks(self) -> tuple[list[Path], str]:
+        """The images whose latest mask is only in memory because saving it failed, and the last
+        failure's line (for the question at quit)."""
+        return sorted(path for path in self._failed if path in self._unsaved), self._last_failure
+
     # ------------------------------------------------------------ tools
     def set_tool(self, tool: str) -> None:
         self.canvas.set_tool(tool)

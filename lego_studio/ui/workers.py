@@ -193,8 +193,11 @@ class TaskRunner(QObject):
         self.cancel()
         thread.quit()
         if not thread.wait(timeout_ms):
-            # A task that ignores cancel for this long is a bug; do not leave a dangling thread.
-            thread.terminate()
+            # Still busy: a task that cannot be interrupted (importing torch on a loaded machine took
+            # longer than this). QThread.terminate() cannot stop Python code safely: a thread killed
+            # holding the GIL or the import lock hung the quit for good. So say why, and wait.
+            print(f"lego-studio: waiting for {thread.objectName() or 'a background task'} to finish…",
+                  file=sys.stderr, flush=True)
             thread.wait()
         self._cleanup()
 
