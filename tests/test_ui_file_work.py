@@ -56,6 +56,31 @@ def slow_mask_saves(monkeypatch, only_the_first=False):
     return saves, started
 
 
+def full_disk_mask_saves(monkeypatch):
+    """Mask saves fail with the full-disk error while ``full[0]`` (the returned list) is True."""
+    from lego_studio.core.errors import disk_error
+
+    real_save = project_io.save_mask
+    full = [True]
+
+    def save(project, path, mask):
+        if full[0]:
+            raise disk_error(OSError(errno.ENOSPC, "No space left on device"), project.folder / "masks" / "pic0.png")
+        real_save(project, path, mask)
+
+    monkeypatch.setattr(project_io, "save_mask", save)
+    return full
+
+
+def masks_page_of_a_new_project(open_window, tmp_path):
+    """A window of its own on the Masks page of a fresh two-image project: (project, window, view)."""
+    project = project_on_disk(tmp_path / "P", "P")
+    window = open_window()
+    window.open_project_and_wait(project.folder)
+    window.show_place("masks")
+    return project, window, window.masks_view
+
+
 def stored_mask(project, index=0):
     reopened = Project.open(project.folder)
     return reopened.mask_for(reopened.images[index])
@@ -132,11 +157,7 @@ def test_two_quick_saves_of_one_mask_land_in_order(window, tmp_path, monkeypatch
 
 
 def test_closing_the_window_finishes_a_pending_write(open_window, tmp_path, monkeypatch):
-    project = project_on_disk(tmp_path / "P", "P")
-    window = open_window()
-    window.open_project_and_wait(project.folder)
-    window.show_place("masks")
-    view = window.masks_view
+    project, window, view = masks_page_of_a_new_project(open_window, tmp_path)
     _saves, started = slow_mask_saves(monkeypatch)
     view.canvas.set_mask(a_mask((30, 30)))
     view.save_current_mask()  # handed to the writer: still being written...
@@ -150,21 +171,11 @@ def test_closing_the_window_finishes_a_pending_write(open_window, tmp_path, monk
 
 
 def test_a_full_disk_keeps_the_mask_and_saves_it_on_the_next_change(window, tmp_path, monkeypatch):
-    from lego_studio.core.errors import disk_error
-
     project = project_on_disk(tmp_path / "P", "P")
     window.open_project_and_wait(project.folder)
     window.show_place("masks")
     view = window.masks_view
-    real_save = project_io.save_mask
-    full = [True]
-
-    def save(project, path, mask):
-        if full[0]:
-            raise disk_error(OSError(errno.ENOSPC, "No space left on device"), project.folder / "masks" / "pic0.png")
-        real_save(project, path, mask)
-
-    monkeypatch.setattr(project_io, "save_mask", save)
+    full = full_disk_mask_saves(monkeypatch)
     view.canvas.set_mask(a_mask((30, 30)))
     view.save_current_mask()
     window.settle()
@@ -189,22 +200,8 @@ def test_quitting_with_a_mask_the_full_disk_refused_asks_first(open_window, tmp_
     # A mask whose save failed lives only in memory: quitting used to drop it with a line on stderr.
     from PySide6.QtWidgets import QMessageBox
 
-    from lego_studio.core.errors import disk_error
-
-    project = project_on_disk(tmp_path / "P", "P")
-    window = open_window()
-    window.open_project_and_wait(project.folder)
-    window.show_place("masks")
-    view = window.masks_view
-    real_save = project_io.save_mask
-    full = [True]
-
-    def save(project, path, mask):
-        if full[0]:
-            raise disk_error(OSError(errno.ENOSPC, "No space left on device"), project.folder / "masks" / "pic0.png")
-        real_save(project, path, mask)
-
-    monkeypatch.setattr(project_io, "save_mask", save)
+    project, window, view = masks_page_of_a_new_project(open_window, tmp_path)
+    full = full_disk_mask_saves(monkeypatch)
     asked = []
 
     def answer(reply):
