@@ -49,39 +49,10 @@ VARIANTS: dict[str, tuple[str, dict, bool]] = {
     "hue": ("lego", {}, True),
     "hue-ctx0": ("lego", {"w_ctx": 0.0}, True),
     "hue-ctx0.1": ("lego", {"w_ctx": 0.1}, True),
-    "focal0.5": ("lego", {}, True),
-    "focal1": ("lego", {}, True),
+    # ReVersion's relation-focal timestep sampling (TrainConfig.timestep_focus).
+    "focal0.5": ("lego", {"timestep_focus": 0.5}, True),
+    "focal1": ("lego", {"timestep_focus": 1.0}, True),
 }
-# variant -> alpha of ReVersion's "relation-focal" timestep sampling: t drawn with density
-# proportional to 1 - alpha * cos(pi * t / T), so high-noise steps (where layout is decided) come more often.
-FOCAL: dict[str, float] = {"focal0.5": 0.5, "focal1": 1.0}
-
-
-def _focal_timesteps(trainer, alpha: float) -> None:
-    import torch
-
-    original = trainer._noisy_batch
-    scheduler = trainer.model.noise_scheduler
-    steps = int(scheduler.config.num_train_timesteps)
-    weights = 1.0 - alpha * torch.cos(torch.pi * torch.arange(steps, dtype=torch.float64) / steps)
-
-    def noisy_batch(exemplars, generator):
-        real_randint = torch.randint
-
-        def randint(high, size, generator=None, **kwargs):
-            if high == steps:  # the timestep draw (images and flips draw other ranges)
-                return torch.multinomial(weights, size[0], replacement=True, generator=generator)
-            return real_randint(high, size, generator=generator, **kwargs)
-
-        torch.randint = randint
-        try:
-            return original(exemplars, generator)
-        finally:
-            torch.randint = real_randint
-
-    trainer._noisy_batch = noisy_batch
-
-
 # variant -> number of hue rotations (evenly spaced, the original included) per exemplar.
 HUE: dict[str, int] = {"hue": 6, "hue-ctx0": 6, "hue-ctx0.1": 6}
 
@@ -209,8 +180,6 @@ def main(argv=None) -> int:
                             run_images, run_masks = _hue_rotations(images, masks, HUE[name])
                         trainer = Trainer(model, cfg, run_images, run_masks if uses_masks else None, run_dir,
                                           on_event=on_event)
-                        if name in FOCAL:
-                            _focal_timesteps(trainer, FOCAL[name])
                         if name in LATE:
                             _schedule(trainer, *LATE[name])
                         trace = []

@@ -455,3 +455,26 @@ def test_no_subject_separation_ablation_leaves_the_subject_out_of_every_prompt(t
             train(tiny_model, small(steps=1, subject_in_prompt=flag, w_subj=0.0), exemplar_files, tmp_path / str(flag))
         with_subject = [p for p in seen if "red square" in p]
         assert bool(with_subject) is flag, (flag, seen[:4])
+
+
+def test_timestep_focus_draws_high_noise_steps_more_often_and_stays_reproducible(tiny_model, exemplar_files,
+                                                                                 reference_run, tmp_path):
+    from lego_studio.core.training import Trainer
+
+    def draws(focus):
+        trainer = Trainer.__new__(Trainer)  # only the config is read
+        trainer.config = small(timestep_focus=focus)
+        return trainer._timesteps(1000, 20000, torch.Generator().manual_seed(0)).float()
+
+    def share(mask):
+        return float(mask.float().mean())
+
+    uniform, focused = draws(0.0), draws(1.0)
+    assert 0.2 < share(uniform >= 750) < 0.3 and 0.2 < share(uniform < 250) < 0.3
+    assert share(focused >= 750) > 0.4 and share(focused < 250) < 0.1  # density 1 - cos(pi t / T)
+    assert focused.min() >= 0 and focused.max() <= 999
+    # A focused run is as reproducible as any (same seed, same vectors) and differs from uniform.
+    _, first = train(tiny_model, small(timestep_focus=1.0), exemplar_files, tmp_path / "a")
+    _, again = train(tiny_model, small(timestep_focus=1.0), exemplar_files, tmp_path / "b")
+    assert torch.equal(first.vectors, again.vectors)
+    assert not torch.equal(first.vectors, reference_run["concept"].vectors)

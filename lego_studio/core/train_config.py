@@ -224,6 +224,12 @@ class TrainConfig:
     flip: bool = field(default=True, metadata=describe(
         group="Optimisation", label="Random flips",
         help="flip images horizontally at random (off for concepts with a direction)"))
+    timestep_focus: float = field(default=0.0, metadata=describe(
+        group="Optimisation", label="High-noise focus", minimum=0, maximum=1, decimals=2, step=0.1,
+        help="draw training timesteps more often at high noise, where a picture's layout is decided (0 = uniform)",
+        details="ReVersion's relation-focal sampling: a step's noise level t is drawn with density "
+                "1 - a·cos(πt/T), a = this value: at 1 the highest noise levels come twice as often as with "
+                "uniform sampling and the lowest almost never."))
     templates: list[str] = field(default_factory=lambda: list(DEFAULT_TEMPLATES), metadata=describe(
         group="Optimisation", label="Templates", min_items=1, list_separator=";", cli=False,
         help="prompt templates, each with one {} for the concept"))

@@ -634,7 +634,7 @@ class Trainer(RunFiles):
         flips = torch.randint(2, (b,), generator=generator) if config.flip else torch.zeros(b, dtype=torch.long)
         z0 = exemplars.latents[index, flips]
         mask = exemplars.masks[index, flips]
-        t = torch.randint(int(scheduler.config.num_train_timesteps), (b,), generator=generator)
+        t = self._timesteps(int(scheduler.config.num_train_timesteps), b, generator)
         noise = torch.randn(z0.shape, generator=generator)
         device = self.model.device
         z0, noise, t, mask = z0.to(device), noise.to(device), t.to(device), mask.to(device)
@@ -648,6 +648,18 @@ class Trainer(RunFiles):
         has_mask = torch.tensor([exemplars.has_mask[i] for i in index.tolist()])
         sizes = exemplars.sizes[index, flips] if exemplars.sizes is not None else None
         return z_t, t, target, mask, has_mask, sizes
+
+    def _timesteps(self, steps: int, b: int, generator):
+        """``b`` noise levels in [0, steps): uniform, or with ``timestep_focus`` a > 0 drawn with
+        density 1 - a·cos(pi·t/steps), more of them at high noise (ReVersion's relation-focal
+        sampling; see docs/METHOD.md for what it did on Shape World)."""
+        import torch
+
+        focus = float(self.config.timestep_focus)
+        if focus <= 0:
+            return torch.randint(steps, (b,), generator=generator)
+        weights = 1.0 - focus * torch.cos(torch.pi * torch.arange(steps, dtype=torch.float64) / steps)
+        return torch.multinomial(weights, b, replacement=True, generator=generator)
 
     def _unet(self, z_t, t, conditioning, copies: int, sizes=None):
         """The UNet's prediction for ``copies`` conditionings of the batch. SDXL: ``sizes`` [B, 4]
