@@ -20,7 +20,7 @@ TRAIN_CONFIG_FLAGS = {
     "--method", "--name", "--vectors", "--init-words", "--init-from", "--subject", "--subject-token-steps",
     "--w-subj", "--rec-region", "--concept-inside-weight", "--w-ctx", "--ctx-region", "--context-subjects",
     "--w-words", "--positive-words", "--negative-words", "--steps", "--lr", "--lr-schedule", "--warmup-steps",
-    "--batch-size", "--resolution", "--seed", "--flip", "--no-flip", "--gradient-checkpointing",
+    "--batch-size", "--resolution", "--seed", "--flip", "--no-flip", "--timestep-focus", "--gradient-checkpointing",
     "--no-gradient-checkpointing", "--unet-batching", "--checkpoint-every", "--preview-every", "--preview-steps",
 }
 NUMBERS = [s for s in SETTINGS.values() if s.kind in ("int", "float")]

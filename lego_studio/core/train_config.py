@@ -224,9 +224,10 @@ class TrainConfig:
     flip: bool = field(default=True, metadata=describe(
         group="Optimisation", label="Random flips",
         help="flip images horizontally at random (off for concepts with a direction)"))
-    timestep_focus: float = field(default=0.0, metadata=describe(
+    timestep_focus: float = field(default=1.0, metadata=describe(
         group="Optimisation", label="High-noise focus", minimum=0, maximum=1, decimals=2, step=0.1,
-        help="draw training timesteps more often at high noise, where a picture's layout is decided (0 = uniform)",
+        help="draw training timesteps more often at high noise, where a picture's layout is decided (0 = uniform, "
+             "as Textual Inversion does)",
         details="ReVersion's relation-focal sampling: a step's noise level t is drawn with density "
                 "1 - a·cos(πt/T), a = this value: at 1 the highest noise levels come twice as often as with "
                 "uniform sampling and the lowest almost never."))
@@ -330,10 +331,12 @@ class TrainConfig:
     def preset_values(method: str) -> dict:
         """The settings that differ between the two methods (the rest are shared defaults)."""
         if method == "ti":
-            return {"method": "ti", "num_vectors": 1, "w_subj": 0.0, "w_ctx": 0.0, "w_words": 0.0, "rec_region": "full"}
+            return {"method": "ti", "num_vectors": 1, "w_subj": 0.0, "w_ctx": 0.0, "w_words": 0.0, "rec_region": "full",
+                    "timestep_focus": 0.0}
         if method == "lego":  # Lego is what the field defaults describe
             defaults = {f.name: f.default for f in dataclasses.fields(TrainConfig)}
-            return {key: defaults[key] for key in ("method", "num_vectors", "w_subj", "w_ctx", "w_words", "rec_region")}
+            return {key: defaults[key] for key in ("method", "num_vectors", "w_subj", "w_ctx", "w_words", "rec_region",
+                                                   "timestep_focus")}
         raise InputError(f"config: {SETTINGS['method'].problem(method)}")
 
     @classmethod
