@@ -13,6 +13,7 @@ per (run, snapshot) to ``pilot.jsonl`` and prints a line each. Tuning concepts o
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import sys
 import tempfile
@@ -76,13 +77,12 @@ def _hue_rotate(image, mask, degrees):
 
 
 def _hue_rotations(images, masks, n):
-    hue_rotate = _hue_rotate
-    out_i, out_m = [], []
-    for image, mask in zip(images, masks):
-        for k in range(n):
-            out_i.append(hue_rotate(image, mask, 360.0 * k / n))
-            out_m.append(mask)
-    return out_i, out_m
+    """Each exemplar ``n`` times, its subject's hue rotated by 360/n steps (the original first)."""
+    pairs = [(_hue_rotate(image, mask, 360.0 * k / n), mask) for image, mask in zip(images, masks) for k in range(n)]
+    return [image for image, _ in pairs], [mask for _, mask in pairs]
+
+
+
 # variant -> (setting, value, from step): a weight that starts at the preset's value and changes
 # to ``value`` at ``from step`` (a pilot-only schedule; the engine has none).
 LATE: dict[str, tuple[str, float, int]] = {
@@ -191,7 +191,6 @@ def main(argv=None) -> int:
                                 fh.write(json.dumps({"concept": concept, "track": track, "seed": seed, "variant": name,
                                                      "trace": trace}) + "\n")
                         kept[snapshots[-1]] = final
-                        import dataclasses
                         for start, (total, count) in sums.items():
                             kept[f"avg{start}"] = dataclasses.replace(final, vectors=total / count)
                         train_s = time.time() - t0

@@ -266,3 +266,27 @@ def test_shutdown_waits_for_a_task_that_cannot_stop_and_never_kills_it(runner, q
     runner.shutdown(timeout_ms=100)
     assert ended.is_set() and not runner.busy
     assert "waiting for lego-task-slow-import to finish" in capfd.readouterr().err
+
+
+def test_a_latest_reader_reads_once_more_after_a_busy_reading_with_the_latest_request(qtbot):
+    from lego_studio.ui.workers import LatestReader
+
+    reader = LatestReader()
+    release = threading.Event()
+    shown = []
+
+    def reading(label, wait=False):
+        def read(state):
+            if wait:
+                release.wait(5)
+            return label
+        return read
+
+    reader.read(reading("first", wait=True), on_done=shown.append)
+    reader.read(reading("second"), on_done=shown.append)  # asked while the first runs...
+    reader.read(reading("third"), on_done=shown.append)  # ...and again: only the latest is read
+    assert reader.loading
+    release.set()
+    qtbot.waitUntil(lambda: not reader.loading, timeout=5000)
+    assert shown == ["first", "third"]
+    reader.shutdown()

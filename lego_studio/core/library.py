@@ -278,7 +278,7 @@ class ConceptLibrary:
 
     # ---------------------------------------------------------------- changing
 
-    def _free_name(self, wanted: str) -> str:
+    def free_name(self, wanted: str) -> str:
         candidate, counter = wanted, 2
         while candidate in self:
             candidate = f"{wanted}-{counter}"
@@ -323,9 +323,9 @@ class ConceptLibrary:
         if wanted in self:
             if on_conflict == "error":
                 raise NameTaken(f"{self.concept_path(wanted)}: the library already has a concept named {wanted!r}",
-                                wanted, self._free_name(wanted))
+                                wanted, self.free_name(wanted))
             if on_conflict == "rename":
-                wanted = self._free_name(wanted)
+                wanted = self.free_name(wanted)
         stored = Concept(wanted, f"<{wanted}>", concept.vectors, dict(concept.metadata), vectors_2=concept.vectors_2)
         save_concept(stored, self.concept_path(wanted))
         if thumbnail is not None:

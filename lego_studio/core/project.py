@@ -575,6 +575,14 @@ class Project:
                 candidate = f"{base}-{counter}"
                 counter += 1
 
+    def discard_run_dir(self, run_dir: Path) -> None:
+        """Remove a run folder from :meth:`new_run_dir` that no run used (still empty); a folder
+        with anything in it, or gone already, is left as it is."""
+        try:
+            os.rmdir(run_dir)
+        except OSError:
+            pass
+
     def runs(self) -> list[RunInfo]:
         """Every run, newest first, with its status read from its record (core/runs.py)."""
         return list_runs(self.folder / RUNS_DIR)

@@ -658,7 +658,10 @@ class Trainer(RunFiles):
         focus = float(self.config.timestep_focus)
         if focus <= 0:
             return torch.randint(steps, (b,), generator=generator)
-        weights = 1.0 - focus * torch.cos(torch.pi * torch.arange(steps, dtype=torch.float64) / steps)
+        key, weights = getattr(self, "_timestep_weights", (None, None))
+        if key != (steps, focus):  # made once per run, not at every step
+            weights = 1.0 - focus * torch.cos(torch.pi * torch.arange(steps, dtype=torch.float64) / steps)
+            self._timestep_weights = ((steps, focus), weights)
         return torch.multinomial(weights, b, replacement=True, generator=generator)
 
     def _unet(self, z_t, t, conditioning, copies: int, sizes=None):

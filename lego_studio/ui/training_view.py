@@ -45,7 +45,7 @@ from lego_studio.ui.run_list import RunsList
 from lego_studio.ui.train_form import (PRESETS, ConfigForm, app_defaults, explicit_memory_settings,
                                        settings_to_remember)
 from lego_studio.ui.wheel_guard import guard_wheel
-from lego_studio.ui.workers import TaskRunner
+from lego_studio.ui.workers import LatestReader, TaskRunner
 from lego_studio.ui.layouts import install_two_pane_layout
 
 PREVIEW_THUMB = 96
@@ -64,13 +64,11 @@ class TrainingView(QWidget):
         self._asking = threading.Event()  # set by the worker while a long run waits for the user's answer
         self.check_runner = TaskRunner(self)  # the foreign-images check (judge), off the UI thread
         self.plan_runner = TaskRunner(self)  # the image-size notes before Start (reads image headers)
-        self.runs_runner = TaskRunner(self)  # reads the project's runs (run.json, log.jsonl) for the list
-        self.figures_runner = TaskRunner(self)  # reads the time figures (step_times.json) for the estimate
+        self.runs_runner = LatestReader(self)  # reads the project's runs (run.json, log.jsonl) for the list
+        self.figures_runner = LatestReader(self)  # reads the time figures (step_times.json) for the estimate
         self._figures: dict = {}  # the time figures, as last read
-        self._figures_pending = False
         self._figures_shown = True  # the reading in progress updates the estimate line
         self._starting = False  # Start is checking the name and making the run folder (in the writer)
-        self._runs_pending = False
         self._wanted_run: Path | None = None  # a run to select once the list has been read
         self._plan_key = None  # what the plan line shown was worked out for
         self._plan_pending = False
@@ -246,12 +244,7 @@ class TrainingView(QWidget):
 
     def _read_figures(self, show: bool = True) -> None:
         """Read the time figures again in the worker; with ``show``, the estimate line follows."""
-        if self.figures_runner.busy:
-            self._figures_pending = True
-            self._figures_shown = self._figures_shown or show
-            return
-        self._figures_pending = False
-        self._figures_shown = show
+        self._figures_shown = show or (self._figures_shown and self.figures_runner.loading)
 
         def read(state):
             from lego_studio.core.estimate import load_figures
@@ -262,15 +255,13 @@ class TrainingView(QWidget):
             self._figures = figures
             if self._figures_shown and not self.runner.busy:
                 self._show_estimate()
-            if self._figures_pending:
-                self._read_figures(self._figures_shown)
 
-        self.figures_runner.start(read, on_done=done, on_error=lambda _message: None, name="figures")
+        self.figures_runner.read(read, on_done=done, on_error=lambda _message: None, name="figures")
 
     @property
     def estimate_loading(self) -> bool:
         """Whether the time figures are being read (the line shows the last reading meanwhile)."""
-        return self.figures_runner.busy or self._figures_pending
+        return self.figures_runner.loading
 
     def is_shapeworld_model(self) -> bool:
         spec, _device = self._choice()
@@ -435,22 +426,19 @@ class TrainingView(QWidget):
         self.form.set_value("positive_words", project.positive_words)
         self.form.set_value("negative_words", project.negative_words or None)
 
-    def remember_settings(self, project, config: TrainConfig, model: str | None = None,
-                          on_done=None, on_error=None) -> None:
+    def remember_settings(self, project, config: TrainConfig, model: str | None = None) -> None:
         """Store the form's settings in the project (train_form.settings_to_remember: the fields
         typed here, the settings that differ from the app's defaults), in the writer; then
-        ``project_fields_changed`` when fields changed, and ``on_done()`` (or ``on_error(message)``)."""
+        ``project_fields_changed`` when fields changed (Start does the same in its own job)."""
         fields, train_defaults = settings_to_remember(project, config, model)
         context = self.context
 
         def saved(_result) -> None:
             if fields:
                 context.project_fields_changed.emit()
-            if on_done is not None:
-                on_done()
 
         context.writes.submit(lambda: project_io.store_training_settings(project, fields, train_defaults),
-                              on_done=saved, on_error=on_error)
+                              on_done=saved)
 
     def refresh_runs(self) -> None:
         """Read the project's runs in a worker (every run's record and log: file work that grows
@@ -459,10 +447,6 @@ class TrainingView(QWidget):
         if project is None:
             self.runs_list.fill([], None, "")
             return
-        if self.runs_runner.busy:
-            self._runs_pending = True
-            return
-        self._runs_pending = False
 
         def done(result):
             infos, resumable = result
@@ -475,24 +459,20 @@ class TrainingView(QWidget):
                     self.runs_list.select(self._wanted_run)
                     self._wanted_run = None
                 self._update_buttons()
-            if self._runs_pending:
-                self.refresh_runs()
 
         def failed(message):
             self.status_label.setText(f"Could not read the runs: {message}")
-            if self._runs_pending:
-                self.refresh_runs()
 
         def read(state):
             infos = project.runs()
             return infos, {info.path for info in infos if info.resumable}
 
-        self.runs_runner.start(read, on_done=done, on_error=failed, name="runs")
+        self.runs_runner.read(read, on_done=done, on_error=failed, name="runs")
 
     @property
     def runs_loading(self) -> bool:
         """Whether the runs list is being read (it shows the last reading meanwhile)."""
-        return self.runs_runner.busy or self._runs_pending
+        return self.runs_runner.loading
 
     def _show_current_run_step(self, step: int, total: int) -> None:
         if self._run_dir is not None:
@@ -560,7 +540,7 @@ class TrainingView(QWidget):
 
             library = ConceptLibrary(settings.library_path())
             wanted = library_name(config.name)
-            return library, wanted, (library._free_name(wanted) if wanted in library else None)
+            return library, wanted, (library.free_name(wanted) if wanted in library else None)
 
         def checked(result) -> None:
             if self.context.project is not project:
@@ -572,23 +552,26 @@ class TrainingView(QWidget):
                 self._not_started(f"Not started: the library already has <{config.name}>; "
                                   f'change "{SETTINGS["name"].label}" or choose Replace or Keep both.')
                 return
+            fields, train_defaults = settings_to_remember(project, config, spec)
+
+            def prepare():
+                project_io.store_training_settings(project, fields, train_defaults)
+                return project.new_run_dir(), project.training_inputs()
 
             def prepared(result) -> None:
                 run_dir, images_and_masks = result
+                if fields:
+                    self.context.project_fields_changed.emit()
                 if self.context.project is not project:
                     # Nothing ran in it: the empty run folder goes, so the runs list shows no ghost run.
-                    self.context.writes.submit(lambda: _remove_empty_folder(run_dir))
+                    self.context.writes.submit(lambda: project.discard_run_dir(run_dir))
                     self._not_started("Not started: another project was opened meanwhile.")
                     return
                 self._starting = False
                 self._launch(config, run_dir, resume=False, spec=spec, device=device, confirmed=confirmed,
                              on_conflict=on_conflict, library=library, images_and_masks=images_and_masks)
 
-            def make_run_folder() -> None:
-                self.context.writes.submit(lambda: (project.new_run_dir(), project.training_inputs()),
-                                           on_done=prepared, on_error=self._not_started)
-
-            self.remember_settings(project, config, model=spec, on_done=make_run_folder, on_error=self._not_started)
+            self.context.writes.submit(prepare, on_done=prepared, on_error=self._not_started)
 
         self._starting = True
         self._update_buttons()
@@ -858,12 +841,3 @@ class TrainingView(QWidget):
         self.runs_runner.shutdown()
         self.figures_runner.shutdown()
 
-
-def _remove_empty_folder(folder) -> None:
-    """Remove ``folder`` when it is empty (a run folder made for a start that did not happen)."""
-    import os
-
-    try:
-        os.rmdir(folder)
-    except OSError:
-        pass  # not empty, gone already, or not ours to remove: leave it

@@ -298,6 +298,38 @@ def shutdown_abandoned(timeout_ms: int = 30000) -> None:
         _ABANDONED.discard(runner)
 
 
+class LatestReader(TaskRunner):
+    """A :class:`TaskRunner` for readings that go stale (the runs list, the time figures):
+    :meth:`read` while a reading runs does not start a second one but reads once more when it
+    ends, with the latest request, so what is shown is never older than the last request."""
+
+    def __init__(self, parent: QObject | None = None):
+        super().__init__(parent)
+        self._again: tuple | None = None
+
+    @property
+    def loading(self) -> bool:
+        """A reading runs, or one more is due."""
+        return self.busy or self._again is not None
+
+    def read(self, fn: Callable[[TaskState], Any], on_done: Callable[[Any], None],
+             on_error: Callable[[str], None] | None = None, name: str = "") -> None:
+        if self.busy:
+            self._again = (fn, on_done, on_error, name)
+            return
+        self._again = None
+
+        def then(callback):
+            def call(value) -> None:
+                if callback is not None:
+                    callback(value)
+                if self._again is not None and not self.busy:
+                    self.read(*self._again)
+            return call
+
+        self.start(fn, on_done=then(on_done), on_error=then(on_error), name=name)
+
+
 class SerialWriter(QObject):
     """The one background writer of the open project, the library and the settings: a single
     thread that runs the jobs it is given one after the other, in the order they came (a FIFO).
