@@ -133,9 +133,26 @@ def test_scores_count_fidelity_and_leakage():
     ]
     scores = runner.score_predictions(predictions, requested, exemplar, "melting")
     assert scores == {"concept_fidelity": 0.75, "subject_fidelity": 0.25, "success": 0.25, "leakage": 0.5,
-                      "colour_leakage": 0.25, "shape_leakage": 0.25}
+                      "colour_leakage": 0.25, "shape_leakage": 0.25, "colour_drift": 0.0}
     both = runner.score_predictions([_pred("circle", "red", "melting")], [("square", "blue")], exemplar, "melting")
     assert (both["leakage"], both["colour_leakage"], both["shape_leakage"]) == (1.0, 1.0, 1.0)
+
+
+def test_colour_drift_counts_colours_pulled_towards_the_exemplars_and_nothing_else():
+    # Seen in a real run ("in a cage", exemplar a yellow star, colour left out of the words): every
+    # subject came out one step nearer yellow, which the exact-colour leakage counted as 0.
+    exemplar = ("star", "yellow")
+    requested = [("cross", "green"), ("triangle", "purple"), ("heart", "red"), ("square", "blue")]
+    drawn = [_pred("cross", "orange", "cage"), _pred("triangle", "red", "cage"), _pred("heart", "orange", "cage"),
+             _pred("square", "green", "cage")]
+    scores = runner.score_predictions(drawn, requested, exemplar, "cage")
+    assert (scores["colour_leakage"], scores["colour_drift"]) == (0.0, 1.0)
+    # A colour further from the exemplar's than the requested one (green asked, blue drawn), the
+    # exemplar's own colour (that is leakage, not drift) and right colours are not drift.
+    others = [_pred("cross", "blue", "cage"), _pred("triangle", "yellow", "cage"), _pred("heart", "red", "cage"),
+              _pred("square", "blue", "cage")]
+    scores = runner.score_predictions(others, requested, exemplar, "cage")
+    assert (scores["colour_leakage"], scores["colour_drift"]) == (0.25, 0.0)
 
 
 def test_pixel_diversity_is_zero_for_copies_and_one_for_opposites():

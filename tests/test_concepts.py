@@ -329,3 +329,25 @@ def test_cli_errors_are_one_line_without_traceback(tmp_path, capsys):
     assert "nothing-here: no such concept file" in capsys.readouterr().err
     assert main(["concepts", "list"]) == 0
     assert "the library is empty" in capsys.readouterr().out
+
+
+def test_closest_words_are_whole_words_nearest_the_learned_vector():
+    from lego_studio.core.concepts import closest_words
+    from lego_studio.core.tokenizer import load_tokenizer
+
+    tokenizer = load_tokenizer("sd1")
+    vocab = tokenizer.get_vocab()
+    table = torch.randn(len(vocab), 32, generator=torch.Generator().manual_seed(0))
+    cage, yellow, melting = (vocab[f"{w}</w>"] for w in ("cage", "yellow", "melting"))
+    # A concept that is mostly "cage" with some "yellow" in it, as a leaking Shape World concept is.
+    vector = 0.8 * table[cage] / table[cage].norm() + 0.6 * table[yellow] / table[yellow].norm()
+    assert closest_words(vector[None], tokenizer, table, k=2) == ["cage", "yellow"]
+    # Several vectors: each word counts by the vector it is nearest.
+    two = torch.stack([table[melting], vector])
+    assert closest_words(two, tokenizer, table, k=3)[0] == "melting"
+    assert set(closest_words(two, tokenizer, table, k=3)) == {"melting", "cage", "yellow"}
+    # Word pieces, punctuation and "a" / "of" never show, however near.
+    piece = vocab["ice"] if "ice" in vocab else vocab["ing"]
+    table[piece] = vector * 10
+    table[vocab["of</w>"]] = vector
+    assert closest_words(vector[None], tokenizer, table, k=2) == ["cage", "yellow"]

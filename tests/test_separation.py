@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from lego_studio.core.separation import mask_terms, masks_usage, subject_words_note, vague_subject
+from lego_studio.core.separation import closest_words_note, mask_terms, masks_usage, subject_words_note, vague_subject
 from lego_studio.core.train_config import TrainConfig
 from lego_studio.core.training import Trainer
 
@@ -79,5 +79,18 @@ def test_train_warns_about_vague_subject_words_before_the_run(exemplar_folders, 
     code = main(["train", "--model", str(tiny_model_dir), "--images", str(images), "--masks", str(masks), "--subject", "an object",
                  "--steps", "1", "--out", str(tmp_path / "c.safetensors"), "--quiet"])
     assert code == 0
-    err = capsys.readouterr().err
+    out, err = capsys.readouterr()
     assert "warning: the subject words 'an object' say almost nothing" in err
+    # After the run: the concept's closest words, and what to do with a subject word among them.
+    closest = next(line for line in out.splitlines() if line.startswith("Closest words to the concept: "))
+    assert len(closest.split(": ", 1)[1].split(". ")[0].split(", ")) == 5
+    assert "add the word to the subject words and train again" in closest
+
+
+def test_the_closest_words_note_says_what_a_subject_word_among_them_means():
+    note = closest_words_note(["cage", "yellow", "melting"], "lego")
+    assert note.startswith("Closest words to the concept: cage, yellow, melting. If one of them describes your subject")
+    assert "add the word to the subject words and train again" in note
+    # Textual Inversion learns the subject with the concept: the words only, no advice.
+    assert closest_words_note(["cage", "yellow"], "ti") == "Closest words to the concept: cage, yellow."
+    assert closest_words_note([], "lego") == "" and closest_words_note(None, "lego") == ""

@@ -268,6 +268,11 @@ def test_training_changes_only_the_concept_vectors_and_writes_the_run(tiny_model
 
     kinds = [e.kind for e in reference_run["events"]]
     assert kinds[0] == "start" and kinds[-1] == "done" and kinds.count("step") == 4
+    # The finished concept's closest words: in its file, and said once, just before "done".
+    assert kinds[-2] == "closest" and kinds.count("closest") == 1
+    words = saved.metadata["closest_words"]
+    assert len(words) == 5 and all(w.isalpha() for w in words)
+    assert reference_run["events"][-2].message.startswith("Closest words to the concept: " + ", ".join(words) + ".")
     preview = next(e for e in reference_run["events"] if e.kind == "preview")
     assert len(preview.images) == 3 and preview.images[0].size == (32, 32)
     step = next(e for e in reference_run["events"] if e.kind == "step")

@@ -227,6 +227,12 @@ def test_create_mask_train_library_gallery(window, qtbot, tmp_path, monkeypatch)
     )
     assert training.last_error == ""
     assert training.progress.value() == 4
+    # The finished concept's closest words stay on the page, the words its file keeps.
+    from lego_studio.core.concepts import load_concept
+
+    words = load_concept(finished.args[0]).metadata["closest_words"]
+    assert not training.closest_label.isHidden()
+    assert training.closest_label.text().startswith("Closest words to the concept: " + ", ".join(words) + ".")
     assert {"total", "rec"} <= set(training.chart.terms())
     assert training.previews.count() >= 1
     qtbot.waitUntil(lambda: not training.runs_loading, timeout=10000)

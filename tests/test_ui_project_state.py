@@ -162,8 +162,13 @@ def test_another_project_does_not_show_the_last_projects_run(window, tmp_path):
     view.previews.addItem("step 100")
     view.status_label.setText("Cancelled. The run can be resumed from its checkpoint.")
     view.eta_label.setText("cancelled")
+    from lego_studio.core.run_files import TrainEvent
+
+    view._on_event(TrainEvent("closest", message="Closest words to the concept: cage, yellow."))
+    assert not view.closest_label.isHidden()
     window.create_project_and_wait("Second", [image_folder(tmp_path / "b")])
     assert view.progress.value() == -1 and view.previews.count() == 0
+    assert view.closest_label.isHidden() and view.closest_label.text() == ""
     assert view.status_label.text() == "Ready." and view.eta_label.text() == "ETA —"
     window.open_project_and_wait(first.folder)  # its run is not shown again either, until it runs
     assert view.previews.count() == 0

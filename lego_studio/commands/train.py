@@ -421,4 +421,9 @@ def _train(args, run_dir: Path, out: Path, images, masks, subject_images, config
     from lego_studio.core.wording import plural
 
     print(f"saved {out} ({plural(concept.num_vectors, 'vector')}, use {concept.placeholder} in prompts; run in {run_dir})")
+    from lego_studio.core.separation import closest_words_note
+
+    note = closest_words_note(concept.metadata.get("closest_words"), config.method)
+    if note:
+        print(note)
     return 0

@@ -384,6 +384,37 @@ def _load_concept(path: Path, name: str | None) -> Concept:
 # ----------------------------------------------------------------------------- writing
 
 
+_WORD_IDS: dict[int, tuple] = {}
+
+
+def _whole_word_ids(tokenizer):
+    """(ids, words) of the vocabulary's whole words: tokens that end a word, plain ASCII letters,
+    three or more of them (no word pieces, punctuation, emoji or "a" / "of")."""
+    key = id(tokenizer)
+    if key not in _WORD_IDS:
+        pairs = sorted((i, t[:-4]) for t, i in tokenizer.get_vocab().items()
+                       if t.endswith("</w>") and len(t) >= 7 and t[:-4].isascii() and t[:-4].isalpha())
+        _WORD_IDS[key] = (torch.tensor([i for i, _ in pairs], dtype=torch.long), [w for _, w in pairs])
+    return _WORD_IDS[key]
+
+
+def closest_words(vectors: torch.Tensor, tokenizer, table: torch.Tensor, k: int = 5) -> list[str]:
+    """The ``k`` whole words whose token embeddings (rows of ``table``) point most nearly the way
+    the concept's ``vectors`` [N, d] do (cosine, the best over the N vectors), closest first.
+
+    What it is for: a word that describes the exemplars' *subject* (its colour, its shape) among
+    them means the subject words left it out and it went into the concept, to be drawn on every
+    subject (measured on Shape World, docs/METHOD.md "What a leaking concept is made of")."""
+    ids, words = _whole_word_ids(tokenizer)
+    keep = (ids < table.shape[0]).nonzero().flatten()
+    if len(keep) == 0:
+        return []
+    rows = torch.nn.functional.normalize(table[ids[keep].to(table.device)].float().cpu(), dim=-1)
+    v = torch.nn.functional.normalize(torch.as_tensor(vectors).float().cpu().reshape(-1, rows.shape[1]), dim=-1)
+    best = (v @ rows.T).max(dim=0).values
+    return [words[int(keep[i])] for i in best.topk(min(k, len(keep))).indices.tolist()]
+
+
 def _lego_json(concept: Concept) -> str:
     info = dict(concept.metadata)
     info.update(

@@ -19,7 +19,8 @@ from lego_studio.core.train_config import CHECKPOINT_FORMAT, KEEP_CHECKPOINTS, l
 
 @dataclass
 class TrainEvent:
-    """What the trainer reports. ``kind``: start | step | preview | checkpoint | skipped | log | done
+    """What the trainer reports. ``kind``: start | step | preview | checkpoint | skipped | log |
+    closest (the finished concept's closest words, core/separation.py) | done
     (the app adds ``plan``, how the run was set up, and ``estimate``, its expected duration)."""
 
     kind: str

@@ -13,6 +13,11 @@ Masks. :func:`mask_terms` lists the training terms that read the subject masks u
 the current settings, so what the app says about masks is what training does (tested by training
 with and without masks).
 
+Closest words. After a run, :func:`closest_words_note` shows the whole words nearest the learned
+vector (core/concepts.py ``closest_words``): a word there that describes the subject, not the
+concept, is the look the words left out, leaking into the concept (docs/METHOD.md). The user
+knows their subject; the note asks them to add that word and train again.
+
 Torch-free and Qt-free.
 """
 
@@ -84,3 +89,17 @@ def masks_usage(config) -> str:
                 "the subject by its words). They are used when you set Context region to \"outside\", an Inside-mask "
                 "weight below 1 or a Subject weight above 0.")
     return "Masks tell training where your subject is: " + "; ".join(terms) + "."
+
+
+def closest_words_note(words, method: str = "lego") -> str:
+    """One line on a trained concept's closest words (empty without words). For Lego it says what
+    a subject word among them means and what to do; Textual Inversion learns the subject too."""
+    words = [str(w) for w in words or []]
+    if not words:
+        return ""
+    listed = ", ".join(words)
+    if method != "lego":
+        return f"Closest words to the concept: {listed}."
+    return (f"Closest words to the concept: {listed}. If one of them describes your subject rather than the concept "
+            "(its colour, shape or kind), that look is leaking into the concept and will be drawn on other subjects: "
+            "add the word to the subject words and train again.")

@@ -353,9 +353,13 @@ class Trainer(RunFiles):
         path = self._save_checkpoint(total, optimizer, streak)
         self._emit(TrainEvent("checkpoint", step=total, total=total, path=str(path)))
         concept = self.concept()
-        from lego_studio.core.concepts import save_concept
+        from lego_studio.core.concepts import closest_words, save_concept
+        from lego_studio.core.separation import closest_words_note
 
+        words = closest_words(concept.vectors, self.model.tokenizer, self._split_widths(self._table)[0])
+        concept.metadata["closest_words"] = words
         save_concept(concept, self.concept_path)
+        self._emit(TrainEvent("closest", step=total, total=total, message=closest_words_note(words, self.config.method)))
         self._emit(TrainEvent("done", step=total, total=total, path=str(self.concept_path)))
         return concept
 

@@ -101,7 +101,7 @@ QUICK_METHODS: tuple[str, ...] = ("ti-1", "lego")
 # are a separate run (--methods), so the default fits its budget at the product's step count.
 DEFAULT_METHODS: tuple[str, ...] = ("ti-1", "lego")
 METRICS: tuple[str, ...] = ("concept_fidelity", "subject_fidelity", "success", "leakage", "colour_leakage",
-                             "shape_leakage", "diversity")
+                             "shape_leakage", "colour_drift", "diversity")
 METRIC_HELP = {
     "concept_fidelity": "judge's concept == the exemplars' concept",
     "subject_fidelity": "judge's shape and colour == the requested ones",
@@ -109,6 +109,8 @@ METRIC_HELP = {
     "leakage": "judge sees the exemplar's shape or colour instead of the requested one (lower is better)",
     "colour_leakage": "judge sees the exemplar's colour instead of the requested one (lower is better)",
     "shape_leakage": "judge sees the exemplar's shape instead of the requested one (lower is better)",
+    "colour_drift": "judge sees a colour that is neither the requested one nor the exemplar's but nearer the "
+                    "exemplar's in hue than the requested one is: a partial colour leak (lower is better)",
     "diversity": "mean absolute pixel difference between seeds of one prompt (0-1)",
 }
 

@@ -116,14 +116,32 @@ def pixel_diversity(groups: Sequence[Sequence]) -> float:
     return sum(values) / len(values) if values else 0.0
 
 
+def _hue(colour: str) -> float:
+    import colorsys
+
+    from lego_studio.shapeworld.world import COLOURS
+
+    r, g, b = (c / 255.0 for c in COLOURS[colour])
+    return colorsys.rgb_to_hsv(r, g, b)[0] * 360.0
+
+
+def _hue_distance(a: str, b: str) -> float:
+    d = abs(_hue(a) - _hue(b)) % 360.0
+    return min(d, 360.0 - d)
+
+
 def score_predictions(predictions, requested: Sequence[tuple[str, str]], exemplar: tuple[str, str], concept: str) -> dict:
     """Concept / subject / success / leakage shares of a list of judge predictions, where
-    ``requested[i]`` is the (shape, colour) prompted for image i."""
+    ``requested[i]`` is the (shape, colour) prompted for image i.
+
+    Colour drift is the partial colour leak the exact-colour count misses: the judged colour is
+    neither the requested one nor the exemplar's, but nearer the exemplar's in hue than the
+    requested colour is (asked for green, exemplar yellow, drawn orange)."""
     n = len(predictions)
     if n == 0 or n != len(requested):
         raise ValueError("score_predictions needs one requested subject per prediction")
     ex_shape, ex_colour = exemplar
-    concept_ok = subject_ok = success = leaked = colour_leaked = shape_leaked = 0
+    concept_ok = subject_ok = success = leaked = colour_leaked = shape_leaked = drifted = 0
     for pred, (shape, colour) in zip(predictions, requested):
         c_ok = pred.concept == concept
         s_ok = pred.shape == shape and pred.colour == colour
@@ -136,8 +154,11 @@ def score_predictions(predictions, requested: Sequence[tuple[str, str]], exempla
         leaked += shape_leak or colour_leak
         shape_leaked += shape_leak
         colour_leaked += colour_leak
+        drifted += (pred.colour not in (colour, ex_colour)
+                    and _hue_distance(pred.colour, ex_colour) < _hue_distance(colour, ex_colour))
     return {"concept_fidelity": concept_ok / n, "subject_fidelity": subject_ok / n, "success": success / n,
-            "leakage": leaked / n, "colour_leakage": colour_leaked / n, "shape_leakage": shape_leaked / n}
+            "leakage": leaked / n, "colour_leakage": colour_leaked / n, "shape_leakage": shape_leaked / n,
+            "colour_drift": drifted / n}
 
 
 # ------------------------------------------------------------------------------ plan
@@ -430,7 +451,7 @@ def _run_benchmark(config: BenchmarkConfig, out_dir, log: Callable[[str], None],
             r = result["row"]
             log(f"[{done}/{len(jobs)}] {job.track if job.spec.uses_words else 'any track'} | {job.concept} | {job.spec.name} | "
                 f"seed {job.seed}: concept {r['concept_fidelity']:.2f} subject {r['subject_fidelity']:.2f} "
-                f"leakage {r['leakage']:.2f} (colour {r['colour_leakage']:.2f}, shape {r['shape_leakage']:.2f}) "
+                f"leakage {r['leakage']:.2f} (colour {r['colour_leakage']:.2f}, shape {r['shape_leakage']:.2f}, colour drift {r['colour_drift']:.2f}) "
                 f"({r['train_s']:.0f} s train, {r['generate_s']:.0f} s draw; {(time.time() - started) / 60:.1f} min so far)")
             # A run that does not see the subject words stands for every track.
             for track in (config.tracks if not job.spec.uses_words else [job.track]):

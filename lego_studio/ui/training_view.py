@@ -137,6 +137,14 @@ class TrainingView(QWidget):
         self.words_label.setWordWrap(True)
         self.words_label.setStyleSheet("color: #8a5a00;")
         self.words_label.hide()
+        # After a run: the words closest to the learned concept, and what a subject word there means.
+        self.closest_label = QLabel()
+        self.closest_label.setWordWrap(True)
+        self.closest_label.setTextInteractionFlags(Qt.TextInteractionFlag.TextSelectableByMouse)
+        self.closest_label.setToolTip("The vocabulary words whose embeddings point most nearly the way the learned "
+                                      "vector does. A word for your subject's own look here is a look the subject "
+                                      "words left out, leaking into the concept.")
+        self.closest_label.hide()
         self.foreign_label = QLabel()
         self.foreign_label.setWordWrap(True)
         self.foreign_label.setTextFormat(Qt.TextFormat.RichText)
@@ -171,6 +179,7 @@ class TrainingView(QWidget):
         right_layout.addWidget(self.estimate_label)
         right_layout.addWidget(self.plan_label)
         right_layout.addWidget(self.words_label)
+        right_layout.addWidget(self.closest_label)
         right_layout.addWidget(self.foreign_label)
         right_layout.addWidget(QLabel("<b>Loss</b> (smoothed)"))
         right_layout.addWidget(self.chart, 2)
@@ -414,6 +423,8 @@ class TrainingView(QWidget):
         self.eta_label.setText("ETA —")
         self.status_label.setText("Ready.")
         self.plan_label.hide()
+        self.closest_label.clear()
+        self.closest_label.hide()
         self._plan_key = None  # the plan line before Start is worked out again
 
     def show_project_fields(self) -> None:
@@ -742,6 +753,9 @@ class TrainingView(QWidget):
         elif kind in ("log", "start"):
             if event.message:
                 self.status_label.setText(event.message)
+        elif kind == "closest":  # the finished concept's closest words (core/separation.py)
+            self.closest_label.setText(event.message)
+            self.closest_label.setVisible(bool(event.message))
         elif kind == "plan":  # notes on how the run was set up (memory settings, small images)
             self.plan_label.setText(event.message)
             self.plan_label.show()
