@@ -53,7 +53,15 @@ VARIANTS: dict[str, tuple[str, dict, bool]] = {
     # ReVersion's relation-focal timestep sampling (TrainConfig.timestep_focus).
     "focal0.5": ("lego", {"timestep_focus": 0.5}, True),
     "focal1": ("lego", {"timestep_focus": 1.0}, True),
+    # The concept kept away from the words of the subjects (AWAY below): the context subjects' and
+    # the subject's own appearance words, as negatives without positives (ReVersion steers its
+    # relation token away from object words the same way).
+    "away0.01": ("lego", {}, True),
+    "away0.03": ("lego", {}, True),
+    "away0.1": ("lego", {}, True),
 }
+# variant -> weight of the away-from-subject-words term.
+AWAY: dict[str, float] = {"away0.01": 0.01, "away0.03": 0.03, "away0.1": 0.1}
 # variant -> number of hue rotations (evenly spaced, the original included) per exemplar.
 HUE: dict[str, int] = {"hue": 6, "hue-ctx0": 6, "hue-ctx0.1": 6}
 
@@ -102,6 +110,36 @@ def _schedule(trainer, setting: str, value: float, start: int) -> None:
     trainer._step = step
 
 
+def _away_from_subject_words(trainer, weight: float, temperature: float = 0.05) -> None:
+    """Add ``weight`` x the smooth maximum (temperature ``temperature``) of the cosine between each
+    concept vector and the token embeddings of every appearance word of the subject phrase and the
+    context subjects: near zero at a concept's own words, large when a subject's colour or shape word
+    is in the vector (docs/METHOD.md, "What a leaking concept is made of")."""
+    import torch
+    import torch.nn.functional as F
+
+    from lego_studio.core.prompts import appearance_words
+
+    original = trainer._concept_loss
+    words = sorted({w for phrase in [trainer.config.subject, *trainer.config.context_subjects]
+                    for w in appearance_words(phrase)})
+    state = {}
+
+    def concept_loss(generator):
+        losses = original(generator)
+        if "negatives" not in state:
+            state["negatives"] = F.normalize(torch.stack([trainer._word_embedding(w) for w in words]).float(), dim=-1)
+        v = F.normalize(trainer.concept_vectors.float(), dim=-1)
+        cos = v @ state["negatives"].to(v.device).T
+        away = (temperature * torch.logsumexp(cos / temperature, dim=1)).mean()
+        losses = dict(losses)
+        losses["words"] = away.detach()
+        losses["total"] = losses["total"] + weight * away
+        return losses
+
+    trainer._concept_loss = concept_loss
+
+
 def _trace_effects(trainer, trace: list) -> None:
     """Record, every step, how big the concept's effect is on the exemplar (S C vs S) and on the
     other subjects (R C vs R), inside and outside the subject mask: shrinking = collapse."""
@@ -143,6 +181,7 @@ def main(argv=None) -> int:
                    help="also judge the mean of the concept vectors from each of these steps to the end")
     p.add_argument("--trace", action="store_true", help="record the concept's effect sizes every step (trace.jsonl)")
 
+    from lego_studio.core.concepts import closest_words
     from lego_studio.core.training import Trainer
     from lego_studio.shapeworld.judge import judge, load_judge
 
@@ -182,6 +221,8 @@ def main(argv=None) -> int:
                                           on_event=on_event)
                         if name in LATE:
                             _schedule(trainer, *LATE[name])
+                        if name in AWAY:
+                            _away_from_subject_words(trainer, AWAY[name])
                         trace = []
                         if args.trace:
                             _trace_effects(trainer, trace)
@@ -202,13 +243,16 @@ def main(argv=None) -> int:
                             made = br.generate_images(model, learned, prompts, seeds, config.gen_steps, config.guidance)
                             scores = br.score_predictions(judge([im for _, im in made], judge_model), requested, exemplar,
                                                           concept)
+                            closest = closest_words(learned.vectors, model.tokenizer,
+                                                    model.text_encoder.get_input_embeddings().weight.detach())
                             row = {"concept": concept, "track": track, "seed": seed, "variant": name, "step": step,
                                    "subject_words": cfg.subject, **{k: round(v, 3) for k, v in scores.items()},
-                                   "train_s": round(train_s, 1)}
+                                   "closest_words": closest, "train_s": round(train_s, 1)}
                             with open(out / "pilot.jsonl", "a", encoding="utf-8") as fh:
                                 fh.write(json.dumps(row) + "\n")
                             print(f"{concept:16s} {track:9s} s{seed} {name:14s} @{step!s:>6s}: concept {row['concept_fidelity']:.2f} "
                                   f"success {row['success']:.2f} leak c{row['colour_leakage']:.2f} s{row['shape_leakage']:.2f} "
+                                  f"drift {row['colour_drift']:.2f} [{' '.join(closest[:3])}] "
                                   f"({train_s:.0f} s train; {(time.time() - started) / 60:.1f} min)", flush=True)
     return 0
 

@@ -15,8 +15,9 @@ with and without masks).
 
 Closest words. After a run, :func:`closest_words_note` shows the whole words nearest the learned
 vector (core/concepts.py ``closest_words``): a word there that describes the subject, not the
-concept, is the look the words left out, leaking into the concept (docs/METHOD.md). The user
-knows their subject; the note asks them to add that word and train again.
+concept, is the look the words left out, gone into the concept (on Shape World the left-out colour
+or shape was among the 3 closest words in every measured run: docs/METHOD.md). The user knows their
+subject; the note asks them to add that word and train again.
 
 Torch-free and Qt-free.
 """
@@ -101,5 +102,5 @@ def closest_words_note(words, method: str = "lego") -> str:
     if method != "lego":
         return f"Closest words to the concept: {listed}."
     return (f"Closest words to the concept: {listed}. If one of them describes your subject rather than the concept "
-            "(its colour, shape or kind), that look is leaking into the concept and will be drawn on other subjects: "
+            "(its colour, shape or kind), that look has gone into the concept and can show on other subjects: "
             "add the word to the subject words and train again.")
