@@ -245,6 +245,8 @@ def test_create_mask_train_library_gallery(window, qtbot, tmp_path, monkeypatch)
     assert finished.args[0].name == "frozen.safetensors"
     library_view.search_edit.setText("lego")  # tags carry the method
     assert library_view.visible_names() == ["frozen"]
+    library_view.select("frozen")  # its details keep the closest words the Training page showed
+    assert f"Closest words:</b> {', '.join(words)}</p>" in library_view.details.text()
     library_view.search_edit.setText("")
 
     # --- a second concept for side-by-side columns, then generate

@@ -384,18 +384,11 @@ def _load_concept(path: Path, name: str | None) -> Concept:
 # ----------------------------------------------------------------------------- writing
 
 
-_WORD_IDS: dict[int, tuple] = {}
-
-
-def _whole_word_ids(tokenizer):
-    """(ids, words) of the vocabulary's whole words: tokens that end a word, plain ASCII letters,
-    three or more of them (no word pieces, punctuation, emoji or "a" / "of")."""
-    key = id(tokenizer)
-    if key not in _WORD_IDS:
-        pairs = sorted((i, t[:-4]) for t, i in tokenizer.get_vocab().items()
-                       if t.endswith("</w>") and len(t) >= 7 and t[:-4].isascii() and t[:-4].isalpha())
-        _WORD_IDS[key] = (torch.tensor([i for i, _ in pairs], dtype=torch.long), [w for _, w in pairs])
-    return _WORD_IDS[key]
+def _whole_word(token: str) -> str | None:
+    """The word a CLIP token ends, when it is a whole word of three or more plain ASCII letters (no
+    word piece, punctuation, emoji, special token or "a" / "of"); else None."""
+    word = token[:-4] if token.endswith("</w>") else None
+    return word if word and len(word) >= 3 and word.isascii() and word.isalpha() else None
 
 
 def closest_words(vectors: torch.Tensor, tokenizer, table: torch.Tensor, k: int = 5) -> list[str]:
@@ -403,16 +396,25 @@ def closest_words(vectors: torch.Tensor, tokenizer, table: torch.Tensor, k: int 
     the concept's ``vectors`` [N, d] do (cosine, the best over the N vectors), closest first.
 
     What it is for: a word that describes the exemplars' *subject* (its colour, its shape) among
-    them means the subject words left it out and it went into the concept, to be drawn on every
-    subject (measured on Shape World, docs/METHOD.md "What a leaking concept is made of")."""
-    ids, words = _whole_word_ids(tokenizer)
-    keep = (ids < table.shape[0]).nonzero().flatten()
-    if len(keep) == 0:
-        return []
-    rows = torch.nn.functional.normalize(table[ids[keep].to(table.device)].float().cpu(), dim=-1)
+    them means the subject words left it out and it went into the concept, to be drawn on other
+    subjects (measured on Shape World, docs/METHOD.md "What a leaking concept is made of").
+    Only the nearest few hundred tokens are looked up as text: this runs at the end of a training
+    run beside the app's UI thread, so it keeps Python-level work (which holds the GIL) small."""
+    rows = torch.nn.functional.normalize(table.detach().float().cpu(), dim=-1)
     v = torch.nn.functional.normalize(torch.as_tensor(vectors).float().cpu().reshape(-1, rows.shape[1]), dim=-1)
     best = (v @ rows.T).max(dim=0).values
-    return [words[int(keep[i])] for i in best.topk(min(k, len(keep))).indices.tolist()]
+    words: list[str] = []
+    for look in (256, 4096, len(best)):
+        words = []
+        for i in best.topk(min(look, len(best))).indices.tolist():
+            word = _whole_word(tokenizer.convert_ids_to_tokens(i) or "")
+            if word is not None and word not in words:
+                words.append(word)
+                if len(words) == k:
+                    return words
+        if look >= len(best):
+            break
+    return words
 
 
 def _lego_json(concept: Concept) -> str:

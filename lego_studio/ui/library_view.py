@@ -274,6 +274,8 @@ class LibraryView(QWidget):
             ("Method", method),
             ("Steps", str(meta.get("steps", "—"))),
             ("Subject", entry.subject or "—"),
+            # What the vector holds (core/separation.py): a subject word here went into the concept.
+            ("Closest words", ", ".join(map(str, meta.get("closest_words") or [])) or "—"),
             ("Tags", ", ".join(entry.tags) or "—"),
             # The training time where the file has it; an import without one says when it came in.
             ("Trained", str(meta["created"])) if meta.get("created") else ("Imported", entry.added),
