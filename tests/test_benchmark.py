@@ -247,6 +247,8 @@ def test_quick_benchmark_writes_tables_sheet_and_json(tmp_path, tiny_model_dir, 
     assert "## Track full, tuning concepts (used to pick the defaults): frozen in ice" in markdown
     assert re.search(r"^\| ti-1 \| \d\.\d\d ± \d\.\d\d \|", markdown, re.M)
     assert re.search(r"^\| lego \| \d\.\d\d ± \d\.\d\d \|", markdown, re.M)
+    # Collapsed runs are counted ("1 of 1"), not given as a share beside the count ("1.00 of 1").
+    assert re.search(r"^\| lego \|.* \| [01] of 1 \| \d\.\d\d, \d\.\d\d \(frozen in ice, seed 0\) \|$", markdown, re.M)
     assert "Quick (CI) run" in markdown and "**Verdict: " in markdown
 
     sheet = Image.open(out / "contact.png")

@@ -134,8 +134,8 @@ def results_markdown(rows: Sequence[dict], summary: dict, config: BenchmarkConfi
         "Tracks: " + "; ".join(f"**{t}**: {TRACK_HELP[t]}" for t in config.tracks) + ". TI and lego-no-subj never see "
         "the subject words, so one run of each stands in every track.",
         "",
-        "Values: mean ± std over training seeds (of the per-seed mean over concepts); **collapsed runs**: the share of "
-        f"runs (one concept, one seed) whose concept fidelity is below {COLLAPSE_BELOW}; **worst run**: the run with the "
+        "Values: mean ± std over training seeds (of the per-seed mean over concepts); **collapsed runs**: how many "
+        f"runs (one concept, one seed) have a concept fidelity below {COLLAPSE_BELOW}; **worst run**: the run with the "
         "lowest success, its success and the lowest concept fidelity of any run. "
         + " ".join(f"**{m}**: {h}." for m, h in METRIC_HELP.items()),
         "",
@@ -154,7 +154,7 @@ def results_markdown(rows: Sequence[dict], summary: dict, config: BenchmarkConfi
             robust = summary.get("robustness", {}).get(track, {}).get(split, {})
             for method, values in summary["summary"][track][split].items():
                 r = robust.get(method)
-                extra = (f" | {r['collapse_rate']:.2f} of {r['runs']} | {r['worst_success']:.2f}, {r['worst_concept']:.2f} "
+                extra = (f" | {round(r['collapse_rate'] * r['runs'])} of {r['runs']} | {r['worst_success']:.2f}, {r['worst_concept']:.2f} "
                          f"({r['worst_run']})" if r else " | | ")
                 lines.append(f"| {method} | " + " | ".join(_cell(values[m]) for m in METRICS) + extra + " |")
             lines.append("")
