@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from lego_studio.core.separation import closest_words_note, mask_terms, masks_usage, subject_words_note, vague_subject
+from lego_studio.core.separation import add_subject_word, closest_words_note, mask_terms, masks_usage, subject_words_note, vague_subject
 from lego_studio.core.train_config import TrainConfig
 from lego_studio.core.training import Trainer
 
@@ -94,3 +94,17 @@ def test_the_closest_words_note_says_what_a_subject_word_among_them_means():
     # Textual Inversion learns the subject with the concept: the words only, no advice.
     assert closest_words_note(["cage", "yellow"], "ti") == "Closest words to the concept: cage, yellow."
     assert closest_words_note([], "lego") == "" and closest_words_note(None, "lego") == ""
+
+
+@pytest.mark.parametrize("phrase, word, expected", [
+    ("a star", "yellow", "a yellow star"),
+    ("a cat", "orange", "an orange cat"),
+    ("An apple", "red", "A red apple"),
+    ("the robot", "shiny", "the shiny robot"),
+    ("toy robot", "red", "red toy robot"),
+    ("", "yellow", "yellow"),
+    ("a yellow star", "yellow", "a yellow star"),
+    ("a purple object", "heart", "a heart purple object"),
+])
+def test_a_closest_word_goes_into_the_subject_words_where_a_describing_word_goes(phrase, word, expected):
+    assert add_subject_word(phrase, word) == expected

@@ -232,7 +232,9 @@ def test_create_mask_train_library_gallery(window, qtbot, tmp_path, monkeypatch)
 
     words = load_concept(finished.args[0]).metadata["closest_words"]
     assert not training.closest_label.isHidden()
-    assert training.closest_label.text().startswith("Closest words to the concept: " + ", ".join(words) + ".")
+    shown = training.closest_label.text()
+    assert shown.startswith("Closest words to the concept: ") and len(words) == 5
+    assert all(f'<a href="{w}">{w}</a>' in shown for w in words)  # a Lego run: each word adds itself
     assert {"total", "rec"} <= set(training.chart.terms())
     assert training.previews.count() >= 1
     qtbot.waitUntil(lambda: not training.runs_loading, timeout=10000)

@@ -534,3 +534,24 @@ def test_each_project_keeps_the_model_it_trains_on(window, tmp_path, monkeypatch
     assert view.model_combo.currentData() == "shapeworld"
     window.open_project_and_wait(xl_project.folder)
     assert view.model_combo.currentData() == "shapeworld-xl"
+
+
+def test_a_closest_word_clicked_after_a_run_goes_into_the_subject_words(window, tmp_path):
+    # The line after a Lego run names the closest words and says to add a subject word among them to
+    # the subject words: each word is a link that does it, in the form the next Start uses.
+    from lego_studio.core.run_files import TrainEvent
+
+    view = window.training_view
+    view.form.set_value("subject", "a star")
+    view._run_method = "lego"
+    view._on_event(TrainEvent("closest", message="Closest words to the concept: cage, yellow, melting. If one of them "
+                              "describes your subject rather than the concept ...", words=["cage", "yellow", "melting"]))
+    text = view.closest_label.text()
+    assert '<a href="yellow">yellow</a>' in text and "Click a word to add it." in text
+    view.closest_label.linkActivated.emit("yellow")
+    assert view.form.value("subject") == "a yellow star"
+    assert "a yellow star" in view.status_label.text() and "Start training" in view.status_label.text()
+    # Textual Inversion has no subject words: its words are shown, not linked.
+    view._run_method = "ti"
+    view._on_event(TrainEvent("closest", message="Closest words to the concept: cage, yellow.", words=["cage", "yellow"]))
+    assert "<a " not in view.closest_label.text() and "cage, yellow" in view.closest_label.text()

@@ -34,6 +34,7 @@ class TrainEvent:
     message: str = ""
     path: str | None = None
     stage: int = 1
+    words: list[str] = field(default_factory=list)  # "closest": the closest words, closest first
 
 
 def step_name(step: int) -> str:

@@ -104,3 +104,21 @@ def closest_words_note(words, method: str = "lego") -> str:
     return (f"Closest words to the concept: {listed}. If one of them describes your subject rather than the concept "
             "(its colour, shape or kind), that look has gone into the concept and can show on other subjects: "
             "add the word to the subject words and train again.")
+
+
+def add_subject_word(phrase: str, word: str) -> str:
+    """``phrase`` with ``word`` added where a describing word goes: after a leading "a"/"an"/"the"
+    (which becomes "an" before a vowel), else in front. "a star" + "yellow" -> "a yellow star";
+    "a cat" + "orange" -> "an orange cat". A word the phrase already has changes nothing."""
+    word = word.strip()
+    words = phrase.split()
+    if not word or word.lower() in (w.lower().strip(",.") for w in words):
+        return " ".join(words)
+    if words and words[0].lower() in ("a", "an"):
+        article = "an" if word[0].lower() in "aeiou" else "a"
+        if words[0][0].isupper():
+            article = article.capitalize()
+        return " ".join([article, word, *words[1:]])
+    if words and words[0].lower() == "the":
+        return " ".join([words[0], word, *words[1:]])
+    return " ".join([word, *words])

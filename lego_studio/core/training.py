@@ -359,7 +359,8 @@ class Trainer(RunFiles):
         words = closest_words(concept.vectors, self.model.tokenizer, self._split_widths(self._table)[0])
         concept.metadata["closest_words"] = words
         save_concept(concept, self.concept_path)
-        self._emit(TrainEvent("closest", step=total, total=total, message=closest_words_note(words, self.config.method)))
+        self._emit(TrainEvent("closest", step=total, total=total, message=closest_words_note(words, self.config.method),
+                              words=list(words)))
         self._emit(TrainEvent("done", step=total, total=total, path=str(self.concept_path)))
         return concept
 

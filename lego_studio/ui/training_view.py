@@ -11,6 +11,7 @@ serial writer, then starts the run.
 
 from __future__ import annotations
 
+import html
 import threading
 from pathlib import Path
 
@@ -140,10 +141,12 @@ class TrainingView(QWidget):
         # After a run: the words closest to the learned concept, and what a subject word there means.
         self.closest_label = QLabel()
         self.closest_label.setWordWrap(True)
-        self.closest_label.setTextInteractionFlags(Qt.TextInteractionFlag.TextSelectableByMouse)
+        self.closest_label.setTextFormat(Qt.TextFormat.RichText)
+        self.closest_label.setTextInteractionFlags(Qt.TextInteractionFlag.TextBrowserInteraction)
         self.closest_label.setToolTip("The vocabulary words whose embeddings point most nearly the way the learned "
                                       "vector does. A word for your subject's own look here is a look the subject "
-                                      "words left out, leaking into the concept.")
+                                      "words left out, gone into the concept. Click it to add it to the subject words.")
+        self.closest_label.linkActivated.connect(self.add_subject_word)
         self.closest_label.hide()
         self.foreign_label = QLabel()
         self.foreign_label.setWordWrap(True)
@@ -754,8 +757,7 @@ class TrainingView(QWidget):
             if event.message:
                 self.status_label.setText(event.message)
         elif kind == "closest":  # the finished concept's closest words (core/separation.py)
-            self.closest_label.setText(event.message)
-            self.closest_label.setVisible(bool(event.message))
+            self._show_closest(event.message, list(getattr(event, "words", []) or []))
         elif kind == "plan":  # notes on how the run was set up (memory settings, small images)
             self.plan_label.setText(event.message)
             self.plan_label.show()
@@ -793,6 +795,28 @@ class TrainingView(QWidget):
             self.cancel()
             self.status_label.setText(f"Cancelling: {guess.warning()}.")
         self._asking.clear()  # a Pause the user pressed before stays in force (self._pause)
+
+    def _show_closest(self, message: str, words: list[str]) -> None:
+        """The closest-words line; for a Lego run each word is a link that adds it to the subject
+        words (the fix the line suggests), shown in the form for the next Start."""
+        text = html.escape(message)
+        if words and self._run_method == "lego":
+            listed = ", ".join(html.escape(w) for w in words)
+            linked = ", ".join(f'<a href="{html.escape(w)}">{html.escape(w)}</a>' for w in words)
+            text = text.replace(listed, linked, 1) + " Click a word to add it."
+        self.closest_label.setText(text)
+        self.closest_label.setVisible(bool(message))
+
+    def add_subject_word(self, word: str) -> None:
+        """Add ``word`` (a closest word the user clicked) to the subject words in the form; the next
+        Start trains with them and stores them in the project."""
+        from lego_studio.core.separation import add_subject_word
+
+        if self.runner.busy:
+            return
+        phrase = add_subject_word(str(self.form.value("subject") or ""), word)
+        self.form.set_value("subject", phrase)
+        self.status_label.setText(f"Subject words: \u201c{phrase}\u201d. Start training to learn the concept again with them.")
 
     def _finished(self, concept_path) -> None:
         from lego_studio.core.library import NameTaken
