@@ -60,6 +60,22 @@ VARIANTS: dict[str, tuple[str, dict, bool]] = {
     "away0.03": ("lego", {}, True),
     "away0.1": ("lego", {}, True),
 }
+# The closest-words fix as a user makes it: the word the track's subject words left out (the user
+# knows their subject, and docs/METHOD.md shows the word among the 3 closest in every run) clicked
+# into the subject words (core/separation.add_subject_word), and the concept trained again.
+VARIANTS["clicked"] = ("lego", {}, True)
+
+
+def _clicked_subject(subject: str, exemplar: tuple[str, str], track: str) -> str:
+    from lego_studio.core.separation import add_subject_word
+
+    shape, colour = exemplar
+    left_out = {"no-colour": [colour], "no-words": [shape, colour]}.get(track, [shape] if track.startswith("no-shape") else [])
+    for word in left_out:
+        subject = add_subject_word(subject, word)
+    return subject
+
+
 # variant -> weight of the away-from-subject-words term.
 AWAY: dict[str, float] = {"away0.01": 0.01, "away0.03": 0.03, "away0.1": 0.1}
 # variant -> number of hue rotations (evenly spaced, the original included) per exemplar.
@@ -198,6 +214,8 @@ def main(argv=None) -> int:
                         preset, overrides, uses_masks = VARIANTS[name]
                         spec = bm.MethodSpec(name, preset, overrides, uses_masks, name)
                         cfg = bm.train_config(spec, exemplar, evaluation, snapshots[-1], seed, lr=args.lr, track=track)
+                        if name == "clicked":
+                            cfg = dataclasses.replace(cfg, subject=_clicked_subject(cfg.subject, exemplar, track))
                         kept = {}
                         sums = {start: [None, 0] for start in args.average_from}
                         trainer = None

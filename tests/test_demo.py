@@ -122,6 +122,18 @@ def test_quick_demo_end_to_end(tmp_path, capsys):
         assert f'src="images/{path.name}"' in page
     assert page.count("judge:") >= 4 or "no judge verdicts" in page
     assert 'src="project/images/' in page and 'src="project/masks/' in page
+    assert "Closest words to Lego&#x27;s concept: " + ", ".join(lego.metadata["closest_words"]) + "." in page
+
+
+def test_the_demo_names_the_closest_word_that_is_the_subjects_left_out_look():
+    from lego_studio.shapeworld.demo import closest_words_line
+
+    line = closest_words_line(["cage", "yellow", "melting"], ("star", "yellow"), "a star")
+    assert line.startswith("Closest words to Lego's concept: cage, yellow, melting. \u201cyellow\u201d is the subject's own look")
+    # Nothing of the exemplars' look among them (or only what the words said): the words only.
+    assert closest_words_line(["cage", "star", "melting"], ("star", "yellow"), "a star") == (
+        "Closest words to Lego's concept: cage, star, melting.")
+    assert closest_words_line([], ("star", "yellow"), "a star") == ""
 
 
 def test_progress_in_a_log_is_a_few_plain_lines_not_hundreds_of_redraws():

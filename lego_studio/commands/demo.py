@@ -45,5 +45,7 @@ def run(args) -> int:
         if mine:
             ok = sum(r["verdict"]["ok"] for r in mine)
             print(f"{'Lego' if method == 'lego' else 'TI':>4}: {ok}/{len(mine)} images judged right (subject and concept)")
+    if result.closest:
+        print(result.closest)
     print(f"done in {result.seconds:.0f} s")
     return 0

@@ -106,6 +106,7 @@ class DemoResult:
     index: Path | None = None
     seconds: float = 0.0
     judge_note: str = ""
+    closest: str = ""  # Lego's closest words and which is the look the subject words left out
 
 
 def _load_shapeworld(model: str, device: str):
@@ -216,11 +217,13 @@ def _run_demo(out_dir, steps, device, on_progress, quick, model, judge, seed) ->
 
     gallery = atomic_save(out / "gallery.png", lambda tmp: grid.save(tmp, format="PNG"))
     elapsed = time.time() - started
-    index = atomic_write_text(out / "index.html", _index_html(project, records, steps, elapsed, judge_note, gen_steps))
+    closest = list(concepts["lego"].metadata.get("closest_words") or [])
+    index = atomic_write_text(out / "index.html", _index_html(project, records, steps, elapsed, judge_note, gen_steps,
+                                                              closest, subject))
     for record in records:
         record.pop("image")
     return DemoResult(out_dir=out, project=project, concepts=files, images=records, gallery=gallery, index=index,
-                      seconds=elapsed, judge_note=judge_note)
+                      seconds=elapsed, judge_note=judge_note, closest=closest_words_line(closest, subject, project.subject))
 
 
 def _try_judge(path):
@@ -234,7 +237,22 @@ def _try_judge(path):
         return None, f"no judge verdicts: {exc}"
 
 
-def _index_html(project, records: list, steps: int, seconds: float, judge_note: str, gen_steps: int) -> str:
+def closest_words_line(closest: list[str], exemplar: tuple[str, str], subject_words: str) -> str:
+    """What the demo says about Lego's closest words: the words, and which of them is the
+    exemplars' own look that the subject words left out (when one is)."""
+    if not closest:
+        return ""
+    said = set(subject_words.lower().split())
+    left_out = [w for w in closest if w in exemplar and w not in said]
+    line = f"Closest words to Lego's concept: {', '.join(closest)}."
+    if left_out:
+        line += (f" \u201c{left_out[0]}\u201d is the subject's own look, left out of the words \u201c{subject_words}\u201d: it "
+                 "went into the concept. In the app a click adds it to the subject words for the next run.")
+    return line
+
+
+def _index_html(project, records: list, steps: int, seconds: float, judge_note: str, gen_steps: int,
+                closest: list[str] | None = None, exemplar: tuple[str, str] = ("", "")) -> str:
     e = html.escape
     exemplars = "".join(
         f'<figure><img src="project/{e(entry.file)}" width="128"><img src="project/{e(entry.mask)}" width="128">'
@@ -273,6 +291,7 @@ Lego got the subject's masks and the words “{e(project.subject)}”, which, li
 the subject out (here its colour); neither got the concept's words. Then both drew subjects they never saw
 with the prompt “a {{colour}} {{shape}} &lt;concept&gt;” ({gen_steps} DDIM steps). Wall time {seconds:.0f} s.</p>
 <p><b>Judge:</b> {summary}</p>
+<p>{e(closest_words_line(closest or [], exemplar, project.subject))}</p>
 <h2>Exemplars</h2>
 {exemplars}
 <h2>Held-out subjects</h2>
