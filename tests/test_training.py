@@ -487,3 +487,21 @@ def test_timestep_focus_draws_high_noise_steps_more_often_and_stays_reproducible
     assert not torch.equal(first.vectors, uniform_run.vectors)
     # Lego's default is the focus; the Textual Inversion baseline keeps plain uniform sampling.
     assert TrainConfig.preset("lego").timestep_focus == 1.0 and TrainConfig.preset("ti").timestep_focus == 0.0
+
+
+def test_a_vocabulary_the_closest_words_cannot_read_costs_nothing_but_the_words(tiny_model, exemplar_files, tmp_path,
+                                                                                 monkeypatch):
+    from lego_studio.core import concepts as concepts_module
+    from lego_studio.core.concepts import load_concept
+
+    def broken(*args, **kwargs):
+        raise ValueError("odd tokenizer")
+
+    monkeypatch.setattr(concepts_module, "closest_words", broken)
+    events = []
+    run_dir = tmp_path / "run"
+    concept = train(tiny_model, small(), exemplar_files, run_dir, on_event=events.append)[1]
+    saved = load_concept(run_dir / "concept.safetensors")  # the concept is written all the same
+    assert torch.equal(saved.vectors, concept.vectors) and saved.metadata["closest_words"] == []
+    assert "closest" not in [e.kind for e in events]
+    assert any(e.kind == "log" and "closest words not found: odd tokenizer" in e.message for e in events)

@@ -356,11 +356,16 @@ class Trainer(RunFiles):
         from lego_studio.core.concepts import closest_words, save_concept
         from lego_studio.core.separation import closest_words_note
 
-        words = closest_words(concept.vectors, self.model.tokenizer, self._split_widths(self._table)[0])
+        try:
+            words = closest_words(concept.vectors, self.model.tokenizer, self._split_widths(self._table)[0])
+        except Exception as exc:  # noqa: BLE001 - a tokenizer it cannot read must not cost the trained concept
+            words = []
+            self._emit(TrainEvent("log", step=total, total=total, message=f"closest words not found: {exc}"))
         concept.metadata["closest_words"] = words
         save_concept(concept, self.concept_path)
-        self._emit(TrainEvent("closest", step=total, total=total, message=closest_words_note(words, self.config.method),
-                              words=list(words)))
+        if words:
+            self._emit(TrainEvent("closest", step=total, total=total, message=closest_words_note(words, self.config.method),
+                                  words=list(words)))
         self._emit(TrainEvent("done", step=total, total=total, path=str(self.concept_path)))
         return concept
 
