@@ -145,7 +145,8 @@ class TrainingView(QWidget):
         self.closest_label.setTextInteractionFlags(Qt.TextInteractionFlag.TextBrowserInteraction)
         self.closest_label.setToolTip("The vocabulary words whose embeddings point most nearly the way the learned "
                                       "vector does. A word for your subject's own look here is a look the subject "
-                                      "words left out, gone into the concept. Click it to add it to the subject words.")
+                                      "words left out, gone into the concept. After a Lego run, click it to add it to "
+                                      "the subject words.")
         self.closest_label.linkActivated.connect(self.add_subject_word)
         self.closest_label.hide()
         self.foreign_label = QLabel()
