@@ -59,11 +59,11 @@ VARIANTS: dict[str, tuple[str, dict, bool]] = {
     "away0.01": ("lego", {}, True),
     "away0.03": ("lego", {}, True),
     "away0.1": ("lego", {}, True),
+    # The closest-words fix as a user makes it: the word the track's subject words left out (the
+    # user knows their subject, and docs/METHOD.md shows it among the 3 closest words in every run)
+    # clicked into the subject words (_clicked_subject below), and the concept trained again.
+    "clicked": ("lego", {}, True),
 }
-# The closest-words fix as a user makes it: the word the track's subject words left out (the user
-# knows their subject, and docs/METHOD.md shows the word among the 3 closest in every run) clicked
-# into the subject words (core/separation.add_subject_word), and the concept trained again.
-VARIANTS["clicked"] = ("lego", {}, True)
 
 
 def _clicked_subject(subject: str, exemplar: tuple[str, str], track: str) -> str:
@@ -104,7 +104,6 @@ def _hue_rotations(images, masks, n):
     """Each exemplar ``n`` times, its subject's hue rotated by 360/n steps (the original first)."""
     pairs = [(_hue_rotate(image, mask, 360.0 * k / n), mask) for image, mask in zip(images, masks) for k in range(n)]
     return [image for image, _ in pairs], [mask for _, mask in pairs]
-
 
 
 # variant -> (setting, value, from step): a weight that starts at the preset's value and changes

@@ -164,7 +164,7 @@ def test_another_project_does_not_show_the_last_projects_run(window, tmp_path):
     view.eta_label.setText("cancelled")
     from lego_studio.core.run_files import TrainEvent
 
-    view._on_event(TrainEvent("closest", message="Closest words to the concept: cage, yellow."))
+    view._on_event(TrainEvent("closest", message="Closest words to the concept: cage, yellow.", words=["cage", "yellow"]))
     assert not view.closest_label.isHidden()
     window.create_project_and_wait("Second", [image_folder(tmp_path / "b")])
     assert view.progress.value() == -1 and view.previews.count() == 0

@@ -398,22 +398,18 @@ def closest_words(vectors: torch.Tensor, tokenizer, table: torch.Tensor, k: int 
     What it is for: a word that describes the exemplars' *subject* (its colour, its shape) among
     them means the subject words left it out and it went into the concept, to be drawn on other
     subjects (measured on Shape World, docs/METHOD.md "What a leaking concept is made of").
-    Only the nearest few hundred tokens are looked up as text: this runs at the end of a training
-    run beside the app's UI thread, so it keeps Python-level work (which holds the GIL) small."""
+    Tokens are looked up as text nearest first, only until ``k`` words are found: this runs at the
+    end of a training run beside the app's UI thread, so it keeps Python-level work (which holds
+    the GIL) small."""
     rows = torch.nn.functional.normalize(table.detach().float().cpu(), dim=-1)
     v = torch.nn.functional.normalize(torch.as_tensor(vectors).float().cpu().reshape(-1, rows.shape[1]), dim=-1)
-    best = (v @ rows.T).max(dim=0).values
     words: list[str] = []
-    for look in (256, 4096, len(best)):
-        words = []
-        for i in best.topk(min(look, len(best))).indices.tolist():
-            word = _whole_word(tokenizer.convert_ids_to_tokens(i) or "")
-            if word is not None and word not in words:
-                words.append(word)
-                if len(words) == k:
-                    return words
-        if look >= len(best):
-            break
+    for i in (v @ rows.T).max(dim=0).values.argsort(descending=True).tolist():
+        word = _whole_word(tokenizer.convert_ids_to_tokens(i) or "")
+        if word is not None and word not in words:
+            words.append(word)
+            if len(words) == k:
+                break
     return words
 
 

@@ -92,13 +92,14 @@ def masks_usage(config) -> str:
     return "Masks tell training where your subject is: " + "; ".join(terms) + "."
 
 
-def closest_words_note(words, method: str = "lego") -> str:
+def closest_words_note(words, method: str = "lego", shown=str) -> str:
     """One line on a trained concept's closest words (empty without words). For Lego it says what
-    a subject word among them means and what to do; Textual Inversion learns the subject too."""
+    a subject word among them means and what to do; Textual Inversion learns the subject too.
+    ``shown(word)`` writes each word (the Training page makes it a link)."""
     words = [str(w) for w in words or []]
     if not words:
         return ""
-    listed = ", ".join(words)
+    listed = ", ".join(shown(w) for w in words)
     if method != "lego":
         return f"Closest words to the concept: {listed}."
     return (f"Closest words to the concept: {listed}. If one of them describes your subject rather than the concept "

@@ -217,13 +217,13 @@ def _run_demo(out_dir, steps, device, on_progress, quick, model, judge, seed) ->
 
     gallery = atomic_save(out / "gallery.png", lambda tmp: grid.save(tmp, format="PNG"))
     elapsed = time.time() - started
-    closest = list(concepts["lego"].metadata.get("closest_words") or [])
+    closest = closest_words_line(list(concepts["lego"].metadata.get("closest_words") or []), subject, project.subject)
     index = atomic_write_text(out / "index.html", _index_html(project, records, steps, elapsed, judge_note, gen_steps,
-                                                              closest, subject))
+                                                              closest))
     for record in records:
         record.pop("image")
     return DemoResult(out_dir=out, project=project, concepts=files, images=records, gallery=gallery, index=index,
-                      seconds=elapsed, judge_note=judge_note, closest=closest_words_line(closest, subject, project.subject))
+                      seconds=elapsed, judge_note=judge_note, closest=closest)
 
 
 def _try_judge(path):
@@ -252,7 +252,7 @@ def closest_words_line(closest: list[str], exemplar: tuple[str, str], subject_wo
 
 
 def _index_html(project, records: list, steps: int, seconds: float, judge_note: str, gen_steps: int,
-                closest: list[str] | None = None, exemplar: tuple[str, str] = ("", "")) -> str:
+                closest: str = "") -> str:
     e = html.escape
     exemplars = "".join(
         f'<figure><img src="project/{e(entry.file)}" width="128"><img src="project/{e(entry.mask)}" width="128">'
@@ -291,7 +291,7 @@ Lego got the subject's masks and the words “{e(project.subject)}”, which, li
 the subject out (here its colour); neither got the concept's words. Then both drew subjects they never saw
 with the prompt “a {{colour}} {{shape}} &lt;concept&gt;” ({gen_steps} DDIM steps). Wall time {seconds:.0f} s.</p>
 <p><b>Judge:</b> {summary}</p>
-<p>{e(closest_words_line(closest or [], exemplar, project.subject))}</p>
+<p>{e(closest)}</p>
 <h2>Exemplars</h2>
 {exemplars}
 <h2>Held-out subjects</h2>

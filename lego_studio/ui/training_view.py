@@ -37,6 +37,7 @@ from lego_studio.core import runs
 from lego_studio.core.errors import LegoError
 from lego_studio.core.estimate import format_duration
 from lego_studio.core.model_specs import BUILTIN_MODELS
+from lego_studio.core import separation
 from lego_studio.core.train_config import SETTINGS, TrainConfig
 from lego_studio.ui import project_io
 from lego_studio.ui.loss_chart import LossChart
@@ -367,11 +368,9 @@ class TrainingView(QWidget):
 
     def update_words_note(self) -> None:
         """Say before Start when the subject words tell Lego almost nothing (core/separation.py)."""
-        from lego_studio.core.separation import vague_subject
-
         note = None
         if self.form.value("method") == "lego" and not self.form.value("subject_token_steps"):
-            note = vague_subject(str(self.form.value("subject") or ""))
+            note = separation.vague_subject(str(self.form.value("subject") or ""))
         self.words_label.setText(f"{note[0].upper()}{note[1:]}." if note else "")
         self.words_label.setVisible(bool(note))
 
@@ -445,15 +444,21 @@ class TrainingView(QWidget):
         """Store the form's settings in the project (train_form.settings_to_remember: the fields
         typed here, the settings that differ from the app's defaults), in the writer; then
         ``project_fields_changed`` when fields changed (Start does the same in its own job)."""
-        fields, train_defaults = settings_to_remember(project, config, model)
+        fields, store = self._settings_job(project, config, model)
         context = self.context
 
         def saved(_result) -> None:
             if fields:
                 context.project_fields_changed.emit()
 
-        context.writes.submit(lambda: project_io.store_training_settings(project, fields, train_defaults),
-                              on_done=saved)
+        context.writes.submit(store, on_done=saved)
+
+    @staticmethod
+    def _settings_job(project, config: TrainConfig, model: str | None):
+        """``(fields, store)``: the project fields the form changed, and the writer job that stores
+        them with the form's settings (train_form.settings_to_remember)."""
+        fields, train_defaults = settings_to_remember(project, config, model)
+        return fields, lambda: project_io.store_training_settings(project, fields, train_defaults)
 
     def refresh_runs(self) -> None:
         """Read the project's runs in a worker (every run's record and log: file work that grows
@@ -567,10 +572,10 @@ class TrainingView(QWidget):
                 self._not_started(f"Not started: the library already has <{config.name}>; "
                                   f'change "{SETTINGS["name"].label}" or choose Replace or Keep both.')
                 return
-            fields, train_defaults = settings_to_remember(project, config, spec)
+            fields, store_settings = self._settings_job(project, config, spec)
 
             def prepare():
-                project_io.store_training_settings(project, fields, train_defaults)
+                store_settings()
                 return project.new_run_dir(), project.training_inputs()
 
             def prepared(result) -> None:
@@ -758,7 +763,7 @@ class TrainingView(QWidget):
             if event.message:
                 self.status_label.setText(event.message)
         elif kind == "closest":  # the finished concept's closest words (core/separation.py)
-            self._show_closest(event.message, list(getattr(event, "words", []) or []))
+            self._show_closest(event.words)
         elif kind == "plan":  # notes on how the run was set up (memory settings, small images)
             self.plan_label.setText(event.message)
             self.plan_label.show()
@@ -797,25 +802,21 @@ class TrainingView(QWidget):
             self.status_label.setText(f"Cancelling: {guess.warning()}.")
         self._asking.clear()  # a Pause the user pressed before stays in force (self._pause)
 
-    def _show_closest(self, message: str, words: list[str]) -> None:
+    def _show_closest(self, words: list[str]) -> None:
         """The closest-words line; for a Lego run each word is a link that adds it to the subject
         words (the fix the line suggests), shown in the form for the next Start."""
-        text = html.escape(message)
-        if words and self._run_method == "lego":
-            listed = ", ".join(html.escape(w) for w in words)
-            linked = ", ".join(f'<a href="{html.escape(w)}">{html.escape(w)}</a>' for w in words)
-            text = text.replace(listed, linked, 1) + " Click a word to add it."
-        self.closest_label.setText(text)
-        self.closest_label.setVisible(bool(message))
+        lego = self._run_method == "lego"
+        text = separation.closest_words_note(words, self._run_method or "lego",
+                                  shown=lambda w: f'<a href="{html.escape(w)}">{html.escape(w)}</a>' if lego else html.escape(w))
+        self.closest_label.setText(text + (" Click a word to add it." if lego and text else ""))
+        self.closest_label.setVisible(bool(text))
 
     def add_subject_word(self, word: str) -> None:
         """Add ``word`` (a closest word the user clicked) to the subject words in the form; the next
         Start trains with them and stores them in the project."""
-        from lego_studio.core.separation import add_subject_word
-
         if self.runner.busy:
             return
-        phrase = add_subject_word(str(self.form.value("subject") or ""), word)
+        phrase = separation.add_subject_word(str(self.form.value("subject") or ""), word)
         self.form.set_value("subject", phrase)
         self.status_label.setText(f"Subject words: \u201c{phrase}\u201d. Start training to learn the concept again with them.")
 
