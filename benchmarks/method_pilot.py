@@ -63,6 +63,12 @@ VARIANTS: dict[str, tuple[str, dict, bool]] = {
     # user knows their subject, and docs/METHOD.md shows it among the 3 closest words in every run)
     # clicked into the subject words (_clicked_subject below), and the concept trained again.
     "clicked": ("lego", {}, True),
+    # Break-A-Scene's cross-attention idea, for a concept drawn around its subject: the concept
+    # token's attention (head mean, max-normalised, 16x16 and 8x8 layers) inside the subject mask is
+    # penalised with weight ATTN[variant], so the subject's own look cannot ride on the concept.
+    "attn0.01": ("lego", {}, True),
+    "attn0.05": ("lego", {}, True),
+    "attn0.2": ("lego", {}, True),
 }
 
 
@@ -78,6 +84,7 @@ def _clicked_subject(subject: str, exemplar: tuple[str, str], track: str) -> str
 
 # variant -> weight of the away-from-subject-words term.
 AWAY: dict[str, float] = {"away0.01": 0.01, "away0.03": 0.03, "away0.1": 0.1}
+ATTN: dict[str, float] = {"attn0.01": 0.01, "attn0.05": 0.05, "attn0.2": 0.2}
 # variant -> number of hue rotations (evenly spaced, the original included) per exemplar.
 HUE: dict[str, int] = {"hue": 6, "hue-ctx0": 6, "hue-ctx0.1": 6}
 
@@ -153,6 +160,86 @@ def _away_from_subject_words(trainer, weight: float, temperature: float = 0.05) 
         return losses
 
     trainer._concept_loss = concept_loss
+
+
+def _attention_off_subject(trainer, weight: float):
+    """Add ``weight`` x the concept token's cross-attention inside the subject mask (Break-A-Scene's
+    attention loss turned into "keep off the subject"): for each sample with a mask, the head-mean
+    attention of the concept slots, divided by its maximum over the image, averaged over the mask,
+    on the 16x16 and 8x8 cross-attention layers. Returns a function that restores the UNet."""
+    import torch
+    import torch.nn.functional as F
+    from diffusers.models.attention_processor import AttnProcessor
+
+    from lego_studio.core.prompts import tokenize_segments
+
+    unet = trainer.model.unet
+    store = {"on": False, "maps": []}
+    saved = {}
+    for name, module in unet.named_modules():
+        if name.endswith("attn2"):
+            saved[name] = (module, module.processor)
+            module.set_processor(AttnProcessor())
+            original = module.get_attention_scores
+
+            def scores(query, key, attention_mask=None, original=original):
+                probs = original(query, key, attention_mask)
+                if store["on"]:
+                    store["maps"].append(probs)
+                return probs
+
+            module.get_attention_scores = scores
+    heads = next(iter(saved.values()))[0].heads
+    original_loss, original_batch, original_encode = trainer._concept_loss, trainer._noisy_batch, trainer.encode
+    last = {}
+
+    def noisy_batch(exemplars, generator):
+        batch = original_batch(exemplars, generator)
+        last["mask"], last["has_mask"] = batch[3], batch[4]
+        return batch
+
+    def encode(prompts, grad=True):
+        if grad and "prompts" not in last:
+            last["prompts"] = prompts  # the first conditioning with gradient: "S C" on the exemplar
+        return original_encode(prompts, grad)
+
+    def concept_loss(generator):
+        last.clear()
+        store["on"], store["maps"] = True, []
+        try:
+            losses = original_loss(generator)
+        finally:
+            store["on"] = False
+        maps, store["maps"] = store["maps"], []
+        mask, has_mask = last["mask"], last["has_mask"].to(last["mask"].device)
+        b = mask.shape[0]
+        slots = tokenize_segments(trainer.model.tokenizer, last["prompts"]).slot_mask.to(mask.device).float()  # [b, 77]
+        terms = []
+        for probs in maps:
+            hw = probs.shape[1]
+            side = int(round(hw ** 0.5))
+            if side not in (8, 16):
+                continue
+            a = probs[: b * heads].reshape(b, heads, hw, -1).mean(1)  # [b, hw, 77]; SC is the first block
+            a = (a * slots[:, None, :]).sum(-1)  # attention on the concept slots, [b, hw]
+            a = a / a.amax(dim=1, keepdim=True).clamp_min(1e-8)
+            m = F.adaptive_avg_pool2d(mask.float(), side).reshape(b, hw)
+            inside = (a * m).sum(1) / m.sum(1).clamp_min(1e-6)
+            terms.append((inside * has_mask.float()).sum() / has_mask.float().sum().clamp_min(1.0))
+        attn = torch.stack(terms).mean() if terms else losses["total"].detach() * 0.0
+        losses = dict(losses)
+        losses["subj"] = attn.detach()
+        losses["total"] = losses["total"] + weight * attn
+        return losses
+
+    trainer._concept_loss, trainer._noisy_batch, trainer.encode = concept_loss, noisy_batch, encode
+
+    def restore():
+        for module, processor in saved.values():
+            module.set_processor(processor)
+            del module.get_attention_scores
+
+    return restore
 
 
 def _trace_effects(trainer, trace: list) -> None:
@@ -240,10 +327,15 @@ def main(argv=None) -> int:
                             _schedule(trainer, *LATE[name])
                         if name in AWAY:
                             _away_from_subject_words(trainer, AWAY[name])
+                        restore = _attention_off_subject(trainer, ATTN[name]) if name in ATTN else None
                         trace = []
                         if args.trace:
                             _trace_effects(trainer, trace)
-                        final = trainer.run()
+                        try:
+                            final = trainer.run()
+                        finally:
+                            if restore is not None:
+                                restore()
                         if trace:
                             with open(out / "trace.jsonl", "a", encoding="utf-8") as fh:
                                 fh.write(json.dumps({"concept": concept, "track": track, "seed": seed, "variant": name,
