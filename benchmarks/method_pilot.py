@@ -69,6 +69,11 @@ VARIANTS: dict[str, tuple[str, dict, bool]] = {
     "attn0.01": ("lego", {}, True),
     "attn0.05": ("lego", {}, True),
     "attn0.2": ("lego", {}, True),
+    # The same with every token after the concept too (the end-of-text and padding tokens, which
+    # CLIP's causal attention lets read the concept vector): the concept's effect is not bound to
+    # its own token's attention.
+    "tail0.01": ("lego", {}, True),
+    "tail0.05": ("lego", {}, True),
 }
 
 
@@ -84,7 +89,7 @@ def _clicked_subject(subject: str, exemplar: tuple[str, str], track: str) -> str
 
 # variant -> weight of the away-from-subject-words term.
 AWAY: dict[str, float] = {"away0.01": 0.01, "away0.03": 0.03, "away0.1": 0.1}
-ATTN: dict[str, float] = {"attn0.01": 0.01, "attn0.05": 0.05, "attn0.2": 0.2}
+ATTN: dict[str, float] = {"attn0.01": 0.01, "attn0.05": 0.05, "attn0.2": 0.2, "tail0.01": 0.01, "tail0.05": 0.05}
 # variant -> number of hue rotations (evenly spaced, the original included) per exemplar.
 HUE: dict[str, int] = {"hue": 6, "hue-ctx0": 6, "hue-ctx0.1": 6}
 
@@ -162,11 +167,12 @@ def _away_from_subject_words(trainer, weight: float, temperature: float = 0.05) 
     trainer._concept_loss = concept_loss
 
 
-def _attention_off_subject(trainer, weight: float):
+def _attention_off_subject(trainer, weight: float, tail: bool = False):
     """Add ``weight`` x the concept token's cross-attention inside the subject mask (Break-A-Scene's
     attention loss turned into "keep off the subject"): for each sample with a mask, the head-mean
     attention of the concept slots, divided by its maximum over the image, averaged over the mask,
-    on the 16x16 and 8x8 cross-attention layers. Returns a function that restores the UNet."""
+    on the 16x16 and 8x8 cross-attention layers; with ``tail`` every token after the concept's
+    first slot counts as the concept's too. Returns a function that restores the UNet."""
     import torch
     import torch.nn.functional as F
     from diffusers.models.attention_processor import AttnProcessor
@@ -214,6 +220,8 @@ def _attention_off_subject(trainer, weight: float):
         mask, has_mask = last["mask"], last["has_mask"].to(last["mask"].device)
         b = mask.shape[0]
         slots = tokenize_segments(trainer.model.tokenizer, last["prompts"]).slot_mask.to(mask.device).float()  # [b, 77]
+        if tail:
+            slots = (slots.cumsum(dim=1) > 0).float()
         terms = []
         for probs in maps:
             hw = probs.shape[1]
@@ -327,7 +335,7 @@ def main(argv=None) -> int:
                             _schedule(trainer, *LATE[name])
                         if name in AWAY:
                             _away_from_subject_words(trainer, AWAY[name])
-                        restore = _attention_off_subject(trainer, ATTN[name]) if name in ATTN else None
+                        restore = _attention_off_subject(trainer, ATTN[name], name.startswith("tail")) if name in ATTN else None
                         trace = []
                         if args.trace:
                             _trace_effects(trainer, trace)
