@@ -74,6 +74,13 @@ VARIANTS: dict[str, tuple[str, dict, bool]] = {
     # its own token's attention.
     "tail0.01": ("lego", {}, True),
     "tail0.05": ("lego", {}, True),
+    # A scale-invariant context term added to the defaults (COS below: weight, outside the mask
+    # only): 1 - cos(effect on R, effect on the exemplar), which no zero effect meets
+    # (benchmarks/prior_ctx_landscape.py scores it before training).
+    "cos-out0.1": ("lego", {}, True),
+    "cos-out0.5": ("lego", {}, True),
+    "cos-out1": ("lego", {}, True),
+    "cos0.5": ("lego", {}, True),
 }
 
 
@@ -90,6 +97,7 @@ def _clicked_subject(subject: str, exemplar: tuple[str, str], track: str) -> str
 # variant -> weight of the away-from-subject-words term.
 AWAY: dict[str, float] = {"away0.01": 0.01, "away0.03": 0.03, "away0.1": 0.1}
 ATTN: dict[str, float] = {"attn0.01": 0.01, "attn0.05": 0.05, "attn0.2": 0.2, "tail0.01": 0.01, "tail0.05": 0.05}
+COS: dict[str, tuple[float, bool]] = {"cos-out0.1": (0.1, True), "cos-out0.5": (0.5, True), "cos-out1": (1.0, True), "cos0.5": (0.5, False)}
 # variant -> number of hue rotations (evenly spaced, the original included) per exemplar.
 HUE: dict[str, int] = {"hue": 6, "hue-ctx0": 6, "hue-ctx0.1": 6}
 
@@ -250,6 +258,42 @@ def _attention_off_subject(trainer, weight: float, tail: bool = False):
     return restore
 
 
+def _cosine_context(trainer, weight: float, outside: bool) -> None:
+    """Add ``weight`` x (1 - cos(effect on the other subject, sg effect on the exemplar)), per
+    sample, over the whole latent or outside the subject mask: a context term that a concept with
+    no effect cannot meet (the defaults' L_ctx stays as it is)."""
+    import torch.nn.functional as F
+
+    original_loss, original_predict, original_batch = trainer._concept_loss, trainer._predict, trainer._noisy_batch
+    last = {}
+
+    def noisy_batch(exemplars, generator):
+        batch = original_batch(exemplars, generator)
+        last["mask"], last["has_mask"] = batch[3], batch[4]
+        return batch
+
+    def predict(*args, **kwargs):
+        out = original_predict(*args, **kwargs)
+        last["predictions"] = out
+        return out
+
+    def concept_loss(generator):
+        losses = original_loss(generator)
+        p = last.pop("predictions")
+        if "RC" not in p:
+            return losses
+        region = 1.0 - last["mask"] * last["has_mask"].to(last["mask"].device).float().view(-1, 1, 1, 1) if outside else 1.0
+        effect_r = ((p["RC"] - p["R"]) * region).flatten(1)
+        effect_s = ((p["SC"].detach() - p["S"]) * region).flatten(1)
+        term = (1.0 - F.cosine_similarity(effect_r, effect_s, dim=1)).mean()
+        losses = dict(losses)
+        losses["words"] = term.detach()
+        losses["total"] = losses["total"] + weight * term
+        return losses
+
+    trainer._concept_loss, trainer._predict, trainer._noisy_batch = concept_loss, predict, noisy_batch
+
+
 def _trace_effects(trainer, trace: list) -> None:
     """Record, every step, how big the concept's effect is on the exemplar (S C vs S) and on the
     other subjects (R C vs R), inside and outside the subject mask: shrinking = collapse."""
@@ -335,6 +379,8 @@ def main(argv=None) -> int:
                             _schedule(trainer, *LATE[name])
                         if name in AWAY:
                             _away_from_subject_words(trainer, AWAY[name])
+                        if name in COS:
+                            _cosine_context(trainer, *COS[name])
                         restore = _attention_off_subject(trainer, ATTN[name], name.startswith("tail")) if name in ATTN else None
                         trace = []
                         if args.trace:

@@ -13,6 +13,7 @@ benchmarks/oracle_landscape.py (true words, true + left-out, left-out, start vec
 - ctx:       MSE(U(z_S, "R C") - U(z_S, "R"), delta_S)     (the default L_ctx, at the exemplar's latent)
 - ctx_prior: MSE(U(z_R, "R C") - U(z_R, "R"), delta_S)     (at R's own picture, same t and noise)
 - cos, cos_prior: 1 - cosine of the same two effects (a scale-invariant form no zero effect meets)
+- cos_out: cos outside the exemplar's subject mask only
 
 with delta_S = U(z_S, "S C") - U(z_S, "S"), all on the same fixed batches for every candidate.
 """
@@ -51,7 +52,7 @@ def score(model, cfg, images, masks, words, priors, batches, cache, b=4):
 
     n = len([i for w in words for i in word_token_ids(model.tokenizer, w)]) if words else 1
     cfg = type(cfg).from_dict({**cfg.to_dict(), "num_vectors": n, "init_words": list(words or []), "batch_size": b})
-    sums = {"rec": 0.0, "ctx": 0.0, "ctx_prior": 0.0, "cos": 0.0, "cos_prior": 0.0}
+    sums = {"rec": 0.0, "ctx": 0.0, "ctx_prior": 0.0, "cos": 0.0, "cos_prior": 0.0, "cos_out": 0.0}
     with tempfile.TemporaryDirectory(prefix="lego-prior-") as tmp, torch.no_grad():
         trainer = Trainer(model, cfg, images, masks, Path(tmp))
         trainer.prepare(build_exemplars(model, images, masks, int(cfg.resolution or model.family.resolution), cache),
@@ -59,7 +60,7 @@ def score(model, cfg, images, masks, words, priors, batches, cache, b=4):
         scheduler = model.noise_scheduler
         for k in range(batches):
             g = torch.Generator().manual_seed(10_000 + k)
-            z_t, t, target, _, _, _ = trainer._noisy_batch(trainer.exemplars, g)
+            z_t, t, target, mask, _, _ = trainer._noisy_batch(trainer.exemplars, g)
             picks = torch.randint(len(cfg.templates), (b,), generator=g).tolist()
             chosen = torch.randint(len(cfg.context_subjects), (b,), generator=g).tolist()
             noise = target  # epsilon prediction: the target is the noise
@@ -81,6 +82,8 @@ def score(model, cfg, images, masks, words, priors, batches, cache, b=4):
             cos = torch.nn.functional.cosine_similarity
             sums["cos"] += float((1 - cos((rc - r).flatten(1), delta_s.flatten(1))).mean()) / batches
             sums["cos_prior"] += float((1 - cos((rc_p - r_p).flatten(1), delta_s.flatten(1))).mean()) / batches
+            out = 1.0 - mask  # outside the exemplar's subject mask
+            sums["cos_out"] += float((1 - cos(((rc - r) * out).flatten(1), (delta_s * out).flatten(1))).mean()) / batches
     return sums
 
 
