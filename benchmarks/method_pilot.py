@@ -25,6 +25,20 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from lego_studio.shapeworld import benchmark as bm  # noqa: E402
 from lego_studio.shapeworld import benchmark_runner as br  # noqa: E402
 
+# variant -> weight of a term keeping the concept away from the words of the subjects
+# (_away_from_subject_words): the context subjects' and the subject's own appearance words, as
+# negatives without positives (ReVersion steers its relation token away from object words so).
+AWAY: dict[str, float] = {"away0.01": 0.01, "away0.03": 0.03, "away0.1": 0.1}
+# variant -> weight of Break-A-Scene's cross-attention idea turned around (_attention_off_subject):
+# the concept token's attention inside the subject mask penalised; "tail" counts every token after
+# the concept too (the end-of-text and padding tokens, which CLIP's causal attention lets read it).
+ATTN: dict[str, float] = {"attn0.01": 0.01, "attn0.05": 0.05, "attn0.2": 0.2, "tail0.01": 0.01, "tail0.05": 0.05}
+# variant -> (weight, outside the mask only) of a scale-invariant context term (_cosine_context):
+# 1 - cos(effect on R, effect on the exemplar), which no zero effect meets
+# (benchmarks/oracle_landscape.py --context-forms scores it before training).
+COS: dict[str, tuple[float, bool]] = {"cos-out0.1": (0.1, True), "cos-out0.5": (0.5, True), "cos-out1": (1.0, True),
+                                      "cos0.5": (0.5, False)}
+
 # name -> (preset, overrides, uses_masks)
 VARIANTS: dict[str, tuple[str, dict, bool]] = {
     "ti-1": ("ti", {"num_vectors": 1}, False),
@@ -53,34 +67,11 @@ VARIANTS: dict[str, tuple[str, dict, bool]] = {
     # ReVersion's relation-focal timestep sampling (TrainConfig.timestep_focus).
     "focal0.5": ("lego", {"timestep_focus": 0.5}, True),
     "focal1": ("lego", {"timestep_focus": 1.0}, True),
-    # The concept kept away from the words of the subjects (AWAY below): the context subjects' and
-    # the subject's own appearance words, as negatives without positives (ReVersion steers its
-    # relation token away from object words the same way).
-    "away0.01": ("lego", {}, True),
-    "away0.03": ("lego", {}, True),
-    "away0.1": ("lego", {}, True),
-    # The closest-words fix as a user makes it: the word the track's subject words left out (the
-    # user knows their subject, and docs/METHOD.md shows it among the 3 closest words in every run)
-    # clicked into the subject words (_clicked_subject below), and the concept trained again.
-    "clicked": ("lego", {}, True),
-    # Break-A-Scene's cross-attention idea, for a concept drawn around its subject: the concept
-    # token's attention (head mean, max-normalised, 16x16 and 8x8 layers) inside the subject mask is
-    # penalised with weight ATTN[variant], so the subject's own look cannot ride on the concept.
-    "attn0.01": ("lego", {}, True),
-    "attn0.05": ("lego", {}, True),
-    "attn0.2": ("lego", {}, True),
-    # The same with every token after the concept too (the end-of-text and padding tokens, which
-    # CLIP's causal attention lets read the concept vector): the concept's effect is not bound to
-    # its own token's attention.
-    "tail0.01": ("lego", {}, True),
-    "tail0.05": ("lego", {}, True),
-    # A scale-invariant context term added to the defaults (COS below: weight, outside the mask
-    # only): 1 - cos(effect on R, effect on the exemplar), which no zero effect meets
-    # (benchmarks/prior_ctx_landscape.py scores it before training).
-    "cos-out0.1": ("lego", {}, True),
-    "cos-out0.5": ("lego", {}, True),
-    "cos-out1": ("lego", {}, True),
-    "cos0.5": ("lego", {}, True),
+    # Variants that are the Lego defaults plus a pilot-only change, each described at its table
+    # above (AWAY, ATTN, COS), and the closest-words fix as a user makes it ("clicked": the word the
+    # track's subject words left out, clicked into the subject words by _clicked_subject below; the
+    # user knows their subject, and docs/METHOD.md shows it among the 3 closest words in every run).
+    **{name: ("lego", {}, True) for name in ["clicked", *AWAY, *ATTN, *COS]},
 }
 
 
@@ -94,10 +85,6 @@ def _clicked_subject(subject: str, exemplar: tuple[str, str], track: str) -> str
     return subject
 
 
-# variant -> weight of the away-from-subject-words term.
-AWAY: dict[str, float] = {"away0.01": 0.01, "away0.03": 0.03, "away0.1": 0.1}
-ATTN: dict[str, float] = {"attn0.01": 0.01, "attn0.05": 0.05, "attn0.2": 0.2, "tail0.01": 0.01, "tail0.05": 0.05}
-COS: dict[str, tuple[float, bool]] = {"cos-out0.1": (0.1, True), "cos-out0.5": (0.5, True), "cos-out1": (1.0, True), "cos0.5": (0.5, False)}
 # variant -> number of hue rotations (evenly spaced, the original included) per exemplar.
 HUE: dict[str, int] = {"hue": 6, "hue-ctx0": 6, "hue-ctx0.1": 6}
 
@@ -175,6 +162,18 @@ def _away_from_subject_words(trainer, weight: float, temperature: float = 0.05) 
     trainer._concept_loss = concept_loss
 
 
+def _record_batches(trainer, last: dict) -> None:
+    """Keep the target, subject mask and has-mask flags of the trainer's latest batch in ``last``."""
+    original = trainer._noisy_batch
+
+    def noisy_batch(exemplars, generator):
+        batch = original(exemplars, generator)
+        last["target"], last["mask"], last["has_mask"] = batch[2], batch[3], batch[4]
+        return batch
+
+    trainer._noisy_batch = noisy_batch
+
+
 def _attention_off_subject(trainer, weight: float, tail: bool = False):
     """Add ``weight`` x the concept token's cross-attention inside the subject mask (Break-A-Scene's
     attention loss turned into "keep off the subject"): for each sample with a mask, the head-mean
@@ -204,13 +203,9 @@ def _attention_off_subject(trainer, weight: float, tail: bool = False):
 
             module.get_attention_scores = scores
     heads = next(iter(saved.values()))[0].heads
-    original_loss, original_batch, original_encode = trainer._concept_loss, trainer._noisy_batch, trainer.encode
+    original_loss, original_encode = trainer._concept_loss, trainer.encode
     last = {}
-
-    def noisy_batch(exemplars, generator):
-        batch = original_batch(exemplars, generator)
-        last["mask"], last["has_mask"] = batch[3], batch[4]
-        return batch
+    _record_batches(trainer, last)
 
     def encode(prompts, grad=True):
         if grad and "prompts" not in last:
@@ -248,7 +243,7 @@ def _attention_off_subject(trainer, weight: float, tail: bool = False):
         losses["total"] = losses["total"] + weight * attn
         return losses
 
-    trainer._concept_loss, trainer._noisy_batch, trainer.encode = concept_loss, noisy_batch, encode
+    trainer._concept_loss, trainer.encode = concept_loss, encode
 
     def restore():
         for module, processor in saved.values():
@@ -264,13 +259,9 @@ def _cosine_context(trainer, weight: float, outside: bool) -> None:
     no effect cannot meet (the defaults' L_ctx stays as it is)."""
     import torch.nn.functional as F
 
-    original_loss, original_predict, original_batch = trainer._concept_loss, trainer._predict, trainer._noisy_batch
+    original_loss, original_predict = trainer._concept_loss, trainer._predict
     last = {}
-
-    def noisy_batch(exemplars, generator):
-        batch = original_batch(exemplars, generator)
-        last["mask"], last["has_mask"] = batch[3], batch[4]
-        return batch
+    _record_batches(trainer, last)
 
     def predict(*args, **kwargs):
         out = original_predict(*args, **kwargs)
@@ -291,20 +282,15 @@ def _cosine_context(trainer, weight: float, outside: bool) -> None:
         losses["total"] = losses["total"] + weight * term
         return losses
 
-    trainer._concept_loss, trainer._predict, trainer._noisy_batch = concept_loss, predict, noisy_batch
+    trainer._concept_loss, trainer._predict = concept_loss, predict
 
 
 def _trace_effects(trainer, trace: list) -> None:
     """Record, every step, how big the concept's effect is on the exemplar (S C vs S) and on the
     other subjects (R C vs R), inside and outside the subject mask: shrinking = collapse."""
     original = trainer._predict
-    original_batch = trainer._noisy_batch
     last = {}
-
-    def noisy_batch(exemplars, generator):
-        batch = original_batch(exemplars, generator)
-        last["target"] = batch[2]
-        return batch
+    _record_batches(trainer, last)
 
     def predict(z_t, t, grad_parts, plain_parts, sizes=None):
         out = original(z_t, t, grad_parts, plain_parts, sizes)
@@ -321,7 +307,6 @@ def _trace_effects(trainer, trace: list) -> None:
         return out
 
     trainer._predict = predict
-    trainer._noisy_batch = noisy_batch
 
 
 def main(argv=None) -> int:
