@@ -53,3 +53,33 @@ def test_with_full_words_the_lego_loss_is_lower_at_the_true_words_than_at_no_con
     rows = [{"concept": concept, "track": "full", "variant": "lego", "candidate": name, **terms}
             for name, terms in (("true", true), ("start", start))]
     assert "| frozen in ice | full | lego | **" in oracle.report(rows, 1.0)
+
+
+@pytest.mark.slow
+def test_the_scale_invariant_context_form_is_not_met_by_a_concept_with_no_effect(tmp_path):
+    """--context-forms (docs/METHOD.md, "The context loss at the other subjects' own pictures"): the
+    MSE context term is smallest with no concept, the 1 - cos form is not (measured on Shape World)."""
+    import dataclasses
+
+    import torch
+
+    from lego_studio.core.models import load_model
+    from lego_studio.shapeworld import benchmark as bm
+
+    oracle = _module()
+    torch.manual_seed(0)
+    model = load_model("shapeworld", device="cpu", precision="fp32")
+    concept = "on fire"
+    exemplar = bm.exemplar_subject(concept)
+    evaluation = bm.held_out_subjects(concept, exemplar, 4)
+    renders = bm.render_exemplars(concept, exemplar, 3)
+    images, masks = [im for im, _ in renders], [m for _, m in renders]
+    cfg = bm.train_config(bm.MethodSpec("lego", "lego", {}, True, "lego"), exemplar, evaluation, 10, 0, track="no-colour")
+    cfg = dataclasses.replace(cfg, context_subjects=cfg.context_subjects[:4])
+    priors = oracle.prior_latents(model, cfg.context_subjects, bm.BenchmarkConfig(concepts=[concept]), tmp_path / "priors")
+    assert priors.shape[0] == 4
+    true = oracle.score_context_forms(model, cfg, images, masks, ["on", "fire"], priors, 3, tmp_path / "cache")
+    start = oracle.score_context_forms(model, cfg, images, masks, None, priors, 3, tmp_path / "cache")
+    assert start["ctx"] < true["ctx"] and start["ctx_prior"] < true["ctx_prior"]
+    assert start["cos"] > true["cos"] and start["cos_out"] > true["cos_out"]
+    assert true["rec"] < start["rec"]
