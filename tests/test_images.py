@@ -278,3 +278,69 @@ def test_image_size_note_names_small_and_far_from_square_images(tmp_path):
     broken.write_bytes(b"not an image")  # reported elsewhere, by the checks that name it
     assert image_size_note(fine + [broken], 512) == ""
 
+
+
+# ------------------------------------------------------------------------------ the marked subject's colour
+
+
+def test_colour_names_name_the_basic_colours():
+    from lego_studio.core.images import colour_names
+    from lego_studio.shapeworld.world import COLOURS
+
+    for name, rgb in COLOURS.items():  # Shape World's six colours by their own names
+        assert colour_names(np.array([[rgb]], np.uint8))[0, 0] == name
+    pixels = np.array([[(0, 0, 0), (128, 128, 128), (250, 250, 250), (120, 70, 20), (255, 105, 180)]], np.uint8)
+    assert list(colour_names(pixels)[0]) == ["black", "grey", "white", "brown", "pink"]
+
+
+def _save_renders(folder, renders, grow=1):
+    from PIL import ImageFilter
+
+    images, masks = [], []
+    for i, (image, mask) in enumerate(renders):
+        image.save(folder / f"{i}.png")
+        Image.fromarray(np.asarray(mask)).filter(ImageFilter.MaxFilter(grow)).save(folder / f"{i}_mask.png")
+        images.append(folder / f"{i}.png")
+        masks.append(folder / f"{i}_mask.png")
+    return images, masks
+
+
+@pytest.mark.parametrize("grow", [1, 5])  # exact masks, and masks grown 2 px past the subject (rough)
+def test_the_marked_subjects_colour_is_read_from_every_shape_world_exemplar_set(tmp_path, grow):
+    # Every Shape World concept's exemplars, the concept drawn over or around the subject: the masks'
+    # subject colour is the exemplar's own (measured: 8 of 8 with exact and with rough masks).
+    from lego_studio.core.images import subject_colour
+    from lego_studio.shapeworld import benchmark as bm
+    from lego_studio.shapeworld.world import CONCEPTS
+
+    for k, concept in enumerate(CONCEPTS):
+        folder = tmp_path / f"{grow}-{k}"
+        folder.mkdir()
+        shape, colour = bm.exemplar_subject(concept)
+        images, masks = _save_renders(folder, bm.render_exemplars(concept, (shape, colour), 3), grow)
+        assert subject_colour(images, masks) == colour, concept
+
+
+def test_no_colour_is_named_without_masks_or_for_a_mask_that_takes_in_the_background(tmp_path):
+    from lego_studio.core.images import subject_colour
+
+    picture = np.full((40, 40, 3), 255, np.uint8)
+    picture[10:20, 10:20] = (36, 84, 220)  # a blue square on white
+    Image.fromarray(picture).save(tmp_path / "a.png")
+    mask = np.zeros((40, 40), np.uint8)
+    mask[10:20, 10:20] = 255
+    Image.fromarray(mask).save(tmp_path / "exact.png")
+    assert subject_colour([tmp_path / "a.png"], [tmp_path / "exact.png"]) == "blue"
+    assert subject_colour([tmp_path / "a.png"], [None]) is None  # no mask: nothing marked
+    mask[0:36, 0:36] = 255  # a loose box, mostly white background: white is not the subject's colour
+    Image.fromarray(mask).save(tmp_path / "loose.png")
+    assert subject_colour([tmp_path / "a.png"], [tmp_path / "loose.png"]) is None
+    quarters = picture.copy()  # a quarter each blue, red, green and yellow: no one colour
+    quarters[10:15, 15:20] = (214, 32, 38)
+    quarters[15:20, 10:15] = (34, 160, 60)
+    quarters[15:20, 15:20] = (242, 206, 22)
+    Image.fromarray(quarters).save(tmp_path / "b.png")
+    mask[:] = 0
+    mask[10:20, 10:20] = 255
+    Image.fromarray(mask).save(tmp_path / "exact.png")
+    assert subject_colour([tmp_path / "b.png"], [tmp_path / "exact.png"]) is None

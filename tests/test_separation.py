@@ -87,6 +87,20 @@ def test_train_warns_about_vague_subject_words_before_the_run(exemplar_folders, 
     assert "add the word to the subject words and train again" in closest
 
 
+def test_train_names_the_masks_colour_the_subject_words_leave_out(tmp_path, tiny_model_dir, make_exemplars, capsys):
+    from lego_studio.cli import main
+
+    images, masks = tmp_path / "images", tmp_path / "masks"
+    make_exemplars(images, n=2, size=(36, 36), colour=(36, 84, 220), seed=1, prefix="ex", mask_folder=masks, mask_prefix="ex")
+    args = ["train", "--model", str(tiny_model_dir), "--images", str(images), "--masks", str(masks), "--steps", "1",
+            "--quiet"]
+    assert main([*args, "--subject", "a square", "--out", str(tmp_path / "a.safetensors")]) == 0
+    err = capsys.readouterr().err
+    assert "warning: the subject your masks mark is mostly blue" in err and '--subject "a blue square"' in err
+    assert main([*args, "--subject", "a blue square", "--out", str(tmp_path / "b.safetensors")]) == 0
+    assert "mostly blue" not in capsys.readouterr().err
+
+
 def test_the_closest_words_note_says_what_a_subject_word_among_them_means():
     note = closest_words_note(["cage", "yellow", "melting"], "lego")
     assert note.startswith("Closest words to the concept: cage, yellow, melting. If one of them describes your subject")
@@ -108,3 +122,20 @@ def test_the_closest_words_note_says_what_a_subject_word_among_them_means():
 ])
 def test_a_closest_word_goes_into_the_subject_words_where_a_describing_word_goes(phrase, word, expected):
     assert add_subject_word(phrase, word) == expected
+
+
+@pytest.mark.parametrize("phrase, colour, says", [
+    ("a star", "yellow", True),
+    ("a yellow star", "yellow", False),  # the words name its colour
+    ("a blue star", "yellow", False),  # they name another: the user's call
+    ("a tabby cat", "brown", False),  # a colour pattern is a colour word too
+    ("a star", None, False),  # the masks show no one colour (or there are none)
+])
+def test_words_that_name_no_colour_are_told_the_masks_colour(phrase, colour, says):
+    from lego_studio.core.separation import missing_colour_note
+
+    note = missing_colour_note(phrase, colour)
+    assert bool(note) == says
+    if says:
+        assert f"mostly {colour}" in note and "name no colour" in note
+        assert add_subject_word(phrase, colour) == "a yellow star"

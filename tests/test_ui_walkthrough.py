@@ -560,3 +560,38 @@ def test_vague_subject_words_are_named_before_start_and_lego_only(window, qtbot,
     view.form.set_value("subject", "a thing")
     view.form.apply_preset("ti")  # the baseline does not separate by words: nothing to say
     assert not view.words_label.isVisibleTo(view)
+
+
+def test_words_that_name_no_colour_are_offered_the_colour_the_masks_mark(window, qtbot, tmp_path):
+    # A yellow subject on white, marked by masks, and the words "a star": before Start the page says
+    # the marked subject is mostly yellow and the words name no colour; a link adds it.
+    import numpy as np
+
+    folder = tmp_path / "src"
+    folder.mkdir()
+    for i in range(2):
+        picture = np.full((48, 48, 3), 255, np.uint8)
+        picture[10:30, 10 + i:30 + i] = (242, 206, 22)
+        Image.fromarray(picture).save(folder / f"s{i}.png")
+    project = window.create_project_and_wait("Star", [folder])
+    view = window.training_view
+    view.form.set_value("subject", "a star")
+    window.settle()
+    assert not view.words_label.isVisibleTo(view)  # no masks yet: the colour is not known
+    for i, entry in enumerate(project.images):
+        mask = np.zeros((48, 48), np.uint8)
+        mask[10:30, 10 + i:30 + i] = 255
+        project.save_mask(project.folder / entry.file, mask)
+    window.context.masks_changed.emit(project.folder / project.images[0].file)
+    qtbot.waitUntil(lambda: view.words_label.isVisibleTo(view), timeout=5000)
+    text = view.words_label.text()
+    assert "mostly yellow" in text and "name no colour" in text and '<a href="yellow">yellow</a>' in text
+    view.words_label.linkActivated.emit("yellow")
+    assert view.form.value("subject") == "a yellow star"
+    assert not view.words_label.isVisibleTo(view)
+    view.form.set_value("subject", "a blue star")  # words that name a colour: the user's call, no note
+    assert not view.words_label.isVisibleTo(view)
+    view.form.set_value("subject", "a star")
+    assert view.words_label.isVisibleTo(view)
+    view.form.apply_preset("ti")  # the baseline does not separate by words: nothing to say
+    assert not view.words_label.isVisibleTo(view)

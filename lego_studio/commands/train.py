@@ -373,6 +373,9 @@ def run(args: argparse.Namespace) -> int:
     vague = subject_words_note(config)
     if vague:
         print(f"warning: {vague}", file=sys.stderr)
+    colour_note = _colour_note(config, images, masks)
+    if colour_note:
+        print(f"warning: {colour_note}", file=sys.stderr)
 
     from lego_studio.core.runs import hold_run
 
@@ -380,6 +383,19 @@ def run(args: argparse.Namespace) -> int:
     # any failure, also before the first step (the model does not load), is recorded in run.json.
     with hold_run(run_dir):
         return _train(args, run_dir, out, images, masks, subject_images, config, model_spec)
+
+
+def _colour_note(config, images, masks) -> str | None:
+    """The note when the masks' subject is mostly one colour the subject words do not name (as the
+    Training page says it), with the --subject that adds it."""
+    from lego_studio.core.images import subject_colour
+    from lego_studio.core.separation import add_subject_word, missing_colour_note
+
+    if config.method != "lego" or not masks or config.subject_token_steps or not config.subject_in_prompt:
+        return None
+    colour = subject_colour(images, masks)
+    note = missing_colour_note(config.subject, colour)
+    return f'{note} (--subject "{add_subject_word(config.subject, colour)}")' if note else None
 
 
 def _train(args, run_dir: Path, out: Path, images, masks, subject_images, config, model_spec) -> int:

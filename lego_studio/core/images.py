@@ -315,3 +315,66 @@ def find_mask_for(image_path: str | os.PathLike, mask_dir: str | os.PathLike) ->
         if best is None or key < best[0]:
             best = (key, candidate)
     return best[1] if best else None
+
+
+# Basic colour names by hue (degrees, HSV), for the colour of a marked subject; pixels of low
+# saturation are black, grey or white by their brightness.
+_HUE_NAMES = ((15, "red"), (40, "orange"), (70, "yellow"), (170, "green"), (255, "blue"), (300, "purple"),
+              (345, "pink"), (360, "red"))
+# A colour names the subject when at least this share of the marked pixels has it, and it is at
+# least OUTSIDE_RATIO times as common inside the marks as outside them (so a rough mask that takes
+# in the background does not name the background's colour).
+COLOUR_SHARE = 0.3
+OUTSIDE_RATIO = 2.0
+
+
+def colour_names(rgb: np.ndarray) -> np.ndarray:
+    """A basic colour name per pixel of ``rgb`` (uint8 ``[..., 3]``): red, orange, brown, yellow,
+    green, blue, purple, pink, black, grey or white."""
+    x = rgb.astype(np.float64) / 255.0
+    top, low = x.max(-1), x.min(-1)
+    chroma = top - low
+    saturation = np.where(top > 0, chroma / np.maximum(top, 1e-9), 0.0)
+    r, g, b = x[..., 0], x[..., 1], x[..., 2]
+    safe = np.maximum(chroma, 1e-9)
+    hue = np.where(top == r, ((g - b) / safe) % 6, np.where(top == g, (b - r) / safe + 2, (r - g) / safe + 4)) * 60.0
+    names = np.full(x.shape[:-1], "red", dtype=object)
+    lower = 0
+    for upper, name in _HUE_NAMES:
+        names[(hue >= lower) & (hue < upper)] = name
+        lower = upper
+    names[(names == "orange") & (top < 0.6)] = "brown"
+    grey = saturation < 0.2
+    names[grey] = np.where(top[grey] < 0.25, "black", np.where(top[grey] > 0.8, "white", "grey"))
+    names[(~grey) & (top < 0.15)] = "black"
+    return names
+
+
+def subject_colour(images, masks, max_side: int = 128) -> str | None:
+    """The basic colour name (:func:`colour_names`) of the marked subject: the most common one
+    among the marked pixels of every image with a mask, if at least ``COLOUR_SHARE`` of them have
+    it and it is ``OUTSIDE_RATIO`` times as common there as outside the marks; else None (no masks,
+    a subject of many colours, or a colour the background has as much). ``images``, ``masks``:
+    paths (a mask may be None: not marked). Images are read at most ``max_side`` px on a side."""
+    inside: dict[str, int] = {}
+    outside: dict[str, int] = {}
+    for image_path, mask_path in zip(images, masks):
+        if mask_path is None:
+            continue
+        image = load_image(image_path)
+        mask = load_mask(mask_path, image.size)
+        scale = max_side / max(image.size)
+        if scale < 1:
+            size = (max(1, round(image.width * scale)), max(1, round(image.height * scale)))
+            image = image.resize(size, Image.BILINEAR)
+            mask = np.asarray(Image.fromarray(mask).resize(size, Image.NEAREST))
+        names = colour_names(np.asarray(image)).astype(str)
+        for counts, chosen in ((inside, names[mask >= 128]), (outside, names[mask < 128])):
+            for name, count in zip(*np.unique(chosen, return_counts=True)):
+                counts[str(name)] = counts.get(str(name), 0) + int(count)
+    total_in, total_out = sum(inside.values()), sum(outside.values())
+    if not total_in:
+        return None
+    name, count = max(inside.items(), key=lambda item: item[1])
+    share_out = outside.get(name, 0) / total_out if total_out else 0.0
+    return name if count >= COLOUR_SHARE * total_in and count / total_in >= OUTSIDE_RATIO * share_out else None

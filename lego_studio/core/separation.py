@@ -8,6 +8,11 @@ it, and with no words at all there is nothing to separate by. :func:`vague_subje
 phrase tells the model almost nothing ("an object", "a thing", nothing at all), so the app and the
 CLI can say so before a run starts, with a suggestion. The run still goes if the user wants.
 
+Subject colour. With masks, :func:`missing_colour_note` says before a run when the marked subject
+is mostly one colour (core/images.py ``subject_colour``) and the subject words name no colour: a
+colour the words leave out goes into the concept (on Shape World it drew new subjects in colours
+pulled towards it: docs/METHOD.md), so the note offers the word to add.
+
 Masks. :func:`mask_terms` lists the training terms that read the subject masks under a config, and
 :func:`masks_usage` says it in one sentence: the Masks page and the help show that sentence for
 the current settings, so what the app says about masks is what training does (tested by training
@@ -53,6 +58,24 @@ def vague_subject(phrase: str) -> str | None:
         return (f"the subject words {phrase.strip()!r} say almost nothing about the subject, so its look can end up "
                 f"in the concept; {SUGGESTION}")
     return None
+
+
+# Colour words: a subject phrase with one of these names its colour.
+COLOUR_WORDS = frozenset({
+    "red", "orange", "yellow", "green", "blue", "purple", "pink", "brown", "black", "white", "grey", "gray",
+    "violet", "magenta", "cyan", "turquoise", "teal", "navy", "beige", "tan", "gold", "golden", "silver", "bronze",
+    "copper", "maroon", "crimson", "scarlet", "lime", "olive", "ivory", "cream", "colourful", "colorful",
+    "multicoloured", "multicolored", "striped", "spotted", "tabby", "ginger", "blond", "blonde"})
+
+
+def missing_colour_note(phrase: str, colour: str | None) -> str | None:
+    """A one-line note when the masks' subject is mostly ``colour`` (core/images.py
+    ``subject_colour``) and ``phrase`` names no colour; None otherwise. The word to add is
+    ``colour`` itself, for :func:`add_subject_word`."""
+    if not colour or any(w in COLOUR_WORDS for w in _words(phrase)):
+        return None
+    return (f"the subject your masks mark is mostly {colour}, and the subject words name no colour: if {colour} is "
+            f"the subject's own, add it, or it can go into the concept and colour every subject drawn with it")
 
 
 def subject_words_note(config) -> str | None:

@@ -134,11 +134,17 @@ class TrainingView(QWidget):
         self.plan_label = QLabel()
         self.plan_label.setWordWrap(True)
         self.plan_label.hide()
-        # Vague subject words ("an object"): said before Start, with a suggestion; Start still runs.
+        # Vague subject words ("an object"), or words that name no colour where the masks show one:
+        # said before Start, with a suggestion (a colour is a link that adds it); Start still runs.
         self.words_label = QLabel()
         self.words_label.setWordWrap(True)
         self.words_label.setStyleSheet("color: #8a5a00;")
+        self.words_label.setTextFormat(Qt.TextFormat.RichText)
+        self.words_label.setTextInteractionFlags(Qt.TextInteractionFlag.TextBrowserInteraction)
+        self.words_label.linkActivated.connect(self.add_subject_word)
         self.words_label.hide()
+        self._subject_colour: str | None = None  # the masks' subject colour (core/images.subject_colour)
+        self._colour_reading = None
         # After a run: the words closest to the learned concept, and what a subject word there means.
         self.closest_label = QLabel()
         self.closest_label.setWordWrap(True)
@@ -201,6 +207,8 @@ class TrainingView(QWidget):
         context.settings_changed.connect(self.refresh_models)
         context.project_edited.connect(self.check_foreign_images)
         context.project_edited.connect(self.update_plan)
+        context.project_edited.connect(self.read_subject_colour)
+        context.masks_changed.connect(lambda _image: self.read_subject_colour())
         self.form.changed.connect(self.update_estimate)
         self.form.changed.connect(self.update_words_note)
         self.form.widgets["resolution"].valueChanged.connect(lambda _v: self.update_plan())
@@ -364,15 +372,49 @@ class TrainingView(QWidget):
         self._update_buttons()
         self.check_foreign_images()
         self.update_plan()
+        self.read_subject_colour()
         self.update_words_note()
 
     def update_words_note(self) -> None:
-        """Say before Start when the subject words tell Lego almost nothing (core/separation.py)."""
-        note = None
+        """Say before Start when the subject words tell Lego almost nothing, or name no colour where
+        the masks' subject is mostly one (core/separation.py); the colour is a link that adds it."""
+        text = ""
         if self.form.value("method") == "lego" and not self.form.value("subject_token_steps"):
-            note = separation.vague_subject(str(self.form.value("subject") or ""))
-        self.words_label.setText(f"{note[0].upper()}{note[1:]}." if note else "")
-        self.words_label.setVisible(bool(note))
+            phrase = str(self.form.value("subject") or "")
+            colour = self._subject_colour
+            colour_note = separation.missing_colour_note(phrase, colour)
+            note = separation.vague_subject(phrase) or colour_note
+            if note:
+                text = html.escape(f"{note[0].upper()}{note[1:]}.")
+            if colour_note:  # a link that adds the colour (add_subject_word)
+                text += f' Add <a href="{html.escape(colour)}">{html.escape(colour)}</a>.'
+        self.words_label.setText(text)
+        self.words_label.setVisible(bool(text))
+
+    def read_subject_colour(self) -> None:
+        """Work out the masks' subject colour (core/images.subject_colour) in the writer, behind any
+        mask being saved, then show the words note again."""
+        project = self.context.project
+        reading = self._colour_reading = object()
+        if project is None:
+            self._subject_colour = None
+            self.update_words_note()
+            return
+
+        def read():
+            from lego_studio.core.images import subject_colour
+
+            return subject_colour(*project.training_inputs())
+
+        def done(colour) -> None:
+            if reading is self._colour_reading:
+                self._subject_colour = colour
+                self.update_words_note()
+
+        def failed(_message) -> None:  # an unreadable image or mask: Start says so; no note here
+            done(None)
+
+        self.context.writes.submit(read, on_done=done, on_error=failed)
 
     def update_plan(self) -> None:
         """The plan line before Start: notes on the project's images at the training size (much
@@ -812,13 +854,13 @@ class TrainingView(QWidget):
         self.closest_label.setVisible(bool(text))
 
     def add_subject_word(self, word: str) -> None:
-        """Add ``word`` (a closest word the user clicked) to the subject words in the form; the next
+        """Add ``word`` (a closest word or the masks' colour the user clicked) to the subject words in the form; the next
         Start trains with them and stores them in the project."""
         if self.runner.busy:
             return
         phrase = separation.add_subject_word(str(self.form.value("subject") or ""), word)
         self.form.set_value("subject", phrase)
-        self.status_label.setText(f"Subject words: \u201c{phrase}\u201d. Start training to learn the concept again with them.")
+        self.status_label.setText(f"Subject words: \u201c{phrase}\u201d. Start training to learn the concept with them.")
 
     def _finished(self, concept_path) -> None:
         from lego_studio.core.library import NameTaken
