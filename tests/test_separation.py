@@ -47,6 +47,8 @@ def test_what_the_masks_page_says_is_what_training_does(name, tiny_model, exempl
         assert "no training term reads them" in text or "ignores masks" in text
     else:
         assert text.startswith("Masks tell training where your subject is")
+    # Before Start, Lego's Training page names the masks' subject colour (test_ui_walkthrough.py).
+    assert ("subject's colour" in text) == (method == "lego")
 
 
 def test_the_masks_page_shows_the_sentence_for_the_default_settings():

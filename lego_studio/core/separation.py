@@ -108,11 +108,13 @@ def masks_usage(config) -> str:
     terms = mask_terms(config)
     if config.method != "lego":
         return "Textual Inversion ignores masks: it learns from the whole image."
+    colour = (" Before Start, the Training page also reads them for your subject's colour and says so when the "
+              "subject words leave it out.")
     if not terms:
         return ("Masks are optional: with the current training settings no training term reads them (Lego separates "
                 "the subject by its words). They are used when you set Context region to \"outside\", an Inside-mask "
-                "weight below 1 or a Subject weight above 0.")
-    return "Masks tell training where your subject is: " + "; ".join(terms) + "."
+                "weight below 1 or a Subject weight above 0." + colour)
+    return "Masks tell training where your subject is: " + "; ".join(terms) + "." + colour
 
 
 def closest_words_note(words, method: str = "lego", shown=str) -> str:
