@@ -47,6 +47,7 @@ from lego_studio.ui.run_list import RunsList
 from lego_studio.ui.train_form import (PRESETS, ConfigForm, app_defaults, explicit_memory_settings,
                                        settings_to_remember)
 from lego_studio.ui.wheel_guard import guard_wheel
+from lego_studio.ui.words_note import SubjectWordsNote
 from lego_studio.ui.workers import LatestReader, TaskRunner
 from lego_studio.ui.layouts import install_two_pane_layout
 
@@ -136,15 +137,8 @@ class TrainingView(QWidget):
         self.plan_label.hide()
         # Vague subject words ("an object"), or words that name no colour where the masks show one:
         # said before Start, with a suggestion (a colour is a link that adds it); Start still runs.
-        self.words_label = QLabel()
-        self.words_label.setWordWrap(True)
-        self.words_label.setStyleSheet("color: #8a5a00;")
-        self.words_label.setTextFormat(Qt.TextFormat.RichText)
-        self.words_label.setTextInteractionFlags(Qt.TextInteractionFlag.TextBrowserInteraction)
-        self.words_label.linkActivated.connect(self.add_subject_word)
-        self.words_label.hide()
-        self._subject_colour: str | None = None  # the masks' subject colour (core/images.subject_colour)
-        self._colour_reading = None
+        self.words_note = SubjectWordsNote(context, on_word=self.add_subject_word)
+        self.words_label = self.words_note.label
         # After a run: the words closest to the learned concept, and what a subject word there means.
         self.closest_label = QLabel()
         self.closest_label.setWordWrap(True)
@@ -207,8 +201,8 @@ class TrainingView(QWidget):
         context.settings_changed.connect(self.refresh_models)
         context.project_edited.connect(self.check_foreign_images)
         context.project_edited.connect(self.update_plan)
-        context.project_edited.connect(self.read_subject_colour)
-        context.masks_changed.connect(lambda _image: self.read_subject_colour())
+        context.project_edited.connect(lambda: self.words_note.read_colour(context.project))
+        context.masks_changed.connect(lambda _image: self.words_note.read_colour(context.project))
         self.form.changed.connect(self.update_estimate)
         self.form.changed.connect(self.update_words_note)
         self.form.widgets["resolution"].valueChanged.connect(lambda _v: self.update_plan())
@@ -372,49 +366,13 @@ class TrainingView(QWidget):
         self._update_buttons()
         self.check_foreign_images()
         self.update_plan()
-        self.read_subject_colour()
+        self.words_note.read_colour(self.context.project)
         self.update_words_note()
 
     def update_words_note(self) -> None:
-        """Say before Start when the subject words tell Lego almost nothing, or name no colour where
-        the masks' subject is mostly one (core/separation.py); the colour is a link that adds it."""
-        text = ""
-        if self.form.value("method") == "lego" and not self.form.value("subject_token_steps"):
-            phrase = str(self.form.value("subject") or "")
-            colour = self._subject_colour
-            colour_note = separation.missing_colour_note(phrase, colour)
-            note = separation.vague_subject(phrase) or colour_note
-            if note:
-                text = html.escape(f"{note[0].upper()}{note[1:]}.")
-            if colour_note:  # a link that adds the colour (add_subject_word)
-                text += f' Add <a href="{html.escape(colour)}">{html.escape(colour)}</a>.'
-        self.words_label.setText(text)
-        self.words_label.setVisible(bool(text))
-
-    def read_subject_colour(self) -> None:
-        """Work out the masks' subject colour (core/images.subject_colour) in the writer, behind any
-        mask being saved, then show the words note again."""
-        project = self.context.project
-        reading = self._colour_reading = object()
-        if project is None:
-            self._subject_colour = None
-            self.update_words_note()
-            return
-
-        def read():
-            from lego_studio.core.images import subject_colour
-
-            return subject_colour(*project.training_inputs())
-
-        def done(colour) -> None:
-            if reading is self._colour_reading:
-                self._subject_colour = colour
-                self.update_words_note()
-
-        def failed(_message) -> None:  # an unreadable image or mask: Start says so; no note here
-            done(None)
-
-        self.context.writes.submit(read, on_done=done, on_error=failed)
+        """The note on the subject words before Start (ui/words_note.py), for Lego separating by words."""
+        lego = self.form.value("method") == "lego" and not self.form.value("subject_token_steps")
+        self.words_note.show(str(self.form.value("subject") or ""), lego)
 
     def update_plan(self) -> None:
         """The plan line before Start: notes on the project's images at the training size (much
