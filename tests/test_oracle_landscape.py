@@ -21,6 +21,23 @@ def _module():
     return module
 
 
+def _setup(concept: str, track: str):
+    """The Shape World model, a 10-step Lego config for ``concept`` on ``track``, and 3 exemplars."""
+    import torch
+
+    from lego_studio.core.models import load_model
+    from lego_studio.shapeworld import benchmark as bm
+
+    torch.manual_seed(0)
+    model = load_model("shapeworld", device="cpu", precision="fp32")
+    exemplar = bm.exemplar_subject(concept)
+    evaluation = bm.held_out_subjects(concept, exemplar, 4)
+    renders = bm.render_exemplars(concept, exemplar, 3)
+    images, masks = [im for im, _ in renders], [m for _, m in renders]
+    cfg = bm.train_config(bm.MethodSpec("lego", "lego", {}, True, "lego"), exemplar, evaluation, 10, 0, track=track)
+    return model, cfg, images, masks
+
+
 def test_candidates_name_what_the_words_left_out():
     oracle = _module()
     assert oracle.candidates("on fire", ("circle", "blue"), "no-colour") == {
@@ -31,20 +48,9 @@ def test_candidates_name_what_the_words_left_out():
 
 @pytest.mark.slow
 def test_with_full_words_the_lego_loss_is_lower_at_the_true_words_than_at_no_concept(tmp_path):
-    import torch
-
-    from lego_studio.core.models import load_model
-    from lego_studio.shapeworld import benchmark as bm
-
     oracle = _module()
-    torch.manual_seed(0)
-    model = load_model("shapeworld", device="cpu", precision="fp32")
     concept = "frozen in ice"
-    exemplar = bm.exemplar_subject(concept)
-    evaluation = bm.held_out_subjects(concept, exemplar, 4)
-    renders = bm.render_exemplars(concept, exemplar, 3)
-    images, masks = [im for im, _ in renders], [m for _, m in renders]
-    cfg = bm.train_config(bm.MethodSpec("lego", "lego", {}, True, "lego"), exemplar, evaluation, 10, 0, track="full")
+    model, cfg, images, masks = _setup(concept, "full")
     true = oracle.score(model, cfg, images, masks, ["frozen", "in", "ice"], 2, tmp_path / "cache")
     start = oracle.score(model, cfg, images, masks, None, 2, tmp_path / "cache")
     assert true["total"] < start["total"] and true["rec"] < start["rec"]
@@ -61,20 +67,11 @@ def test_the_scale_invariant_context_form_is_not_met_by_a_concept_with_no_effect
     MSE context term is smallest with no concept, the 1 - cos form is not (measured on Shape World)."""
     import dataclasses
 
-    import torch
-
-    from lego_studio.core.models import load_model
     from lego_studio.shapeworld import benchmark as bm
 
     oracle = _module()
-    torch.manual_seed(0)
-    model = load_model("shapeworld", device="cpu", precision="fp32")
     concept = "on fire"
-    exemplar = bm.exemplar_subject(concept)
-    evaluation = bm.held_out_subjects(concept, exemplar, 4)
-    renders = bm.render_exemplars(concept, exemplar, 3)
-    images, masks = [im for im, _ in renders], [m for _, m in renders]
-    cfg = bm.train_config(bm.MethodSpec("lego", "lego", {}, True, "lego"), exemplar, evaluation, 10, 0, track="no-colour")
+    model, cfg, images, masks = _setup(concept, "no-colour")
     cfg = dataclasses.replace(cfg, context_subjects=cfg.context_subjects[:4])
     priors = oracle.prior_latents(model, cfg.context_subjects, bm.BenchmarkConfig(concepts=[concept]), tmp_path / "priors")
     assert priors.shape[0] == 4
