@@ -595,3 +595,21 @@ def test_words_that_name_no_colour_are_offered_the_colour_the_masks_mark(window,
     assert view.words_label.isVisibleTo(view)
     view.form.apply_preset("ti")  # the baseline does not separate by words: nothing to say
     assert not view.words_label.isVisibleTo(view)
+
+
+
+def test_a_burst_of_mask_saves_reads_the_masks_colour_once_more_not_once_each(window, monkeypatch, tmp_path):
+    # Painting autosaves a mask after each stroke; the colour is read from every image, so a burst
+    # of saves must not queue a reading per save: one more reading after the one running, with the
+    # latest masks.
+    from lego_studio.core import images
+
+    new_project(window, tmp_path)
+    window.settle()
+    calls = []
+    monkeypatch.setattr(images, "subject_colour", lambda *a: calls.append(a) or "green")
+    view = window.training_view
+    for _ in range(5):
+        window.context.masks_changed.emit(tmp_path / "any.png")
+    window.settle()
+    assert len(calls) == 2 and view.words_note.colour == "green"

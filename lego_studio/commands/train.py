@@ -389,9 +389,9 @@ def _colour_note(config, images, masks) -> str | None:
     """The note when the masks' subject is mostly one colour the subject words do not name (as the
     Training page says it), with the --subject that adds it."""
     from lego_studio.core.images import subject_colour
-    from lego_studio.core.separation import add_subject_word, missing_colour_note
+    from lego_studio.core.separation import add_subject_word, missing_colour_note, separates_by_words
 
-    if config.method != "lego" or not masks or config.subject_token_steps or not config.subject_in_prompt:
+    if not masks or not separates_by_words(config):
         return None
     colour = subject_colour(images, masks)
     note = missing_colour_note(config.subject, colour)

@@ -78,12 +78,15 @@ def missing_colour_note(phrase: str, colour: str | None) -> str | None:
             f"the subject's own, add it, or it can go into the concept and colour every subject drawn with it")
 
 
+def separates_by_words(config) -> bool:
+    """Whether a training config (a TrainConfig) separates the subject by its words: only Lego does,
+    and a stage-0 subject token stands in for them. The notes on the words apply only then."""
+    return config.method == "lego" and not config.subject_token_steps and bool(config.subject_in_prompt)
+
+
 def subject_words_note(config) -> str | None:
-    """The vague-words note for a training config (a TrainConfig), or None: only Lego separates by
-    the subject words, and a stage-0 subject token stands in for them."""
-    if config.method != "lego" or config.subject_token_steps or not config.subject_in_prompt:
-        return None
-    return vague_subject(config.subject)
+    """The vague-words note for a training config (a TrainConfig), or None (:func:`separates_by_words`)."""
+    return vague_subject(config.subject) if separates_by_words(config) else None
 
 
 def mask_terms(config) -> list[str]:

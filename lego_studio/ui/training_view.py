@@ -370,9 +370,9 @@ class TrainingView(QWidget):
         self.update_words_note()
 
     def update_words_note(self) -> None:
-        """The note on the subject words before Start (ui/words_note.py), for Lego separating by words."""
-        lego = self.form.value("method") == "lego" and not self.form.value("subject_token_steps")
-        self.words_note.show(str(self.form.value("subject") or ""), lego)
+        """The note on the subject words before Start (ui/words_note.py), when the run separates by them."""
+        draft = self.form.draft()
+        self.words_note.show(str(draft.subject or ""), separation.separates_by_words(draft))
 
     def update_plan(self) -> None:
         """The plan line before Start: notes on the project's images at the training size (much

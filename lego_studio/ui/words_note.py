@@ -29,7 +29,8 @@ class SubjectWordsNote:
         self.label.linkActivated.connect(on_word)
         self.label.hide()
         self.colour: str | None = None  # the masks' subject colour, once read
-        self._reading = None
+        self._project = None  # the project whose colour is wanted
+        self._reading = self._again = False  # a reading is queued or running; one more is due after it
         self._shown = ("", False)  # the last words shown: (phrase, Lego separating by words)
 
     def show(self, phrase: str, separates_by_words: bool) -> None:
@@ -47,12 +48,19 @@ class SubjectWordsNote:
         self.label.setVisible(bool(text))
 
     def read_colour(self, project) -> None:
-        """Read ``project``'s masks' subject colour in the writer, then show the note again."""
-        reading = self._reading = object()
+        """Read ``project``'s masks' subject colour in the writer, then show the note again. Mask
+        autosaves come in bursts: while a reading waits or runs, a new request only marks that one
+        more reading is due when it ends (every image is read each time)."""
+        self._project = project
         if project is None:
+            self._reading = self._again = False
             self.colour = None
             self.show(*self._shown)
             return
+        if self._reading:
+            self._again = True
+            return
+        self._reading, self._again = True, False
 
         def read():
             from lego_studio.core.images import subject_colour
@@ -60,9 +68,12 @@ class SubjectWordsNote:
             return subject_colour(*project.training_inputs())
 
         def done(colour) -> None:
-            if reading is self._reading:
-                self.colour = colour
-                self.show(*self._shown)
+            self._reading = False
+            if self._again or self._project is not project:
+                self.read_colour(self._project)
+                return
+            self.colour = colour
+            self.show(*self._shown)
 
         # An unreadable image or mask: Start says so; no colour here.
         self.context.writes.submit(read, on_done=done, on_error=lambda _message: done(None))
