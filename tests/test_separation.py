@@ -72,6 +72,8 @@ def test_only_lego_runs_that_separate_by_words_get_the_note():
     assert subject_words_note(TrainConfig(subject="an object"))
     assert subject_words_note(TrainConfig.preset("ti", subject="an object")) is None
     assert subject_words_note(TrainConfig(subject="", subject_token_steps=10)) is None
+    # A stage-0 subject token stands in for the words: no colour note, and the Masks page says none.
+    assert "subject's colour" not in masks_usage(TrainConfig(subject="", subject_token_steps=10))
 
 
 def test_train_warns_about_vague_subject_words_before_the_run(exemplar_folders, tiny_model_dir, tmp_path, capsys):

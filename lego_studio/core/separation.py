@@ -112,7 +112,7 @@ def masks_usage(config) -> str:
     if config.method != "lego":
         return "Textual Inversion ignores masks: it learns from the whole image."
     colour = (" Before Start, the Training page also reads them for your subject's colour and says so when the "
-              "subject words leave it out.")
+              "subject words leave it out." if separates_by_words(config) else "")
     if not terms:
         return ("Masks are optional: with the current training settings no training term reads them (Lego separates "
                 "the subject by its words). They are used when you set Context region to \"outside\", an Inside-mask "
