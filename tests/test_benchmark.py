@@ -91,7 +91,8 @@ def test_train_configs_never_name_the_concept(method):
 
 def test_methods_are_the_documented_ablations():
     specs = {s.name: s for s in bench.resolve_methods(list(bench.ALL_METHODS), num_vectors=3)}
-    assert list(specs) == ["ti-1", "ti-3", "lego", "lego-mask", "lego-no-subj", "lego-no-ctx", "lego-3"]
+    assert list(specs) == ["ti-1", "ti-3", "lego", "lego-no-masks", "lego-mask", "lego-no-subj", "lego-no-ctx", "lego-3"]
+    assert specs["lego"].uses_masks and not specs["lego-no-masks"].uses_masks
     ex, ev = ("circle", "red"), [("square", "blue")]
     cfg = {name: bench.train_config(spec, ex, ev, 5, 0) for name, spec in specs.items()}
     assert cfg["ti-1"].num_vectors == 1 and cfg["ti-3"].num_vectors == 3 and cfg["ti-3"].method == "ti"
@@ -103,7 +104,7 @@ def test_methods_are_the_documented_ablations():
     # The mask ablation: the defaults, with L_ctx compared outside the mask.
     assert cfg["lego-mask"].ctx_region == "outside" and cfg["lego"].ctx_region == "full" and specs["lego-mask"].uses_masks
     # Only the runs that see the subject words depend on the track.
-    assert [s.uses_words for s in specs.values()] == [False, False, True, True, False, True, True]
+    assert [s.uses_words for s in specs.values()] == [False, False, True, True, True, False, True, True]
     assert bench.resolve_methods(["lego-n"], num_vectors=3)[0].name == "lego-3"
 
 

@@ -123,6 +123,25 @@ def test_quick_demo_end_to_end(tmp_path, capsys):
     assert page.count("judge:") >= 4 or "no judge verdicts" in page
     assert 'src="project/images/' in page and 'src="project/masks/' in page
     assert "Closest words to Lego&#x27;s concept: " + ", ".join(lego.metadata["closest_words"]) + "." in page
+    # "a star" names no colour: Lego's run added the yellow the masks mark, and the page and CLI say so.
+    assert lego.metadata["training_subject"] == "a yellow star"
+    assert "Lego trained with the subject words \u201ca yellow star\u201d" in page
+    assert "Lego trained with the subject words \u201ca yellow star\u201d" in captured.out
+
+
+def test_the_demo_command_describes_the_demo_it_builds():
+    import argparse
+
+    from lego_studio.commands import demo as command
+    from lego_studio.shapeworld.demo import DEMO_CONCEPT, DEMO_SUBJECT, DEMO_TRACK
+    from lego_studio.shapeworld.benchmark import subject_words
+
+    parser = argparse.ArgumentParser()
+    command.register(parser.add_subparsers())
+    description = parser._subparsers._group_actions[0].choices["demo"].description
+    shape, colour = DEMO_SUBJECT
+    assert f"{colour} {shape} {DEMO_CONCEPT}" in description
+    assert f'"{subject_words(DEMO_SUBJECT, DEMO_TRACK)}"' in description
 
 
 def test_the_demo_names_the_closest_word_that_is_the_subjects_left_out_look():

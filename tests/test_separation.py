@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from lego_studio.core.separation import add_subject_word, closest_words_note, mask_terms, masks_usage, subject_words_note, vague_subject
+from lego_studio.core.separation import add_subject_word, adds_mask_colour, closest_words_note, mask_terms, masks_usage, subject_words_note, vague_subject
 from lego_studio.core.train_config import TrainConfig
 from lego_studio.core.training import Trainer
 
@@ -23,6 +23,8 @@ def _vectors(model, config, images, masks, run_dir):
 
 SETTINGS = {
     "defaults": {},
+    "colour left out": {"subject": "a square"},  # the masks' colour goes into the words (Colour from masks)
+    "colour left out, colour from masks off": {"subject": "a square", "mask_colour": False},
     "context outside": {"ctx_region": "outside"},
     "inside-mask weight": {"concept_inside_weight": 0.3},
     "subject weight": {"w_subj": 0.5},
@@ -36,7 +38,8 @@ def test_what_the_masks_page_says_is_what_training_does(name, tiny_model, exempl
     same vectors (same seed); and it names each term that reads them."""
     overrides = dict(SETTINGS[name])
     method = overrides.pop("method", "lego")
-    config = TrainConfig.preset(method, steps=3, subject="a green square", checkpoint_every=0, seed=2, **overrides)
+    subject = overrides.pop("subject", "a green square")
+    config = TrainConfig.preset(method, steps=3, subject=subject, checkpoint_every=0, seed=2, **overrides)
     images, masks = exemplars
     with_masks = _vectors(tiny_model, config, images, masks, tmp_path / "with")
     without = _vectors(tiny_model, config, images, None, tmp_path / "without")
@@ -47,8 +50,11 @@ def test_what_the_masks_page_says_is_what_training_does(name, tiny_model, exempl
         assert "no training term reads them" in text or "ignores masks" in text
     else:
         assert text.startswith("Masks tell training where your subject is")
-    # Before Start, Lego's Training page names the masks' subject colour (test_ui_walkthrough.py).
-    assert ("subject's colour" in text) == (method == "lego")
+    # Before Start, Lego's Training page names the masks' subject colour (test_ui_walkthrough.py);
+    # where training adds it itself, the sentence names that setting instead.
+    assert ("subject's colour" in text) == (method == "lego" and not config.mask_colour)
+    if adds_mask_colour(config):
+        assert "the colour most of the marked subject has goes into the subject words" in text
 
 
 def test_the_masks_page_shows_the_sentence_for_the_default_settings():
@@ -98,11 +104,38 @@ def test_train_names_the_masks_colour_the_subject_words_leave_out(tmp_path, tiny
     make_exemplars(images, n=2, size=(36, 36), colour=(36, 84, 220), seed=1, prefix="ex", mask_folder=masks, mask_prefix="ex")
     args = ["train", "--model", str(tiny_model_dir), "--images", str(images), "--masks", str(masks), "--steps", "1",
             "--quiet"]
+    # By default (Colour from masks) the run adds the colour itself and says so.
     assert main([*args, "--subject", "a square", "--out", str(tmp_path / "a.safetensors")]) == 0
-    err = capsys.readouterr().err
+    out, err = capsys.readouterr()
+    assert 'trained with the subject words "a blue square"' in out and "warning" not in err
+    # With it off, a warning before the run names the --subject that adds it.
+    assert main([*args, "--no-mask-colour", "--subject", "a square", "--out", str(tmp_path / "b.safetensors")]) == 0
+    out, err = capsys.readouterr()
     assert "warning: the subject your masks mark is mostly blue" in err and '--subject "a blue square"' in err
-    assert main([*args, "--subject", "a blue square", "--out", str(tmp_path / "b.safetensors")]) == 0
-    assert "mostly blue" not in capsys.readouterr().err
+    assert "trained with" not in out
+    assert main([*args, "--subject", "a blue square", "--out", str(tmp_path / "c.safetensors")]) == 0
+    out, err = capsys.readouterr()
+    assert "mostly blue" not in err and "trained with" not in out
+
+
+def test_the_masks_colour_goes_into_the_words_that_name_none(tiny_model, exemplars, tmp_path):
+    """Colour from masks (the default): "a square" with masks on green squares trains exactly as
+    "a green square" does; off, or without masks, it trains as "a square"."""
+    images, masks = exemplars
+    base = dict(steps=3, checkpoint_every=0, seed=2)
+    events = []
+    typed = Trainer(tiny_model, TrainConfig(subject="a square", **base), images, masks, tmp_path / "typed",
+                    on_event=events.append).run()
+    assert typed.metadata["subject"] == "a square" and typed.metadata["training_subject"] == "a green square"
+    said = [e.message for e in events if e.kind == "log" and "subject words for training" in (e.message or "")]
+    assert said and '"a green square"' in said[0] and "Colour from masks off" in said[0]
+    full = _vectors(tiny_model, TrainConfig(subject="a green square", **base), images, masks, tmp_path / "full")
+    assert torch.equal(typed.vectors, full)
+    off = Trainer(tiny_model, TrainConfig(subject="a square", mask_colour=False, **base), images, masks,
+                  tmp_path / "off").run()
+    assert off.metadata["training_subject"] == "a square" and not torch.equal(off.vectors, full)
+    assert torch.equal(_vectors(tiny_model, TrainConfig(subject="a square", **base), images, None, tmp_path / "none"),
+                       off.vectors)
 
 
 def test_the_closest_words_note_says_what_a_subject_word_among_them_means():

@@ -564,7 +564,8 @@ def test_vague_subject_words_are_named_before_start_and_lego_only(window, qtbot,
 
 def test_words_that_name_no_colour_are_offered_the_colour_the_masks_mark(window, qtbot, tmp_path):
     # A yellow subject on white, marked by masks, and the words "a star": before Start the page says
-    # the marked subject is mostly yellow and the words name no colour; a link adds it.
+    # the marked subject is mostly yellow and the words name no colour; training adds it, or, with
+    # Colour from masks off, a link adds it to the words.
     import numpy as np
 
     folder = tmp_path / "src"
@@ -584,6 +585,11 @@ def test_words_that_name_no_colour_are_offered_the_colour_the_masks_mark(window,
         project.save_mask(project.folder / entry.file, mask)
     window.context.masks_changed.emit(project.folder / project.images[0].file)
     qtbot.waitUntil(lambda: view.words_label.isVisibleTo(view), timeout=5000)
+    # By default training adds the colour itself (Colour from masks): the note says so, no link.
+    text = view.words_label.text()
+    assert "mostly yellow" in text and "training adds it" in text and "&quot;a yellow star&quot;" in text
+    assert "<a href" not in text and "turn off Colour from masks" in text
+    view.form.set_value("mask_colour", False)  # off: the user adds it, with a link
     text = view.words_label.text()
     assert "mostly yellow" in text and "name no colour" in text and '<a href="yellow">yellow</a>' in text
     view.words_label.linkActivated.emit("yellow")

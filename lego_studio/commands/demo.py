@@ -10,7 +10,8 @@ def register(subparsers) -> None:
         "demo",
         help="train Lego and the Textual Inversion baseline on a Shape World concept and compare them",
         description=(
-            "Builds a demo project (renders of a red circle frozen in ice, with masks), trains a Lego concept and a "
+            "Builds a demo project (renders of a yellow star in a cage, with masks and the partial subject words "
+            "\"a star\"), trains a Lego concept and a "
             "Textual Inversion concept on the Shape World model (same steps, same seed), draws both on subjects they "
             "never saw and writes gallery.png and index.html (with the judge's verdicts) to --out."
         ),
@@ -45,6 +46,8 @@ def run(args) -> int:
         if mine:
             ok = sum(r["verdict"]["ok"] for r in mine)
             print(f"{'Lego' if method == 'lego' else 'TI':>4}: {ok}/{len(mine)} images judged right (subject and concept)")
+    if result.trained_with:
+        print(result.trained_with)
     if result.closest:
         print(result.closest)
     print(f"done in {result.seconds:.0f} s")

@@ -387,11 +387,12 @@ def run(args: argparse.Namespace) -> int:
 
 def _colour_note(config, images, masks) -> str | None:
     """The note when the masks' subject is mostly one colour the subject words do not name (as the
-    Training page says it), with the --subject that adds it."""
+    Training page says it), with the --subject that adds it. None with ``mask_colour`` on: the run
+    adds the colour itself and its log says so."""
     from lego_studio.core.images import subject_colour
     from lego_studio.core.separation import add_subject_word, missing_colour_note, separates_by_words
 
-    if not masks or not separates_by_words(config):
+    if not masks or not separates_by_words(config) or config.mask_colour:
         return None
     colour = subject_colour(images, masks)
     note = missing_colour_note(config.subject, colour)
@@ -439,6 +440,10 @@ def _train(args, run_dir: Path, out: Path, images, masks, subject_images, config
     print(f"saved {out} ({plural(concept.num_vectors, 'vector')}, use {concept.placeholder} in prompts; run in {run_dir})")
     from lego_studio.core.separation import closest_words_note
 
+    trained_with = concept.metadata.get("training_subject")
+    if trained_with is not None and trained_with != config.subject.strip():
+        print(f'trained with the subject words "{trained_with}": the colour your masks mark added to yours '
+              "(--no-mask-colour keeps them as typed)")
     note = closest_words_note(concept.metadata.get("closest_words"), config.method)
     if note:
         print(note)

@@ -321,9 +321,10 @@ def find_mask_for(image_path: str | os.PathLike, mask_dir: str | os.PathLike) ->
 # saturation are black, grey or white by their brightness.
 _HUE_NAMES = ((15, "red"), (40, "orange"), (70, "yellow"), (170, "green"), (255, "blue"), (300, "purple"),
               (345, "pink"), (360, "red"))
-# A colour names the subject when at least this share of the marked pixels has it, and it is at
-# least OUTSIDE_RATIO times as common inside the marks as outside them (so a rough mask that takes
-# in the background does not name the background's colour).
+# The subject's colours are those at least OUTSIDE_RATIO times as common inside the marks as outside
+# them (so the background a rough mask takes in is not one); they must make up at least
+# COLOUR_SHARE of the marked pixels, and one of them names the subject when it holds at least half
+# of them and twice as many as the next (a subject of many colours gets no name).
 COLOUR_SHARE = 0.3
 OUTSIDE_RATIO = 2.0
 
@@ -351,18 +352,21 @@ def colour_names(rgb: np.ndarray) -> np.ndarray:
 
 
 def subject_colour(images, masks, max_side: int = 128) -> str | None:
-    """The basic colour name (:func:`colour_names`) of the marked subject: the most common one
-    among the marked pixels of every image with a mask, if at least ``COLOUR_SHARE`` of them have
-    it and it is ``OUTSIDE_RATIO`` times as common there as outside the marks; else None (no masks,
-    a subject of many colours, or a colour the background has as much). ``images``, ``masks``:
-    paths (a mask may be None: not marked). Images are read at most ``max_side`` px on a side."""
+    """The basic colour name (:func:`colour_names`) of the marked subject, read from the marked
+    pixels of every image with a mask; None when there are no masks, when the marks hold mostly
+    colours as common outside them (a mask far looser than the subject), or when no one colour
+    leads (see COLOUR_SHARE). ``images``: paths or PIL images; ``masks``: paths or uint8 arrays at
+    the image's size (None: not marked). Images are read at most ``max_side`` px on a side."""
     inside: dict[str, int] = {}
     outside: dict[str, int] = {}
-    for image_path, mask_path in zip(images, masks):
-        if mask_path is None:
+    for image_source, mask_source in zip(images, masks):
+        if mask_source is None:
             continue
-        image = load_image(image_path)
-        mask = load_mask(mask_path, image.size)
+        image = image_source.convert("RGB") if isinstance(image_source, Image.Image) else load_image(image_source)
+        if isinstance(mask_source, (str, os.PathLike)):
+            mask = load_mask(mask_source, image.size)
+        else:
+            mask = np.where(np.asarray(mask_source) >= 128, 255, 0).astype(np.uint8)
         scale = max_side / max(image.size)
         if scale < 1:
             size = (max(1, round(image.width * scale)), max(1, round(image.height * scale)))
@@ -375,6 +379,12 @@ def subject_colour(images, masks, max_side: int = 128) -> str | None:
     total_in, total_out = sum(inside.values()), sum(outside.values())
     if not total_in:
         return None
-    name, count = max(inside.items(), key=lambda item: item[1])
-    share_out = outside.get(name, 0) / total_out if total_out else 0.0
-    return name if count >= COLOUR_SHARE * total_in and count / total_in >= OUTSIDE_RATIO * share_out else None
+    own = sorted(((count, name) for name, count in inside.items()
+                  if count / total_in >= OUTSIDE_RATIO * (outside.get(name, 0) / total_out if total_out else 0.0)),
+                 reverse=True)
+    own_total = sum(count for count, _ in own)
+    if not own or own_total < COLOUR_SHARE * total_in:
+        return None
+    count, name = own[0]
+    runner_up = own[1][0] if len(own) > 1 else 0
+    return name if count >= 0.5 * own_total and count >= 2 * runner_up else None

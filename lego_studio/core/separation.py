@@ -68,12 +68,17 @@ COLOUR_WORDS = frozenset({
     "multicoloured", "multicolored", "striped", "spotted", "tabby", "ginger", "blond", "blonde"})
 
 
-def missing_colour_note(phrase: str, colour: str | None) -> str | None:
+def missing_colour_note(phrase: str, colour: str | None, adds: bool = False) -> str | None:
     """A one-line note when the masks' subject is mostly ``colour`` (core/images.py
-    ``subject_colour``) and ``phrase`` names no colour; None otherwise. The word to add is
-    ``colour`` itself, for :func:`add_subject_word`."""
-    if not colour or any(w in COLOUR_WORDS for w in _words(phrase)):
+    ``subject_colour``) and ``phrase`` names no colour; None otherwise. ``adds``: training puts the
+    colour into the words itself (the ``mask_colour`` setting, :func:`adds_mask_colour`); else the
+    word to add is ``colour`` itself, for :func:`add_subject_word`."""
+    if not colour or names_a_colour(phrase):
         return None
+    if adds:
+        return (f"the subject your masks mark is mostly {colour}, and the subject words name no colour: training adds "
+                f"it (\"{add_subject_word(phrase, colour)}\") so it stays out of the concept; if {colour} is not the "
+                f"subject's own, turn off Colour from masks")
     return (f"the subject your masks mark is mostly {colour}, and the subject words name no colour: if {colour} is "
             f"the subject's own, add it, or it can go into the concept and colour every subject drawn with it")
 
@@ -82,6 +87,33 @@ def separates_by_words(config) -> bool:
     """Whether a training config (a TrainConfig) separates the subject by its words: only Lego does,
     and a stage-0 subject token stands in for them. The notes on the words apply only then."""
     return config.method == "lego" and not config.subject_token_steps and bool(config.subject_in_prompt)
+
+
+def names_a_colour(phrase: str) -> bool:
+    """Whether ``phrase`` names a colour (or a colouring: "striped", "tabby")."""
+    return any(w in COLOUR_WORDS for w in _words(phrase))
+
+
+def adds_mask_colour(config) -> bool:
+    """Whether a run of ``config`` puts the masks' colour into the subject words when they name
+    none (the ``mask_colour`` setting; only where the words separate the subject)."""
+    return bool(config.mask_colour) and separates_by_words(config) and not names_a_colour(config.subject)
+
+
+def training_subject_words(config, images, masks) -> tuple[str, str | None]:
+    """The subject words a run of ``config`` puts in its concept prompts, and the colour it added
+    to the user's words from the masks (None: the user's words as they are). The colour is the one
+    :func:`~lego_studio.core.images.subject_colour` reads from the marked pixels; nothing is added
+    without masks, when the words name a colour, or when no colour is clear."""
+    from lego_studio.core.images import subject_colour
+
+    phrase = config.subject.strip()
+    if not adds_mask_colour(config) or not masks or all(m is None for m in masks):
+        return phrase, None
+    colour = subject_colour(images, masks)
+    if colour is None:
+        return phrase, None
+    return add_subject_word(phrase, colour), colour
 
 
 def subject_words_note(config) -> str | None:
@@ -95,6 +127,9 @@ def mask_terms(config) -> list[str]:
     if config.method != "lego":
         return []
     terms = []
+    if adds_mask_colour(config):
+        terms.append("the colour most of the marked subject has goes into the subject words, which name none "
+                     "(Colour from masks)")
     if config.w_subj > 0:
         terms.append(f"the subject loss holds the concept's effect inside the mask to nothing (Subject weight {config.w_subj:g})")
     inside = 0.0 if config.rec_region == "concept" else config.concept_inside_weight
@@ -112,11 +147,13 @@ def masks_usage(config) -> str:
     if config.method != "lego":
         return "Textual Inversion ignores masks: it learns from the whole image."
     colour = (" Before Start, the Training page also reads them for your subject's colour and says so when the "
-              "subject words leave it out." if separates_by_words(config) else "")
+              "subject words leave it out." if separates_by_words(config) and not config.mask_colour else "")
     if not terms:
+        when = ("the subject words name no colour (Colour from masks)" if config.mask_colour else
+                "you turn on Colour from masks (for subject words that name no colour)")
         return ("Masks are optional: with the current training settings no training term reads them (Lego separates "
-                "the subject by its words). They are used when you set Context region to \"outside\", an Inside-mask "
-                "weight below 1 or a Subject weight above 0." + colour)
+                f"the subject by its words). They are used when {when}, or when you set Context region to "
+                "\"outside\", an Inside-mask weight below 1 or a Subject weight above 0." + colour)
     return "Masks tell training where your subject is: " + "; ".join(terms) + "." + colour
 
 

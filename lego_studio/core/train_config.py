@@ -240,6 +240,17 @@ class TrainConfig:
         details="Lego keeps the subject out of the concept by these words: name the subject and its look as fully "
                 "as you can (\"a red toy robot\", not \"an object\"). What they leave out (its colour, markings, exact "
                 "shape) can end up in the concept; vague words get a warning before the run."))
+    # True: with the colour left out of the subject words, the masks' colour put back into the
+    # training prompts gave the held-out Shape World concepts the full-words result (docs/METHOD.md,
+    # "The masks name the subject's colour, and training uses it").
+    mask_colour: bool = field(default=True, metadata=describe(
+        group="Subject separation", label="Colour from masks",
+        help="with masks, when the subject words name no colour: add the colour most of the marked subject has "
+             "to the training prompts (\"a star\" -> \"a yellow star\"), so it stays with the subject and out of "
+             "the concept",
+        details="Read from the masked pixels of every image with a mask (a basic colour name holding most of them "
+                "and rarer outside the marks); nothing is added when no colour is clear, when the words already "
+                "name one, or without masks. The run's log says what was added."))
     subject_token_steps: int = field(default=0, metadata=describe(
         group="Subject separation", label="Subject-token steps", minimum=0, form_maximum=100_000,
         help="stage 0: first learn a <subject> token for this many steps from subject-only images (0 = use the words)"))

@@ -67,6 +67,7 @@ from lego_studio.core.prompts import (
     word_token_ids,
 )
 from lego_studio.core.run_files import RunFiles, TrainEvent, step_name, step_seed
+from lego_studio.core.separation import training_subject_words
 from lego_studio.core.train_config import RESUMABLE_CHANGES, TrainConfig, lr_at
 
 # ----------------------------------------------------------------------------------- trainer
@@ -108,6 +109,7 @@ class Trainer(RunFiles):
         self._widths = None  # the text-encoder widths: [d] or SDXL's [d_l, d_g]
         self.concept_vectors = None
         self.subject_vector = None
+        self.subject_words = None  # the subject words in the concept prompts (None: the config's as typed)
         # Settings the user chose (CLI flags, app form); an out-of-memory stop never suggests changing them.
         self.explicit_settings: set[str] = set()
 
@@ -227,6 +229,11 @@ class Trainer(RunFiles):
         self.subject_set = (
             build_exemplars(model, self.subject_images, None, resolution, cache) if config.subject_token_steps else None
         )
+        self.subject_words, added = training_subject_words(config, self.images, masks)
+        if added:
+            self._emit(TrainEvent("log", total=total, message=(
+                f'subject words for training: "{self.subject_words}" ({added}, the colour your masks mark, added to '
+                f'the words; Colour from masks off keeps your words as typed)')))
 
         checkpointing_before = bool(getattr(model.unet, "is_gradient_checkpointing", False))
         if config.gradient_checkpointing and not checkpointing_before:
@@ -404,6 +411,7 @@ class Trainer(RunFiles):
             "family": family.name,
             "text_width": int((self._widths or [self._table.shape[1]])[0]),
             "subject": config.subject,
+            "training_subject": self._training_subject(),
             "created": datetime.now(timezone.utc).isoformat(timespec="seconds"),
             "base_model": str(self.model.source),
         }
@@ -629,7 +637,15 @@ class Trainer(RunFiles):
             return []
         if self.subject_vector is not None:
             return slots(1, start=self.config.num_vectors)
-        return [self.config.subject.strip()]
+        return [self._training_subject()]
+
+    def _training_subject(self) -> str:
+        return self.subject_words if self.subject_words is not None else self.config.subject.strip()
+
+    def _negative_words(self) -> list[str]:
+        if self.config.negative_words is not None:
+            return list(self.config.negative_words)
+        return appearance_words(self._training_subject())
 
     # -- one step
 
@@ -788,7 +804,7 @@ class Trainer(RunFiles):
 
         config = self.config
         positives = torch.stack([self._word_embedding(w) for w in config.positive_words])
-        negatives = [self._word_embedding(w) for w in config.effective_negative_words()]
+        negatives = [self._word_embedding(w) for w in self._negative_words()]
         if config.random_negatives:
             ids = torch.randint(self._vocab_limit, (config.random_negatives,), generator=generator)
             negatives += list(self._table[ids.to(self._table.device)].float())
@@ -800,7 +816,7 @@ class Trainer(RunFiles):
     # -- previews
 
     def preview_prompt_segments(self) -> list[list]:
-        fields = {"concept": self._concept_slots(), "subject": self._subject_phrase() if self.config.subject.strip() or self.subject_vector is not None else []}
+        fields = {"concept": self._concept_slots(), "subject": self._subject_phrase() if self._training_subject() or self.subject_vector is not None else []}
         return [split_fields(p, fields) for p in self.config.effective_preview_prompts()]
 
     def _preview(self, step: int):

@@ -24,11 +24,14 @@ Methods (:func:`method_specs`; ``N`` = ``--vectors``, default 4):
   over the whole image, no masks, no subject words.
 * ``ti-N``  — the same with N vectors.
 * ``lego``  — Lego with its defaults: subject words before the concept in every prompt (Subject
-  Separation), 1 vector, ``L_rec`` over the whole image, ``L_ctx`` with other subjects over the whole
-  latent (``L_words`` is inactive: there are no positive words). ``L_subj`` and the masked
+  Separation; with the masks' colour added to words that name none), 1 vector, ``L_rec`` over the
+  whole image, ``L_ctx`` with other subjects over the whole latent (``L_words`` is inactive: there
+  are no positive words). ``L_subj`` and the masked
   ``L_rec`` are off by default: on the tuning concepts they stopped the concept from being learned
   (benchmarks/tune_lego_defaults.py, docs/METHOD.md).
-* ``lego-mask`` — the defaults with the masks used: ``L_ctx`` compared outside the subject mask.
+* ``lego-no-masks`` — the defaults without the masks: the subject words as typed (the masks' only
+  default use is to put the subject's colour into words that name none: ``mask_colour``).
+* ``lego-mask`` — the defaults with the masks used by ``L_ctx`` too: compared outside the subject mask.
 * ``lego-no-subj`` — no Subject Separation: the subject words are left out of the training prompts
   (``subject_in_prompt=False``), so the concept must also explain the exemplar's appearance;
   ``L_ctx`` stays on.
@@ -95,7 +98,8 @@ EXEMPLAR_SUBJECTS: dict[str, tuple[str, str]] = {
     "casting a shadow": ("square", "yellow"),
 }
 
-ALL_METHODS: tuple[str, ...] = ("ti-1", "ti-N", "lego", "lego-mask", "lego-no-subj", "lego-no-ctx", "lego-N")
+ALL_METHODS: tuple[str, ...] = ("ti-1", "ti-N", "lego", "lego-no-masks", "lego-mask", "lego-no-subj", "lego-no-ctx",
+                                "lego-N")
 QUICK_METHODS: tuple[str, ...] = ("ti-1", "lego")
 # The default run: Lego against the baseline on every track and seed. The ablations (ALL_METHODS)
 # are a separate run (--methods), so the default fits its budget at the product's step count.
@@ -158,11 +162,13 @@ def method_specs(num_vectors: int = DEFAULT_VECTORS) -> dict[str, MethodSpec]:
                            "Textual Inversion, 1 vector: placeholder alone in the prompt, full-image loss, no masks"),
         "ti-N": MethodSpec(f"ti-{n}", "ti", {"num_vectors": n}, False, f"Textual Inversion with {n} vectors"),
         "lego": MethodSpec("lego", "lego", {}, True,
-                           "Lego with its defaults: 1 vector, subject words before the concept in every prompt, "
-                           "L_rec over the whole image, L_ctx (weight 0.2) with other subjects over the whole latent "
-                           "(masks given, but no default term uses them: see lego-mask)"),
+                           "Lego with its defaults: 1 vector, subject words before the concept in every prompt (with "
+                           "the masks' colour added when they name none), L_rec over the whole image, L_ctx (weight "
+                           "0.2) with other subjects over the whole latent"),
+        "lego-no-masks": MethodSpec("lego-no-masks", "lego", {}, False,
+                                    "Lego with its defaults and no masks: the subject words as typed"),
         "lego-mask": MethodSpec("lego-mask", "lego", {"ctx_region": "outside"}, True,
-                                "Lego with the masks used: L_ctx compared outside the subject mask"),
+                                "Lego with the masks used by L_ctx too: compared outside the subject mask"),
         "lego-no-subj": MethodSpec("lego-no-subj", "lego", {"subject_in_prompt": False}, False,
                                    "Lego without Subject Separation: the subject words are left out of the training "
                                    "prompts (L_ctx kept)"),

@@ -107,6 +107,7 @@ class DemoResult:
     seconds: float = 0.0
     judge_note: str = ""
     closest: str = ""  # Lego's closest words and which is the look the subject words left out
+    trained_with: str = ""  # what Lego's run added to the subject words (Colour from masks); "" when nothing
 
 
 def _load_shapeworld(model: str, device: str):
@@ -218,12 +219,13 @@ def _run_demo(out_dir, steps, device, on_progress, quick, model, judge, seed) ->
     gallery = atomic_save(out / "gallery.png", lambda tmp: grid.save(tmp, format="PNG"))
     elapsed = time.time() - started
     closest = closest_words_line(list(concepts["lego"].metadata.get("closest_words") or []), subject, project.subject)
+    trained_with = trained_with_line(project.subject, concepts["lego"].metadata.get("training_subject"))
     index = atomic_write_text(out / "index.html", _index_html(project, records, steps, elapsed, judge_note, gen_steps,
-                                                              closest))
+                                                              closest, trained_with))
     for record in records:
         record.pop("image")
     return DemoResult(out_dir=out, project=project, concepts=files, images=records, gallery=gallery, index=index,
-                      seconds=elapsed, judge_note=judge_note, closest=closest)
+                      seconds=elapsed, judge_note=judge_note, closest=closest, trained_with=trained_with)
 
 
 def _try_judge(path):
@@ -251,8 +253,17 @@ def closest_words_line(closest: list[str], exemplar: tuple[str, str], subject_wo
     return line
 
 
+def trained_with_line(subject_words: str, training_subject: str | None) -> str:
+    """What the demo says when Lego's run put the masks' colour into the subject words (the
+    ``mask_colour`` setting); "" when it trained with the words as typed."""
+    if not training_subject or training_subject == subject_words.strip():
+        return ""
+    return (f"Lego trained with the subject words \u201c{training_subject}\u201d: the words \u201c{subject_words}\u201d "
+            "name no colour, so it added the colour the masks mark (the setting Colour from masks, on by default).")
+
+
 def _index_html(project, records: list, steps: int, seconds: float, judge_note: str, gen_steps: int,
-                closest: str = "") -> str:
+                closest: str = "", trained_with: str = "") -> str:
     e = html.escape
     exemplars = "".join(
         f'<figure><img src="project/{e(entry.file)}" width="128"><img src="project/{e(entry.mask)}" width="128">'
@@ -290,6 +301,7 @@ figure{{display:inline-block;margin:0 1em 1em 0}} td,th{{padding:.5em;vertical-a
 Lego got the subject's masks and the words “{e(project.subject)}”, which, like a real user's words, leave part of
 the subject out (here its colour); neither got the concept's words. Then both drew subjects they never saw
 with the prompt “a {{colour}} {{shape}} &lt;concept&gt;” ({gen_steps} DDIM steps). Wall time {seconds:.0f} s.</p>
+<p>{e(trained_with)}</p>
 <p><b>Judge:</b> {summary}</p>
 <p>{e(closest)}</p>
 <h2>Exemplars</h2>

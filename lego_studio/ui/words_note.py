@@ -1,5 +1,6 @@
 """The Training page's note on the subject words, before Start (core/separation.py): vague words
-("an object"), or words that name no colour where the masks' subject is mostly one (a link adds it).
+("an object"), or words that name no colour where the masks' subject is mostly one: training adds it
+(Colour from masks), or, with that setting off, a link adds it to the words.
 
 The masks' colour (core/images.subject_colour) is read in the app's writer thread, behind any mask
 being saved, and read again when the masks or the images change; the label shows the note for the
@@ -31,18 +32,19 @@ class SubjectWordsNote:
         self.colour: str | None = None  # the masks' subject colour, once read
         self._project = None  # the project whose colour is wanted
         self._reading = self._again = False  # a reading is queued or running; one more is due after it
-        self._shown = ("", False)  # the last words shown: (phrase, Lego separating by words)
+        self._shown = ("", False, False)  # the last words shown: (phrase, separating by words, colour from masks)
 
-    def show(self, phrase: str, separates_by_words: bool) -> None:
-        """Show the note for ``phrase`` (nothing unless the run is Lego separating by words)."""
-        self._shown = (phrase, separates_by_words)
+    def show(self, phrase: str, separates_by_words: bool, adds_colour: bool = False) -> None:
+        """Show the note for ``phrase`` (nothing unless the run is Lego separating by words);
+        ``adds_colour``: the run adds the masks' colour to the words itself (Colour from masks)."""
+        self._shown = (phrase, separates_by_words, adds_colour)
         text = ""
         if separates_by_words:
-            colour_note = separation.missing_colour_note(phrase, self.colour)
+            colour_note = separation.missing_colour_note(phrase, self.colour, adds=adds_colour)
             note = separation.vague_subject(phrase) or colour_note
             if note:
                 text = html.escape(f"{note[0].upper()}{note[1:]}.")
-            if colour_note:  # a link that adds the colour (separation.add_subject_word)
+            if colour_note and not adds_colour:  # a link that adds the colour (separation.add_subject_word)
                 text += f' Add <a href="{html.escape(self.colour)}">{html.escape(self.colour)}</a>.'
         self.label.setText(text)
         self.label.setVisible(bool(text))
