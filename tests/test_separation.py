@@ -176,3 +176,24 @@ def test_words_that_name_no_colour_are_told_the_masks_colour(phrase, colour, say
     if says:
         assert f"mostly {colour}" in note and "name no colour" in note
         assert add_subject_word(phrase, colour) == "a yellow star"
+
+
+def test_a_resumed_run_keeps_the_subject_words_it_started_with(tiny_model, exemplars, tmp_path):
+    """The masks' colour is read when a run starts; a run resumed after the masks changed goes on
+    with the words it started with, so it ends with the vectors of an uninterrupted run."""
+    from lego_studio.core.errors import Cancelled
+
+    images, masks = exemplars
+    config = TrainConfig(subject="a square", steps=4, checkpoint_every=0, seed=2)
+    whole = _vectors(tiny_model, config, images, masks, tmp_path / "whole")
+    done = []
+    first = Trainer(tiny_model, config, images, masks, tmp_path / "cut", progress=lambda step, total: done.append(step),
+                    cancel=lambda: len(done) >= 2)
+    with pytest.raises(Cancelled):
+        first.run()
+    unmarked = [None] * len(images)  # the masks are gone: no colour to read now
+    events = []
+    resumed = Trainer(tiny_model, config, images, unmarked, tmp_path / "cut", on_event=events.append).run(resume=True)
+    assert resumed.metadata["training_subject"] == "a green square"
+    assert any("the subject words the run started with" in (e.message or "") for e in events)
+    assert torch.equal(resumed.vectors, whole)

@@ -75,6 +75,7 @@ class RunFiles:
             "stage": stage,
             "total": self.config.total_steps,
             "nonfinite_streak": streak,
+            "subject_words": self._training_subject(),  # with the masks' colour, if the run added it
             "lr_schedule": self.config.lr_schedule,
             "lr": lr_at(self.config, min(step, self.config.total_steps - 1) - (self.config.subject_token_steps if stage else 0),
                         self.config.steps if stage else self.config.subject_token_steps),
