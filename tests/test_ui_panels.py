@@ -191,6 +191,18 @@ def test_library_lists_searches_renames_tags_and_deletes(window, qtbot):
     view.search_edit.setText("melt")
     assert view.visible_names() == ["melting"]
     view.search_edit.setText("")
+    # A run that added the masks' colour to the subject words: the details say it trained with them.
+    library.add(Concept("caged", "<caged>", torch.randn(1, 32), {"method": "lego", "family": "tiny", "subject": "a star",
+                                                                 "training_subject": "a yellow star"}))
+    window.context.library_changed.emit()
+    qtbot.waitUntil(lambda: "caged" in view.visible_names(), timeout=10000)
+    view.select("caged")
+    shown = QTextDocument()
+    shown.setHtml(view.details.text())
+    assert "Subject: a star (trained as “a yellow star”: colour from the masks)" in shown.toPlainText()
+    with qtbot.waitSignal(view.entries_loaded, timeout=10000):
+        view.delete_selected()
+    assert sorted(view.visible_names()) == ["frozen", "melting"]
 
     view.select("frozen")
     shown = QTextDocument()

@@ -273,7 +273,7 @@ class LibraryView(QWidget):
             ("Vectors", str(entry.num_vectors)),
             ("Method", method),
             ("Steps", str(meta.get("steps", "—"))),
-            ("Subject", entry.subject or "—"),
+            ("Subject", _subject_shown(entry.subject, meta.get("training_subject"))),
             # What the vector holds (core/separation.py): a subject word here went into the concept.
             ("Closest words", ", ".join(map(str, meta.get("closest_words") or [])) or "—"),
             ("Tags", ", ".join(entry.tags) or "—"),
@@ -426,3 +426,11 @@ class LibraryView(QWidget):
 
     def shutdown(self) -> None:
         self.runner.shutdown()
+
+
+def _subject_shown(subject: str, training_subject) -> str:
+    """The concept's subject words, and the words its run trained with where the run added the
+    masks' colour (Colour from masks): "a star (trained as “a yellow star”: colour from the masks)"."""
+    if training_subject and str(training_subject) != (subject or "").strip():
+        return f"{subject or '—'} (trained as “{training_subject}”: colour from the masks)"
+    return subject or "—"
