@@ -4,7 +4,9 @@ A user's subject words never describe their subject completely. With partial wor
 loss can collapse the concept (the earlier defaults learned nothing on "on fire" with "a circle":
 judged concept fidelity 0.19; docs/METHOD.md "Partial subject words"). This trains the defaults on the
 tuning concept "shattered" with the words "a hexagon" (the green left out; 0.94 concept with the
-defaults) and fails if the concept collapses or the exemplar's colour takes over the new subjects.
+defaults) and no masks — with masks the run would add "green" itself (Colour from masks, tested in
+test_separation.py) — and fails if the concept collapses or the exemplar's colour takes over the
+new subjects.
 """
 
 from __future__ import annotations
@@ -35,7 +37,7 @@ def test_lego_defaults_learn_the_concept_with_partial_subject_words(tmp_path):
     # tell 0.19 from 0.75.
     config = bench.BenchmarkConfig(concepts=[CHECK_CONCEPT], seeds=[0], steps=CHECK_STEPS, device="cpu",
                                    tracks=["no-colour"]).validate()
-    lego = bench.resolve_methods(["lego"])[0]
+    lego = bench.resolve_methods(["lego-no-masks"])[0]  # the defaults, the words as typed
     exemplar = bench.exemplar_subject(CHECK_CONCEPT)
     renders = bench.render_exemplars(CHECK_CONCEPT, exemplar, config.n_exemplars)
     model = load_model("shapeworld", device="cpu", precision="fp32")
@@ -54,7 +56,8 @@ def test_the_colour_the_words_left_out_is_among_the_closest_words_the_app_shows(
     # What the Training page and the CLI say after a run ("a word among them that describes your
     # subject went into the concept") holds on the real model: with "a circle" for a blue circle on
     # fire, "blue" is among the finished concept's closest words (docs/METHOD.md: the left-out word
-    # was among the 3 closest in 24 of 24 held-out runs). Tuning concept, 300 steps.
+    # was among the 3 closest in 24 of 24 held-out runs). Tuning concept, 300 steps. No masks: with
+    # them the run would add "blue" to the words itself (Colour from masks) and nothing would leak.
     import torch
 
     from lego_studio.core.models import load_model
@@ -71,8 +74,9 @@ def test_the_colour_the_words_left_out_is_among_the_closest_words_the_app_shows(
     events = []
     with runner.torch_threads(1):
         torch.manual_seed(0)
-        learned = Trainer(load_model("shapeworld", device="cpu", precision="fp32"), train, images, masks,
+        learned = Trainer(load_model("shapeworld", device="cpu", precision="fp32"), train, images, None,
                           tmp_path / "run", on_event=events.append).run()
+    assert learned.metadata["training_subject"] == "a circle"
     words = learned.metadata["closest_words"]
     assert "blue" in words[:3], words
     note = next(e.message for e in events if e.kind == "closest")
