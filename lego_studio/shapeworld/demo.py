@@ -30,8 +30,9 @@ from lego_studio.shapeworld.benchmark import EXEMPLAR_SUBJECTS
 from lego_studio.shapeworld.world import CAPTION_TEMPLATES, subject_phrase
 
 # A cage around the subject: the concept where Lego's win over Textual Inversion is plainest to see
-# with partial words (measured: Lego 6/8 against TI 0/8 at 300 steps; with "frozen in ice" and
-# "a circle" the defaults drew only a faint ice block, 2/8). TI draws the exemplar's star in the
+# with partial words (measured: Lego 8/8 against TI 0/8 at 300 steps with the masks' colour added
+# to "a star", 6/8 with the words as typed; with "frozen in ice" and "a circle" the earlier defaults
+# drew only a faint ice block, 2/8). TI draws the exemplar's star in the
 # cage instead of the requested subject; Lego draws the requested one.
 DEMO_CONCEPT = "in a cage"
 # (shape, colour): the benchmark's exemplar subject for the concept, a yellow star.
