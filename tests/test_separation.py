@@ -197,3 +197,34 @@ def test_a_resumed_run_keeps_the_subject_words_it_started_with(tiny_model, exemp
     assert resumed.metadata["training_subject"] == "a green square"
     assert any("the subject words the run started with" in (e.message or "") for e in events)
     assert torch.equal(resumed.vectors, whole)
+
+
+def test_a_run_resumed_from_an_older_checkpoint_goes_on_with_the_words_as_typed(tiny_model, exemplars, tmp_path):
+    """Checkpoints written before Colour from masks carry no subject words; that version trained with
+    the words as typed, so the resumed run does too (the vectors of an uninterrupted run of it)."""
+    import json
+
+    from safetensors import safe_open
+    from safetensors.torch import save_file
+
+    from lego_studio.core.errors import Cancelled
+
+    images, masks = exemplars
+    config = TrainConfig(subject="a square", steps=4, checkpoint_every=0, seed=2)
+    as_typed = _vectors(tiny_model, TrainConfig(subject="a square", mask_colour=False, steps=4, checkpoint_every=0,
+                                                seed=2), images, masks, tmp_path / "typed")
+    done = []
+    with pytest.raises(Cancelled):
+        Trainer(tiny_model, TrainConfig(subject="a square", mask_colour=False, steps=4, checkpoint_every=0, seed=2),
+                images, masks, tmp_path / "cut", progress=lambda step, total: done.append(step),
+                cancel=lambda: len(done) >= 2).run()
+    (checkpoint,) = (tmp_path / "cut" / "checkpoints").glob("step-*.safetensors")
+    with safe_open(str(checkpoint), framework="pt") as handle:
+        meta = json.loads(handle.metadata()["lego_studio"])
+        tensors = {key: handle.get_tensor(key) for key in handle.keys()}
+    del meta["subject_words"]  # as an older version wrote it
+    save_file(tensors, str(checkpoint), metadata={"lego_studio": json.dumps(meta)})
+    (tmp_path / "cut" / "config.json").write_text(config.to_json())  # the setting did not exist then
+    resumed = Trainer(tiny_model, config, images, masks, tmp_path / "cut").run(resume=True)
+    assert resumed.metadata["training_subject"] == "a square"
+    assert torch.equal(resumed.vectors, as_typed)

@@ -311,8 +311,9 @@ class Trainer(RunFiles):
             if self.subject_vector is not None:
                 self.subject_vector.copy_(state["tensors"]["subject"].to(device))
         streak = int(state["meta"].get("nonfinite_streak", 0))
-        started_with = state["meta"].get("subject_words")
-        if self.subject_words is not None and started_with is not None and started_with != self.subject_words:
+        # A checkpoint from before Colour from masks has no words: that version trained with them as typed.
+        started_with = state["meta"].get("subject_words", self.config.subject.strip())
+        if self.subject_words is not None and started_with != self.subject_words:
             # The masks changed since the run started: it goes on with the words it started with.
             self.subject_words = started_with
             self._emit(TrainEvent("log", step=start, total=total,
