@@ -438,11 +438,11 @@ def _train(args, run_dir: Path, out: Path, images, masks, subject_images, config
     from lego_studio.core.wording import plural
 
     print(f"saved {out} ({plural(concept.num_vectors, 'vector')}, use {concept.placeholder} in prompts; run in {run_dir})")
-    from lego_studio.core.separation import closest_words_note
+    from lego_studio.core.separation import closest_words_note, trained_with
 
-    trained_with = concept.metadata.get("training_subject")
-    if trained_with is not None and trained_with != config.subject.strip():
-        print(f'trained with the subject words "{trained_with}": the colour your masks mark added to yours '
+    added = trained_with(concept.metadata)
+    if added:
+        print(f'trained with the subject words "{added}": the colour your masks mark added to yours '
               "(--no-mask-colour keeps them as typed)")
     note = closest_words_note(concept.metadata.get("closest_words"), config.method)
     if note:

@@ -24,7 +24,7 @@ import numpy as np
 from PIL import Image
 
 from lego_studio.core.errors import InputError
-from lego_studio.core.images import load_image, load_mask
+from lego_studio.core.images import load_source, mask_array
 from lego_studio.core.paths import atomic_save, file_sha256
 
 if TYPE_CHECKING:  # torch is imported lazily; annotations only
@@ -136,31 +136,6 @@ def encode_images(model, pixels: torch.Tensor, vae=None) -> torch.Tensor:
     return torch.cat(latents)
 
 
-def _load_source(source, what: str) -> tuple[Image.Image, str]:
-    if isinstance(source, Image.Image):
-        return source.convert("RGB"), f"<{what} in memory>"
-    if isinstance(source, (str, os.PathLike)):
-        return load_image(source), str(source)
-    raise InputError(f"{what} must be a file path or an image, not {type(source).__name__}")
-
-
-def _mask_array(mask_source, image: Image.Image, image_name: str) -> np.ndarray | None:
-    if mask_source is None:
-        return None
-    if isinstance(mask_source, (str, os.PathLike)):
-        return load_mask(mask_source, image.size)
-    array = np.asarray(mask_source)
-    if array.ndim != 2 or (array.shape[1], array.shape[0]) != image.size:
-        raise InputError(
-            f"{image_name}: mask is {array.shape[1] if array.ndim == 2 else '?'}x{array.shape[0]} "
-            f"but its image is {image.size[0]}x{image.size[1]}"
-        )
-    binary = np.where(array >= 128, 255, 0).astype(np.uint8)
-    if binary.size and binary.min() == 255:
-        raise InputError(f"{image_name}: mask marks the whole image as subject, leaving nothing for the concept")
-    return binary
-
-
 def _latent_mask(mask: np.ndarray | None, resolution: int, latent_size: int) -> torch.Tensor:
     import torch
     import torch.nn.functional as F
@@ -212,8 +187,8 @@ def build_exemplars(model, images, masks=None, resolution: int | None = None, ca
     latents, mask_maps, has_mask, sources, sizes = [], [], [], [], []
     vae = None
     for image_source, mask_source in zip(images, masks):
-        image, name = _load_source(image_source, "training image")
-        mask = _mask_array(mask_source, image, name)
+        image, name = load_source(image_source, "training image")
+        mask = mask_array(mask_source, image, name)
         cropped = center_crop_resize(image, resolution)
         key = hashlib.sha256(
             f"{CACHE_FORMAT}|{_content_hash(image_source, image)}|{resolution}|{model_key}".encode()
@@ -254,9 +229,9 @@ def check_inputs(images, masks=None) -> None:
     problems = []
     for index, source in enumerate(images):
         try:
-            image, name = _load_source(source, "training image")
+            image, name = load_source(source, "training image")
             if masks is not None:
-                _mask_array(masks[index], image, name)
+                mask_array(masks[index], image, name)
         except InputError as exc:
             problems.append(str(exc))
     if len(problems) == 1:

@@ -281,6 +281,34 @@ def list_images(folder: str | os.PathLike) -> list[Path]:
     return sorted(images, key=_natural_key)
 
 
+def load_source(source, what: str) -> tuple[Image.Image, str]:
+    """An image given as a path or a PIL image, as RGB, and the name errors use for it."""
+    if isinstance(source, Image.Image):
+        return source.convert("RGB"), f"<{what} in memory>"
+    if isinstance(source, (str, os.PathLike)):
+        return load_image(source), str(source)
+    raise InputError(f"{what} must be a file path or an image, not {type(source).__name__}")
+
+
+def mask_array(mask_source, image: Image.Image, image_name: str) -> np.ndarray | None:
+    """A mask given as a path or a uint8 array for ``image``, as :func:`load_mask` gives it (255 =
+    subject); None for None (not marked). A wrong size or an all-subject mask is an InputError."""
+    if mask_source is None:
+        return None
+    if isinstance(mask_source, (str, os.PathLike)):
+        return load_mask(mask_source, image.size)
+    array = np.asarray(mask_source)
+    if array.ndim != 2 or (array.shape[1], array.shape[0]) != image.size:
+        raise InputError(
+            f"{image_name}: mask is {array.shape[1] if array.ndim == 2 else '?'}x{array.shape[0]} "
+            f"but its image is {image.size[0]}x{image.size[1]}"
+        )
+    binary = np.where(array >= 128, 255, 0).astype(np.uint8)
+    if binary.size and binary.min() == 255:
+        raise InputError(f"{image_name}: mask marks the whole image as subject, leaving nothing for the concept")
+    return binary
+
+
 def find_mask_for(image_path: str | os.PathLike, mask_dir: str | os.PathLike) -> Path | None:
     """The mask in ``mask_dir`` that belongs to ``image_path``, paired by file stem.
 
@@ -362,11 +390,8 @@ def subject_colour(images, masks, max_side: int = 128) -> str | None:
     for image_source, mask_source in zip(images, masks):
         if mask_source is None:
             continue
-        image = image_source.convert("RGB") if isinstance(image_source, Image.Image) else load_image(image_source)
-        if isinstance(mask_source, (str, os.PathLike)):
-            mask = load_mask(mask_source, image.size)
-        else:
-            mask = np.where(np.asarray(mask_source) >= 128, 255, 0).astype(np.uint8)
+        image, name = load_source(image_source, "training image")
+        mask = mask_array(mask_source, image, name)
         scale = max_side / max(image.size)
         if scale < 1:
             size = (max(1, round(image.width * scale)), max(1, round(image.height * scale)))

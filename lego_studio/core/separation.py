@@ -8,10 +8,12 @@ it, and with no words at all there is nothing to separate by. :func:`vague_subje
 phrase tells the model almost nothing ("an object", "a thing", nothing at all), so the app and the
 CLI can say so before a run starts, with a suggestion. The run still goes if the user wants.
 
-Subject colour. With masks, :func:`missing_colour_note` says before a run when the marked subject
-is mostly one colour (core/images.py ``subject_colour``) and the subject words name no colour: a
-colour the words leave out goes into the concept (on Shape World it drew new subjects in colours
-pulled towards it: docs/METHOD.md), so the note offers the word to add.
+Subject colour. A colour the words leave out goes into the concept (on Shape World it drew new
+subjects in colours pulled towards it: docs/METHOD.md). With masks and the ``mask_colour`` setting
+(the default), :func:`training_subject_words` adds the colour the masks mark (core/images.py
+``subject_colour``) to words that name none, for the run's prompts; :func:`missing_colour_note`
+says so before a run, or, with the setting off, offers the word to add; :func:`trained_with` reads
+what a finished run trained with from its concept.
 
 Masks. :func:`mask_terms` lists the training terms that read the subject masks under a config, and
 :func:`masks_usage` says it in one sentence: the Masks page and the help show that sentence for
@@ -114,6 +116,15 @@ def training_subject_words(config, images, masks) -> tuple[str, str | None]:
     if colour is None:
         return phrase, None
     return add_subject_word(phrase, colour), colour
+
+
+def trained_with(metadata: dict) -> str | None:
+    """The subject words a finished concept's run trained with (its ``metadata``), where the run
+    added the masks' colour to the user's words (Colour from masks); None when it used them as typed."""
+    trained = metadata.get("training_subject")
+    if trained and str(trained) != str(metadata.get("subject") or "").strip():
+        return str(trained)
+    return None
 
 
 def subject_words_note(config) -> str | None:

@@ -220,7 +220,7 @@ def _run_demo(out_dir, steps, device, on_progress, quick, model, judge, seed) ->
     gallery = atomic_save(out / "gallery.png", lambda tmp: grid.save(tmp, format="PNG"))
     elapsed = time.time() - started
     closest = closest_words_line(list(concepts["lego"].metadata.get("closest_words") or []), subject, project.subject)
-    trained_with = trained_with_line(project.subject, concepts["lego"].metadata.get("training_subject"))
+    trained_with = trained_with_line(project.subject, concepts["lego"].metadata)
     index = atomic_write_text(out / "index.html", _index_html(project, records, steps, elapsed, judge_note, gen_steps,
                                                               closest, trained_with))
     for record in records:
@@ -254,10 +254,13 @@ def closest_words_line(closest: list[str], exemplar: tuple[str, str], subject_wo
     return line
 
 
-def trained_with_line(subject_words: str, training_subject: str | None) -> str:
-    """What the demo says when Lego's run put the masks' colour into the subject words (the
-    ``mask_colour`` setting); "" when it trained with the words as typed."""
-    if not training_subject or training_subject == subject_words.strip():
+def trained_with_line(subject_words: str, metadata: dict) -> str:
+    """What the demo says when Lego's run (its concept's ``metadata``) put the masks' colour into the
+    subject words (the ``mask_colour`` setting); "" when it trained with the words as typed."""
+    from lego_studio.core.separation import trained_with
+
+    training_subject = trained_with(metadata)
+    if training_subject is None:
         return ""
     return (f"Lego trained with the subject words \u201c{training_subject}\u201d: the words \u201c{subject_words}\u201d "
             "name no colour, so it added the colour the masks mark (the setting Colour from masks, on by default).")

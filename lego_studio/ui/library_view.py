@@ -30,6 +30,7 @@ from PySide6.QtWidgets import (
     QWidget,
 )
 
+from lego_studio.core import separation
 from lego_studio.core.wording import plural
 from lego_studio.ui.workers import TaskRunner
 from lego_studio.ui.wheel_guard import guard_wheel
@@ -273,7 +274,7 @@ class LibraryView(QWidget):
             ("Vectors", str(entry.num_vectors)),
             ("Method", method),
             ("Steps", str(meta.get("steps", "—"))),
-            ("Subject", _subject_shown(entry.subject, meta.get("training_subject"))),
+            ("Subject", _subject_shown(entry.subject, meta)),
             # What the vector holds (core/separation.py): a subject word here went into the concept.
             ("Closest words", ", ".join(map(str, meta.get("closest_words") or [])) or "—"),
             ("Tags", ", ".join(entry.tags) or "—"),
@@ -428,9 +429,10 @@ class LibraryView(QWidget):
         self.runner.shutdown()
 
 
-def _subject_shown(subject: str, training_subject) -> str:
+def _subject_shown(subject: str, metadata: dict) -> str:
     """The concept's subject words, and the words its run trained with where the run added the
     masks' colour (Colour from masks): "a star (trained as “a yellow star”: colour from the masks)"."""
-    if training_subject and str(training_subject) != (subject or "").strip():
+    training_subject = separation.trained_with(metadata)
+    if training_subject:
         return f"{subject or '—'} (trained as “{training_subject}”: colour from the masks)"
     return subject or "—"
