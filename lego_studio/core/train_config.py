@@ -248,9 +248,10 @@ class TrainConfig:
         help="with masks, when the subject words name no colour: add the colour most of the marked subject has "
              "to the training prompts (\"a star\" -> \"a yellow star\"), so it stays with the subject and out of "
              "the concept",
-        details="Read from the masked pixels of every image with a mask (a basic colour name holding most of them "
-                "and rarer outside the marks); nothing is added when no colour is clear, when the words already "
-                "name one, or without masks. The run's log says what was added."))
+        details="Read from the masked pixels of every image with a mask: of the basic colour names at least twice "
+                "as common inside the marks as outside, the one holding at least half of those pixels; nothing is "
+                "added when no colour is clear, when the words already name one, or without masks. The run's log "
+                "says what was added."))
     subject_token_steps: int = field(default=0, metadata=describe(
         group="Subject separation", label="Subject-token steps", minimum=0, form_maximum=100_000,
         help="stage 0: first learn a <subject> token for this many steps from subject-only images (0 = use the words)"))
