@@ -69,7 +69,18 @@ def test_vague_subject_words_get_a_one_line_note_with_a_suggestion(words):
     assert note and "\n" not in note and "e.g." in note
 
 
-@pytest.mark.parametrize("words", ["a cat", "a hexagon", "a green thing with spikes", "a red toy robot", "my dog"])
+@pytest.mark.parametrize("words, example", [("a purple object", '"a purple cat"'), ("A big red THING", '"A big red cat"'),
+                                             ("purple", '"a purple cat"'), ("a yellow one", '"a yellow cat"'),
+                                             ("yellow and black", '"a yellow and black cat"')])
+def test_words_that_give_the_look_but_not_what_the_subject_is_get_a_note_naming_the_shape_risk(words, example):
+    # The shape-left-out tracks of the benchmark ("a purple object"): the subject's shape leaks.
+    note = vague_subject(words)
+    assert note and "\n" not in note and "not what it is" in note and "its shape can end up in the concept" in note
+    assert example in note
+
+
+@pytest.mark.parametrize("words", ["a cat", "a hexagon", "a green thing with spikes", "a red toy robot", "my dog",
+                                   "a yellow star", "a thing's handle"])
 def test_words_that_name_something_get_no_note(words):
     assert vague_subject(words) is None
 
@@ -91,10 +102,23 @@ def test_train_warns_about_vague_subject_words_before_the_run(exemplar_folders, 
     assert code == 0
     out, err = capsys.readouterr()
     assert "warning: the subject words 'an object' say almost nothing" in err
+    assert "not what it is" not in err  # one note per phrase
     # After the run: the concept's closest words, and what to do with a subject word among them.
     closest = next(line for line in out.splitlines() if line.startswith("Closest words to the concept: "))
     assert len(closest.split(": ", 1)[1].split(". ")[0].split(", ")) == 5
     assert "add the word to the subject words and train again" in closest
+
+
+def test_train_warns_about_words_that_give_the_look_but_not_what_the_subject_is(exemplar_folders, tiny_model_dir, tmp_path,
+                                                                                capsys):
+    from lego_studio.cli import main
+
+    images, masks = exemplar_folders
+    assert main(["train", "--model", str(tiny_model_dir), "--images", str(images), "--masks", str(masks), "--subject",
+                 "a purple object", "--steps", "1", "--out", str(tmp_path / "c.safetensors"), "--quiet"]) == 0
+    err = capsys.readouterr().err
+    assert "warning: the subject words 'a purple object' say how the subject looks but not what it is" in err
+    assert '(e.g. "a purple cat")' in err
 
 
 def test_train_names_the_masks_colour_the_subject_words_leave_out(tmp_path, tiny_model_dir, make_exemplars, capsys):

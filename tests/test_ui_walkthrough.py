@@ -555,6 +555,9 @@ def test_vague_subject_words_are_named_before_start_and_lego_only(window, qtbot,
     view.form.set_value("subject", "an object")
     assert view.words_label.isVisibleTo(view)
     assert "say almost nothing" in view.words_label.text() and "e.g." in view.words_label.text()
+    view.form.set_value("subject", "a purple object")  # the look, not what it is: the shape can leak
+    assert view.words_label.isVisibleTo(view)
+    assert "not what it is" in view.words_label.text() and "&quot;a purple cat&quot;" in view.words_label.text()
     view.form.set_value("subject", "a red toy robot")
     assert not view.words_label.isVisibleTo(view)
     view.form.set_value("subject", "a thing")
