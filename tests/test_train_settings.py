@@ -17,7 +17,7 @@ from lego_studio.core.train_config import CTX_REGIONS, LR_SCHEDULES, METHODS, RE
 
 # The flags scripts, the README and CI use: a renamed field must not rename its flag.
 TRAIN_CONFIG_FLAGS = {
-    "--method", "--name", "--vectors", "--init-words", "--init-from", "--subject", "--mask-colour", "--no-mask-colour",
+    "--method", "--name", "--vectors", "--init-words", "--init-from", "--subject", "--mask-colour", "--no-mask-colour", "--mask-shape", "--no-mask-shape",
     "--subject-token-steps",
     "--w-subj", "--rec-region", "--concept-inside-weight", "--w-ctx", "--ctx-region", "--context-subjects",
     "--w-words", "--positive-words", "--negative-words", "--steps", "--lr", "--lr-schedule", "--warmup-steps",

@@ -370,7 +370,7 @@ def run(args: argparse.Namespace) -> int:
     check_inputs(images, masks if config.method == "lego" else None)
     if subject_images:
         check_inputs(subject_images, None)
-    vague = subject_words_note(config)
+    vague = subject_words_note(config, has_masks=bool(masks))
     if vague:
         print(f"warning: {vague}", file=sys.stderr)
     colour_note = _colour_note(config, images, masks)
@@ -438,12 +438,12 @@ def _train(args, run_dir: Path, out: Path, images, masks, subject_images, config
     from lego_studio.core.wording import plural
 
     print(f"saved {out} ({plural(concept.num_vectors, 'vector')}, use {concept.placeholder} in prompts; run in {run_dir})")
-    from lego_studio.core.separation import closest_words_note, trained_with
+    from lego_studio.core.separation import closest_words_note, masks_added_reason, trained_with
 
     added = trained_with(concept.metadata)
     if added:
-        print(f'trained with the subject words "{added}": the colour your masks mark added to yours '
-              "(--no-mask-colour keeps them as typed)")
+        print(f'trained with the subject words "{added}": {masks_added_reason(concept.metadata)} added to yours '
+              "(--no-mask-colour and --no-mask-shape keep them as typed)")
     note = closest_words_note(concept.metadata.get("closest_words"), config.method)
     if note:
         print(note)

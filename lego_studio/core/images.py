@@ -413,3 +413,47 @@ def subject_colour(images, masks, max_side: int = 128) -> str | None:
     count, name = own[0]
     runner_up = own[1][0] if len(own) > 1 else 0
     return name if count >= 0.5 * own_total and count >= 2 * runner_up else None
+
+
+# Shape from masks (core/subject_name.py): how well pictures the model drew of a phrase have the
+# outline the user's masks give their subject. A pixel is foreground when its colour is this far
+# (RGB, 0-255) from the picture's border colour (the median of its edge pixels).
+FOREGROUND_DISTANCE = 60.0
+OUTLINE_SIZE = 32  # outlines are compared cropped to their box, centred in a square, at this size
+
+
+def foreground(image) -> np.ndarray:
+    """A bool array: the pixels of ``image`` (PIL or uint8 array) that differ from its border's
+    colour by FOREGROUND_DISTANCE or more: the drawn subject, on a plain background."""
+    a = np.asarray(image.convert("RGB") if isinstance(image, Image.Image) else image).astype(np.float32)[..., :3]
+    border = np.concatenate([a[0], a[-1], a[:, 0], a[:, -1]])
+    return np.linalg.norm(a - np.median(border, axis=0), axis=-1) >= FOREGROUND_DISTANCE
+
+
+def outline(marked: np.ndarray, size: int = OUTLINE_SIZE) -> np.ndarray:
+    """A bool outline normalised for place and size: cropped to its box, centred in a square,
+    resized to ``size``. Empty (all False) when fewer than 5 pixels are marked."""
+    ys, xs = np.nonzero(marked)
+    if len(ys) < 5:
+        return np.zeros((size, size), bool)
+    crop = marked[ys.min(): ys.max() + 1, xs.min(): xs.max() + 1]
+    h, w = crop.shape
+    side = max(h, w)
+    square = np.zeros((side, side), np.uint8)
+    square[(side - h) // 2:(side - h) // 2 + h, (side - w) // 2:(side - w) // 2 + w] = crop.astype(np.uint8) * 255
+    return np.asarray(Image.fromarray(square).resize((size, size), Image.BILINEAR)) >= 128
+
+
+def outline_match(drawings, masks) -> float:
+    """How well ``drawings`` (pictures of a subject alone, PIL or arrays) have the outline of the
+    subject ``masks`` mark (uint8 arrays, 255 = subject; None skipped): for each drawing the best
+    overlap (intersection over union) of its :func:`outline` with a mask's, averaged; 0.0 without
+    drawings or masks."""
+    references = [outline(np.asarray(m) >= 128) for m in masks if m is not None]
+    if not references or not drawings:
+        return 0.0
+    scores = []
+    for drawing in drawings:
+        shape = outline(foreground(drawing))
+        scores.append(max(float((shape & r).sum()) / max(float((shape | r).sum()), 1.0) for r in references))
+    return float(np.mean(scores))

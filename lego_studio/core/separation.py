@@ -48,19 +48,27 @@ def _words(phrase: str) -> list[str]:
     return re.findall(r"[a-z][a-z'-]*", phrase.lower())
 
 
-def vague_subject(phrase: str) -> str | None:
-    """A one-line reason, with a suggestion, when ``phrase`` says almost nothing about the
-    subject; None when it names something.
+LOOKS_FOR_NAME = ("; with your masks, training first looks for the word itself and says what it found "
+                  "(Shape from masks)")
 
-    Vague: empty, or made only of articles and generic nouns ("an object", "a thing", "stuff")."""
+
+def vague_subject(phrase: str, looks_for_name: bool = False) -> str | None:
+    """A one-line reason, with a suggestion, when ``phrase`` says almost nothing about the
+    subject; None when it names something. ``looks_for_name``: the run will look for the word
+    that says what the subject is (:func:`looks_for_subject_name`, with masks): the note says so.
+
+    Vague: empty, or made only of articles and generic nouns ("an object", "a thing", "stuff"); or
+    the look without what the subject is (:func:`unnamed_kind`)."""
     words = _words(phrase)
+    tail = LOOKS_FOR_NAME if looks_for_name else ""
     if not words:
-        return f"no subject words: Lego has nothing to tell the subject from the concept; {SUGGESTION}"
+        return f"no subject words: Lego has nothing to tell the subject from the concept; {SUGGESTION}{tail}"
     content = [w for w in words if w not in ARTICLES]
     if not content or all(w in GENERIC_NOUNS for w in content):
         return (f"the subject words {phrase.strip()!r} say almost nothing about the subject, so its look can end up "
-                f"in the concept; {SUGGESTION}")
-    return unnamed_kind(phrase)
+                f"in the concept; {SUGGESTION}{tail}")
+    note = unnamed_kind(phrase)
+    return note + tail if note else None
 
 
 def unnamed_kind(phrase: str) -> str | None:
@@ -142,16 +150,45 @@ def training_subject_words(config, images, masks) -> tuple[str, str | None]:
 
 def trained_with(metadata: dict) -> str | None:
     """The subject words a finished concept's run trained with (its ``metadata``), where the run
-    added the masks' colour to the user's words (Colour from masks); None when it used them as typed."""
+    added to the user's words from the masks (Colour from masks, Shape from masks); None when it
+    used them as typed (:func:`masks_added` says what was added)."""
     trained = metadata.get("training_subject")
     if trained and str(trained) != str(metadata.get("subject") or "").strip():
         return str(trained)
     return None
 
 
-def subject_words_note(config) -> str | None:
-    """The vague-words note for a training config (a TrainConfig), or None (:func:`separates_by_words`)."""
-    return vague_subject(config.subject) if separates_by_words(config) else None
+def masks_added(metadata: dict) -> dict:
+    """What a finished run (its concept's ``metadata``) added to the subject words from the masks:
+    ``{"colour": bool, "name": word or None}`` (Colour from masks, Shape from masks)."""
+    trained = trained_with(metadata)
+    if trained is None:
+        return {"colour": False, "name": None}
+    typed = str(metadata.get("subject") or "")
+    return {"colour": names_a_colour(trained) and not names_a_colour(typed), "name": metadata.get("subject_name") or None}
+
+
+def masks_added_reason(metadata: dict, short: bool = False) -> str:
+    """Why a run's words differ from the typed ones, in words: "the colour your masks mark",
+    "“heart”, whose drawings have your masks' outline", or both; ``short``: "colour from the masks",
+    "“heart” from the masks' outline", "colour and “heart” from the masks". "" when nothing was added."""
+    added = masks_added(metadata)
+    name = added["name"]
+    if short:
+        if added["colour"] and name:
+            return f"colour and \u201c{name}\u201d from the masks"
+        return "colour from the masks" if added["colour"] else (f"\u201c{name}\u201d from the masks' outline" if name else "")
+    parts = (["the colour your masks mark"] if added["colour"] else []) + (
+        [f"\u201c{name}\u201d, whose drawings have your masks' outline"] if name else [])
+    return " and ".join(parts)
+
+
+def subject_words_note(config, has_masks: bool = False) -> str | None:
+    """The vague-words note for a training config (a TrainConfig), or None (:func:`separates_by_words`).
+    ``has_masks``: the run has masks, so Shape from masks can look for the subject's word."""
+    if not separates_by_words(config):
+        return None
+    return vague_subject(config.subject, looks_for_name=has_masks and looks_for_subject_name(config))
 
 
 def mask_terms(config) -> list[str]:
@@ -163,6 +200,10 @@ def mask_terms(config) -> list[str]:
     if adds_mask_colour(config):
         terms.append("the colour most of the marked subject has goes into the subject words, which name none "
                      "(Colour from masks)")
+    if looks_for_subject_name(config):
+        terms.append("the subject words do not say what the subject is, so a short probe run looks for the word among "
+                     "the concept's closest words whose plain drawings have the masks' outline, and it goes into the "
+                     "subject words (Shape from masks)")
     if config.w_subj > 0:
         terms.append(f"the subject loss holds the concept's effect inside the mask to nothing (Subject weight {config.w_subj:g})")
     inside = 0.0 if config.rec_region == "concept" else config.concept_inside_weight
@@ -182,8 +223,9 @@ def masks_usage(config) -> str:
     colour = (" Before Start, the Training page also reads them for your subject's colour and says so when the "
               "subject words leave it out." if separates_by_words(config) and not config.mask_colour else "")
     if not terms:
-        when = ("the subject words name no colour (Colour from masks)" if config.mask_colour else
-                "you turn on Colour from masks (for subject words that name no colour)")
+        when = (("the subject words name no colour (Colour from masks)" if config.mask_colour else
+                 "you turn on Colour from masks (for subject words that name no colour)")
+                + (" or do not say what the subject is (Shape from masks)" if config.mask_shape else ""))
         return ("Masks are optional: with the current training settings no training term reads them (Lego separates "
                 f"the subject by its words). They are used when {when}, or when you set Context region to "
                 "\"outside\", an Inside-mask weight below 1 or a Subject weight above 0." + colour)
@@ -203,6 +245,38 @@ def closest_words_note(words, method: str = "lego", shown=str) -> str:
     return (f"Closest words to the concept: {listed}. If one of them describes your subject rather than the concept "
             "(its colour, shape or kind), that look has gone into the concept and can show on other subjects: "
             "add the word to the subject words and train again.")
+
+
+def names_what_it_is(phrase: str) -> bool:
+    """Whether ``phrase`` says what the subject is: not vague (:func:`vague_subject`: empty, only
+    generic nouns, a generic last noun as in "a purple object", or only colours)."""
+    return vague_subject(phrase) is None
+
+
+def looks_for_subject_name(config) -> bool:
+    """Whether a run of ``config`` (with masks) looks for the word that says what the subject is
+    (the ``mask_shape`` setting, Shape from masks; core/subject_name.py): only where the words
+    separate the subject and do not say what it is."""
+    return bool(config.mask_shape) and separates_by_words(config) and not names_what_it_is(config.subject)
+
+
+def name_subject(phrase: str, word: str) -> str:
+    """``phrase`` with ``word`` as what the subject is: in place of a generic last noun ("a purple
+    object" + "heart" -> "a purple heart"), else after the phrase ("purple" -> "purple heart").
+    The article follows the new next word ("an object" + "heart" -> "a heart")."""
+    word = word.strip()
+    words = phrase.split()
+    if not word:
+        return " ".join(words)
+    content = [i for i, w in enumerate(words) if re.sub(r"[^a-z'-]", "", w.lower()) not in ARTICLES]
+    if content and re.sub(r"[^a-z'-]", "", words[content[-1]].lower()) in GENERIC_NOUNS:
+        words[content[-1]] = word
+    else:
+        words.append(word)
+    if len(words) > 1 and words[0].lower() in ("a", "an"):
+        article = "an" if words[1][0].lower() in "aeiou" else "a"
+        words[0] = article.capitalize() if words[0][0].isupper() else article
+    return " ".join(words)
 
 
 def add_subject_word(phrase: str, word: str) -> str:

@@ -252,6 +252,20 @@ class TrainConfig:
                 "as common inside the marks as outside, the one holding at least half of those pixels; nothing is "
                 "added when no colour is clear, when the words already name one, or without masks. The run's log "
                 "says what was added."))
+    # True: with the shape left out of the subject words ("a purple object"), the word a short probe
+    # run found for what the subject is gave the held-out Shape World concepts (docs/METHOD.md,
+    # "Shape from masks").
+    mask_shape: bool = field(default=True, metadata=describe(
+        group="Subject separation", label="Shape from masks",
+        help="with masks, when the subject words do not say what the subject is (\"a purple object\"): a short "
+             "probe run finds the word for it among the concept's closest words, and training uses it "
+             "(\"a purple heart\"), so the subject's shape stays out of the concept",
+        details="The probe trains the concept for a fifth of the steps (at most 100) and takes its 5 closest words; "
+                "the model draws the subject words with each in its plain form, and the word whose drawings have "
+                "the outline of your masks (overlap at least 0.1 above the words' own drawings, and the best) says "
+                "what the subject is. Then the run trains from the start with it. Nothing is added when no word "
+                "fits, when the words name the subject, or without masks; the run's log says what was added and "
+                "why."))
     subject_token_steps: int = field(default=0, metadata=describe(
         group="Subject separation", label="Subject-token steps", minimum=0, form_maximum=100_000,
         help="stage 0: first learn a <subject> token for this many steps from subject-only images (0 = use the words)"))

@@ -262,8 +262,17 @@ def trained_with_line(subject_words: str, metadata: dict) -> str:
     training_subject = trained_with(metadata)
     if training_subject is None:
         return ""
+    from lego_studio.core.separation import masks_added
+
+    added = masks_added(metadata)
+    said = []
+    if added["colour"]:
+        said.append("name no colour, so it added the colour the masks mark (the setting Colour from masks, on by default)")
+    if added["name"]:
+        said.append(f"do not say what the subject is, so it added \u201c{added['name']}\u201d, whose drawings have the "
+                    "masks' outline (the setting Shape from masks, on by default)")
     return (f"Lego trained with the subject words \u201c{training_subject}\u201d: the words \u201c{subject_words}\u201d "
-            "name no colour, so it added the colour the masks mark (the setting Colour from masks, on by default).")
+            + "; and they ".join(said) + ".")
 
 
 def _index_html(project, records: list, steps: int, seconds: float, judge_note: str, gen_steps: int,

@@ -430,9 +430,9 @@ class LibraryView(QWidget):
 
 
 def _subject_shown(subject: str, metadata: dict) -> str:
-    """The concept's subject words, and the words its run trained with where the run added the
-    masks' colour (Colour from masks): "a star (trained as “a yellow star”: colour from the masks)"."""
+    """The concept's subject words, and the words its run trained with where the run added to them
+    from the masks: "a star (trained as “a yellow star”: colour from the masks)"."""
     training_subject = separation.trained_with(metadata)
     if training_subject:
-        return f"{subject or '—'} (trained as “{training_subject}”: colour from the masks)"
+        return f"{subject or '—'} (trained as “{training_subject}”: {separation.masks_added_reason(metadata, short=True)})"
     return subject or "—"

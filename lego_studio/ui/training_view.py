@@ -372,7 +372,8 @@ class TrainingView(QWidget):
     def update_words_note(self) -> None:
         """The note on the subject words before Start (ui/words_note.py), when the run separates by them."""
         draft = self.form.draft()
-        self.words_note.show(str(draft.subject or ""), separation.separates_by_words(draft), bool(draft.mask_colour))
+        self.words_note.show(str(draft.subject or ""), separation.separates_by_words(draft), bool(draft.mask_colour),
+                             bool(draft.mask_shape))
 
     def update_plan(self) -> None:
         """The plan line before Start: notes on the project's images at the training size (much

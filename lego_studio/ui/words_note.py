@@ -1,5 +1,6 @@
 """The Training page's note on the subject words, before Start (core/separation.py): vague words
-("an object"), or words that name no colour where the masks' subject is mostly one: training adds it
+("an object", "a purple object": with masks, training looks for what the subject is itself, Shape from
+masks), or words that name no colour where the masks' subject is mostly one: training adds it
 (Colour from masks), or, with that setting off, a link adds it to the words.
 
 The masks' colour (core/images.subject_colour) is read in the app's writer thread, behind any mask
@@ -30,18 +31,21 @@ class SubjectWordsNote:
         self.label.linkActivated.connect(on_word)
         self.label.hide()
         self.colour: str | None = None  # the masks' subject colour, once read
+        self.has_masks = False  # whether the project's training images have masks, once read
         self._project = None  # the project whose colour is wanted
         self._reading = self._again = False  # a reading is queued or running; one more is due after it
-        self._shown = ("", False, False)  # the last words shown: (phrase, separating by words, colour from masks)
+        self._shown = ("", False, False, False)  # the last words shown: (phrase, separating by words, colour
+        # from masks, shape from masks)
 
-    def show(self, phrase: str, separates_by_words: bool, adds_colour: bool = False) -> None:
+    def show(self, phrase: str, separates_by_words: bool, adds_colour: bool = False, looks_for_name: bool = False) -> None:
         """Show the note for ``phrase`` (nothing unless the run is Lego separating by words);
-        ``adds_colour``: the run adds the masks' colour to the words itself (Colour from masks)."""
-        self._shown = (phrase, separates_by_words, adds_colour)
+        ``adds_colour``: the run adds the masks' colour to the words itself (Colour from masks);
+        ``looks_for_name``: the Shape from masks setting is on (it acts when there are masks)."""
+        self._shown = (phrase, separates_by_words, adds_colour, looks_for_name)
         text = ""
         if separates_by_words:
             colour_note = separation.missing_colour_note(phrase, self.colour, adds=adds_colour)
-            note = separation.vague_subject(phrase) or colour_note
+            note = separation.vague_subject(phrase, looks_for_name=looks_for_name and self.has_masks) or colour_note
             if note:
                 text = html.escape(f"{note[0].upper()}{note[1:]}.")
             if colour_note and not adds_colour:  # a link that adds the colour (separation.add_subject_word)
@@ -56,7 +60,7 @@ class SubjectWordsNote:
         self._project = project
         if project is None:
             self._reading = self._again = False
-            self.colour = None
+            self.colour, self.has_masks = None, False
             self.show(*self._shown)
             return
         if self._reading:
@@ -67,15 +71,16 @@ class SubjectWordsNote:
         def read():
             from lego_studio.core.images import subject_colour
 
-            return subject_colour(*project.training_inputs())
+            images, masks = project.training_inputs()
+            return subject_colour(images, masks), any(m is not None for m in masks or [])
 
-        def done(colour) -> None:
+        def done(result) -> None:
             self._reading = False
             if self._again or self._project is not project:
                 self.read_colour(self._project)
                 return
-            self.colour = colour
+            self.colour, self.has_masks = result
             self.show(*self._shown)
 
         # An unreadable image or mask: Start says so; no colour here.
-        self.context.writes.submit(read, on_done=done, on_error=lambda _message: done(None))
+        self.context.writes.submit(read, on_done=done, on_error=lambda _message: done((None, False)))

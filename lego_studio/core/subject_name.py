@@ -1,0 +1,115 @@
+"""Shape from masks: the word that says what the subject is, found by a short probe run.
+
+When the subject words give the look but not what the subject is ("a purple object", "purple"),
+the subject's shape is left to the concept, and it leaks into every subject drawn with it (on
+Shape World: docs/METHOD.md). The concept's closest words hold the word the user left out (the
+left-out word was among the 3 closest in every measured run), but they hold the concept's own
+words too ("heart" and "melting"), and which is which cannot be told from the vector. The masks
+tell: the subject the masks mark has an outline, and the model draws the subject words with the
+subject's word ("a purple heart") in that outline, but not with the concept's ("a purple melting
+object") or with a word it does not know. So a run with ``mask_shape`` on:
+
+1. trains the concept for :func:`probe_steps` steps (its own start, the same steps a run takes),
+2. takes the probe's :data:`CANDIDATES` closest words (minus articles, generic nouns, colours),
+3. has the model draw the subject words alone, and with each word (:func:`separation.name_subject`),
+   :data:`DRAWINGS` pictures each, and scores each set by how well its outlines match the masks'
+   (:func:`core.images.outline_match`),
+4. keeps the best word if its score beats the words' own by :data:`MIN_GAIN` (:func:`choose_word`),
+5. trains from the start with the new words (Trainer._run).
+
+Torch is imported inside the functions; Qt-free.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Callable
+
+from lego_studio.core import separation
+
+PROBE_STEPS = 100  # at most; a fifth of the run's steps below 500
+CANDIDATES = 5  # closest words tried
+DRAWINGS = 4  # pictures per phrase
+DRAW_STEPS = 15  # DDIM steps per picture
+DRAW_GUIDANCE = 5.0
+MIN_GAIN = 0.10  # outline overlap above the words' own drawings a word needs
+DRAW_SEEDS = tuple(range(2000, 2000 + DRAWINGS))
+
+
+def probe_steps(total_steps: int) -> int:
+    """The probe's length for a run of ``total_steps`` concept steps: a fifth, at most PROBE_STEPS."""
+    return max(1, min(PROBE_STEPS, int(total_steps) // 5))
+
+
+def candidate_words(words, phrase: str) -> list[str]:
+    """The closest ``words`` that could say what the subject is: not in ``phrase`` already, not an
+    article, a generic noun or a colour."""
+    have = {w.lower() for w in separation._words(phrase)}
+    skip = set(separation.ARTICLES) | set(separation.GENERIC_NOUNS) | set(separation.COLOUR_WORDS) | have
+    return [w for w in words if w and w.lower() not in skip][:CANDIDATES]
+
+
+@dataclass
+class NameSearch:
+    """What the search found: the word (None: none fits), the words' own outline score, and each
+    candidate's."""
+
+    word: str | None
+    own: float
+    scores: dict[str, float] = field(default_factory=dict)
+
+    def summary(self) -> str:
+        tried = ", ".join(f"{w} {s:.2f}" for w, s in self.scores.items()) or "no candidate words"
+        return f"outline match with your masks: your words {self.own:.2f}; {tried}"
+
+
+def choose_word(own: float, scores: dict[str, float]) -> str | None:
+    """The candidate whose drawings match the masks' outline best, if it beats ``own`` (the words'
+    own drawings) by MIN_GAIN; else None."""
+    if not scores:
+        return None
+    best = max(scores, key=lambda w: scores[w])
+    return best if scores[best] >= own + MIN_GAIN else None
+
+
+def draw(model, phrases: list[str], resolution: int, seeds=DRAW_SEEDS) -> list[list]:
+    """For each phrase, one picture per seed drawn by ``model`` from the phrase alone (DDIM,
+    DRAW_STEPS steps, guidance DRAW_GUIDANCE, no concept), as PIL images."""
+    import torch
+
+    pipe = model.pipeline("ddim")
+    scale = int(model.vae_scale_factor)
+    shape = (1, int(model.unet.config.in_channels), resolution // scale, resolution // scale)
+    drawn = []
+    for phrase in phrases:
+        latents = torch.cat([torch.randn(shape, generator=torch.Generator("cpu").manual_seed(int(s))) for s in seeds])
+        latents = latents.to(device=model.device, dtype=model.unet.dtype)
+        with torch.no_grad():
+            kwargs = model.pipeline_prompt_kwargs([phrase] * len(seeds), [""] * len(seeds))
+            drawn.append(pipe(**kwargs, height=resolution, width=resolution, num_inference_steps=DRAW_STEPS,
+                              guidance_scale=DRAW_GUIDANCE, latents=latents, output_type="pil").images)
+    return drawn
+
+
+def find_subject_name(model, phrase: str, closest: list[str], images, masks, resolution: int,
+                      cancelled: Callable[[], bool] = lambda: False) -> NameSearch:
+    """Steps 2-4 above for the subject words ``phrase``, the probe's ``closest`` words and the
+    run's ``images`` and ``masks`` (paths / PIL images, and paths / uint8 arrays / None)."""
+    from lego_studio.core.errors import Cancelled
+    from lego_studio.core.images import load_source, mask_array, outline_match
+
+    marked = []
+    for image_source, mask_source in zip(images, masks):
+        if mask_source is not None:
+            image, name = load_source(image_source, "training image")
+            marked.append(mask_array(mask_source, image, name))
+    candidates = candidate_words(closest, phrase)
+    phrases = [phrase, *(separation.name_subject(phrase, w) for w in candidates)]
+    scores = []
+    for p in phrases:
+        if cancelled():
+            raise Cancelled("training cancelled while looking for what the subject is; nothing to resume")
+        scores.append(outline_match(draw(model, [p], resolution)[0], marked))
+    search = dict(zip(candidates, (round(s, 3) for s in scores[1:])))
+    own = round(scores[0], 3)
+    return NameSearch(choose_word(own, search), own, search)
