@@ -25,6 +25,10 @@ SETTINGS = {
     "defaults": {},
     "colour left out": {"subject": "a square"},  # the masks' colour goes into the words (Colour from masks)
     "colour left out, colour from masks off": {"subject": "a square", "mask_colour": False},
+    # Not what it is: the colour goes in, and the probe looks for the word (none fits the tiny model's
+    # drawings; test_subject_name.py shows one going in). With both settings off nothing reads the masks.
+    "vague words": {"subject": "an object"},
+    "vague words, both settings off": {"subject": "an object", "mask_colour": False, "mask_shape": False},
     "context outside": {"ctx_region": "outside"},
     "inside-mask weight": {"concept_inside_weight": 0.3},
     "subject weight": {"w_subj": 0.5},
@@ -55,6 +59,8 @@ def test_what_the_masks_page_says_is_what_training_does(name, tiny_model, exempl
     assert ("subject's colour" in text) == (method == "lego" and not config.mask_colour)
     if adds_mask_colour(config):
         assert "the colour most of the marked subject has goes into the subject words" in text
+    assert ("(Shape from masks)" in text and "no training term reads them" not in text) == (
+        method == "lego" and config.mask_shape and subject == "an object")
 
 
 def test_the_masks_page_shows_the_sentence_for_the_default_settings():

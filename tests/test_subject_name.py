@@ -167,3 +167,17 @@ def test_cancel_during_the_probe_stops_the_run_with_nothing_to_resume(tiny_model
         trainer.run()
     assert not list((tmp_path / "run").glob("checkpoints/*.safetensors"))
     assert runs.read_record(tmp_path / "run")["status"] == runs.RUN_CANCELLED
+
+
+def test_the_expected_duration_counts_the_probe_when_the_run_looks_for_the_word():
+    from lego_studio.core.estimate import estimate_from_cache
+
+    figures = {"k": {"seconds_per_step": 0.2, "steps_timed": 10, "device": "cpu"}}
+    looks = TrainConfig(subject="a purple object", steps=500)
+    probe = subject_name.probe_steps_for(looks, has_masks=True)
+    assert probe == 100 and subject_name.probe_steps_for(looks, has_masks=False) == 0
+    assert subject_name.probe_steps_for(TrainConfig(subject="a purple heart", steps=500), has_masks=True) == 0
+    estimate = estimate_from_cache("k", 500, 500, "cpu", figures=figures, probe_steps=probe)
+    assert estimate.seconds == pytest.approx(0.2 * 600)
+    assert "for 600 steps, 100 of them a probe for what the subject is" in estimate.line()
+    assert "probe" not in estimate_from_cache("k", 500, 500, "cpu", figures=figures).line()

@@ -602,6 +602,11 @@ def test_words_that_name_no_colour_are_offered_the_colour_the_masks_mark(window,
     assert not view.words_label.isVisibleTo(view)
     view.form.set_value("subject", "a star")
     assert view.words_label.isVisibleTo(view)
+    # Words that do not say what the subject is: with masks, training looks for the word (Shape from masks).
+    view.form.set_value("subject", "a yellow object")
+    assert "not what it is" in view.words_label.text() and "training first looks for the word itself" in view.words_label.text()
+    view.form.set_value("mask_shape", False)
+    assert "not what it is" in view.words_label.text() and "Shape from masks" not in view.words_label.text()
     view.form.apply_preset("ti")  # the baseline does not separate by words: nothing to say
     assert not view.words_label.isVisibleTo(view)
 

@@ -88,6 +88,7 @@ class Estimate:
     device: str  # "cpu", "cuda", "mps" or what was asked
     source: str  # "timed" (this run's first steps) | "cached" (a figure measured before)
     step: int = 0  # the run's step when it was made (it travels among the TrainEvents, so it reads like one)
+    probe_steps: int = 0  # of steps_left, the steps of Shape from masks' probe (core/subject_name.py)
 
     @property
     def total(self) -> int:
@@ -111,7 +112,8 @@ class Estimate:
 
     def line(self) -> str:
         how = "timed on its first steps" if self.source == "timed" else "from an earlier run on this machine"
-        return (f"expected duration: about {format_duration(self.seconds)} for {self.steps_left} steps "
+        probe = f", {self.probe_steps} of them a probe for what the subject is" if self.probe_steps else ""
+        return (f"expected duration: about {format_duration(self.seconds)} for {self.steps_left} steps{probe} "
                 f"({self.seconds_per_step:.3g} s a step on {self.device}, {how})")
 
     def fastest_option(self) -> str:
@@ -174,15 +176,17 @@ class StepClock:
 
 
 def estimate_from_cache(key: str, steps_left: int, total_steps: int, device: str,
-                        figures: dict | None = None) -> Estimate | None:
+                        figures: dict | None = None, probe_steps: int = 0) -> Estimate | None:
     """The estimate from the recorded figure for ``key`` (None without one). ``figures``: the
     figures as :func:`load_figures` read them earlier (the app reads them off its UI thread);
-    by default they are read now."""
+    by default they are read now. ``probe_steps``: Shape from masks' probe runs first
+    (core/subject_name.probe_steps_for); they count as steps."""
     entry = (load_figures() if figures is None else figures).get(key)
     per_step = _seconds_per_step(entry)
     if per_step is None:
         return None
     # The device the figure was measured on ("cpu"), not the choice it was keyed by ("auto").
     measured_on = entry.get("device")
-    return Estimate(per_step, steps_left, total_steps, measured_on if isinstance(measured_on, str) and measured_on else device,
-                    "cached")
+    return Estimate(per_step, steps_left + probe_steps, total_steps + probe_steps,
+                    measured_on if isinstance(measured_on, str) and measured_on else device, "cached",
+                    probe_steps=probe_steps)

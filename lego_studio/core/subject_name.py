@@ -41,6 +41,11 @@ def probe_steps(total_steps: int) -> int:
     return max(1, min(PROBE_STEPS, int(total_steps) // 5))
 
 
+def probe_steps_for(config, has_masks: bool) -> int:
+    """The probe steps a run of ``config`` takes before its own (0: it does not look for the word)."""
+    return probe_steps(config.steps) if has_masks and separation.looks_for_subject_name(config) else 0
+
+
 def candidate_words(words, phrase: str) -> list[str]:
     """The closest ``words`` that could say what the subject is: not in ``phrase`` already, not an
     article, a generic noun or a colour."""

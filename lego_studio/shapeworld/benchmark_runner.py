@@ -165,10 +165,24 @@ def score_predictions(predictions, requested: Sequence[tuple[str, str]], exempla
 
 
 def estimate_seconds(config: BenchmarkConfig, steps: int, step_seconds: dict[str, float], generation: float, overhead: float) -> float:
-    """Wall time of the whole run: every job's training, drawing and set-up, shared by the workers."""
+    """Wall time of the whole run: every job's training, drawing and set-up, shared by the workers.
+    A Lego run whose words do not say what the subject is also runs Shape from masks' probe (its
+    steps, and about 1.5 runs' worth of drawing: core/subject_name.py)."""
+    from lego_studio.core.separation import looks_for_subject_name
+    from lego_studio.core.subject_name import CANDIDATES, DRAWINGS, probe_steps
+
     specs = {s.name: s for s in resolve_methods(config.methods, config.num_vectors)}
-    per_seed_concept = sum((steps * cost + generation + overhead) * (len(config.tracks) if specs[name].uses_words else 1)
-                           for name, cost in step_seconds.items() if name in specs)
+    per_seed_concept = 0.0
+    for name, cost in step_seconds.items():
+        if name not in specs:
+            continue
+        spec = specs[name]
+        for track in (config.tracks if spec.uses_words else ["full"]):
+            per_seed_concept += steps * cost + generation + overhead
+            probe_config = train_config(spec, ("star", "yellow"), [], steps, 0, track=track)
+            if spec.uses_masks and looks_for_subject_name(probe_config):
+                drawn = (1 + CANDIDATES) * DRAWINGS / (config.n_subjects * len(config.gen_seeds))
+                per_seed_concept += probe_steps(steps) * cost + drawn * generation
     return per_seed_concept * len(config.seeds) * len(config.concepts) / max(1, int(config.jobs))
 
 

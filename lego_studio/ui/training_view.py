@@ -137,7 +137,7 @@ class TrainingView(QWidget):
         self.plan_label.hide()
         # Vague subject words ("an object"), or words that name no colour where the masks show one:
         # said before Start, with a suggestion (a colour is a link that adds it); Start still runs.
-        self.words_note = SubjectWordsNote(context, on_word=self.add_subject_word)
+        self.words_note = SubjectWordsNote(context, on_word=self.add_subject_word, on_read=self.update_estimate)
         self.words_label = self.words_note.label
         # After a run: the words closest to the learned concept, and what a subject word there means.
         self.closest_label = QLabel()
@@ -240,7 +240,10 @@ class TrainingView(QWidget):
                 return None
         spec, device = self._choice()
         key = figure_key(spec, device, config.method, config.resolution, config.batch_size)
-        return estimate_from_cache(key, config.total_steps, config.total_steps, device, figures=self._figures)
+        from lego_studio.core.subject_name import probe_steps_for
+
+        return estimate_from_cache(key, config.total_steps, config.total_steps, device, figures=self._figures,
+                                   probe_steps=probe_steps_for(config, self.words_note.has_masks))
 
     def update_estimate(self) -> None:
         """The expected duration of the run as set up now (a figure measured on this machine), from

@@ -21,8 +21,9 @@ from lego_studio.core import separation
 class SubjectWordsNote:
     """The note's label (``label``) and the masks' subject colour it uses."""
 
-    def __init__(self, context, on_word: Callable[[str], None]):
+    def __init__(self, context, on_word: Callable[[str], None], on_read: Callable[[], None] | None = None):
         self.context = context
+        self._on_read = on_read  # called after each reading (whether there are masks changes the estimate)
         self.label = QLabel()
         self.label.setWordWrap(True)
         self.label.setStyleSheet("color: #8a5a00;")
@@ -81,6 +82,8 @@ class SubjectWordsNote:
                 return
             self.colour, self.has_masks = result
             self.show(*self._shown)
+            if self._on_read is not None:
+                self._on_read()
 
         # An unreadable image or mask: Start says so; no colour here.
         self.context.writes.submit(read, on_done=done, on_error=lambda _message: done((None, False)))
