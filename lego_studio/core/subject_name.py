@@ -118,3 +118,53 @@ def find_subject_name(model, phrase: str, closest: list[str], images, masks, res
     search = dict(zip(candidates, (round(s, 3) for s in scores[1:])))
     own = round(scores[0], 3)
     return NameSearch(choose_word(own, search), own, search)
+
+
+def look_for_subject_name(trainer, total: int, masks) -> None:
+    """Steps 1-4 above for a :class:`~lego_studio.core.training.Trainer` about to train: a probe
+    run, then the word among its closest words whose plain drawings have the masks' outline goes
+    into the trainer's subject words (``trainer.subject_words``, ``trainer.subject_name``); the
+    run's log says what was found. ``total``: the run's step count, for the events."""
+    from lego_studio.core.concepts import closest_words
+    from lego_studio.core.run_files import TrainEvent
+
+    steps = probe_steps(trainer.config.steps)
+    phrase = trainer._training_subject()
+    trainer._emit(TrainEvent("log", total=total, message=(
+        f'the subject words "{phrase}" do not say what the subject is: a {steps}-step probe looks for the word '
+        "(Shape from masks)")))
+    vectors = probe_vectors(trainer, steps, total)
+    closest = closest_words(vectors, trainer.model.tokenizer, trainer._split_widths(trainer._table)[0], k=2 * CANDIDATES)
+    resolution = int(trainer.config.resolution or trainer.model.family.resolution)
+    search = find_subject_name(trainer.model, phrase, closest, trainer.images, masks, resolution,
+                               cancelled=trainer._cancel_requested)
+    if search.word is None:
+        trainer._emit(TrainEvent("log", total=total, message=(
+            f"no word found for what the subject is ({search.summary()}); training with the words as they are")))
+        return
+    trainer.subject_name = search.word
+    trainer.subject_words = separation.name_subject(phrase, search.word)
+    trainer._emit(TrainEvent("log", total=total, message=(
+        f'subject words for training: "{trainer.subject_words}" ({search.word}: its drawings have your masks\' '
+        f"outline; {search.summary()}; Shape from masks off keeps your words)")))
+
+
+def probe_vectors(trainer, steps: int, total: int):
+    """The trainer's concept vectors after the first ``steps`` steps of its run (the same start, the
+    same per-step randomness: the trainer's own step), for the probe; the run then starts afresh.
+    Cancel stops it (nothing to resume: a new start probes again); pause holds it."""
+    import torch
+
+    from lego_studio.core.errors import Cancelled
+    from lego_studio.core.run_files import TrainEvent
+
+    trainer.concept_vectors = torch.nn.Parameter(trainer._initial.clone().to(trainer.model.device))
+    optimizer = trainer._optimizer_for(0)
+    for step in range(steps):
+        trainer._wait_if_paused(0, total)
+        if trainer._cancel_requested():
+            raise Cancelled(f"training cancelled in the probe (step {step} of {steps}), before the run; nothing to resume")
+        trainer._step(step, optimizer)
+        if (step + 1) % 25 == 0 or step + 1 == steps:
+            trainer._emit(TrainEvent("log", total=total, message=f"probe: step {step + 1} of {steps}"))
+    return trainer.concept_vectors.detach().float().cpu().clone()

@@ -238,7 +238,9 @@ class Trainer(RunFiles):
         self.subject_name = None
         if (masks and any(m is not None for m in masks) and looks_for_subject_name(config)
                 and not (resume and self._latest_checkpoint() is not None)):  # a resumed run keeps its words
-            self._look_for_subject_name(total, masks)
+            from lego_studio.core.subject_name import look_for_subject_name
+
+            look_for_subject_name(self, total, masks)
 
         checkpointing_before = bool(getattr(model.unet, "is_gradient_checkpointing", False))
         if config.gradient_checkpointing and not checkpointing_before:
@@ -297,50 +299,6 @@ class Trainer(RunFiles):
                 images, path = self._preview(step)
                 self._emit(TrainEvent("preview", step=step, total=total, images=images, path=str(path)))
         return self._finish(total, optimizer, streak)
-
-    def _look_for_subject_name(self, total: int, masks) -> None:
-        """Shape from masks (core/subject_name.py): a probe run, then the word among its closest
-        words whose plain drawings have the masks' outline goes into the subject words."""
-        from lego_studio.core import subject_name
-        from lego_studio.core.concepts import closest_words
-        from lego_studio.core.separation import name_subject
-
-        steps = subject_name.probe_steps(self.config.steps)
-        phrase = self._training_subject()
-        self._emit(TrainEvent("log", total=total, message=(
-            f'the subject words "{phrase}" do not say what the subject is: a {steps}-step probe looks for the word '
-            "(Shape from masks)")))
-        vectors = self._probe_vectors(steps, total)
-        closest = closest_words(vectors, self.model.tokenizer, self._split_widths(self._table)[0], k=2 * subject_name.CANDIDATES)
-        resolution = int(self.config.resolution or self.model.family.resolution)
-        search = subject_name.find_subject_name(self.model, phrase, closest, self.images, masks, resolution,
-                                                cancelled=self._cancel_requested)
-        if search.word is None:
-            self._emit(TrainEvent("log", total=total, message=(
-                f"no word found for what the subject is ({search.summary()}); training with the words as they are")))
-            return
-        self.subject_name = search.word
-        self.subject_words = name_subject(phrase, search.word)
-        self._emit(TrainEvent("log", total=total, message=(
-            f'subject words for training: "{self.subject_words}" ({search.word}: its drawings have your masks\' '
-            f"outline; {search.summary()}; Shape from masks off keeps your words)")))
-
-    def _probe_vectors(self, steps: int, total: int):
-        """The concept vectors after the first ``steps`` steps of this run (the same start, the same
-        per-step randomness), for the subject-name probe; the run then starts afresh. Cancel stops it
-        (nothing to resume: a new start probes again)."""
-        import torch
-
-        self.concept_vectors = torch.nn.Parameter(self._initial.clone().to(self.model.device))
-        optimizer = self._optimizer_for(0)
-        for step in range(steps):
-            self._wait_if_paused(0, total)
-            if self._cancel_requested():
-                raise Cancelled(f"training cancelled in the probe (step {step} of {steps}), before the run; nothing to resume")
-            self._step(step, optimizer)
-            if (step + 1) % 25 == 0 or step + 1 == steps:
-                self._emit(TrainEvent("log", total=total, message=f"probe: step {step + 1} of {steps}"))
-        return self.concept_vectors.detach().float().cpu().clone()
 
     def _start_or_resume(self, resume: bool, total: int):
         """Fresh vectors, or the newest checkpoint's vectors and Adam state: (start, optimizer, streak)."""
