@@ -125,6 +125,8 @@ def test_a_run_puts_the_word_whose_drawings_have_the_masks_outline_into_its_word
     said = [e.message for e in events if e.kind == "log" and "subject words for training" in (e.message or "")]
     assert said and f'"{expected}"' in said[0] and "outline" in said[0] and "Shape from masks off" in said[0]
     assert "from the masks' outline" in masks_added_reason(learned.metadata, short=True)
+    closest = [e for e in events if e.kind == "closest"]  # the Training page shows it after the run
+    assert closest and closest[0].trained_with.startswith(f"Trained with the subject words \u201c{expected}\u201d")
     typed = Trainer(tiny_model, TrainConfig(subject=expected, **base), images, masks, tmp_path / "typed").run()
     assert torch.equal(learned.vectors, typed.vectors)
     # Off, or without masks: the words as typed, no probe.

@@ -551,6 +551,14 @@ def test_a_closest_word_clicked_after_a_run_goes_into_the_subject_words(window, 
     view.closest_label.linkActivated.emit("yellow")
     assert view.form.value("subject") == "a yellow star"
     assert "a yellow star" in view.status_label.text() and "Start training" in view.status_label.text()
+    # A run that added to the subject words from the masks says so first (separation.trained_with_line).
+    from lego_studio.core.separation import trained_with_line
+
+    line = trained_with_line({"subject": "a purple object", "training_subject": "a purple heart", "subject_name": "heart"})
+    assert line == "Trained with the subject words \u201ca purple heart\u201d (\u201cheart\u201d from the masks' outline)."
+    view._on_event(TrainEvent("closest", words=["melting", "jia"], trained_with=line))
+    text = view.closest_label.text()
+    assert text.startswith("Trained with the subject words \u201ca purple heart\u201d") and '<a href="jia">jia</a>' in text
     # Textual Inversion has no subject words: its words are shown, not linked.
     view._run_method = "ti"
     view._on_event(TrainEvent("closest", message="Closest words to the concept: cage, yellow.", words=["cage", "yellow"]))

@@ -35,6 +35,7 @@ class TrainEvent:
     path: str | None = None
     stage: int = 1
     words: list[str] = field(default_factory=list)  # "closest": the closest words, closest first
+    trained_with: str = ""  # "closest": what the run added to the subject words from the masks ("" none)
 
 
 def step_name(step: int) -> str:

@@ -183,6 +183,15 @@ def masks_added_reason(metadata: dict, short: bool = False) -> str:
     return " and ".join(parts)
 
 
+def trained_with_line(metadata: dict) -> str:
+    """One sentence on what a finished run added to the subject words from the masks: 'Trained
+    with the subject words “a purple heart” (“heart” from the masks' outline).'; "" when nothing."""
+    trained = trained_with(metadata)
+    if trained is None:
+        return ""
+    return f"Trained with the subject words \u201c{trained}\u201d ({masks_added_reason(metadata, short=True)})."
+
+
 def subject_words_note(config, has_masks: bool = False) -> str | None:
     """The vague-words note for a training config (a TrainConfig), or None (:func:`separates_by_words`).
     ``has_masks``: the run has masks, so Shape from masks can look for the subject's word."""

@@ -387,8 +387,10 @@ class Trainer(RunFiles):
         concept.metadata["closest_words"] = words
         save_concept(concept, self.concept_path)
         if words:
+            from lego_studio.core.separation import trained_with_line
+
             self._emit(TrainEvent("closest", step=total, total=total, message=closest_words_note(words, self.config.method),
-                                  words=list(words)))
+                                  words=list(words), trained_with=trained_with_line(concept.metadata)))
         self._emit(TrainEvent("done", step=total, total=total, path=str(self.concept_path)))
         return concept
 

@@ -84,7 +84,8 @@ def robustness(rows: Sequence[dict], split: str | None = None) -> dict[str, dict
 # ------------------------------------------------------------------------------ outputs
 
 
-CSV_FIELDS = ("track", "concept", "split", "method", "seed", "steps", "num_vectors", "exemplar", "subject_words", "subjects", "n_images",
+CSV_FIELDS = ("track", "concept", "split", "method", "seed", "steps", "num_vectors", "exemplar", "subject_words", "training_words", "subjects",
+              "n_images",
               *METRICS, "train_s", "generate_s", "final_loss")
 
 

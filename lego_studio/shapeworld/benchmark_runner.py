@@ -280,6 +280,8 @@ def run_one(model, judge_model, spec: MethodSpec, concept: str, seed: int, steps
         "num_vectors": cfg.num_vectors,
         "exemplar": subject_phrase(*exemplar),
         "subject_words": cfg.subject if spec.preset == "lego" else "",
+        # what the run trained with: the masks' colour and the subject's name added where it added them
+        "training_words": learned.metadata.get("training_subject", "") if spec.preset == "lego" else "",
         "subjects": "; ".join(subject_phrase(*pair) for pair in evaluation),
         "n_images": len(pictures),
         **{m: round(float(scores[m]), 4) for m in METRICS},

@@ -767,7 +767,7 @@ class TrainingView(QWidget):
             if event.message:
                 self.status_label.setText(event.message)
         elif kind == "closest":  # the finished concept's closest words (core/separation.py)
-            self._show_closest(event.words)
+            self._show_closest(event.words, event.trained_with)
         elif kind == "plan":  # notes on how the run was set up (memory settings, small images)
             self.plan_label.setText(event.message)
             self.plan_label.show()
@@ -806,13 +806,15 @@ class TrainingView(QWidget):
             self.status_label.setText(f"Cancelling: {guess.warning()}.")
         self._asking.clear()  # a Pause the user pressed before stays in force (self._pause)
 
-    def _show_closest(self, words: list[str]) -> None:
-        """The closest-words line; for a Lego run each word is a link that adds it to the subject
-        words (the fix the line suggests), shown in the form for the next Start."""
+    def _show_closest(self, words: list[str], trained_with: str = "") -> None:
+        """The closest-words line, after what the run added to the subject words (if anything); for
+        a Lego run each word is a link that adds it to the subject words (the fix the line
+        suggests), shown in the form for the next Start."""
         lego = self._run_method == "lego"
         text = separation.closest_words_note(words, self._run_method or "lego",
                                   shown=lambda w: f'<a href="{html.escape(w)}">{html.escape(w)}</a>' if lego else html.escape(w))
-        self.closest_label.setText(text + (" Click a word to add it." if lego and text else ""))
+        text += " Click a word to add it." if lego and text else ""
+        self.closest_label.setText(f"{html.escape(trained_with)} {text}".strip() if trained_with else text)
         self.closest_label.setVisible(bool(text))
 
     def add_subject_word(self, word: str) -> None:
