@@ -183,3 +183,33 @@ def test_the_expected_duration_counts_the_probe_when_the_run_looks_for_the_word(
     assert estimate.seconds == pytest.approx(0.2 * 600)
     assert "for 600 steps, 100 of them a probe for what the subject is" in estimate.line()
     assert "probe" not in estimate_from_cache("k", 500, 500, "cpu", figures=figures).line()
+
+
+def test_out_of_memory_in_the_probe_names_the_setting_that_would_fit_and_leaves_no_checkpoint(
+        tiny_model, make_exemplars, tmp_path, drawn_as, monkeypatch):
+    from lego_studio.core.errors import OutOfMemory
+
+    images, masks = make_exemplars(tmp_path / "ex", colour=(30, 200, 30), seed=5)
+    trainer = Trainer(tiny_model, TrainConfig(subject="a green object", steps=10, checkpoint_every=0), images, masks,
+                      tmp_path / "run")
+
+    def step(*_args):
+        raise RuntimeError("CUDA out of memory. Tried to allocate 2.00 GiB")
+
+    monkeypatch.setattr(trainer, "_step", step)
+    with pytest.raises(OutOfMemory):
+        trainer.run()
+    assert not list((tmp_path / "run").glob("checkpoints/*.safetensors"))
+
+
+def test_out_of_memory_while_drawing_trains_with_the_words_as_they_are(tiny_model, make_exemplars, tmp_path, monkeypatch):
+    def draw(*_args, **_kwargs):
+        raise RuntimeError("CUDA out of memory. Tried to allocate 2.00 GiB")
+
+    monkeypatch.setattr(subject_name, "draw", draw)
+    images, masks = make_exemplars(tmp_path / "ex", colour=(30, 200, 30), seed=5)
+    events = []
+    learned = Trainer(tiny_model, TrainConfig(subject="a green object", steps=3, checkpoint_every=0), images, masks,
+                      tmp_path / "run", on_event=events.append).run()
+    assert learned.metadata["training_subject"] == "a green object"
+    assert any("did not fit in memory" in (e.message or "") for e in events)

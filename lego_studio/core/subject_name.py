@@ -34,6 +34,7 @@ DRAW_STEPS = 15  # DDIM steps per picture
 DRAW_GUIDANCE = 5.0
 MIN_GAIN = 0.10  # outline overlap above the words' own drawings a word needs
 DRAW_SEEDS = tuple(range(2000, 2000 + DRAWINGS))
+DRAW_MAX_SIDE = 512  # drawings at the run's resolution, at most this (an outline needs no more; SDXL draws at 512)
 
 
 def probe_steps(total_steps: int) -> int:
@@ -135,9 +136,18 @@ def look_for_subject_name(trainer, total: int, masks) -> None:
         "(Shape from masks)")))
     vectors = probe_vectors(trainer, steps, total)
     closest = closest_words(vectors, trainer.model.tokenizer, trainer._split_widths(trainer._table)[0], k=2 * CANDIDATES)
-    resolution = int(trainer.config.resolution or trainer.model.family.resolution)
-    search = find_subject_name(trainer.model, phrase, closest, trainer.images, masks, resolution,
-                               cancelled=trainer._cancel_requested)
+    resolution = min(DRAW_MAX_SIDE, int(trainer.config.resolution or trainer.model.family.resolution))
+    try:
+        search = find_subject_name(trainer.model, phrase, closest, trainer.images, masks, resolution,
+                                   cancelled=trainer._cancel_requested)
+    except Exception as exc:  # noqa: BLE001 - out of memory while drawing: train with the words as they are
+        from lego_studio.core.oom import is_out_of_memory
+
+        if not is_out_of_memory(exc):
+            raise
+        trainer._emit(TrainEvent("log", total=total, message=(
+            "no word looked for: the drawings did not fit in memory; training with the words as they are")))
+        return
     if search.word is None:
         trainer._emit(TrainEvent("log", total=total, message=(
             f"no word found for what the subject is ({search.summary()}); training with the words as they are")))
@@ -164,7 +174,33 @@ def probe_vectors(trainer, steps: int, total: int):
         trainer._wait_if_paused(0, total)
         if trainer._cancel_requested():
             raise Cancelled(f"training cancelled in the probe (step {step} of {steps}), before the run; nothing to resume")
-        trainer._step(step, optimizer)
+        try:
+            trainer._step(step, optimizer)
+        except Exception as exc:  # noqa: BLE001 - out of memory: the run's own advice, no checkpoint
+            from lego_studio.core.oom import is_out_of_memory
+
+            if not is_out_of_memory(exc):
+                raise
+            _out_of_memory(trainer, optimizer)
         if (step + 1) % 25 == 0 or step + 1 == steps:
             trainer._emit(TrainEvent("log", total=total, message=f"probe: step {step + 1} of {steps}"))
     return trainer.concept_vectors.detach().float().cpu().clone()
+
+
+def _out_of_memory(trainer, optimizer):
+    """The probe ran out of memory: the run would too. Say which setting would fit (as a run's own
+    out-of-memory stop does, core/oom.py), with no checkpoint (the probe's vectors are not the run's)."""
+    import gc
+
+    import torch
+
+    from lego_studio.core.errors import OutOfMemory
+    from lego_studio.core.oom import oom_advice, write_oom_hint
+
+    optimizer.zero_grad(set_to_none=True)
+    gc.collect()
+    if trainer.model.device.type == "cuda":
+        torch.cuda.empty_cache()
+    line, changed = oom_advice(trainer.config, 0, trainer.model.device.type, trainer.explicit_settings)
+    write_oom_hint(trainer.run_dir, 0, changed, line)
+    raise OutOfMemory(line, changed)

@@ -236,16 +236,15 @@ class Trainer(RunFiles):
                 f'subject words for training: "{self.subject_words}" ({added}, the colour your masks mark, added to '
                 f'the words; Colour from masks off keeps your words as typed)')))
         self.subject_name = None
-        if (masks and any(m is not None for m in masks) and looks_for_subject_name(config)
-                and not (resume and self._latest_checkpoint() is not None)):  # a resumed run keeps its words
-            from lego_studio.core.subject_name import look_for_subject_name
-
-            look_for_subject_name(self, total, masks)
-
         checkpointing_before = bool(getattr(model.unet, "is_gradient_checkpointing", False))
         if config.gradient_checkpointing and not checkpointing_before:
             model.unet.enable_gradient_checkpointing()
         try:
+            if (masks and any(m is not None for m in masks) and looks_for_subject_name(config)
+                    and not (resume and self._latest_checkpoint() is not None)):  # a resumed run keeps its words
+                from lego_studio.core.subject_name import look_for_subject_name
+
+                look_for_subject_name(self, total, masks)  # with the run's memory settings
             return self._train(resume, total)
         finally:
             if config.gradient_checkpointing and not checkpointing_before:
