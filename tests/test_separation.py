@@ -77,7 +77,8 @@ def test_vague_subject_words_get_a_one_line_note_with_a_suggestion(words):
 
 @pytest.mark.parametrize("words, example", [("a purple object", '"a purple cat"'), ("A big red THING", '"A big red cat"'),
                                              ("purple", '"a purple cat"'), ("a yellow one", '"a yellow cat"'),
-                                             ("yellow and black", '"a yellow and black cat"')])
+                                             ("yellow and black", '"a yellow and black cat"'),
+                                             ("a yellow symbol", '"a yellow cat"'), ("two red blobs", '"two red cats"')])
 def test_words_that_give_the_look_but_not_what_the_subject_is_get_a_note_naming_the_shape_risk(words, example):
     # The shape-left-out tracks of the benchmark ("a purple object"): the subject's shape leaks.
     note = vague_subject(words)

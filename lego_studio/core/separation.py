@@ -37,9 +37,12 @@ import re
 ARTICLES = ("a", "an", "the", "one", "some", "my", "this", "that")
 
 # Nouns that name no particular thing: a phrase made only of these says nothing about the subject.
-GENERIC_NOUNS = ("thing", "things", "object", "objects", "shape", "shapes", "item", "items", "stuff", "something",
-                 "figure", "form", "subject", "entity", "piece", "one", "it", "element", "pic", "picture", "photo",
-                 "image")
+_GENERIC = ("thing", "object", "shape", "item", "figure", "form", "subject", "entity", "piece", "element", "pic",
+            "picture", "photo", "image", "blob", "body", "unit", "article", "artifact", "artefact", "specimen",
+            "sample", "example", "design", "symbol", "icon", "sign", "glyph", "mark", "motif", "character",
+            "silhouette", "outline", "graphic", "drawing", "sticker", "cutout", "token", "thingy", "doodad", "gizmo",
+            "widget", "whatsit", "whatnot", "creature")
+GENERIC_NOUNS = (*_GENERIC, *(f"{w}s" for w in _GENERIC), "stuff", "something", "one", "it")
 
 SUGGESTION = 'name the subject and its look, e.g. "a red toy robot" or "a black cat"'
 
@@ -82,7 +85,8 @@ def unnamed_kind(phrase: str) -> str | None:
     head = content[-1]
     if head in GENERIC_NOUNS:
         last = list(re.finditer(rf"\b{re.escape(head)}\b", phrase.strip(), flags=re.IGNORECASE))[-1]
-        example = f"{phrase.strip()[: last.start()]}cat{phrase.strip()[last.end():]}"
+        cat = "cats" if head.endswith("s") and head[:-1] in _GENERIC else "cat"
+        example = f"{phrase.strip()[: last.start()]}{cat}{phrase.strip()[last.end():]}"
         what = f'in place of "{head}" (e.g. "{example}")'
     elif all(w in COLOUR_WORDS or w in ("and", "or") for w in content):
         what = f'(e.g. "a {" ".join(content)} cat")'
