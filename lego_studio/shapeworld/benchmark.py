@@ -24,13 +24,14 @@ Methods (:func:`method_specs`; ``N`` = ``--vectors``, default 4):
   over the whole image, no masks, no subject words.
 * ``ti-N``  — the same with N vectors.
 * ``lego``  — Lego with its defaults: subject words before the concept in every prompt (Subject
-  Separation; with the masks' colour added to words that name none), 1 vector, ``L_rec`` over the
+  Separation; with the masks' colour added to words that name none, and the word for what the
+  subject is, found by a probe run and the masks' outline, to words that do not say it), 1 vector, ``L_rec`` over the
   whole image, ``L_ctx`` with other subjects over the whole latent (``L_words`` is inactive: there
   are no positive words). ``L_subj`` and the masked
   ``L_rec`` are off by default: on the tuning concepts they stopped the concept from being learned
   (benchmarks/tune_lego_defaults.py, docs/METHOD.md).
-* ``lego-no-masks`` — the defaults without the masks: the subject words as typed (the masks' only
-  default use is to put the subject's colour into words that name none: ``mask_colour``).
+* ``lego-no-masks`` — the defaults without the masks: the subject words as typed (the masks'
+  default uses are to complete the subject words: ``mask_colour``, ``mask_shape``).
 * ``lego-mask`` — the defaults with the masks used by ``L_ctx`` too: compared outside the subject mask.
 * ``lego-no-subj`` — no Subject Separation: the subject words are left out of the training prompts
   (``subject_in_prompt=False``), so the concept must also explain the exemplar's appearance;
@@ -163,8 +164,9 @@ def method_specs(num_vectors: int = DEFAULT_VECTORS) -> dict[str, MethodSpec]:
         "ti-N": MethodSpec(f"ti-{n}", "ti", {"num_vectors": n}, False, f"Textual Inversion with {n} vectors"),
         "lego": MethodSpec("lego", "lego", {}, True,
                            "Lego with its defaults: 1 vector, subject words before the concept in every prompt (with "
-                           "the masks' colour added when they name none), L_rec over the whole image, L_ctx (weight "
-                           "0.2) with other subjects over the whole latent"),
+                           "the masks' colour added when they name none, and the subject's word, read through the "
+                           "masks' outline, when they do not say what it is), L_rec over the whole image, L_ctx "
+                           "(weight 0.2) with other subjects over the whole latent"),
         "lego-no-masks": MethodSpec("lego-no-masks", "lego", {}, False,
                                     "Lego with its defaults and no masks: the subject words as typed"),
         "lego-mask": MethodSpec("lego-mask", "lego", {"ctx_region": "outside"}, True,
