@@ -98,9 +98,11 @@ def draw(model, phrases: list[str], resolution: int, seeds=DRAW_SEEDS) -> list[l
 
 
 def find_subject_name(model, phrase: str, closest: list[str], images, masks, resolution: int,
-                      cancelled: Callable[[], bool] = lambda: False) -> NameSearch:
+                      cancelled: Callable[[], bool] = lambda: False,
+                      drawing: Callable[[int, int, str], None] = lambda i, n, p: None) -> NameSearch:
     """Steps 2-4 above for the subject words ``phrase``, the probe's ``closest`` words and the
-    run's ``images`` and ``masks`` (paths / PIL images, and paths / uint8 arrays / None)."""
+    run's ``images`` and ``masks`` (paths / PIL images, and paths / uint8 arrays / None).
+    ``drawing(i, n, phrase)`` is told before each phrase is drawn (progress)."""
     from lego_studio.core.errors import Cancelled
     from lego_studio.core.images import load_source, mask_array, outline_match
 
@@ -112,9 +114,10 @@ def find_subject_name(model, phrase: str, closest: list[str], images, masks, res
     candidates = candidate_words(closest, phrase)
     phrases = [phrase, *(separation.name_subject(phrase, w) for w in candidates)]
     scores = []
-    for p in phrases:
+    for i, p in enumerate(phrases):
         if cancelled():
             raise Cancelled("training cancelled while looking for what the subject is; nothing to resume")
+        drawing(i + 1, len(phrases), p)
         scores.append(outline_match(draw(model, [p], resolution)[0], marked))
     search = dict(zip(candidates, (round(s, 3) for s in scores[1:])))
     own = round(scores[0], 3)
@@ -137,9 +140,13 @@ def look_for_subject_name(trainer, total: int, masks) -> None:
     vectors = probe_vectors(trainer, steps, total)
     closest = closest_words(vectors, trainer.model.tokenizer, trainer._split_widths(trainer._table)[0], k=2 * CANDIDATES)
     resolution = min(DRAW_MAX_SIDE, int(trainer.config.resolution or trainer.model.family.resolution))
+    def drawing(i, n, drawn):
+        trainer._emit(TrainEvent("log", total=total, message=(
+            f'drawing "{drawn}" ({i} of {n}) to compare with your masks\' outline')))
+
     try:
         search = find_subject_name(trainer.model, phrase, closest, trainer.images, masks, resolution,
-                                   cancelled=trainer._cancel_requested)
+                                   cancelled=trainer._cancel_requested, drawing=drawing)
     except Exception as exc:  # noqa: BLE001 - out of memory while drawing: train with the words as they are
         from lego_studio.core.oom import is_out_of_memory
 

@@ -765,7 +765,7 @@ class TrainingView(QWidget):
             self.progress.setValue(event.step)
         elif kind in ("log", "start"):
             if event.message:
-                self.status_label.setText(event.message)
+                self.status_label.setText(event.message[0].upper() + event.message[1:])
         elif kind == "closest":  # the finished concept's closest words (core/separation.py)
             self._show_closest(event.words, event.trained_with)
         elif kind == "plan":  # notes on how the run was set up (memory settings, small images)
