@@ -65,6 +65,7 @@ VARIANTS: dict[str, tuple[str, dict, bool]] = {
     "hue-ctx0": ("lego", {"w_ctx": 0.0}, True),
     "hue-ctx0.1": ("lego", {"w_ctx": 0.1}, True),
     # ReVersion's relation-focal timestep sampling (TrainConfig.timestep_focus).
+    "focal0": ("lego", {"timestep_focus": 0.0}, True),
     "focal0.5": ("lego", {"timestep_focus": 0.5}, True),
     "focal1": ("lego", {"timestep_focus": 1.0}, True),
     # Variants that are the Lego defaults plus a pilot-only change, each described at its table
