@@ -45,7 +45,7 @@ def main(argv=None) -> int:
         resolution = int(model.family.resolution)
 
         def score(phrase):
-            return outline_match(subject_name.draw(model, [phrase], resolution)[0], masks)
+            return outline_match(subject_name.draw(model, phrase, resolution), masks)
 
         for track in args.tracks:
             for seed in args.seeds:

@@ -82,17 +82,14 @@ def drawn_as(monkeypatch):
     square (on a grey ground), every other phrase as a thin bar. Returns (chosen, drawn phrases)."""
     chosen, drawn = [], []
 
-    def draw(model, phrases, resolution, seeds=subject_name.DRAW_SEEDS):
-        pictures = []
-        for phrase in phrases:
-            drawn.append(phrase)
-            picture = np.full((32, 32, 3), 128, np.uint8)
-            if chosen and chosen[0] in phrase.split():
-                picture[8:24, 8:24] = (30, 200, 30)
-            else:
-                picture[14:18, 2:30] = (30, 200, 30)
-            pictures.append([Image.fromarray(picture)] * len(seeds))
-        return pictures
+    def draw(model, phrase, resolution):
+        drawn.append(phrase)
+        picture = np.full((32, 32, 3), 128, np.uint8)
+        if chosen and chosen[0] in phrase.split():
+            picture[8:24, 8:24] = (30, 200, 30)
+        else:
+            picture[14:18, 2:30] = (30, 200, 30)
+        return [Image.fromarray(picture)] * subject_name.DRAWINGS
 
     monkeypatch.setattr(subject_name, "draw", draw)
     return chosen, drawn

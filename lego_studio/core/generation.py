@@ -218,6 +218,51 @@ def generate(
     return image
 
 
+GENERATION_BATCH = 32
+
+
+def generate_batch(model, concepts: Sequence, prompts: Sequence[str], seeds: Sequence[int], steps: int, guidance: float,
+                   negative_prompt: str = "", scheduler: str = "ddim", size: int | None = None,
+                   batch_size: int = GENERATION_BATCH) -> list[tuple[GenerationRequest, Image.Image]]:
+    """One image per (prompt, seed) pair, in batches: [(resolved request, PIL image)]. ``size``:
+    square side in pixels (None: the model's resolution). For the benchmark, the demo and Shape
+    from masks' drawings (core/subject_name.py).
+
+    The starting noise of each image is drawn exactly as :func:`generate` draws it (CPU generator
+    seeded with the seed), so ``lego-studio generate`` with the same prompt, seed, steps and
+    guidance redraws the same picture; batching only changes float rounding."""
+    import torch
+
+    from lego_studio.core.concepts import expand_prompt, install_concepts
+
+    if len(prompts) != len(seeds):
+        raise ValueError("generate_batch needs one seed per prompt")
+    concepts = list(concepts or ())
+    install_concepts(model, concepts)
+    pipe = model.pipeline(scheduler)
+    scale = int(model.vae_scale_factor)
+    requests = [
+        resolve_request(model, GenerationRequest(prompt=p, negative_prompt=negative_prompt, seed=int(s), steps=int(steps),
+                                                 guidance=float(guidance), scheduler=scheduler, width=size,
+                                                 height=size), concepts)
+        for p, s in zip(prompts, seeds)
+    ]
+    results = []
+    for start in range(0, len(requests), batch_size):
+        chunk = requests[start : start + batch_size]
+        height, width = chunk[0].height, chunk[0].width
+        shape = (1, int(model.unet.config.in_channels), height // scale, width // scale)
+        latents = torch.cat([torch.randn(shape, generator=torch.Generator("cpu").manual_seed(r.seed), dtype=torch.float32)
+                             for r in chunk]).to(device=model.device, dtype=model.unet.dtype)
+        with torch.no_grad():
+            prompt_kwargs = model.pipeline_prompt_kwargs([expand_prompt(r.prompt, concepts) for r in chunk],
+                                                         [expand_prompt(r.negative_prompt, concepts) for r in chunk])
+            images = pipe(**prompt_kwargs, height=height, width=width, num_inference_steps=int(steps),
+                          guidance_scale=float(guidance), latents=latents, output_type="pil").images
+        results += list(zip(chunk, images))
+    return results
+
+
 def request_of(image: Image.Image) -> GenerationRequest | None:
     """The request stored in an image made by :func:`generate` (None for other images)."""
     raw = image.info.get(METADATA_KEY)

@@ -77,7 +77,7 @@ class RunFiles:
             "total": self.config.total_steps,
             "nonfinite_streak": streak,
             "subject_words": self._training_subject(),  # with the masks' colour and the subject's name, if added
-            "subject_name": getattr(self, "subject_name", None),  # the word Shape from masks added (None: none)
+            "subject_name": self.subject_name,  # the word Shape from masks added (None: none)
             "lr_schedule": self.config.lr_schedule,
             "lr": lr_at(self.config, min(step, self.config.total_steps - 1) - (self.config.subject_token_steps if stage else 0),
                         self.config.steps if stage else self.config.subject_token_steps),

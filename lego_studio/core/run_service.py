@@ -104,9 +104,9 @@ def plan_run(model, config: TrainConfig, images, masks, run_dir, *, inputs: dict
             notes.append(PlanNote("foreign-images", warning, warning=True))
     estimate = None
     if figure_key is not None:
-        from lego_studio.core.subject_name import probe_steps_for
+        from lego_studio.core.subject_name import marks_any, probe_steps_for
 
-        probe = probe_steps_for(fitted, bool(masks) and any(m is not None for m in masks))
+        probe = probe_steps_for(fitted, marks_any(masks))
         estimate = estimate_from_cache(figure_key, fitted.total_steps, fitted.total_steps, model.device.type,
                                        probe_steps=probe)
     return RunPlan(model, fitted, list(images), list(masks) if masks is not None else None, run_dir, inputs=inputs,

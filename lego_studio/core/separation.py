@@ -281,8 +281,9 @@ def name_subject(phrase: str, word: str) -> str:
     words = phrase.split()
     if not word:
         return " ".join(words)
-    content = [i for i, w in enumerate(words) if re.sub(r"[^a-z'-]", "", w.lower()) not in ARTICLES]
-    if content and re.sub(r"[^a-z'-]", "", words[content[-1]].lower()) in GENERIC_NOUNS:
+    bare = [re.sub(r"[^a-z'-]", "", w.lower()) for w in words]
+    content = [i for i, w in enumerate(bare) if w not in ARTICLES]
+    if content and bare[content[-1]] in GENERIC_NOUNS:
         words[content[-1]] = word
     else:
         words.append(word)

@@ -42,8 +42,14 @@ def probe_steps(total_steps: int) -> int:
     return max(1, min(PROBE_STEPS, int(total_steps) // 5))
 
 
+def marks_any(masks) -> bool:
+    """Whether ``masks`` (one per image, None = not marked; or None) mark any image."""
+    return bool(masks) and any(m is not None for m in masks)
+
+
 def probe_steps_for(config, has_masks: bool) -> int:
-    """The probe steps a run of ``config`` takes before its own (0: it does not look for the word)."""
+    """The probe steps a run of ``config`` takes before its own (0: it does not look for the word);
+    ``has_masks``: :func:`marks_any` of the run's masks."""
     return probe_steps(config.steps) if has_masks and separation.looks_for_subject_name(config) else 0
 
 
@@ -78,23 +84,13 @@ def choose_word(own: float, scores: dict[str, float]) -> str | None:
     return best if scores[best] >= own + MIN_GAIN else None
 
 
-def draw(model, phrases: list[str], resolution: int, seeds=DRAW_SEEDS) -> list[list]:
-    """For each phrase, one picture per seed drawn by ``model`` from the phrase alone (DDIM,
-    DRAW_STEPS steps, guidance DRAW_GUIDANCE, no concept), as PIL images."""
-    import torch
+def draw(model, phrase: str, resolution: int) -> list:
+    """DRAWINGS pictures of ``phrase`` alone (no concept) by ``model``, ``resolution`` px square
+    (DDIM, DRAW_STEPS steps, guidance DRAW_GUIDANCE, seeds DRAW_SEEDS), as PIL images."""
+    from lego_studio.core.generation import generate_batch
 
-    pipe = model.pipeline("ddim")
-    scale = int(model.vae_scale_factor)
-    shape = (1, int(model.unet.config.in_channels), resolution // scale, resolution // scale)
-    drawn = []
-    for phrase in phrases:
-        latents = torch.cat([torch.randn(shape, generator=torch.Generator("cpu").manual_seed(int(s))) for s in seeds])
-        latents = latents.to(device=model.device, dtype=model.unet.dtype)
-        with torch.no_grad():
-            kwargs = model.pipeline_prompt_kwargs([phrase] * len(seeds), [""] * len(seeds))
-            drawn.append(pipe(**kwargs, height=resolution, width=resolution, num_inference_steps=DRAW_STEPS,
-                              guidance_scale=DRAW_GUIDANCE, latents=latents, output_type="pil").images)
-    return drawn
+    made = generate_batch(model, [], [phrase] * len(DRAW_SEEDS), DRAW_SEEDS, DRAW_STEPS, DRAW_GUIDANCE, size=resolution)
+    return [image for _, image in made]
 
 
 def find_subject_name(model, phrase: str, closest: list[str], images, masks, resolution: int,
@@ -118,7 +114,7 @@ def find_subject_name(model, phrase: str, closest: list[str], images, masks, res
         if cancelled():
             raise Cancelled("training cancelled while looking for what the subject is; nothing to resume")
         drawing(i + 1, len(phrases), p)
-        scores.append(outline_match(draw(model, [p], resolution)[0], marked))
+        scores.append(outline_match(draw(model, p, resolution), marked))
     search = dict(zip(candidates, (round(s, 3) for s in scores[1:])))
     own = round(scores[0], 3)
     return NameSearch(choose_word(own, search), own, search)
@@ -181,33 +177,18 @@ def probe_vectors(trainer, steps: int, total: int):
         trainer._wait_if_paused(0, total)
         if trainer._cancel_requested():
             raise Cancelled(f"training cancelled in the probe (step {step} of {steps}), before the run; nothing to resume")
+        out_of_memory = False
         try:
             trainer._step(step, optimizer)
-        except Exception as exc:  # noqa: BLE001 - out of memory: the run's own advice, no checkpoint
+        except Exception as exc:  # noqa: BLE001 - only out-of-memory errors are handled here
             from lego_studio.core.oom import is_out_of_memory
 
             if not is_out_of_memory(exc):
                 raise
-            _out_of_memory(trainer, optimizer)
+            out_of_memory = True
+        if out_of_memory:  # the run's own advice, outside the except block; no checkpoint (not the run's vectors)
+            trainer._out_of_memory(0, total, optimizer, 0, save=False)
         if (step + 1) % 25 == 0 or step + 1 == steps:
             trainer._emit(TrainEvent("log", total=total, message=f"probe: step {step + 1} of {steps}"))
     return trainer.concept_vectors.detach().float().cpu().clone()
 
-
-def _out_of_memory(trainer, optimizer):
-    """The probe ran out of memory: the run would too. Say which setting would fit (as a run's own
-    out-of-memory stop does, core/oom.py), with no checkpoint (the probe's vectors are not the run's)."""
-    import gc
-
-    import torch
-
-    from lego_studio.core.errors import OutOfMemory
-    from lego_studio.core.oom import oom_advice, write_oom_hint
-
-    optimizer.zero_grad(set_to_none=True)
-    gc.collect()
-    if trainer.model.device.type == "cuda":
-        torch.cuda.empty_cache()
-    line, changed = oom_advice(trainer.config, 0, trainer.model.device.type, trainer.explicit_settings)
-    write_oom_hint(trainer.run_dir, 0, changed, line)
-    raise OutOfMemory(line, changed)

@@ -67,7 +67,8 @@ from lego_studio.core.prompts import (
     word_token_ids,
 )
 from lego_studio.core.run_files import RunFiles, TrainEvent, step_name, step_seed
-from lego_studio.core.separation import looks_for_subject_name, training_subject_words
+from lego_studio.core.separation import training_subject_words
+from lego_studio.core.subject_name import look_for_subject_name, marks_any, probe_steps_for
 from lego_studio.core.train_config import RESUMABLE_CHANGES, TrainConfig, lr_at
 
 # ----------------------------------------------------------------------------------- trainer
@@ -235,15 +236,12 @@ class Trainer(RunFiles):
             self._emit(TrainEvent("log", total=total, message=(
                 f'subject words for training: "{self.subject_words}" ({added}, the colour your masks mark, added to '
                 f'the words; Colour from masks off keeps your words as typed)')))
-        self.subject_name = None
         checkpointing_before = bool(getattr(model.unet, "is_gradient_checkpointing", False))
         if config.gradient_checkpointing and not checkpointing_before:
             model.unet.enable_gradient_checkpointing()
         try:
-            if (masks and any(m is not None for m in masks) and looks_for_subject_name(config)
+            if (probe_steps_for(config, marks_any(masks))
                     and not (resume and self._latest_checkpoint() is not None)):  # a resumed run keeps its words
-                from lego_studio.core.subject_name import look_for_subject_name
-
                 look_for_subject_name(self, total, masks)  # with the run's memory settings
             return self._train(resume, total)
         finally:
@@ -393,9 +391,10 @@ class Trainer(RunFiles):
         self._emit(TrainEvent("done", step=total, total=total, path=str(self.concept_path)))
         return concept
 
-    def _out_of_memory(self, step: int, total: int, optimizer, streak: int):
-        """Save what the run has (the failed step changed nothing), note the setting that would
-        fit next to the run, and stop with one line naming it."""
+    def _out_of_memory(self, step: int, total: int, optimizer, streak: int, save: bool = True):
+        """Save what the run has (the failed step changed nothing; ``save`` False: nothing to save,
+        as in Shape from masks' probe), note the setting that would fit next to the run, and stop
+        with one line naming it."""
         import gc
 
         import torch
@@ -409,8 +408,9 @@ class Trainer(RunFiles):
             torch.cuda.empty_cache()
         elif self.model.device.type == "mps" and hasattr(torch, "mps"):
             torch.mps.empty_cache()
-        path = self._save_checkpoint(step, optimizer, streak)
-        self._emit(TrainEvent("checkpoint", step=step, total=total, path=str(path)))
+        if save:
+            path = self._save_checkpoint(step, optimizer, streak)
+            self._emit(TrainEvent("checkpoint", step=step, total=total, path=str(path)))
         line, changed = oom_advice(self.config, step, self.model.device.type, self.explicit_settings)
         write_oom_hint(self.run_dir, step, changed, line)
         raise OutOfMemory(line, changed)

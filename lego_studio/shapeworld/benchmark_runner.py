@@ -55,48 +55,14 @@ from lego_studio.shapeworld.world import CAPTION_TEMPLATES, subject_phrase
 # ------------------------------------------------------------------------------ generation
 
 
-GENERATION_BATCH = 32
-
-
 def generate_images(model, concept, prompts: Sequence[str], seeds: Sequence[int], steps: int,
-                    guidance: float, negative_prompt: str = "", scheduler: str = "ddim",
-                    batch_size: int = GENERATION_BATCH):
-    """One image per (prompt, seed) pair, in batches; returns [(GenerationRequest, PIL image)].
+                    guidance: float, negative_prompt: str = "", scheduler: str = "ddim"):
+    """One image per (prompt, seed) pair: [(GenerationRequest, PIL image)]
+    (core/generation.generate_batch, which draws exactly what ``lego-studio generate`` draws)."""
+    from lego_studio.core.generation import generate_batch
 
-    The starting noise of each image is drawn exactly like core.generation.generate does (CPU
-    generator seeded with the seed), so ``lego-studio generate`` with the same prompt, seed,
-    steps and guidance redraws the same picture; batching only changes float rounding."""
-    import torch
-
-    from lego_studio.core.concepts import expand_prompt, install_concepts
-    from lego_studio.core.generation import GenerationRequest, resolve_request
-
-    if len(prompts) != len(seeds):
-        raise ValueError("generate_images needs one seed per prompt")
-    concepts = [concept] if concept is not None else []
-    install_concepts(model, concepts)
-    pipe = model.pipeline(scheduler)
-    scale = int(model.vae_scale_factor)
-    size = int(model.family.resolution)
-    requests = [
-        resolve_request(model, GenerationRequest(prompt=p, negative_prompt=negative_prompt, seed=int(s), steps=int(steps),
-                                                 guidance=float(guidance), scheduler=scheduler), concepts)
-        for p, s in zip(prompts, seeds)
-    ]
-    shape = (1, int(model.unet.config.in_channels), size // scale, size // scale)
-    results = []
-    for start in range(0, len(requests), batch_size):
-        chunk = requests[start : start + batch_size]
-        latents = torch.cat([torch.randn(shape, generator=torch.Generator("cpu").manual_seed(r.seed), dtype=torch.float32)
-                             for r in chunk]).to(device=model.device, dtype=model.unet.dtype)
-        with torch.no_grad():
-            prompt_kwargs = model.pipeline_prompt_kwargs([expand_prompt(r.prompt, concepts) for r in chunk],
-                                                         [expand_prompt(r.negative_prompt, concepts) for r in chunk])
-            images = pipe(**prompt_kwargs, height=size, width=size,
-                          num_inference_steps=int(steps), guidance_scale=float(guidance), latents=latents,
-                          output_type="pil").images
-        results += list(zip(chunk, images))
-    return results
+    return generate_batch(model, [concept] if concept is not None else [], prompts, seeds, steps, guidance,
+                          negative_prompt=negative_prompt, scheduler=scheduler)
 
 
 # ------------------------------------------------------------------------------ scoring

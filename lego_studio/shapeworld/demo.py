@@ -255,15 +255,13 @@ def closest_words_line(closest: list[str], exemplar: tuple[str, str], subject_wo
 
 
 def trained_with_line(subject_words: str, metadata: dict) -> str:
-    """What the demo says when Lego's run (its concept's ``metadata``) put the masks' colour into the
-    subject words (the ``mask_colour`` setting); "" when it trained with the words as typed."""
-    from lego_studio.core.separation import trained_with
+    """What the demo says when Lego's run (its concept's ``metadata``) added to the subject words
+    from the masks (``mask_colour``, ``mask_shape``); "" when it trained with the words as typed."""
+    from lego_studio.core.separation import masks_added, trained_with
 
     training_subject = trained_with(metadata)
     if training_subject is None:
         return ""
-    from lego_studio.core.separation import masks_added
-
     added = masks_added(metadata)
     said = []
     if added["colour"]:

@@ -72,8 +72,10 @@ class SubjectWordsNote:
         def read():
             from lego_studio.core.images import subject_colour
 
+            from lego_studio.core.subject_name import marks_any
+
             images, masks = project.training_inputs()
-            return subject_colour(images, masks), any(m is not None for m in masks or [])
+            return subject_colour(images, masks), marks_any(masks)
 
         def done(result) -> None:
             self._reading = False
