@@ -64,6 +64,10 @@ VARIANTS: dict[str, tuple[str, dict, bool]] = {
     "hue": ("lego", {}, True),
     "hue-ctx0": ("lego", {"w_ctx": 0.0}, True),
     "hue-ctx0.1": ("lego", {"w_ctx": 0.1}, True),
+    # Mirrored exemplars (TrainConfig.flip): Lego with them (its default until "casting a shadow"
+    # showed a mirrored shadow to be another concept), and the TI baseline without them.
+    "lego-flip": ("lego", {"flip": True}, True),
+    "ti-noflip": ("ti", {"num_vectors": 1, "flip": False}, False),
     # ReVersion's relation-focal timestep sampling (TrainConfig.timestep_focus).
     "focal0": ("lego", {"timestep_focus": 0.0}, True),
     "focal0.5": ("lego", {"timestep_focus": 0.5}, True),

@@ -429,7 +429,7 @@ def test_v_prediction_models_train_against_the_velocity(tiny_model, exemplar_fil
     v_model = copy.copy(tiny_model)
     v_model.family = dataclasses.replace(tiny_model.family, prediction_type="v_prediction")
     # Uniform timesteps, so the draw below can be repeated with one randint.
-    trainer = Trainer(v_model, small(timestep_focus=0.0), *exemplar_files, tmp_path)
+    trainer = Trainer(v_model, small(timestep_focus=0.0, flip=True), *exemplar_files, tmp_path)
     exemplars = build_exemplars(v_model, exemplar_files[0], None, 32)
     generator = torch.Generator().manual_seed(0)
     z_t, t, target, *_ = trainer._noisy_batch(exemplars, generator)
@@ -442,6 +442,27 @@ def test_v_prediction_models_train_against_the_velocity(tiny_model, exemplar_fil
     noise = torch.randn(z0.shape, generator=generator)
     expected = tiny_model.noise_scheduler.get_velocity(z0, noise, t)
     assert torch.allclose(target, expected) and not torch.allclose(target, noise)
+
+
+def test_lego_trains_on_the_exemplars_as_given_and_ti_also_on_their_mirrors(tiny_model, exemplar_files, tmp_path):
+    # The Random flips tooltip: off by default for Lego (a mirrored shadow is another concept),
+    # on for the Textual Inversion baseline's usual recipe.
+    from lego_studio.core.data import build_exemplars
+
+    assert TrainConfig.preset("lego", subject="x").flip is False and TrainConfig.preset("ti").flip is True
+    exemplars = build_exemplars(tiny_model, exemplar_files[0], None, 32)
+    exemplars.latents[:, 0] = 0.0  # the image as given
+    exemplars.latents[:, 1] = 1.0  # its mirror
+    alphas = tiny_model.noise_scheduler.alphas_cumprod
+    for method, mirrors_expected in (("lego", False), ("ti", True)):
+        trainer = Trainer(tiny_model, small(method), *exemplar_files, tmp_path / method)
+        seen = set()
+        for k in range(24):
+            z_t, t, target, *_ = trainer._noisy_batch(exemplars, torch.Generator().manual_seed(k))
+            a = alphas[t].view(-1, 1, 1, 1)
+            z0 = (z_t - (1 - a).sqrt() * target) / a.sqrt()
+            seen.add(round(float(z0.mean())))
+        assert seen == ({0, 1} if mirrors_expected else {0}), method
 
 
 def test_no_subject_separation_ablation_leaves_the_subject_out_of_every_prompt(tiny_model, exemplar_files, tmp_path):
