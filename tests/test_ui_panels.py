@@ -117,9 +117,12 @@ def test_presets_switch_between_lego_and_the_ti_baseline(window, tmp_path):
     ti = view.form.config()
     assert (ti.method, ti.num_vectors, ti.w_subj, ti.w_ctx, ti.w_words, ti.rec_region) == ("ti", 1, 0, 0, 0, "full")
     assert ti.steps == 123 and ti.templates == ["a drawing of {}"]
+    assert ti.flip  # the baseline's usual recipe: mirror images on
     view.preset_combo.setCurrentText("Lego")
     lego = view.form.config()
     assert lego.method == "lego" and lego.w_ctx > 0 and lego.subject_in_prompt and lego.subject == "a toy robot"
+    # "Random flips" is off for Lego, as its tooltip says
+    assert not lego.flip and "off by default" in view.form.widgets["flip"].toolTip()
     assert lego.templates == ["a drawing of {}"] and lego.context_subjects == ["a blue star", "a green heart"]
 
 
