@@ -18,12 +18,15 @@ import json
 import sys
 import tempfile
 import time
+from collections import Counter
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from lego_studio.shapeworld import benchmark as bm  # noqa: E402
 from lego_studio.shapeworld import benchmark_runner as br  # noqa: E402
+
+import oracle_landscape  # noqa: E402  (benchmarks/, beside this file)
 
 # variant -> weight of a term keeping the concept away from the words of the subjects
 # (_away_from_subject_words): the context subjects' and the subject's own appearance words, as
@@ -324,6 +327,10 @@ def main(argv=None) -> int:
     p.add_argument("--average-from", nargs="*", type=int, default=[],
                    help="also judge the mean of the concept vectors from each of these steps to the end")
     p.add_argument("--trace", action="store_true", help="record the concept's effect sizes every step (trace.jsonl)")
+    p.add_argument("--losses", action="store_true",
+                   help="also score every loss term at each snapshot on oracle_landscape.py's fixed batches, and "
+                        "count the judge's concept labels: a snapshot drawn as another concept whose loss is below "
+                        "the true words' (oracle_landscape.py) shows the training data at fault, not the optimiser")
 
     from lego_studio.core.concepts import closest_words
     from lego_studio.core.training import Trainer
@@ -394,19 +401,26 @@ def main(argv=None) -> int:
                             prompts = [bm.benchmark_prompt(s, c, learned.placeholder) for s, c in requested]
                             seeds = [s for _ in evaluation for s in config.gen_seeds]
                             made = br.generate_images(model, learned, prompts, seeds, config.gen_steps, config.guidance)
-                            scores = br.score_predictions(judge([im for _, im in made], judge_model), requested, exemplar,
-                                                          concept)
+                            predictions = judge([im for _, im in made], judge_model)
+                            scores = br.score_predictions(predictions, requested, exemplar, concept)
+                            extra = {}
+                            if args.losses:
+                                extra["labels"] = dict(Counter(pred.concept for pred in predictions))
+                                extra["losses"] = {k: round(v, 5) for k, v in oracle_landscape.score(
+                                    model, cfg, run_images, run_masks if uses_masks else None, None,
+                                    oracle_landscape.DEFAULT_BATCHES, Path(tmp) / "cache", vectors=learned.vectors).items()}
                             closest = closest_words(learned.vectors, model.tokenizer,
                                                     model.text_encoder.get_input_embeddings().weight.detach())
                             row = {"concept": concept, "track": track, "seed": seed, "variant": name, "step": step,
                                    "subject_words": cfg.subject, **{k: round(v, 3) for k, v in scores.items()},
-                                   "closest_words": closest, "train_s": round(train_s, 1)}
+                                   "closest_words": closest, "train_s": round(train_s, 1), **extra}
                             with open(out / "pilot.jsonl", "a", encoding="utf-8") as fh:
                                 fh.write(json.dumps(row) + "\n")
                             print(f"{concept:16s} {track:9s} s{seed} {name:14s} @{step!s:>6s}: concept {row['concept_fidelity']:.2f} "
                                   f"success {row['success']:.2f} leak c{row['colour_leakage']:.2f} s{row['shape_leakage']:.2f} "
                                   f"drift {row['colour_drift']:.2f} [{' '.join(closest[:3])}] "
-                                  f"({train_s:.0f} s train; {(time.time() - started) / 60:.1f} min)", flush=True)
+                                  f"({train_s:.0f} s train; {(time.time() - started) / 60:.1f} min)"
+                                  + (f" labels {extra['labels']} loss {extra['losses']}" if extra else ""), flush=True)
     return 0
 
 

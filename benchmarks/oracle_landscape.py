@@ -42,6 +42,9 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from lego_studio.shapeworld import benchmark as bm  # noqa: E402
 
+# Fixed batches every candidate is scored on (seeds 10_000 + k: the same batches in every call).
+DEFAULT_BATCHES = 24
+
 # name -> TrainConfig overrides on the Lego preset (the benchmark's own train_config otherwise)
 VARIANTS: dict[str, dict] = {
     "lego": {},
@@ -67,16 +70,20 @@ def candidates(concept: str, exemplar: tuple[str, str], track: str) -> dict[str,
     return out
 
 
-def score(model, cfg, images, masks, words, batches: int, cache: Path) -> dict[str, float]:
+def score(model, cfg, images, masks, words, batches: int, cache: Path, vectors=None) -> dict[str, float]:
     """Every loss term of ``cfg`` with the concept slot set to ``words`` (their token embeddings;
-    None: the trainer's starting vector), averaged over ``batches`` fixed batches."""
+    None: the trainer's starting vector) or to ``vectors`` (a trained concept's, words ignored),
+    averaged over ``batches`` fixed batches (the same for every call)."""
     import torch
 
     from lego_studio.core.data import build_exemplars
     from lego_studio.core.prompts import word_token_ids
     from lego_studio.core.training import Trainer
 
-    n = len([i for w in words for i in word_token_ids(model.tokenizer, w)]) if words else 1
+    if vectors is not None:
+        n, words = int(vectors.shape[0]), None
+    else:
+        n = len([i for w in words for i in word_token_ids(model.tokenizer, w)]) if words else 1
     cfg = type(cfg).from_dict({**cfg.to_dict(), "num_vectors": n, "init_words": list(words or [])})
     with tempfile.TemporaryDirectory(prefix="lego-oracle-") as tmp:
         trainer = Trainer(model, cfg, images, masks, Path(tmp))
@@ -84,6 +91,8 @@ def score(model, cfg, images, masks, words, batches: int, cache: Path) -> dict[s
         trainer.prepare(build_exemplars(model, images, masks, resolution, cache), start_vectors="run")
         totals: dict[str, float] = {}
         with torch.no_grad():
+            if vectors is not None:
+                trainer.concept_vectors.copy_(vectors)
             for k in range(batches):
                 terms = trainer.step_losses(torch.Generator().manual_seed(10_000 + k))
                 for name, value in terms.items():
@@ -150,7 +159,7 @@ def main(argv=None) -> int:
     p = bm.tuning_parser(__doc__.splitlines()[0])
     p.add_argument("--tracks", nargs="+", default=["no-colour", "no-shape"])
     p.add_argument("--variants", nargs="+", default=list(VARIANTS))
-    p.add_argument("--batches", type=int, default=24, help="fixed batches each candidate is scored on")
+    p.add_argument("--batches", type=int, default=DEFAULT_BATCHES, help="fixed batches each candidate is scored on")
     p.add_argument("--context-forms", action="store_true",
                    help="score the context-loss forms of the module docstring instead of the variants")
 

@@ -80,3 +80,23 @@ def test_the_scale_invariant_context_form_is_not_met_by_a_concept_with_no_effect
     assert start["ctx"] < true["ctx"] and start["ctx_prior"] < true["ctx_prior"]
     assert start["cos"] > true["cos"] and start["cos_out"] > true["cos_out"]
     assert true["rec"] < start["rec"]
+
+
+@pytest.mark.slow
+def test_a_trained_concepts_vectors_score_on_the_same_batches_as_words(tmp_path):
+    """method_pilot.py --losses scores snapshots' vectors against the true words' figures: the
+    vectors of the words themselves must give the words' own figures."""
+    import torch
+
+    from lego_studio.core.prompts import word_token_ids
+
+    oracle = _module()
+    model, cfg, images, masks = _setup("frozen in ice", "full")
+    words = ["frozen", "in", "ice"]
+    ids = [i for w in words for i in word_token_ids(model.tokenizer, w)]
+    vectors = model.text_encoder.get_input_embeddings().weight.detach()[torch.tensor(ids)].float().clone()
+    by_words = oracle.score(model, cfg, images, masks, words, 2, tmp_path / "cache")
+    by_vectors = oracle.score(model, cfg, images, masks, ["ignored"], 2, tmp_path / "cache", vectors=vectors)
+    assert by_vectors == pytest.approx(by_words, rel=1e-5)
+    start = oracle.score(model, cfg, images, masks, None, 2, tmp_path / "cache")
+    assert by_vectors["rec"] != pytest.approx(start["rec"], rel=1e-5)

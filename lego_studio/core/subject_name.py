@@ -136,6 +136,7 @@ def look_for_subject_name(trainer, total: int, masks) -> None:
     vectors = probe_vectors(trainer, steps, total)
     closest = closest_words(vectors, trainer.model.tokenizer, trainer._split_widths(trainer._table)[0], k=2 * CANDIDATES)
     resolution = min(DRAW_MAX_SIDE, int(trainer.config.resolution or trainer.model.family.resolution))
+
     def drawing(i, n, drawn):
         trainer._emit(TrainEvent("log", total=total, message=(
             f'drawing "{drawn}" ({i} of {n}) to compare with your masks\' outline')))

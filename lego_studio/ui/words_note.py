@@ -71,7 +71,6 @@ class SubjectWordsNote:
 
         def read():
             from lego_studio.core.images import subject_colour
-
             from lego_studio.core.subject_name import marks_any
 
             images, masks = project.training_inputs()
