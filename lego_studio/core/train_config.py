@@ -228,8 +228,9 @@ class TrainConfig:
     # Inversion baseline keeps its usual recipe (flips on).
     flip: bool = field(default=False, metadata=describe(
         group="Optimisation", label="Random flips",
-        help="also train on mirror images of the exemplars (off by default: a mirrored concept with a side, "
-             "a shadow to the right or a jump to the left, is a different concept)"))
+        help="also train on mirror images of the exemplars (off by default for Lego: a mirrored concept with a "
+             "side, a shadow to the right or a jump to the left, is a different concept; on for the Textual "
+             "Inversion baseline, its usual recipe)"))
     timestep_focus: float = field(default=1.0, metadata=describe(
         group="Optimisation", label="High-noise focus", minimum=0, maximum=1, decimals=2, step=0.1,
         help="draw training timesteps more often at high noise, where a picture's layout is decided (0 = uniform, "
