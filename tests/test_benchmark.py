@@ -291,6 +291,63 @@ def test_partial_word_tracks_share_the_runs_that_never_see_the_words(tmp_path, t
     assert set(summary["summary"]) == {"no-colour", "no-shape"}
 
 
+def test_runs_whose_settled_words_match_are_the_same_run_and_the_plan_counts_them_once():
+    """Typed "a yellow star", or "a yellow object" the masks completed to it: the same settings, the
+    same key (the typed words decide nothing else); other words, or a subject token that starts
+    from the typed words, do not share. The plan counts a shared run's set-up and probe only."""
+    spec = bench.resolve_methods(["lego"], 1)[0]
+    exemplar, evaluation = ("star", "yellow"), [("circle", "red")]
+    full = bench.train_config(spec, exemplar, evaluation, 100, 3, track="full")
+    vague = bench.train_config(spec, exemplar, evaluation, 100, 3, track="no-shape-object")
+    assert vague.subject == "a yellow object"
+    assert runner.same_run_key(full, "a yellow star") == runner.same_run_key(vague, "a yellow star") is not None
+    assert runner.same_run_key(vague, "a yellow object") != runner.same_run_key(full, "a yellow star")
+    other_seed = bench.train_config(spec, exemplar, evaluation, 100, 4, track="full")
+    assert runner.same_run_key(other_seed, "a yellow star") != runner.same_run_key(full, "a yellow star")
+    from dataclasses import replace
+
+    assert runner.same_run_key(replace(full, subject_token_steps=10), "a yellow star") is None
+    costs = {"ti-1": 0.1, "lego": 0.1}
+    shared = runner.estimate_seconds(bench.BenchmarkConfig(), 500, costs, 5.0, 1.0)
+    every = runner.estimate_seconds(bench.BenchmarkConfig(same_runs=False), 500, costs, 5.0, 1.0)
+    one_track = runner.estimate_seconds(bench.BenchmarkConfig(tracks=["full"]), 500, costs, 5.0, 1.0)
+    assert one_track < shared < every
+
+
+@pytest.mark.slow  # two benchmark runs
+def test_a_track_whose_words_the_masks_complete_to_another_tracks_takes_that_runs_result(
+        tmp_path, tiny_model_dir, untrained_judge_dir, capsys):
+    """"a circle" with the masks' colour is "a red circle": trained and drawn again
+    (--no-same-runs) it gives the full words' pictures exactly, so by default the benchmark takes
+    the full-words run's result instead, and says so."""
+    from lego_studio.cli import main
+
+    def bench_run(name, *extra):
+        out = tmp_path / name
+        code = main(["shapeworld", "benchmark", "--quick", "--methods", "lego", "--tracks", "full", "no-colour", *extra,
+                     "--model", str(tiny_model_dir), "--judge", str(untrained_judge_dir), "--device", "cpu", "--out", str(out)])
+        assert code == 0, capsys.readouterr().err
+        with open(out / "results.csv", newline="") as handle:
+            return out, list(csv.DictReader(handle)), capsys.readouterr().out
+
+    def sheet(out, track):
+        return Image.open(out / "samples" / track / "frozen-in-ice" / "lego-seed0.png").convert("RGB").tobytes()
+
+    again, every, _ = bench_run("every", "--no-same-runs")
+    assert [(r["track"], r["subject_words"], r["training_words"], r["same_as"]) for r in every] == [
+        ("full", "a red circle", "a red circle", ""), ("no-colour", "a circle", "a red circle", "")]
+    assert float(every[1]["generate_s"]) > 0 and sheet(again, "no-colour") == sheet(again, "full")
+
+    out, shared, printed = bench_run("shared")
+    assert [(r["track"], r["subject_words"], r["training_words"], r["same_as"]) for r in shared] == [
+        ("full", "a red circle", "a red circle", ""), ("no-colour", "a circle", "a red circle", "full")]
+    assert float(shared[1]["generate_s"]) == 0 and "the same run as track full's" in printed
+    metrics = [{m: r[m] for m in bench.METRICS} for r in shared + every]
+    assert all(m == metrics[0] for m in metrics)
+    assert sheet(out, "no-colour") == sheet(again, "no-colour")
+    assert "stopped before its first step and took that run's result" in (out / "results.md").read_text(encoding="utf-8")
+
+
 def test_subject_words_leave_out_one_attribute_per_track():
     assert bench.subject_words(("hexagon", "green"), "full") == "a green hexagon"
     assert bench.subject_words(("hexagon", "green"), "no-colour") == "a hexagon"

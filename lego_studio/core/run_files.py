@@ -19,8 +19,9 @@ from lego_studio.core.train_config import CHECKPOINT_FORMAT, KEEP_CHECKPOINTS, l
 
 @dataclass
 class TrainEvent:
-    """What the trainer reports. ``kind``: start | step | preview | checkpoint | skipped | log |
-    closest (the finished concept's closest words, core/separation.py) | done
+    """What the trainer reports. ``kind``: start | words (``message``: the subject words the run
+    trains with, settled: after Colour and Shape from masks, before the first step) | step | preview |
+    checkpoint | skipped | log | closest (the finished concept's closest words, core/separation.py) | done
     (the app adds ``plan``, how the run was set up, and ``estimate``, its expected duration)."""
 
     kind: str

@@ -252,6 +252,7 @@ class Trainer(RunFiles):
         """The training loop: one step at a time until ``total``, with checkpoints and previews."""
         config = self.config
         start, optimizer, streak = self._start_or_resume(resume, total)
+        self._emit(TrainEvent("words", step=start, total=total, message=self._training_subject()))  # settled
         rate = None
         step = start
         while step < total:

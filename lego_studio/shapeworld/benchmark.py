@@ -423,6 +423,7 @@ class BenchmarkConfig:
     quick: bool = False
     tracks: list[str] = field(default_factory=lambda: list(DEFAULT_TRACKS))
     jobs: int = 1  # worker processes (one torch thread each by default)
+    same_runs: bool = True  # a run whose settled words make it another track's run takes its result (runner.same_run_key)
 
     @classmethod
     def quick_config(cls, **overrides) -> "BenchmarkConfig":

@@ -49,6 +49,10 @@ def add_arguments(parser) -> None:
                         help=f"subject-word tracks: {', '.join(TRACKS)} (default: all)")
     parser.add_argument("--jobs", type=int, default=None, metavar="N",
                         help="worker processes, each with --threads torch threads (default: 2 on a machine with 2+ cores, else 1)")
+    parser.add_argument("--no-same-runs", dest="same_runs", action="store_false",
+                        help="train and draw every run, even one whose settled subject words (after Colour and Shape "
+                             "from masks) make it the same run as another track's of its seed (default: such a run "
+                             "takes that run's vectors, pictures and verdicts: identical, measured once)")
     parser.add_argument("--quick", action="store_true", help="CI smoke run: 1 concept, ti-1 vs lego, 10 steps, 1 seed, 2 subjects x 2 seeds")
     parser.add_argument("--out", required=True, metavar="DIR", help="output folder")
 
@@ -61,7 +65,7 @@ def config_from_args(args) -> BenchmarkConfig:
         "jobs": args.jobs if args.jobs is not None else (1 if args.quick else min(2, os.cpu_count() or 1)),
     }
     common = {"num_vectors": args.vectors, "lr": args.lr, "model": args.model, "judge": args.judge, "device": args.device,
-              "threads": args.threads}
+              "threads": args.threads, "same_runs": args.same_runs}
     if args.quick:
         return BenchmarkConfig.quick_config(**given, **common)
     return BenchmarkConfig(**{k: v for k, v in given.items() if v is not None}, **common)

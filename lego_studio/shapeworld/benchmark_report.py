@@ -86,7 +86,7 @@ def robustness(rows: Sequence[dict], split: str | None = None) -> dict[str, dict
 
 CSV_FIELDS = ("track", "concept", "split", "method", "seed", "steps", "num_vectors", "exemplar", "subject_words", "training_words", "subjects",
               "n_images",
-              *METRICS, "train_s", "generate_s", "final_loss")
+              *METRICS, "train_s", "generate_s", "final_loss", "same_as")
 
 
 def write_csv(path: Path, rows: Sequence[dict]) -> Path:
@@ -135,6 +135,17 @@ def results_markdown(rows: Sequence[dict], summary: dict, config: BenchmarkConfi
         "Tracks: " + "; ".join(f"**{t}**: {TRACK_HELP[t]}" for t in config.tracks) + ". TI and lego-no-subj never see "
         "the subject words, so one run of each stands in every track.",
         "",
+    ]
+    same = [r for r in rows if r.get("same_as")]
+    if same:
+        lines += [
+            f"{len(same)} of {len(rows)} rows are runs whose subject words, once the masks completed them, were those of an "
+            "earlier track's run of the same concept, method and seed (`same_as` in results.csv): such a run trains the "
+            "same vectors and draws the same pictures, so it stopped before its first step and took that run's result "
+            "(its `train_s`: the time to settle the words; `--no-same-runs` trains and draws it again).",
+            "",
+        ]
+    lines += [
         "Values: mean ± std over training seeds (of the per-seed mean over concepts); **collapsed runs**: how many "
         f"runs (one concept, one seed) have a concept fidelity below {COLLAPSE_BELOW}; **worst run**: the run with the "
         "lowest success, its success and the lowest concept fidelity of any run. "

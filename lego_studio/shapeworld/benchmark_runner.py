@@ -133,20 +133,31 @@ def score_predictions(predictions, requested: Sequence[tuple[str, str]], exempla
 def estimate_seconds(config: BenchmarkConfig, steps: int, step_seconds: dict[str, float], generation: float, overhead: float) -> float:
     """Wall time of the whole run: every job's training, drawing and set-up, shared by the workers.
     A Lego run whose words do not say what the subject is also runs Shape from masks' probe (its
-    steps, and about 1.5 runs' worth of drawing: core/subject_name.py)."""
-    from lego_studio.core.separation import looks_for_subject_name
+    steps, and about 1.5 runs' worth of drawing: core/subject_name.py). A run whose settled words
+    make it an earlier track's run (``config.same_runs``) costs its set-up and probe only; the plan
+    takes the masks to complete the words (the colour they mark, the probe the subject's name, as
+    in every measured run: docs/BENCHMARK.md)."""
+    from lego_studio.core.separation import add_subject_word, adds_mask_colour, looks_for_subject_name, name_subject
     from lego_studio.core.subject_name import CANDIDATES, DRAWINGS, probe_steps
 
     specs = {s.name: s for s in resolve_methods(config.methods, config.num_vectors)}
+    shape, colour = "star", "yellow"  # any exemplar: the costs do not depend on it
     per_seed_concept = 0.0
     for name, cost in step_seconds.items():
         if name not in specs:
             continue
         spec = specs[name]
+        keys = set()
         for track in (config.tracks if spec.uses_words else ["full"]):
-            per_seed_concept += steps * cost + generation + overhead
-            probe_config = train_config(spec, ("star", "yellow"), [], steps, 0, track=track)
-            if spec.uses_masks and looks_for_subject_name(probe_config):
+            cfg = train_config(spec, (shape, colour), [], steps, 0, track=track)
+            words = cfg.subject
+            probes = spec.uses_masks and looks_for_subject_name(cfg)
+            words = add_subject_word(words, colour) if spec.uses_masks and adds_mask_colour(cfg) else words
+            words = name_subject(words, shape) if probes else words
+            key = same_run_key(cfg, words) if config.same_runs else None
+            per_seed_concept += overhead + (0.0 if key is not None and key in keys else steps * cost + generation)
+            keys.add(key)
+            if probes:
                 drawn = (1 + CANDIDATES) * DRAWINGS / (config.n_subjects * len(config.gen_seeds))
                 per_seed_concept += probe_steps(steps) * cost + drawn * generation
     return per_seed_concept * len(config.seeds) * len(config.concepts) / max(1, int(config.jobs))
@@ -173,14 +184,37 @@ class RunResult:
     predictions: list
 
 
-def _train(model, config, images, masks, run_dir: Path, on_step: Callable | None = None):
+def _train(model, config, images, masks, run_dir: Path, on_step: Callable | None = None,
+           settled: Callable[[str], bool] | None = None):
+    """Train one run (core/run_service.start_run, as every front end does). ``settled(words)`` hears
+    the subject words the run trains with once they are settled, before its first step; True stops
+    the run there (raises Cancelled): the benchmark has that run's result already."""
     from lego_studio.core.run_service import RunPlan, start_run
+
+    stop = []
 
     def on_event(event):
         if on_step is not None and event.kind == "step":
             on_step(event)
+        if settled is not None and event.kind == "words" and settled(event.message):
+            stop.append(True)
 
-    return start_run(RunPlan(model, config, images, masks, run_dir), on_event)
+    return start_run(RunPlan(model, config, images, masks, run_dir), on_event, cancel=lambda: bool(stop))
+
+
+def same_run_key(config, words: str) -> str | None:
+    """What decides a run's vectors once its subject words are settled: ``config`` with ``words``
+    in place of the typed ones (Colour and Shape from masks only settle the words: a run that found
+    "a yellow star" trains exactly as one typed with it, tests/test_subject_name.py). Two runs of one
+    concept (the same exemplars and masks) with the same key train the same vectors and draw the
+    same pictures, so the benchmark trains and draws them once. None: the typed words matter
+    beyond the settled ones (a subject token starts from them), the run is never shared."""
+    from dataclasses import replace
+
+    if config.subject_token_steps:
+        return None
+    return json.dumps(asdict(replace(config, subject=words, mask_colour=False, mask_shape=False)), sort_keys=True,
+                      default=str)
 
 
 def measure_costs(model, config: BenchmarkConfig, specs: Sequence[MethodSpec], work_dir: Path, log: Callable) -> tuple[dict, float, float]:
@@ -213,9 +247,14 @@ def measure_costs(model, config: BenchmarkConfig, specs: Sequence[MethodSpec], w
 
 
 def run_one(model, judge_model, spec: MethodSpec, concept: str, seed: int, steps: int, config: BenchmarkConfig,
-            work_dir: Path, renders, on_step: Callable | None = None, track: str = "full") -> RunResult:
+            work_dir: Path, renders, on_step: Callable | None = None, track: str = "full",
+            done: dict | None = None) -> RunResult:
     """Train ``spec`` on the concept's exemplars (subject words of ``track``), draw the held-out
-    subjects, judge them."""
+    subjects, judge them. ``done``: {:func:`same_run_key`: RunResult} of this concept's finished
+    runs; a run whose settled words make a key in it stops before its first step and takes that
+    run's vectors, pictures and verdicts (its row says which track's run: ``same_as``); a run that
+    trains is added to it."""
+    from lego_studio.core.errors import Cancelled
     from lego_studio.shapeworld.judge import judge
 
     exemplar = exemplar_subject(concept)
@@ -223,8 +262,23 @@ def run_one(model, judge_model, spec: MethodSpec, concept: str, seed: int, steps
     images, masks = [im for im, _ in renders], [m for _, m in renders]
     cfg = train_config(spec, exemplar, evaluation, steps, seed, lr=config.lr, track=track)
     run_dir = work_dir / track / _slug(concept) / f"{spec.name}-seed{seed}"
+    key = []
+
+    def settled(words: str) -> bool:
+        key.append(same_run_key(cfg, words))
+        return done is not None and key[-1] is not None and key[-1] in done
+
     started = time.perf_counter()
-    learned = _train(model, cfg, images, masks if spec.uses_masks else None, run_dir, on_step)
+    try:
+        learned = _train(model, cfg, images, masks if spec.uses_masks else None, run_dir, on_step, settled)
+    except Cancelled:
+        if not (key and done is not None and key[-1] in done):
+            raise
+        same = done[key[-1]]
+        row = {**same.row, "track": track, "subject_words": cfg.subject if spec.preset == "lego" else "",
+               "train_s": round(time.perf_counter() - started, 2), "generate_s": 0.0,
+               "same_as": same.row["same_as"] or same.row["track"]}
+        return RunResult(row, same.images, same.requests, same.predictions)
     trained = time.perf_counter()
     requested = [pair for pair in evaluation for _ in config.gen_seeds]
     prompts = [benchmark_prompt(shape, colour, learned.placeholder) for shape, colour in requested]
@@ -254,8 +308,12 @@ def run_one(model, judge_model, spec: MethodSpec, concept: str, seed: int, steps
         "train_s": round(trained - started, 2),
         "generate_s": round(generated - trained, 2),
         "final_loss": _final_loss(run_dir),
+        "same_as": "",  # the track whose run this row is, where the settled words made it the same run
     }
-    return RunResult(row, pictures, [r for r, _ in made], predictions)
+    result = RunResult(row, pictures, [r for r, _ in made], predictions)
+    if done is not None and key and key[-1] is not None:
+        done[key[-1]] = result
+    return result
 
 
 def _final_loss(run_dir: Path) -> float | None:
@@ -337,11 +395,32 @@ def _png_image(data: bytes):
     return Image.open(io.BytesIO(data)).convert("RGB")
 
 
-def _execute_job(model, judge_model, config: BenchmarkConfig, steps: int, job: Job, work: Path, out: Path) -> dict:
+def group_jobs(jobs: Sequence[Job]) -> list[list[Job]]:
+    """The jobs of one concept, seed and method together, in plan order (the full words first): one
+    worker runs them in turn, so a run whose settled words make it an earlier track's run takes that
+    run's result (:func:`same_run_key`)."""
+    groups: dict[tuple, list[Job]] = {}
+    for job in jobs:
+        groups.setdefault((job.concept, job.seed, job.spec.name), []).append(job)
+    return list(groups.values())
+
+
+def _execute_group(model, judge_model, config: BenchmarkConfig, steps: int, jobs: Sequence[Job], work: Path,
+                   out: Path) -> list[dict]:
+    """Run a :func:`group_jobs` group in turn: :func:`_execute_job` for each, sharing finished runs
+    (``config.same_runs``)."""
+    done: dict | None = {} if config.same_runs else None
+    return [_execute_job(model, judge_model, config, steps, job, work, out, done) for job in jobs]
+
+
+def _execute_job(model, judge_model, config: BenchmarkConfig, steps: int, job: Job, work: Path, out: Path,
+                 done: dict | None = None) -> dict:
     """Run one job and write its sample sheet; return its row, images (PNG bytes) and the judge's
-    verdicts as JSON lines, all plain data so that a worker process can send them back."""
+    verdicts as JSON lines, all plain data so that a worker process can send them back. ``done``:
+    as in :func:`run_one`."""
     renders = render_exemplars(job.concept, exemplar_subject(job.concept), config.n_exemplars)
-    result = run_one(model, judge_model, job.spec, job.concept, job.seed, steps, config, work / "runs", renders, track=job.track)
+    result = run_one(model, judge_model, job.spec, job.concept, job.seed, steps, config, work / "runs", renders,
+                     track=job.track, done=done)
     sheet_dir = out / "samples" / (job.track if job.spec.uses_words else "any-track")
     _save_run_sheet(sheet_dir, job.concept, job.spec.name, job.seed, result, config)
     predictions = [json.dumps({
@@ -368,25 +447,32 @@ def _worker_start(config: BenchmarkConfig, work: str, out: str) -> None:
                    model=load_model(config.model, device=config.device, precision="fp32" if config.device == "cpu" else "auto"))
 
 
-def _worker_run(task: tuple[int, Job, int]) -> tuple[int, dict]:
-    index, job, steps = task
+def _worker_run(task: tuple[int, list[Job], int]) -> tuple[int, list[dict]]:
+    index, group, steps = task
     w = _WORKER
-    return index, _execute_job(w["model"], w["judge"], w["config"], steps, job, w["work"] / f"worker-{os.getpid()}", w["out"])
+    return index, _execute_group(w["model"], w["judge"], w["config"], steps, group, w["work"] / f"worker-{os.getpid()}",
+                                 w["out"])
 
 
 def _run_jobs(model, judge_model, config: BenchmarkConfig, steps: int, jobs: list[Job], work: Path, out: Path):
-    """Yield (job, result) as runs finish: in this process, or in ``config.jobs`` worker processes
-    (each loads its own model; results are the same as in-process, only their order differs)."""
-    if config.jobs <= 1 or len(jobs) <= 1:
-        for job in jobs:
-            yield job, _execute_job(model, judge_model, config, steps, job, work, out)
+    """Yield (job, result) as runs finish: in this process, or in ``config.jobs`` worker processes,
+    a :func:`group_jobs` group at a time (each loads its own model; results are the same as
+    in-process, only their order differs)."""
+    groups = group_jobs(jobs)
+    if config.jobs <= 1 or len(groups) <= 1:
+        done: dict = {}
+        for group in groups:
+            done.clear()  # one group's runs only: the same exemplars, seed and method
+            for job in group:
+                yield job, _execute_job(model, judge_model, config, steps, job, work, out,
+                                        done if config.same_runs else None)
         return
     import multiprocessing
 
     context = multiprocessing.get_context("spawn")  # no forked torch/OpenMP state
-    with context.Pool(min(config.jobs, len(jobs)), initializer=_worker_start, initargs=(config, str(work), str(out))) as pool:
-        for index, result in pool.imap_unordered(_worker_run, [(i, job, steps) for i, job in enumerate(jobs)]):
-            yield jobs[index], result
+    with context.Pool(min(config.jobs, len(groups)), initializer=_worker_start, initargs=(config, str(work), str(out))) as pool:
+        for index, results in pool.imap_unordered(_worker_run, [(i, group, steps) for i, group in enumerate(groups)]):
+            yield from zip(groups[index], results)
 
 
 def run_benchmark(config: BenchmarkConfig, out_dir, log: Callable[[str], None] = print, command: str | None = None) -> dict:
@@ -431,10 +517,12 @@ def _run_benchmark(config: BenchmarkConfig, out_dir, log: Callable[[str], None],
         for job, result in _run_jobs(model, judge_model, config, steps, jobs, work, out):
             done += 1
             r = result["row"]
+            same = (f'the same run as track {r["same_as"]}\'s (words "{r["training_words"]}"), {r["train_s"]:.0f} s to settle them'
+                    if r.get("same_as") else f"{r['train_s']:.0f} s train, {r['generate_s']:.0f} s draw")
             log(f"[{done}/{len(jobs)}] {job.track if job.spec.uses_words else 'any track'} | {job.concept} | {job.spec.name} | "
                 f"seed {job.seed}: concept {r['concept_fidelity']:.2f} subject {r['subject_fidelity']:.2f} "
                 f"leakage {r['leakage']:.2f} (colour {r['colour_leakage']:.2f}, shape {r['shape_leakage']:.2f}, colour drift {r['colour_drift']:.2f}) "
-                f"({r['train_s']:.0f} s train, {r['generate_s']:.0f} s draw; {(time.time() - started) / 60:.1f} min so far)")
+                f"({same}; {(time.time() - started) / 60:.1f} min so far)")
             # A run that does not see the subject words stands for every track.
             for track in (config.tracks if not job.spec.uses_words else [job.track]):
                 rows.append({**r, "track": track})
