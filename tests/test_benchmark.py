@@ -189,7 +189,14 @@ def test_every_generic_noun_and_no_words_are_tracks_of_their_own():
     words = {track: bench.subject_words(("hexagon", "green"), track) for track in bench.TRACKS}
     assert words["no-colour"] == "a hexagon" and words["no-words"] == ""
     assert {words[t] for t in bench.NO_SHAPE_TRACKS} == {"a green thing", "a green object", "a green shape", "a green item"}
-    assert set(bench.BenchmarkConfig().tracks) == set(bench.TRACKS)
+    assert set(bench.BenchmarkConfig().tracks) == set(bench.DEFAULT_TRACKS) == set(bench.TRACKS) - set(bench.OTHER_NO_SHAPE_WORDINGS)
+    # Other ways of leaving the shape out, outside the default run: each one a Shape from masks run.
+    others = {track: bench.subject_words(("hexagon", "green"), track) for track in bench.OTHER_NO_SHAPE_WORDINGS}
+    assert others == {"no-shape-one": "a green one", "no-shape-something": "something green", "colour-only": "green",
+                      "no-shape-big-one": "a big green one"}
+    from lego_studio.core.separation import names_what_it_is
+
+    assert not any(names_what_it_is(words) for words in [*others.values(), *(words[t] for t in bench.NO_SHAPE_TRACKS)])
 
 
 def test_plan_runs_the_products_step_count_and_warns_when_over_budget():

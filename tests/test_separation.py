@@ -78,7 +78,9 @@ def test_vague_subject_words_get_a_one_line_note_with_a_suggestion(words):
 @pytest.mark.parametrize("words, example", [("a purple object", '"a purple cat"'), ("A big red THING", '"A big red cat"'),
                                              ("purple", '"a purple cat"'), ("a yellow one", '"a yellow cat"'),
                                              ("yellow and black", '"a yellow and black cat"'),
-                                             ("a yellow symbol", '"a yellow cat"'), ("two red blobs", '"two red cats"')])
+                                             ("a yellow symbol", '"a yellow cat"'), ("two red blobs", '"two red cats"'),
+                                             ("something yellow", '"a yellow cat"'), ("a big yellow one", '"a big yellow cat"'),
+                                             ("small bright red", '"a small bright red cat"')])
 def test_words_that_give_the_look_but_not_what_the_subject_is_get_a_note_naming_the_shape_risk(words, example):
     # The shape-left-out tracks of the benchmark ("a purple object"): the subject's shape leaks.
     note = vague_subject(words)
@@ -87,7 +89,7 @@ def test_words_that_give_the_look_but_not_what_the_subject_is_get_a_note_naming_
 
 
 @pytest.mark.parametrize("words", ["a cat", "a hexagon", "a green thing with spikes", "a red toy robot", "my dog",
-                                   "a yellow star", "a thing's handle"])
+                                   "a yellow star", "a thing's handle", "a light", "a big dog", "something yellow with wheels"])
 def test_words_that_name_something_get_no_note(words):
     assert vague_subject(words) is None
 

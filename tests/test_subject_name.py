@@ -57,6 +57,8 @@ def test_a_word_is_chosen_only_when_its_drawings_beat_the_words_own_by_the_margi
 @pytest.mark.parametrize("phrase, word, expected", [
     ("a purple object", "heart", "a purple heart"), ("purple", "heart", "purple heart"), ("", "heart", "heart"),
     ("an object", "heart", "a heart"), ("a thing", "apple", "an apple"), ("A big red Thing", "car", "A big red car"),
+    ("a yellow one", "star", "a yellow star"), ("a big yellow one", "star", "a big yellow star"),
+    ("something yellow", "star", "yellow star"), ("something bright yellow", "star", "bright yellow star"),
 ])
 def test_the_found_word_takes_the_generic_nouns_place(phrase, word, expected):
     assert name_subject(phrase, word) == expected

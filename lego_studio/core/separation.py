@@ -83,13 +83,15 @@ def unnamed_kind(phrase: str) -> str | None:
     if not content:
         return None
     head = content[-1]
+    describing = [w for w in content if w not in GENERIC_NOUNS]
     if head in GENERIC_NOUNS:
         last = list(re.finditer(rf"\b{re.escape(head)}\b", phrase.strip(), flags=re.IGNORECASE))[-1]
         cat = "cats" if head.endswith("s") and head[:-1] in _GENERIC else "cat"
         example = f"{phrase.strip()[: last.start()]}{cat}{phrase.strip()[last.end():]}"
         what = f'in place of "{head}" (e.g. "{example}")'
-    elif all(w in COLOUR_WORDS or w in ("and", "or") for w in content):
-        what = f'(e.g. "a {" ".join(content)} cat")'
+    elif all(w in DESCRIBING_WORDS for w in describing) and any(w in COLOUR_WORDS for w in describing):
+        # "purple", "a big yellow one", "something yellow": the look, and nothing that names the subject
+        what = f'(e.g. "a {" ".join(describing)} cat")'
     else:
         return None
     return (f"the subject words {phrase.strip()!r} say how the subject looks but not what it is, so its shape can end "
@@ -123,6 +125,12 @@ def separates_by_words(config) -> bool:
     """Whether a training config (a TrainConfig) separates the subject by its words: only Lego does,
     and a stage-0 subject token stands in for them. The notes on the words apply only then."""
     return config.method == "lego" and not config.subject_token_steps and bool(config.subject_in_prompt)
+
+
+# Words that describe a subject's colour, size or brightness without saying what it is ("a big
+# yellow one", "something bright yellow"); not "light" or "giant", which can name a thing.
+DESCRIBING_WORDS = COLOUR_WORDS | frozenset({"and", "or", "big", "small", "little", "large", "tiny", "huge", "bright",
+                                             "dark", "pale", "shiny", "plain", "simple", "cute"})
 
 
 def names_a_colour(phrase: str) -> bool:
@@ -275,17 +283,21 @@ def looks_for_subject_name(config) -> bool:
 
 def name_subject(phrase: str, word: str) -> str:
     """``phrase`` with ``word`` as what the subject is: in place of a generic last noun ("a purple
-    object" + "heart" -> "a purple heart"), else after the phrase ("purple" -> "purple heart").
-    The article follows the new next word ("an object" + "heart" -> "a heart")."""
+    object" + "heart" -> "a purple heart", "a yellow one" + "star" -> "a yellow star"); a generic
+    word followed only by describing words moves out of the way ("something yellow" -> "yellow
+    star"); else after the phrase ("purple" -> "purple heart"). The article follows the new next
+    word ("an object" + "heart" -> "a heart")."""
     word = word.strip()
     words = phrase.split()
     if not word:
         return " ".join(words)
     bare = [re.sub(r"[^a-z'-]", "", w.lower()) for w in words]
-    content = [i for i, w in enumerate(bare) if w not in ARTICLES]
-    if content and bare[content[-1]] in GENERIC_NOUNS:
-        words[content[-1]] = word
+    generic = [i for i, w in enumerate(bare) if w in GENERIC_NOUNS and all(b in DESCRIBING_WORDS for b in bare[i + 1:])]
+    if generic and generic[-1] == len(words) - 1:
+        words[-1] = word
     else:
+        if generic:
+            del words[generic[-1]]
         words.append(word)
     if len(words) > 1 and words[0].lower() in ("a", "an"):
         article = "an" if words[1][0].lower() in "aeiou" else "a"

@@ -303,19 +303,25 @@ def benchmark_prompt(shape: str, colour: str, placeholder: str) -> str:
 #   no-shape-item    "a green item"     as "a cat" says nothing about which cat; results must hold
 #                                       for every such noun, not for one wording.
 #   no-words         ""                 no subject words at all: only the masks say what the subject is.
+# and, outside the default run, other ways of leaving the shape out that the defaults were never
+# tuned on (--tracks): "a green one", "something green", "green", "a big green one".
 GENERIC_SHAPE_NOUNS: dict[str, str] = {"no-shape": "thing", "no-shape-object": "object", "no-shape-shape": "shape",
                                        "no-shape-item": "item"}
-TRACKS: tuple[str, ...] = ("full", "no-colour", *GENERIC_SHAPE_NOUNS, "no-words")
-PARTIAL_TRACKS: tuple[str, ...] = tuple(t for t in TRACKS if t != "full")
-NO_SHAPE_TRACKS: tuple[str, ...] = tuple(GENERIC_SHAPE_NOUNS)
+OTHER_NO_SHAPE_WORDINGS: dict[str, str] = {"no-shape-one": "a {colour} one", "no-shape-something": "something {colour}",
+                                           "colour-only": "{colour}", "no-shape-big-one": "a big {colour} one"}
 # The tracks of the default run: the full words, the colour left out, the shape left out with each
 # generic noun, and no words.
-DEFAULT_TRACKS: tuple[str, ...] = TRACKS
+DEFAULT_TRACKS: tuple[str, ...] = ("full", "no-colour", *GENERIC_SHAPE_NOUNS, "no-words")
+TRACKS: tuple[str, ...] = (*DEFAULT_TRACKS, *OTHER_NO_SHAPE_WORDINGS)
+PARTIAL_TRACKS: tuple[str, ...] = tuple(t for t in TRACKS if t != "full")
+NO_SHAPE_TRACKS: tuple[str, ...] = tuple(GENERIC_SHAPE_NOUNS)
 TRACK_HELP = {
     "full": "subject words describe the exemplar completely (\"a green hexagon\")",
     "no-colour": "the colour is left out of the subject words (\"a hexagon\")",
     **{track: f"the shape is left out of the subject words (\"a green {noun}\")" for track, noun in GENERIC_SHAPE_NOUNS.items()},
     "no-words": "no subject words at all; only the masks mark the subject",
+    **{track: f"the shape is left out of the subject words (\"{wording.format(colour='green')}\"; not in the default run)"
+       for track, wording in OTHER_NO_SHAPE_WORDINGS.items()},
 }
 
 
@@ -330,6 +336,8 @@ def subject_words(exemplar: tuple[str, str], track: str = "full") -> str:
         return f"{article(colour)} {colour} {GENERIC_SHAPE_NOUNS[track]}"
     if track == "no-words":
         return ""
+    if track in OTHER_NO_SHAPE_WORDINGS:
+        return OTHER_NO_SHAPE_WORDINGS[track].format(colour=colour)
     raise InputError(f"unknown benchmark track {track!r}; choose from {', '.join(TRACKS)}")
 
 

@@ -21,6 +21,7 @@ from lego_studio.shapeworld.benchmark import (
     DEFAULT_STEPS,
     DEFAULT_VECTORS,
     HELD_OUT_CONCEPTS,
+    DEFAULT_TRACKS,
     TRACKS,
     BenchmarkConfig,
 )
@@ -46,7 +47,7 @@ def add_arguments(parser) -> None:
     parser.add_argument("--threads", type=int, default=1, metavar="N", help="torch CPU threads (default 1; 0 = torch's choice)")
     parser.add_argument("--budget-minutes", type=float, default=None, help=f"time budget; the plan warns when the run will not fit it (default: {DEFAULT_BUDGET_MINUTES:g})")
     parser.add_argument("--tracks", nargs="+", metavar="T", choices=TRACKS,
-                        help=f"subject-word tracks: {', '.join(TRACKS)} (default: all)")
+                        help=f"subject-word tracks: {', '.join(TRACKS)} (default: {' '.join(DEFAULT_TRACKS)})")
     parser.add_argument("--jobs", type=int, default=None, metavar="N",
                         help="worker processes, each with --threads torch threads (default: 2 on a machine with 2+ cores, else 1)")
     parser.add_argument("--no-same-runs", dest="same_runs", action="store_false",
