@@ -405,12 +405,12 @@ def group_jobs(jobs: Sequence[Job]) -> list[list[Job]]:
     return list(groups.values())
 
 
-def _execute_group(model, judge_model, config: BenchmarkConfig, steps: int, jobs: Sequence[Job], work: Path,
-                   out: Path) -> list[dict]:
-    """Run a :func:`group_jobs` group in turn: :func:`_execute_job` for each, sharing finished runs
-    (``config.same_runs``)."""
+def _execute_group(model, judge_model, config: BenchmarkConfig, steps: int, jobs: Sequence[Job], work: Path, out: Path):
+    """Run a :func:`group_jobs` group in turn, yielding :func:`_execute_job`'s result for each as it
+    finishes; its runs share finished runs (``config.same_runs``)."""
     done: dict | None = {} if config.same_runs else None
-    return [_execute_job(model, judge_model, config, steps, job, work, out, done) for job in jobs]
+    for job in jobs:
+        yield _execute_job(model, judge_model, config, steps, job, work, out, done)
 
 
 def _execute_job(model, judge_model, config: BenchmarkConfig, steps: int, job: Job, work: Path, out: Path,
@@ -450,8 +450,8 @@ def _worker_start(config: BenchmarkConfig, work: str, out: str) -> None:
 def _worker_run(task: tuple[int, list[Job], int]) -> tuple[int, list[dict]]:
     index, group, steps = task
     w = _WORKER
-    return index, _execute_group(w["model"], w["judge"], w["config"], steps, group, w["work"] / f"worker-{os.getpid()}",
-                                 w["out"])
+    return index, list(_execute_group(w["model"], w["judge"], w["config"], steps, group,
+                                      w["work"] / f"worker-{os.getpid()}", w["out"]))
 
 
 def _run_jobs(model, judge_model, config: BenchmarkConfig, steps: int, jobs: list[Job], work: Path, out: Path):
@@ -460,12 +460,8 @@ def _run_jobs(model, judge_model, config: BenchmarkConfig, steps: int, jobs: lis
     in-process, only their order differs)."""
     groups = group_jobs(jobs)
     if config.jobs <= 1 or len(groups) <= 1:
-        done: dict = {}
         for group in groups:
-            done.clear()  # one group's runs only: the same exemplars, seed and method
-            for job in group:
-                yield job, _execute_job(model, judge_model, config, steps, job, work, out,
-                                        done if config.same_runs else None)
+            yield from zip(group, _execute_group(model, judge_model, config, steps, group, work, out))
         return
     import multiprocessing
 
