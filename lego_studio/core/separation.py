@@ -157,7 +157,19 @@ def training_subject_words(config, images, masks) -> tuple[str, str | None]:
     colour = subject_colour(images, masks)
     if colour is None:
         return phrase, None
-    return add_subject_word(phrase, colour), colour
+    return completed_words(config, colour), colour
+
+
+def completed_words(config, colour: str | None = None, name: str | None = None) -> str:
+    """The subject words a run of ``config`` trains with when its masks mark ``colour`` (Colour from
+    masks) and Shape from masks finds the word ``name`` (None: not found): the colour goes in
+    first, then the name, as a run does (:func:`training_subject_words`, core/subject_name.py)."""
+    phrase = config.subject.strip()
+    if colour and adds_mask_colour(config):
+        phrase = add_subject_word(phrase, colour)
+    if name and looks_for_subject_name(config):
+        phrase = name_subject(phrase, name)
+    return phrase
 
 
 def trained_with(metadata: dict) -> str | None:

@@ -137,7 +137,7 @@ def estimate_seconds(config: BenchmarkConfig, steps: int, step_seconds: dict[str
     make it an earlier track's run (``config.same_runs``) costs its set-up and probe only; the plan
     takes the masks to complete the words (the colour they mark, the probe the subject's name, as
     in every measured run: docs/BENCHMARK.md)."""
-    from lego_studio.core.separation import add_subject_word, adds_mask_colour, looks_for_subject_name, name_subject
+    from lego_studio.core.separation import completed_words, looks_for_subject_name
     from lego_studio.core.subject_name import CANDIDATES, DRAWINGS, probe_steps
 
     specs = {s.name: s for s in resolve_methods(config.methods, config.num_vectors)}
@@ -150,10 +150,8 @@ def estimate_seconds(config: BenchmarkConfig, steps: int, step_seconds: dict[str
         keys = set()
         for track in (config.tracks if spec.uses_words else ["full"]):
             cfg = train_config(spec, (shape, colour), [], steps, 0, track=track)
-            words = cfg.subject
             probes = spec.uses_masks and looks_for_subject_name(cfg)
-            words = add_subject_word(words, colour) if spec.uses_masks and adds_mask_colour(cfg) else words
-            words = name_subject(words, shape) if probes else words
+            words = completed_words(cfg, colour, shape) if spec.uses_masks else cfg.subject
             key = same_run_key(cfg, words) if config.same_runs else None
             per_seed_concept += overhead + (0.0 if key is not None and key in keys else steps * cost + generation)
             keys.add(key)
@@ -262,19 +260,20 @@ def run_one(model, judge_model, spec: MethodSpec, concept: str, seed: int, steps
     images, masks = [im for im, _ in renders], [m for _, m in renders]
     cfg = train_config(spec, exemplar, evaluation, steps, seed, lr=config.lr, track=track)
     run_dir = work_dir / track / _slug(concept) / f"{spec.name}-seed{seed}"
-    key = []
+    key = None  # same_run_key of the settled words
 
     def settled(words: str) -> bool:
-        key.append(same_run_key(cfg, words))
-        return done is not None and key[-1] is not None and key[-1] in done
+        nonlocal key
+        key = same_run_key(cfg, words)
+        return done is not None and key in done
 
     started = time.perf_counter()
     try:
         learned = _train(model, cfg, images, masks if spec.uses_masks else None, run_dir, on_step, settled)
     except Cancelled:
-        if not (key and done is not None and key[-1] in done):
+        if done is None or key not in done:
             raise
-        same = done[key[-1]]
+        same = done[key]
         row = {**same.row, "track": track, "subject_words": cfg.subject if spec.preset == "lego" else "",
                "train_s": round(time.perf_counter() - started, 2), "generate_s": 0.0,
                "same_as": same.row["same_as"] or same.row["track"]}
@@ -311,8 +310,8 @@ def run_one(model, judge_model, spec: MethodSpec, concept: str, seed: int, steps
         "same_as": "",  # the track whose run this row is, where the settled words made it the same run
     }
     result = RunResult(row, pictures, [r for r, _ in made], predictions)
-    if done is not None and key and key[-1] is not None:
-        done[key[-1]] = result
+    if done is not None and key is not None:
+        done[key] = result
     return result
 
 
